@@ -1,0 +1,145 @@
+/// The op set every backend implements. Inputs arrive as described on each method (the `Tensor`
+/// wrappers make them contiguous or broadcast them first); results are new contiguous tensors on
+/// the backend's device. Reduced-precision results are computed in Float32 and rounded once to
+/// the output dtype.
+public protocol Backend: AnyObject, Sendable {
+    var device: Device { get }
+
+    // MARK: memory
+    /// Uninitialised memory for `byteCount` bytes.
+    func allocate(byteCount: Int) -> Buffer
+    /// Copies host bytes into a buffer at a byte offset.
+    func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int)
+    /// Copies a buffer's bytes to host memory.
+    func download(_ buffer: Buffer, byteOffset: Int, into bytes: UnsafeMutableRawBufferPointer)
+    /// Bytes currently allocated by this backend and the high-water mark since the last reset.
+    var memoryStats: MemoryStats { get }
+    func resetPeakMemory()
+
+    // MARK: data movement
+    /// Copies `src` (any strides, any dtype) into `dst` (any strides, same shape), converting dtype.
+    func copy(_ src: Tensor, into dst: Tensor)
+    /// Sets every element of a contiguous tensor.
+    func fill(_ dst: Tensor, value: Float)
+
+    // MARK: element-wise (a, b: same shape as the result, possibly with zero strides)
+    func unary(_ op: UnaryOp, _ x: Tensor, dtype: DType) -> Tensor
+    func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, dtype: DType) -> Tensor
+
+    // MARK: reductions and normalisation (x contiguous)
+    /// Reduces x viewed as [outer, n, inner] over n; result [outer, inner].
+    func reduce(_ op: ReduceOp, _ x: Tensor, outer: Int, n: Int, inner: Int, dtype: DType) -> Tensor
+    /// Softmax over the last axis.
+    func softmax(_ x: Tensor) -> Tensor
+    func rmsNorm(_ x: Tensor, weight: Tensor?, eps: Float, style: RMSNormStyle) -> Tensor
+    func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
+    /// x [B, C, *spatial]; weight/bias [C].
+    func groupNorm(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
+
+    // MARK: matrix products
+    /// x [..., in] (contiguous) times weight [out, in] (contiguous, any float dtype) plus bias [out].
+    func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
+    /// Batched a [batch, m, k] times b [batch, k, n] (or b [batch, n, k] with transposeB); contiguous.
+    func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool) -> Tensor
+
+    // MARK: transformer ops
+    /// x [B, L, H, D] rotated by angles whose cos/sin are [B or 1, L, D/2] (Float32).
+    func rope(_ x: Tensor, cos: Tensor, sin: Tensor, layout: RoPELayout) -> Tensor
+    /// q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D] (contiguous); result [B, Lq, Hq, Dv].
+    func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, options: AttentionOptions) -> Tensor
+    /// table [V, D], ids [N] (i32 or i64); result [N, D] in `dtype`.
+    func embedding(_ table: Tensor, ids: Tensor, dtype: DType) -> Tensor
+
+    // MARK: convolution and resampling (NCHW, contiguous)
+    func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, options: Conv2dOptions) -> Tensor
+    func upsampleNearest2x(_ x: Tensor) -> Tensor
+}
+
+public struct MemoryStats: Sendable, CustomStringConvertible {
+    public var currentBytes: Int
+    public var peakBytes: Int
+    public init(currentBytes: Int, peakBytes: Int) { self.currentBytes = currentBytes; self.peakBytes = peakBytes }
+    public var description: String {
+        "current \(formatBytes(currentBytes)), peak \(formatBytes(peakBytes))"
+    }
+}
+
+public func formatBytes(_ n: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n); var u = 0
+    while v >= 1024 && u < units.count - 1 { v /= 1024; u += 1 }
+    return u == 0 ? "\(n) B" : String(format: "%.2f %@", v, units[u])
+}
+
+public enum UnaryOp: Sendable, Equatable {
+    case neg, abs, square, sqrt, rsqrt, exp, log, tanh, sigmoid, relu
+    case silu
+    case geluTanh   // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    case geluErf    // 0.5 x (1 + erf(x / sqrt(2)))
+    /// a * x + b
+    case affine(Float, Float)
+    case clamp(Float, Float)
+    /// Float(x != 0) for masks; x for floats.
+    case identity
+}
+
+public enum BinaryOp: Sendable, Equatable {
+    case add, sub, mul, div, maximum, minimum
+}
+
+public enum ReduceOp: Sendable, Equatable {
+    case sum, mean, max, min
+    /// sum of squares
+    case sumSquares
+}
+
+/// How an RMSNorm applies its weight.
+public enum RMSNormStyle: Sendable, Equatable {
+    /// x * rsqrt(mean(x^2) + eps), rounded to the input dtype, then times `weight` (rounded again):
+    /// LLaMA, Lumina-2 and NewBie's DiT.
+    case roundThenWeight
+    /// x * rsqrt(mean(x^2) + eps) * (1 + weight) all in Float32, rounded once: Gemma.
+    case gemmaOnePlusWeight
+}
+
+public enum RoPELayout: Sendable, Equatable {
+    /// Channel pairs (2m, 2m+1) are the real and imaginary part of rotation m (Lumina, NewBie DiT).
+    case interleaved
+    /// Channel m pairs with m + D/2 (`rotate_half`, Gemma, Jina XLM-R).
+    case rotateHalf
+}
+
+public struct AttentionOptions: Sendable {
+    /// Multiplies q.k; default 1/sqrt(D).
+    public var scale: Float?
+    /// Key j is visible to query i only if j <= i + (Lk - Lq).
+    public var causal: Bool
+    /// With `causal`, also hides keys more than `window - 1` positions behind the query (Gemma).
+    public var slidingWindow: Int?
+    /// [B, Lk]: nonzero = real token. Masked keys get no weight.
+    public var keyPaddingMask: Tensor?
+    /// Additive logits bias broadcastable to [B, H, Lq, Lk] (given as a 4-D tensor; size-1 axes broadcast).
+    public var bias: Tensor?
+
+    public init(scale: Float? = nil, causal: Bool = false, slidingWindow: Int? = nil,
+                keyPaddingMask: Tensor? = nil, bias: Tensor? = nil) {
+        self.scale = scale; self.causal = causal; self.slidingWindow = slidingWindow
+        self.keyPaddingMask = keyPaddingMask; self.bias = bias
+    }
+}
+
+public struct Conv2dOptions: Sendable, Equatable {
+    public var strideH: Int, strideW: Int
+    public var padTop: Int, padBottom: Int, padLeft: Int, padRight: Int
+
+    public init(stride: Int = 1, padding: Int = 0) {
+        strideH = stride; strideW = stride
+        padTop = padding; padBottom = padding; padLeft = padding; padRight = padding
+    }
+    public init(strideH: Int, strideW: Int, padTop: Int, padBottom: Int, padLeft: Int, padRight: Int) {
+        self.strideH = strideH; self.strideW = strideW
+        self.padTop = padTop; self.padBottom = padBottom; self.padLeft = padLeft; self.padRight = padRight
+    }
+    /// The FLUX/SD encoder's stride-2 downsampling: pad right and bottom by one, no padding before.
+    public static let downsampleAsymmetric = Conv2dOptions(strideH: 2, strideW: 2, padTop: 0, padBottom: 1, padLeft: 0, padRight: 1)
+}

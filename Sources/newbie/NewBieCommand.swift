@@ -1,0 +1,10 @@
+import ArgumentParser
+import NewBieTensor
+
+@main
+struct NewBie: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "newbie",
+        abstract: "NewBie image Exp0.1 inference engine.",
+        subcommands: [])
+}

@@ -13,20 +13,34 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
-        // Hot scalar loops that need CPU features picked at run time (F16C conversions).
+        // Hot scalar loops that pick CPU features at run time (F16C conversions, vector exp).
         .target(name: "CNewBieCPU"),
+        // libpng from Debian (libpng-dev), for PNG reading and writing.
+        .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         // DType, Shape, Tensor, Device, the Backend protocol and the CPU backend.
         .target(name: "NewBieTensor", dependencies: ["CNewBieCPU"]),
-        // Checkpoint formats: safetensors (and later GGUF), naming tables, scoped weight access.
+        // Checkpoint formats: safetensors, GGUF, naming tables, scoped weight access.
         .target(name: "NewBieWeights", dependencies: ["NewBieTensor"]),
+        // Tokenizers (Gemma SentencePiece-BPE, XLM-R Unigram) and the text encoders.
+        .target(name: "NewBieText", dependencies: ["NewBieTensor", "NewBieWeights"]),
+        // NextDiT, the FLUX VAE, samplers and guidance.
+        .target(name: "NewBieDiffusion", dependencies: ["NewBieTensor", "NewBieWeights"]),
+        // Images: PNG in and out, pixel <-> tensor conversion.
+        .target(name: "NewBieImage", dependencies: ["NewBieTensor", "CPNG"]),
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "NewBieTensorTests", dependencies: ["NewBieTensor", "NewBieWeights"]),
-        .testTarget(name: "NewBieWeightsTests", dependencies: ["NewBieWeights"]),
+        // Shared test helpers: fixture paths, relative-error comparisons.
+        .target(name: "NewBieTestSupport", dependencies: ["NewBieTensor", "NewBieWeights"],
+                path: "Tests/NewBieTestSupport"),
+        .testTarget(name: "NewBieTensorTests", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieWeightsTests", dependencies: ["NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieTextTests", dependencies: ["NewBieText", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

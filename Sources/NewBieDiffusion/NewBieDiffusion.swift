@@ -1,0 +1,1 @@
+// NextDiT, the FLUX VAE, samplers and guidance live here.

@@ -1,0 +1,2 @@
+import CPNG
+// PNG reading and writing live here.

@@ -6,5 +6,7 @@ struct NewBie: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "newbie",
         abstract: "NewBie image Exp0.1 inference engine.",
-        subcommands: [])
+        subcommands: [
+            BenchCommand.self,
+        ])
 }

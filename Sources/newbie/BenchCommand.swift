@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import NewBieTensor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `newbie bench`: CPU backend throughput at the sizes the models use, each beside the raw BLAS
+/// GEMM rate measured in the same run (the machine's practical ceiling).
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Benchmark the CPU backend (GEMM, linear, attention, conv) against the raw BLAS GEMM rate.")
+
+    @Option(help: "Comma-separated benchmarks: gemm, linear, attention, conv.")
+    var only: String = "gemm,linear,attention,conv"
+
+    @Option(help: "Timed repetitions per benchmark (the median is reported).")
+    var repeats: Int = 5
+
+    @Option(help: "Tokens for the attention benchmark (NewBie 1024x1024: 4096 image + 256 caption).")
+    var tokens: Int = 4352
+
+    @Flag(help: "Small sizes, for a quick smoke run.")
+    var quick = false
+
+    func run() throws {
+        let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
+        print("CPU backend benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, BLAS \(blas.libraryPath) (\(blas.threads) threads)")
+        print(String(format: "%-44@ %10@ %10@ %8@", "work" as NSString, "median" as NSString, "GFLOP/s" as NSString, "of BLAS" as NSString))
+
+        let (m, n, k) = quick ? (512, 512, 512) : (4096, 2304, 2304)
+        // Raw BLAS GEMM on plain arrays: the ceiling every other row is compared with.
+        var ceiling = 0.0
+        do {
+            var a = [Float](repeating: 0, count: m * k), b = [Float](repeating: 0, count: n * k), c = [Float](repeating: 0, count: m * n)
+            var rng = SplitMix(seed: 1)
+            for i in a.indices { a[i] = rng.uniform() }
+            for i in b.indices { b[i] = rng.uniform() }
+            let t = median(repeats) {
+                a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                    blas.sgemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k,
+                               b: bp.baseAddress!, ldb: k, beta: 0, c: cp.baseAddress!, ldc: n)
+                } } }
+            }
+            ceiling = 2.0 * Double(m * n * k) / t / 1e9
+            report("raw sgemm \(m)x\(n)x\(k) (ceiling)", t, ceiling, ceiling)
+        }
+
+        if which.contains("linear") {
+            let x = randomTensor([m, k], seed: 2)
+            for wdt in [DType.f32, .bf16] {
+                let w = randomTensor([n, k], seed: 3, dtype: wdt), bias = randomTensor([n], seed: 4)
+                let t = median(repeats) { _ = x.linear(w, bias: bias) }
+                report("linear \(m)x\(k) -> \(n), \(wdt) weight, f32 act", t, 2.0 * Double(m * n * k) / t / 1e9, ceiling)
+            }
+            let xb = x.to(.bf16), wb = randomTensor([n, k], seed: 3, dtype: .bf16)
+            let t = median(repeats) { _ = xb.linear(wb) }
+            report("linear \(m)x\(k) -> \(n), bf16 weight+act", t, 2.0 * Double(m * n * k) / t / 1e9, ceiling)
+        }
+
+        if which.contains("attention") {
+            let heads = 24, kvHeads = 8, d = 96
+            let l = quick ? 512 : tokens
+            let q = randomTensor([1, l, heads, d], seed: 5)
+            let kk = randomTensor([1, l, kvHeads, d], seed: 6), v = randomTensor([1, l, kvHeads, d], seed: 7)
+            let backend = CPUBackend.shared
+            let before = backend.memoryStats.currentBytes
+            backend.resetPeakMemory()
+            let rssBefore = peakRSS()
+            let t = median(Swift.max(1, repeats / 2)) { _ = q.attention(k: kk, v: v) }
+            let peakExtra = backend.memoryStats.peakBytes - before
+            let flops = 4.0 * Double(l) * Double(l) * Double(d) * Double(heads)
+            report("attention 1x\(heads)h(\(kvHeads)kv)x\(d), L=\(l), f32", t, flops / t / 1e9, ceiling)
+            let lxl = l * l * 4
+            print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(peakRSS()))")
+        }
+
+        if which.contains("conv") {
+            let cases: [(Int, Int, Int, Int)] = quick ? [(64, 64, 32, 3)] : [(512, 512, 64, 3), (256, 256, 256, 3), (128, 128, 256, 3), (512, 256, 256, 1)]
+            for (cin, cout, hw, ks) in cases {
+                let x = randomTensor([1, cin, hw, hw], seed: 8)
+                let w = randomTensor([cout, cin, ks, ks], seed: 9, scale: 0.05), b = randomTensor([cout], seed: 10)
+                let opts = Conv2dOptions(stride: 1, padding: ks / 2)
+                let t = median(repeats) { _ = x.conv2d(w, bias: b, options: opts) }
+                report("conv \(ks)x\(ks) \(cin)->\(cout) at \(hw)x\(hw), f32", t, 2.0 * Double(cin * cout * ks * ks * hw * hw) / t / 1e9, ceiling)
+            }
+        }
+    }
+
+    func report(_ name: String, _ seconds: Double, _ gflops: Double, _ ceiling: Double) {
+        let ms = String(format: "%.1f ms", seconds * 1000)
+        print(String(format: "%-44@ %10@ %10.1f %7.0f%%", name as NSString, ms as NSString, gflops, 100 * gflops / ceiling))
+    }
+}
+
+/// Median wall time of `runs` calls, after one warm-up call.
+func median(_ runs: Int, _ body: () -> Void) -> Double {
+    body()
+    var times: [Double] = []
+    for _ in 0..<Swift.max(1, runs) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    }
+    times.sort()
+    return times[times.count / 2]
+}
+
+/// Peak resident set size of this process (Linux reports ru_maxrss in KiB).
+func peakRSS() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF, &usage)
+    return Int(usage.ru_maxrss) * 1024
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E3779B97F4A7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
+        return z ^ (z >> 31)
+    }
+    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
+}
+
+func randomTensor(_ shape: [Int], seed: UInt64, dtype: DType = .f32, scale: Float = 1) -> Tensor {
+    var rng = SplitMix(seed: seed)
+    let n = shape.reduce(1, *)
+    return Tensor((0..<n).map { _ in rng.uniform() * scale }, shape: shape, dtype: dtype)
+}

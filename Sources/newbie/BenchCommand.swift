@@ -111,7 +111,7 @@ func median(_ runs: Int, _ body: () -> Void) -> Double {
 /// Peak resident set size of this process (Linux reports ru_maxrss in KiB).
 func peakRSS() -> Int {
     var usage = rusage()
-    getrusage(RUSAGE_SELF, &usage)
+    getrusage(RUSAGE_SELF.rawValue, &usage)
     return Int(usage.ru_maxrss) * 1024
 }
 

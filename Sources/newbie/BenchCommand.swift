@@ -28,7 +28,7 @@ struct BenchCommand: ParsableCommand {
         let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
         print("CPU backend benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, BLAS \(blas.libraryPath) (\(blas.threads) threads)")
-        print(String(format: "%-44@ %10@ %10@ %8@", "work" as NSString, "median" as NSString, "GFLOP/s" as NSString, "of BLAS" as NSString))
+        print(pad("work", 52) + pad("median", 12, left: true) + pad("GFLOP/s", 10, left: true) + pad("of BLAS", 9, left: true))
 
         let (m, n, k) = quick ? (512, 512, 512) : (4096, 2304, 2304)
         // Raw BLAS GEMM on plain arrays: the ceiling every other row is compared with.
@@ -66,15 +66,16 @@ struct BenchCommand: ParsableCommand {
             let q = randomTensor([1, l, heads, d], seed: 5)
             let kk = randomTensor([1, l, kvHeads, d], seed: 6), v = randomTensor([1, l, kvHeads, d], seed: 7)
             let backend = CPUBackend.shared
+            let outputBytes = l * heads * d * 4
             let before = backend.memoryStats.currentBytes
             backend.resetPeakMemory()
             let rssBefore = peakRSS()
             let t = median(Swift.max(1, repeats / 2)) { _ = q.attention(k: kk, v: v) }
-            let peakExtra = backend.memoryStats.peakBytes - before
+            let peakExtra = backend.memoryStats.peakBytes - before - outputBytes
             let flops = 4.0 * Double(l) * Double(l) * Double(d) * Double(heads)
             report("attention 1x\(heads)h(\(kvHeads)kv)x\(d), L=\(l), f32", t, flops / t / 1e9, ceiling)
             let lxl = l * l * 4
-            print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(peakRSS()))")
+            print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs and output (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(peakRSS()))")
         }
 
         if which.contains("conv") {
@@ -90,9 +91,13 @@ struct BenchCommand: ParsableCommand {
     }
 
     func report(_ name: String, _ seconds: Double, _ gflops: Double, _ ceiling: Double) {
-        let ms = String(format: "%.1f ms", seconds * 1000)
-        print(String(format: "%-44@ %10@ %10.1f %7.0f%%", name as NSString, ms as NSString, gflops, 100 * gflops / ceiling))
+        print(pad(name, 52) + pad(String(format: "%.1f ms", seconds * 1000), 12, left: true)
+              + pad(String(format: "%.1f", gflops), 10, left: true) + pad(String(format: "%.0f%%", 100 * gflops / ceiling), 9, left: true))
     }
+}
+
+func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
+    s.count >= n ? s + " " : (left ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
 }
 
 /// Median wall time of `runs` calls, after one warm-up call.

@@ -80,11 +80,11 @@ extension CPUBackend {
                 let qt = task % qTiles, h = (task / qTiles) % hq, b = task / (qTiles * hq)
                 let kvh = h / group
                 let i0 = qt * bq, rows = Swift.min(bq, lq - i0)
-                let s = UnsafeMutablePointer<Float>.allocate(capacity: bq * bk)
-                let acc = UnsafeMutablePointer<Float>.allocate(capacity: bq * dv)
-                let rowMax = UnsafeMutablePointer<Float>.allocate(capacity: bq)
-                let rowSum = UnsafeMutablePointer<Float>.allocate(capacity: bq)
-                defer { s.deallocate(); acc.deallocate(); rowMax.deallocate(); rowSum.deallocate() }
+                let s = self.scratch(bq * bk)
+                let acc = self.scratch(bq * dv)
+                let rowMax = self.scratch(bq)
+                let rowSum = self.scratch(bq)
+                defer { self.release(s, bq * bk); self.release(acc, bq * dv); self.release(rowMax, bq); self.release(rowSum, bq) }
                 acc.update(repeating: 0, count: rows * dv)
                 rowMax.update(repeating: -.infinity, count: rows)
                 rowSum.update(repeating: 0, count: rows)

@@ -28,6 +28,24 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         })
     }
 
+    /// Float scratch memory for a kernel's working set, counted in `memoryStats` like tensors are,
+    /// so a kernel's peak memory is visible (e.g. that attention holds no L x L matrix).
+    func scratch(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let n = Swift.max(count, 1)
+        statsLock.lock()
+        current += n * 4
+        peak = Swift.max(peak, current)
+        statsLock.unlock()
+        return .allocate(capacity: n)
+    }
+
+    func release(_ p: UnsafeMutablePointer<Float>, _ count: Int) {
+        p.deallocate()
+        statsLock.lock()
+        current -= Swift.max(count, 1) * 4
+        statsLock.unlock()
+    }
+
     public func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int) {
         guard bytes.count > 0 else { return }
         (buffer.host! + byteOffset).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)

@@ -18,8 +18,9 @@ extension CPUBackend {
         let op = outF.hostPointer.assumingMemoryBound(to: Float.self)
         let pointwise = kh == 1 && kw == 1 && o.strideH == 1 && o.strideW == 1 && o.padTop == 0 && o.padBottom == 0 && o.padLeft == 0 && o.padRight == 0
         let bandRows = Swift.max(1, Swift.min(oh, CPUBackend.im2colBudget / Swift.max(kdim * ow, 1)))
-        let col = pointwise ? nil : UnsafeMutablePointer<Float>.allocate(capacity: kdim * bandRows * ow)
-        defer { col?.deallocate() }
+        let colCount = kdim * bandRows * ow
+        let col = pointwise ? nil : scratch(colCount)
+        defer { if let c = col { release(c, colCount) } }
         for b in 0..<batch {
             let xb = xp + b * cin * h * w
             let ob = op + b * cout * oh * ow

@@ -24,8 +24,8 @@ extension CPUBackend {
                        beta: 0, c: cp, ldc: n)
         } else {
             let rowsPerBlock = Swift.min(n, CPUBackend.weightBlockRows * Swift.max(1, 2304 / Swift.max(k, 1)))
-            let wblock = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerBlock * k)
-            defer { wblock.deallocate() }
+            let wblock = scratch(rowsPerBlock * k)
+            defer { release(wblock, rowsPerBlock * k) }
             let wb = UnsafeRawPointer(weight.buffer.host!)
             var r0 = 0
             while r0 < n {

@@ -8,5 +8,6 @@ struct NewBie: ParsableCommand {
         abstract: "NewBie image Exp0.1 inference engine.",
         subcommands: [
             BenchCommand.self,
+            InspectCommand.self,
         ])
 }

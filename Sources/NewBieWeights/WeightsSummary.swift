@@ -1,0 +1,166 @@
+import Foundation
+import NewBieTensor
+
+/// What a checkpoint holds, as `newbie inspect` prints it: format, files, counts, dtypes, and one
+/// row per tensor. Built from any `WeightSource`; model detection (which model and config a
+/// checkpoint is) is a separate later step that can take this summary as its input.
+public struct WeightsSummary: Codable, Equatable, Sendable {
+    public struct Entry: Codable, Equatable, Sendable {
+        public let name: String
+        public let dtype: String
+        public let shape: [Int]
+        public let parameters: Int
+        public let bytes: Int
+        /// The shard file (last path component) for sharded checkpoints.
+        public let file: String?
+    }
+
+    public struct DTypeCount: Codable, Equatable, Sendable {
+        public let dtype: String
+        public let tensors: Int
+        public let parameters: Int
+        public let bytes: Int
+    }
+
+    /// The path given.
+    public let path: String
+    /// `safetensors` or `safetensors-sharded`.
+    public let format: String
+    /// The files read (the single file, or the index followed by the shards).
+    public let files: [String]
+    /// File-level metadata (`__metadata__`, or the index's `metadata`).
+    public let metadata: [String: String]
+    /// The substring tensors were filtered by, if any; the counts below then cover only the matches.
+    public let filter: String?
+    public let tensorCount: Int
+    public let parameterCount: Int
+    public let totalBytes: Int
+    /// Per dtype, sorted by bytes (largest first).
+    public let dtypes: [DTypeCount]
+    /// Sorted by name, with digit runs compared by value (`layers.2` before `layers.10`).
+    public let tensors: [Entry]
+
+    public init(path: String, source: WeightSource, filter: String? = nil) {
+        self.path = path
+        self.filter = filter
+        var shardOf: (String) -> String? = { _ in nil }
+        if let sharded = source as? ShardedSafeTensors {
+            format = "safetensors-sharded"
+            files = (sharded.indexPath.map { [$0] } ?? []) + sharded.shards.map(\.path)
+            metadata = sharded.metadata
+            shardOf = { sharded.shard(of: $0).map { URL(fileURLWithPath: $0.path).lastPathComponent } }
+        } else if let single = source as? SafeTensorsFile {
+            format = "safetensors"
+            files = [single.path]
+            metadata = single.metadata
+        } else {
+            format = String(describing: type(of: source))
+            files = [source.sourceDescription]
+            metadata = [:]
+        }
+        var names = source.tensorNames
+        if let f = filter, !f.isEmpty { names = names.filter { $0.contains(f) } }
+        names.sort(by: naturalLess)
+        var entries: [Entry] = []
+        var byType: [String: (Int, Int, Int)] = [:]
+        var params = 0, bytes = 0
+        for n in names {
+            guard let info = source.tensorInfo(n) else { continue }
+            let e = Entry(name: n, dtype: info.dtype.rawValue, shape: info.shape, parameters: info.count,
+                          bytes: info.count * info.dtype.byteSize, file: shardOf(n))
+            entries.append(e)
+            params += e.parameters
+            bytes += e.bytes
+            let c = byType[e.dtype, default: (0, 0, 0)]
+            byType[e.dtype] = (c.0 + 1, c.1 + e.parameters, c.2 + e.bytes)
+        }
+        tensors = entries
+        tensorCount = entries.count
+        parameterCount = params
+        totalBytes = bytes
+        dtypes = byType.map { DTypeCount(dtype: $0.key, tensors: $0.value.0, parameters: $0.value.1, bytes: $0.value.2) }
+            .sorted { ($0.bytes, $1.dtype) > ($1.bytes, $0.dtype) }
+    }
+
+    /// The summary as pretty-printed JSON with sorted keys.
+    public func json() throws -> String {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try enc.encode(self), as: UTF8.self)
+    }
+
+    /// Plain-text report: a header block, the dtype histogram, then a table of tensors.
+    public func text() -> String {
+        var out: [String] = []
+        out.append("path:        \(path)")
+        let formatLine: String
+        if format == "safetensors-sharded" {
+            let shardCount = files.count - (files.first?.hasSuffix(".json") == true ? 1 : 0)
+            let how = files.first?.hasSuffix(".json") == true ? "with index \(files[0])" : "without index"
+            formatLine = "safetensors, sharded (\(shardCount) files, \(how))"
+        } else if format == "safetensors" {
+            formatLine = "safetensors, single file"
+        } else {
+            formatLine = format
+        }
+        out.append("format:      \(formatLine)")
+        if let f = filter { out.append("filter:      \"\(f)\" (counts below cover matching tensors only)") }
+        out.append("tensors:     \(tensorCount)")
+        out.append("parameters:  \(Self.grouped(parameterCount))" + (parameterCount >= 1000 ? " (\(Self.short(Double(parameterCount), unit: "")))" : ""))
+        out.append("bytes:       \(Self.grouped(totalBytes)) (\(Self.short(Double(totalBytes), unit: "B")))")
+        for (i, d) in dtypes.enumerated() {
+            let label = i == 0 ? "dtypes:      " : "             "
+            out.append(label + "\(d.dtype.padding(toLength: 5, withPad: " ", startingAt: 0)) \(d.tensors) tensor\(d.tensors == 1 ? "" : "s"), \(Self.grouped(d.parameters)) parameters, \(Self.short(Double(d.bytes), unit: "B"))")
+        }
+        for (i, k) in metadata.keys.sorted().enumerated() {
+            var v = metadata[k]!
+            if v.count > 100 { v = String(v.prefix(97)) + "..." }
+            v = v.replacingOccurrences(of: "\n", with: "\\n")
+            out.append((i == 0 ? "metadata:    " : "             ") + "\(k) = \(v)")
+        }
+        out.append("")
+        let showFile = tensors.contains { $0.file != nil }
+        let nameWidth = max(4, tensors.map(\.name.count).max() ?? 0)
+        let shapes = tensors.map { "[" + $0.shape.map(String.init).joined(separator: ", ") + "]" }
+        let shapeWidth = max(5, shapes.map(\.count).max() ?? 0)
+        func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
+        var headerRow = pad("name", nameWidth) + "  " + pad("dtype", 5) + "  " + pad("shape", shapeWidth)
+        if showFile { headerRow += "  file" }
+        out.append(headerRow.trimmingTrailingSpaces())
+        for (t, shape) in zip(tensors, shapes) {
+            var row = pad(t.name, nameWidth) + "  " + pad(t.dtype, 5) + "  " + pad(shape, shapeWidth)
+            if showFile { row += "  " + (t.file ?? "") }
+            out.append(row.trimmingTrailingSpaces())
+        }
+        return out.joined(separator: "\n") + "\n"
+    }
+
+    /// 1234567 -> "1,234,567".
+    static func grouped(_ n: Int) -> String {
+        let s = String(n.magnitude)
+        var out = ""
+        for (i, c) in s.enumerated() {
+            if i > 0 && (s.count - i) % 3 == 0 { out.append(",") }
+            out.append(c)
+        }
+        return (n < 0 ? "-" : "") + out
+    }
+
+    /// 3.51e9 -> "3.51 G" (decimal prefixes).
+    static func short(_ v: Double, unit: String) -> String {
+        let prefixes = ["", "K", "M", "G", "T", "P"]
+        var x = v, i = 0
+        while x >= 1000 && i < prefixes.count - 1 { x /= 1000; i += 1 }
+        let num = i == 0 ? String(Int(x)) : String(format: "%.2f", x)
+        let sep = (prefixes[i].isEmpty && unit.isEmpty) ? "" : " "
+        return num + sep + prefixes[i] + unit
+    }
+}
+
+private extension String {
+    func trimmingTrailingSpaces() -> String {
+        var s = self
+        while s.last == " " { s.removeLast() }
+        return s
+    }
+}

@@ -1,0 +1,28 @@
+import ArgumentParser
+import Foundation
+import NewBieWeights
+
+/// `newbie inspect PATH`: what a checkpoint holds (format, counts, dtypes, tensor table).
+/// Accepts a .safetensors file, a *.safetensors.index.json, or a folder holding either.
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Show the tensors a checkpoint holds (safetensors file, shard index, or folder).")
+
+    @Argument(help: "A .safetensors file, a *.safetensors.index.json, or a folder (e.g. transformer/).")
+    var path: String
+
+    @Option(help: "Only list tensors whose name contains this text.")
+    var filter: String?
+
+    @Flag(help: "Print the summary as JSON.")
+    var json = false
+
+    func run() throws {
+        // Errors (WeightsError) name the file and tensor at fault; ArgumentParser prints them.
+        let source = try openWeights(path: path)
+        let summary = WeightsSummary(path: path, source: source, filter: filter)
+        // Model detection (which model, which config) will be added here, from the summary.
+        print(json ? try summary.json() : summary.text(), terminator: json ? "\n" : "")
+    }
+}

@@ -94,6 +94,8 @@ public struct TensorInfo: Sendable, Equatable {
 }
 
 /// A read-only memory mapping of a whole file; unmapped when the last tensor borrowing it is gone.
+/// Every read is bounded by the size seen when the file was opened; a file shrunk by another
+/// process while mapped can still fault (SIGBUS) on access, as with any mmap reader.
 public final class MappedFile: @unchecked Sendable {
     public let path: String
     public let size: Int

@@ -302,7 +302,7 @@ final class SafeTensorsReaderTests: XCTestCase {
     func testRandomCorruptionNeverCrashes() throws {
         let h = #"{"__metadata__":{"k":"v"},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"I64","shape":[1,1],"data_offsets":[8,16]}}"#
         let good = rawSafetensors(header: h, data: eightBytes + [1, 0, 0, 0, 0, 0, 0, 0])
-        var rng = SystemRandomNumberGenerator()
+        var rng = TestRandomBytes(seed: 20261129)  // seeded: a failure reproduces
         var failures = 0
         let p = dir.path("fuzz.safetensors")
         for round in 0..<300 {

@@ -135,8 +135,8 @@ final class SafeTensorsWriterTests: XCTestCase {
     }
 }
 
-/// SplitMix64 bytes for the writer tests.
-struct TestRandomBytes {
+/// SplitMix64, seeded (writer bytes, corruption positions).
+struct TestRandomBytes: RandomNumberGenerator {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {

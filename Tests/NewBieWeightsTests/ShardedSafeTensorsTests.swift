@@ -101,6 +101,23 @@ final class ShardedSafeTensorsTests: XCTestCase {
         XCTAssertNil(s.tensorInfo("b"))
     }
 
+    /// Hugging Face cache snapshots hold symlinks to blobs elsewhere; those must open.
+    func testSymlinkedShardsLikeHuggingFaceCache() throws {
+        try makeSharded()
+        let blobs = dir.file("blobs"), snap = dir.file("snapshots/abc/transformer")
+        try FileManager.default.createDirectory(at: blobs, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(at: snap, withIntermediateDirectories: true)
+        for (i, name) in [shard1, shard2, indexName].enumerated() {
+            try FileManager.default.moveItem(at: dir.file(name), to: blobs.appendingPathComponent("blob\(i)"))
+            try FileManager.default.createSymbolicLink(atPath: snap.appendingPathComponent(name).path,
+                                                       withDestinationPath: "../../../blobs/blob\(i)")
+        }
+        let s = try openWeights(path: snap.path)
+        XCTAssertTrue(s is ShardedSafeTensors)
+        XCTAssertEqual(s.tensorNames, ["a", "b", "c"])
+        XCTAssertEqual(try s.loadTensor("c").toFloats(), [4, 5, 6, 7])
+    }
+
     func testShardsWithoutIndexAndDuplicates() throws {
         try makeSharded()
         let s = try ShardedSafeTensors(shardPaths: [dir.path(shard1), dir.path(shard2)])

@@ -1,1 +1,0 @@
-// Tokenizers and text encoders live here.

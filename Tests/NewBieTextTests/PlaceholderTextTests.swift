@@ -1,5 +1,0 @@
-import XCTest
-
-final class PlaceholderTextTests: XCTestCase {
-    func testModuleLoads() { XCTAssertTrue(true) }
-}

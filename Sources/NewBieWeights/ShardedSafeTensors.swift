@@ -169,8 +169,9 @@ extension ShardedSafeTensors: WeightSource {
 /// - a folder (e.g. a Hugging Face component folder such as `transformer/`) holding one index, or a
 ///   single `.safetensors` file, or several shards without an index.
 ///
-/// Other formats (GGUF) are recognised by their magic and reported as not supported here; their
-/// readers plug in at the marked place.
+/// - a `.gguf` file (recognised by its magic), or a folder holding one `.gguf` and no safetensors.
+///
+/// Further formats plug in at the marked place.
 public func openWeights(path: String) throws -> WeightSource {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -178,9 +179,9 @@ public func openWeights(path: String) throws -> WeightSource {
     }
     if isDir.boolValue { return try openWeightsFolder(path) }
     if path.hasSuffix(".json") { return try ShardedSafeTensors(indexPath: path) }
-    // Other formats plug in here, chosen by magic bytes.
+    // Formats chosen by magic bytes; further formats plug in here.
     if let magic = try? firstBytes(path, 4), magic == Array("GGUF".utf8) {
-        throw WeightsError(.unsupportedFormat, file: path, "GGUF file: not readable by openWeights yet")
+        return try GGUFFile(path: path)
     }
     return try SafeTensorsFile(path: path)
 }
@@ -209,7 +210,14 @@ private func openWeightsFolder(_ folder: String) throws -> WeightSource {
     }
     let files = entries.filter { $0.hasSuffix(".safetensors") && !$0.hasPrefix(".") && isFile($0) }
         .sorted(by: naturalLess)
-    if files.isEmpty { throw WeightsError(.io, file: folder, "the folder holds no .safetensors file and no *.safetensors.index.json") }
+    if files.isEmpty {
+        let ggufs = entries.filter { $0.hasSuffix(".gguf") && !$0.hasPrefix(".") && isFile($0) }.sorted()
+        if ggufs.count == 1 { return try GGUFFile(path: base.appendingPathComponent(ggufs[0]).path) }
+        if ggufs.count > 1 {
+            throw WeightsError(.invalidArgument, file: folder, "the folder holds several .gguf files (\(ggufs.joined(separator: ", "))); name the one to use")
+        }
+        throw WeightsError(.io, file: folder, "the folder holds no .safetensors file, no *.safetensors.index.json and no .gguf file")
+    }
     if files.count == 1 { return try SafeTensorsFile(path: base.appendingPathComponent(files[0]).path) }
     return try ShardedSafeTensors(shardPaths: files.map { base.appendingPathComponent($0).path }, description: folder)
 }

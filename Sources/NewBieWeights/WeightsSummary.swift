@@ -7,6 +7,7 @@ import NewBieTensor
 public struct WeightsSummary: Codable, Equatable, Sendable {
     public struct Entry: Codable, Equatable, Sendable {
         public let name: String
+        /// The storage type: a safetensors dtype (`bf16`), or a GGUF type (`q4_k`).
         public let dtype: String
         public let shape: [Int]
         public let parameters: Int
@@ -24,11 +25,12 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
 
     /// The path given.
     public let path: String
-    /// `safetensors` or `safetensors-sharded`.
+    /// `safetensors`, `safetensors-sharded` or `gguf`.
     public let format: String
     /// The files read (the single file, or the index followed by the shards).
     public let files: [String]
-    /// File-level metadata (`__metadata__`, or the index's `metadata`).
+    /// File-level metadata (`__metadata__`, the index's `metadata`, or GGUF key/values with arrays
+    /// shown as their length).
     public let metadata: [String: String]
     /// The substring tensors were filtered by, if any; the counts below then cover only the matches.
     public let filter: String?
@@ -44,6 +46,7 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         self.path = path
         self.filter = filter
         var shardOf: (String) -> String? = { _ in nil }
+        var storageType: (String, TensorInfo) -> String = { $1.dtype.rawValue }
         if let sharded = source as? ShardedSafeTensors {
             format = "safetensors-sharded"
             files = (sharded.indexPath.map { [$0] } ?? []) + sharded.shards.map(\.path)
@@ -53,6 +56,11 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
             format = "safetensors"
             files = [single.path]
             metadata = single.metadata
+        } else if let gguf = source as? GGUFFile {
+            format = "gguf"
+            files = [gguf.path]
+            metadata = gguf.metadata.mapValues { $0.string ?? $0.description }
+            storageType = { gguf.tensors[$0]?.type.name.lowercased() ?? $1.dtype.rawValue }
         } else {
             format = String(describing: type(of: source))
             files = [source.sourceDescription]
@@ -66,8 +74,9 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         var params = 0, bytes = 0
         for n in names {
             guard let info = source.tensorInfo(n) else { continue }
-            let e = Entry(name: n, dtype: info.dtype.rawValue, shape: info.shape, parameters: info.count,
-                          bytes: info.count * info.dtype.byteSize, file: shardOf(n))
+            // Bytes as stored (for block-quantised GGUF tensors, less than count x dtype size).
+            let e = Entry(name: n, dtype: storageType(n, info), shape: info.shape, parameters: info.count,
+                          bytes: info.byteCount, file: shardOf(n))
             entries.append(e)
             params += e.parameters
             bytes += e.bytes
@@ -100,6 +109,8 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
             formatLine = "safetensors, sharded (\(shardCount) files, \(how))"
         } else if format == "safetensors" {
             formatLine = "safetensors, single file"
+        } else if format == "gguf" {
+            formatLine = "GGUF" + (metadata["general.architecture"].map { " (architecture \($0))" } ?? "")
         } else {
             formatLine = format
         }
@@ -110,7 +121,8 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         out.append("bytes:       \(Self.grouped(totalBytes)) (\(Self.short(Double(totalBytes), unit: "B")))")
         for (i, d) in dtypes.enumerated() {
             let label = i == 0 ? "dtypes:      " : "             "
-            out.append(label + "\(d.dtype.padding(toLength: 5, withPad: " ", startingAt: 0)) \(d.tensors) tensor\(d.tensors == 1 ? "" : "s"), \(Self.grouped(d.parameters)) parameters, \(Self.short(Double(d.bytes), unit: "B"))")
+            let typeWidth = max(5, dtypes.map(\.dtype.count).max() ?? 0)
+            out.append(label + "\(d.dtype.padding(toLength: typeWidth, withPad: " ", startingAt: 0)) \(d.tensors) tensor\(d.tensors == 1 ? "" : "s"), \(Self.grouped(d.parameters)) parameters, \(Self.short(Double(d.bytes), unit: "B"))")
         }
         for (i, k) in metadata.keys.sorted().enumerated() {
             var v = metadata[k]!
@@ -123,12 +135,13 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         let nameWidth = max(4, tensors.map(\.name.count).max() ?? 0)
         let shapes = tensors.map { "[" + $0.shape.map(String.init).joined(separator: ", ") + "]" }
         let shapeWidth = max(5, shapes.map(\.count).max() ?? 0)
+        let typeWidth = max(5, tensors.map(\.dtype.count).max() ?? 0)
         func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
-        var headerRow = pad("name", nameWidth) + "  " + pad("dtype", 5) + "  " + pad("shape", shapeWidth)
+        var headerRow = pad("name", nameWidth) + "  " + pad("dtype", typeWidth) + "  " + pad("shape", shapeWidth)
         if showFile { headerRow += "  file" }
         out.append(headerRow.trimmingTrailingSpaces())
         for (t, shape) in zip(tensors, shapes) {
-            var row = pad(t.name, nameWidth) + "  " + pad(t.dtype, 5) + "  " + pad(shape, shapeWidth)
+            var row = pad(t.name, nameWidth) + "  " + pad(t.dtype, typeWidth) + "  " + pad(shape, shapeWidth)
             if showFile { row += "  " + (t.file ?? "") }
             out.append(row.trimmingTrailingSpaces())
         }

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import NewBieTensor
+import NewBieTestSupport
 @testable import NewBieWeights
 
 final class ShardedSafeTensorsTests: XCTestCase {
@@ -166,9 +167,23 @@ final class ShardedSafeTensorsTests: XCTestCase {
         try Data("{}".utf8).write(to: dir.file("a.safetensors.index.json"))
         try Data("{}".utf8).write(to: dir.file("b.safetensors.index.json"))
         assertWeightsError(.invalidArgument, file: dir.url.path, contains: ["several shard indexes"]) { try openWeights(path: dir.url.path) }
+        // A file with the GGUF magic goes to the GGUF reader (whose own errors name the file).
         let gguf = dir.path("model.gguf")
         try Data("GGUF\u{3}\0\0\0".utf8).write(to: URL(fileURLWithPath: gguf))
-        assertWeightsError(.unsupportedFormat, file: gguf, contains: ["GGUF"]) { try openWeights(path: gguf) }
+        XCTAssertThrowsError(try openWeights(path: gguf)) { e in
+            XCTAssertTrue("\(e)".contains(gguf), "\(e)")
+        }
+    }
+
+    func testOpenWeightsGGUFFileAndFolder() throws {
+        let fixture = Fixtures.path("gguf/quants.gguf")
+        let g = try openWeights(path: fixture)
+        XCTAssertTrue(g is GGUFFile)
+        XCTAssertFalse(g.tensorNames.isEmpty)
+        try FileManager.default.copyItem(atPath: fixture, toPath: dir.path("m.gguf"))
+        XCTAssertEqual(try openWeights(path: dir.url.path).tensorNames, g.tensorNames)
+        try FileManager.default.copyItem(atPath: fixture, toPath: dir.path("n.gguf"))
+        assertWeightsError(.invalidArgument, file: dir.url.path, contains: ["several .gguf files"]) { try openWeights(path: dir.url.path) }
     }
 
     func testNaturalOrder() {

@@ -94,6 +94,22 @@ final class WeightsSummaryTests: XCTestCase {
         XCTAssertEqual(back, filtered)
     }
 
+    func testGGUFSummaryShowsStorageTypesAndStoredBytes() throws {
+        let path = Fixtures.path("gguf/quants.gguf")
+        let g = try GGUFFile(path: path)
+        let s = WeightsSummary(path: path, source: g)
+        XCTAssertEqual(s.format, "gguf")
+        XCTAssertEqual(s.tensorCount, g.tensors.count)
+        for e in s.tensors {
+            let t = try XCTUnwrap(g.tensors[e.name])
+            XCTAssertEqual(e.dtype, t.type.name.lowercased(), e.name)
+            XCTAssertEqual(e.bytes, t.fileEnd - t.fileBegin, e.name)
+            XCTAssertEqual(e.parameters, t.count, e.name)
+        }
+        XCTAssertTrue(s.dtypes.contains { $0.dtype.hasPrefix("q") }, "fixture should hold quantised tensors: \(s.dtypes)")
+        XCTAssertTrue(s.text().contains("format:      GGUF"))
+    }
+
     func testNumberFormatting() {
         XCTAssertEqual(WeightsSummary.grouped(3_512_345_678), "3,512,345,678")
         XCTAssertEqual(WeightsSummary.grouped(12), "12")

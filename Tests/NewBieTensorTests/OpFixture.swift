@@ -57,9 +57,20 @@ struct OpCase {
     func list(_ k: String) -> [Any]? { params[k] as? [Any] }
 }
 
-/// Tolerances on the relative L2 error: every op computes in Float32 and rounds once.
+/// Tolerances on the relative L2 error. The project's bound is 1e-5 for fp32 and 1e-2 for bf16/fp16;
+/// the reduced-precision bounds here are tighter because every op computes in Float32 and rounds once,
+/// as the reference does: results may differ only where the two Float32 values straddle a rounding
+/// boundary (a one-ulp flip in a small fraction of elements; measured <= 1.2e-4 bf16, <= 3e-5 fp16).
+/// An op that rounded an intermediate to bf16 would show about 1e-3 and more.
 enum OpTolerance {
-    static func of(_ dtype: DType) -> Double { dtype == .f32 ? 1e-5 : 1e-2 }
+    static func of(_ dtype: DType) -> Double {
+        switch dtype {
+        case .f32: return 1e-5
+        case .bf16: return 5e-4
+        case .f16: return 1e-4
+        default: return 0
+        }
+    }
 }
 
 /// Compares against the fixture, records the error, and fails above `tol`.

@@ -19,6 +19,9 @@ let package = Package(
         .systemLibrary(name: "CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         // DType, Shape, Tensor, Device, the Backend protocol and the CPU backend.
         .target(name: "NewBieTensor", dependencies: ["CNewBieCPU"]),
+        // The CUDA backend: libcuda, cuBLASLt and NVRTC loaded with dlopen; kernels are CUDA C
+        // resources compiled at run time for the running GPU.
+        .target(name: "NewBieCUDA", dependencies: ["NewBieTensor"], resources: [.copy("Kernels")]),
         // Checkpoint formats: safetensors, GGUF, naming tables, scoped weight access.
         .target(name: "NewBieWeights", dependencies: ["NewBieTensor"]),
         // Tokenizers (Gemma SentencePiece-BPE, XLM-R Unigram) and the text encoders.
@@ -30,7 +33,7 @@ let package = Package(
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.

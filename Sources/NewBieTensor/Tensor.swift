@@ -116,11 +116,11 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         let p = t.hostPointer
         let n = count
         switch dtype {
-        case .i64: return (0..<n).map { Int(p.load(fromByteOffset: $0 * 8, as: Int64.self)) }
-        case .i32: return (0..<n).map { Int(p.load(fromByteOffset: $0 * 4, as: Int32.self)) }
-        case .i16: return (0..<n).map { Int(p.load(fromByteOffset: $0 * 2, as: Int16.self)) }
-        case .i8: return (0..<n).map { Int(p.load(fromByteOffset: $0, as: Int8.self)) }
-        case .u8, .bool: return (0..<n).map { Int(p.load(fromByteOffset: $0, as: UInt8.self)) }
+        case .i64: return (0..<n).map { Int(p.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
+        case .i32: return (0..<n).map { Int(p.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
+        case .i16: return (0..<n).map { Int(p.loadUnaligned(fromByteOffset: $0 * 2, as: Int16.self)) }
+        case .i8: return (0..<n).map { Int(p.loadUnaligned(fromByteOffset: $0, as: Int8.self)) }
+        case .u8, .bool: return (0..<n).map { Int(p.loadUnaligned(fromByteOffset: $0, as: UInt8.self)) }
         default: return t.toFloats().map { Int($0) }
         }
     }

@@ -71,24 +71,26 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         precondition(src.shape == dst.shape, "copy: shapes \(src.shape) and \(dst.shape) differ")
         if src.count == 0 { return }
         let rows = StridedRows(shape: src.shape, operands: [src, dst])
-        let n = rows.rowLength, ss = rows.rowStride(0), ds = rows.rowStride(1)
+        let ss = rows.rowStride(0), ds = rows.rowStride(1)
         let sb = UnsafeRawPointer(src.buffer.host!), db = dst.buffer.host!
         // same dtype, both rows contiguous: plain byte copies
         if src.dtype == dst.dtype && ss == 1 && ds == 1 {
             let es = src.dtype.byteSize
-            rows.forEachRows { range in
-                for r in range {
-                    (db + rows.rowOffset(r, operand: 1) * es).copyMemory(from: sb + rows.rowOffset(r, operand: 0) * es, byteCount: n * es)
+            rows.forEachSegment { range in
+                for s in range {
+                    let (so, n) = rows.segment(s, operand: 0), (dof, _) = rows.segment(s, operand: 1)
+                    (db + dof * es).copyMemory(from: sb + so * es, byteCount: n * es)
                 }
             }
             return
         }
-        rows.forEachRows { range in
-            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        rows.forEachSegment { range in
+            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: rows.segmentLength)
             defer { tmp.deallocate() }
-            for r in range {
-                RowIO.load(sb, src.dtype, offset: rows.rowOffset(r, operand: 0), stride: ss, count: n, into: tmp)
-                RowIO.store(tmp, db, dst.dtype, offset: rows.rowOffset(r, operand: 1), stride: ds, count: n)
+            for s in range {
+                let (so, n) = rows.segment(s, operand: 0), (dof, _) = rows.segment(s, operand: 1)
+                RowIO.load(sb, src.dtype, offset: so, stride: ss, count: n, into: tmp)
+                RowIO.store(tmp, db, dst.dtype, offset: dof, stride: ds, count: n)
             }
         }
     }
@@ -117,15 +119,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let out = Tensor.empty(x.shape, dtype: dtype)
         if x.count == 0 { return out }
         let rows = StridedRows(shape: x.shape, operands: [x, out])
-        let n = rows.rowLength, xs = rows.rowStride(0)
+        let xs = rows.rowStride(0)
         let xb = UnsafeRawPointer(x.buffer.host!), ob = out.buffer.host!
-        rows.forEachRows { range in
-            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        rows.forEachSegment { range in
+            let tmp = UnsafeMutablePointer<Float>.allocate(capacity: rows.segmentLength)
             defer { tmp.deallocate() }
-            for r in range {
-                RowIO.load(xb, x.dtype, offset: rows.rowOffset(r, operand: 0), stride: xs, count: n, into: tmp)
+            for s in range {
+                let (xo, n) = rows.segment(s, operand: 0), (oo, _) = rows.segment(s, operand: 1)
+                RowIO.load(xb, x.dtype, offset: xo, stride: xs, count: n, into: tmp)
                 CPUMath.apply(op, tmp, n)
-                RowIO.store(tmp, ob, dtype, offset: rows.rowOffset(r, operand: 1), count: n)
+                RowIO.store(tmp, ob, dtype, offset: oo, count: n)
             }
         }
         return out
@@ -136,15 +139,16 @@ public final class CPUBackend: Backend, @unchecked Sendable {
         let out = Tensor.empty(a.shape, dtype: dtype)
         if a.count == 0 { return out }
         let rows = StridedRows(shape: a.shape, operands: [a, b, out])
-        let n = rows.rowLength, as_ = rows.rowStride(0), bs = rows.rowStride(1)
+        let as_ = rows.rowStride(0), bs = rows.rowStride(1)
         let ab = UnsafeRawPointer(a.buffer.host!), bb = UnsafeRawPointer(b.buffer.host!), ob = out.buffer.host!
-        rows.forEachRows { range in
-            let x = UnsafeMutablePointer<Float>.allocate(capacity: n)
-            let y = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        rows.forEachSegment { range in
+            let x = UnsafeMutablePointer<Float>.allocate(capacity: rows.segmentLength)
+            let y = UnsafeMutablePointer<Float>.allocate(capacity: rows.segmentLength)
             defer { x.deallocate(); y.deallocate() }
-            for r in range {
-                RowIO.load(ab, a.dtype, offset: rows.rowOffset(r, operand: 0), stride: as_, count: n, into: x)
-                RowIO.load(bb, b.dtype, offset: rows.rowOffset(r, operand: 1), stride: bs, count: n, into: y)
+            for s in range {
+                let (ao, n) = rows.segment(s, operand: 0), (bo, _) = rows.segment(s, operand: 1), (oo, _) = rows.segment(s, operand: 2)
+                RowIO.load(ab, a.dtype, offset: ao, stride: as_, count: n, into: x)
+                RowIO.load(bb, b.dtype, offset: bo, stride: bs, count: n, into: y)
                 switch op {
                 case .add: for i in 0..<n { x[i] += y[i] }
                 case .sub: for i in 0..<n { x[i] -= y[i] }
@@ -153,7 +157,7 @@ public final class CPUBackend: Backend, @unchecked Sendable {
                 case .maximum: for i in 0..<n { x[i] = (x[i].isNaN || y[i].isNaN) ? .nan : Swift.max(x[i], y[i]) }
                 case .minimum: for i in 0..<n { x[i] = (x[i].isNaN || y[i].isNaN) ? .nan : Swift.min(x[i], y[i]) }
                 }
-                RowIO.store(x, ob, dtype, offset: rows.rowOffset(r, operand: 2), count: n)
+                RowIO.store(x, ob, dtype, offset: oo, count: n)
             }
         }
         return out

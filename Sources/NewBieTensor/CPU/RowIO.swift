@@ -55,15 +55,15 @@ enum RowIO {
     @inline(__always)
     static func scalar(_ base: UnsafeRawPointer, _ dtype: DType, _ i: Int) -> Float {
         switch dtype {
-        case .f32: return base.load(fromByteOffset: i * 4, as: Float.self)
-        case .f16: return nb_f16_to_f32_one(base.load(fromByteOffset: i * 2, as: UInt16.self))
-        case .bf16: return Half.bf16ToFloat(base.load(fromByteOffset: i * 2, as: UInt16.self))
-        case .f64: return Float(base.load(fromByteOffset: i * 8, as: Double.self))
-        case .i64: return Float(base.load(fromByteOffset: i * 8, as: Int64.self))
-        case .i32: return Float(base.load(fromByteOffset: i * 4, as: Int32.self))
-        case .i16: return Float(base.load(fromByteOffset: i * 2, as: Int16.self))
-        case .i8: return Float(base.load(fromByteOffset: i, as: Int8.self))
-        case .u8, .bool: return Float(base.load(fromByteOffset: i, as: UInt8.self))
+        case .f32: return base.loadUnaligned(fromByteOffset: i * 4, as: Float.self)
+        case .f16: return nb_f16_to_f32_one(base.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
+        case .bf16: return Half.bf16ToFloat(base.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self))
+        case .f64: return Float(base.loadUnaligned(fromByteOffset: i * 8, as: Double.self))
+        case .i64: return Float(base.loadUnaligned(fromByteOffset: i * 8, as: Int64.self))
+        case .i32: return Float(base.loadUnaligned(fromByteOffset: i * 4, as: Int32.self))
+        case .i16: return Float(base.loadUnaligned(fromByteOffset: i * 2, as: Int16.self))
+        case .i8: return Float(base.loadUnaligned(fromByteOffset: i, as: Int8.self))
+        case .u8, .bool: return Float(base.loadUnaligned(fromByteOffset: i, as: UInt8.self))
         }
     }
 
@@ -137,9 +137,27 @@ struct StridedRows {
         return off
     }
 
-    /// Calls body(rowRange) in parallel; cheap rows are grouped so each task has enough work.
-    func forEachRows(_ body: (Range<Int>) -> Void) {
-        let grain = Swift.max(1, 16384 / Swift.max(rowLength, 1))
-        Parallel.forEach(rowCount, grain: grain, body)
+    /// Work is handed out in segments: whole rows, or, when there are fewer rows than cores
+    /// (a contiguous tensor merges into one row), pieces of rows, so every core gets a share.
+    var segmentLength: Int {
+        let cores = Parallel.cores
+        if rowCount >= 4 * cores || rowLength <= 8192 { return rowLength }
+        return Swift.max(4096, (rowLength + 4 * cores - 1) / (4 * cores))
+    }
+    var segmentsPerRow: Int { (rowLength + segmentLength - 1) / segmentLength }
+
+    /// Offset and length of segment `s` for operand `k`.
+    @inline(__always) func segment(_ s: Int, operand k: Int) -> (offset: Int, count: Int) {
+        let per = segmentsPerRow, len = segmentLength
+        let r = s / per, c = s % per
+        let start = c * len
+        return (rowOffset(r, operand: k) + start * rowStride(k), Swift.min(len, rowLength - start))
+    }
+
+    /// Calls body(segmentRange) in parallel; cheap segments are grouped so each task has enough work.
+    func forEachSegment(_ body: (Range<Int>) -> Void) {
+        let len = segmentLength
+        let grain = Swift.max(1, 16384 / Swift.max(len, 1))
+        Parallel.forEach(rowCount * segmentsPerRow, grain: grain, body)
     }
 }

@@ -1,0 +1,553 @@
+import Foundation
+import NewBieTensor
+
+/// The CUDA backend: device memory from a caching pool, one stream, kernels compiled by NVRTC,
+/// GEMMs through cuBLASLt. Ops are enqueued on the stream; reading a tensor back synchronises.
+public final class CUDABackend: Backend, @unchecked Sendable {
+    public let device: Device
+    public let name: String
+    public let computeCapability: Int
+    public let totalMemory: Int
+    /// fp32 GEMMs on the tensor cores in TF32 (faster, ~1e-3 relative error); off by default.
+    public var allowTF32 = false
+    /// Fill every new allocation with 0xFF bytes (NaN in every float type), so that an element a
+    /// kernel fails to write shows up as NaN in checks. For `gpu-check`; costs a memset per tensor.
+    public var poisonAllocations = false
+
+    let driver: CUDADriver
+    let context: OpaquePointer?
+    let stream: OpaquePointer?
+    let blas: CUBLASLt
+    private var functions: [String: OpaquePointer?] = [:]
+    private let pool: MemoryPool
+    private let lock = NSLock()
+
+    private static let sharedLock = NSLock()
+    nonisolated(unsafe) private static var instances: [Int: CUDABackend] = [:]
+
+    /// Loads the driver, creates the context and stream, compiles the kernels and registers the
+    /// backend for `.cuda(index)`. Throws a clear error when there is no usable GPU.
+    @discardableResult
+    public static func load(index: Int = 0) throws -> CUDABackend {
+        sharedLock.lock(); defer { sharedLock.unlock() }
+        if let b = instances[index] { return b }
+        let b = try CUDABackend(index: index)
+        instances[index] = b
+        Backends.register(b)
+        return b
+    }
+
+    private init(index: Int) throws {
+        driver = try CUDADriver()
+        try driver.check(driver.cuInit(0), "cuInit")
+        var dev: Int32 = 0
+        try driver.check(driver.cuDeviceGet(&dev, Int32(index)), "cuDeviceGet(\(index))")
+        var major: Int32 = 0, minor: Int32 = 0
+        try driver.check(driver.cuDeviceGetAttribute(&major, 75, dev), "compute capability")
+        try driver.check(driver.cuDeviceGetAttribute(&minor, 76, dev), "compute capability")
+        computeCapability = Int(major * 10 + minor)
+        var nameBuf = [CChar](repeating: 0, count: 256)
+        _ = driver.cuDeviceGetName(&nameBuf, 256, dev)
+        name = String(cString: nameBuf)
+        var total = 0
+        _ = driver.cuDeviceTotalMem(&total, dev)
+        totalMemory = total
+        var ctx: OpaquePointer? = nil
+        try driver.check(driver.cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain")
+        context = ctx
+        try driver.check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+        var s: OpaquePointer? = nil
+        try driver.check(driver.cuStreamCreate(&s, 1), "cuStreamCreate")
+        stream = s
+        device = .cuda(index)
+        pool = MemoryPool(driver: driver)
+        blas = try CUBLASLt(driver: driver)
+        try loadKernels()
+    }
+
+    private func loadKernels() throws {
+        guard let url = Bundle.module.url(forResource: "ops", withExtension: "cu", subdirectory: "Kernels")
+                ?? Bundle.module.url(forResource: "ops", withExtension: "cu") else {
+            throw CUDAError("kernel source ops.cu is missing from the NewBieCUDA resources (keep the newbie_NewBieCUDA.resources folder next to the binary)")
+        }
+        let source = try String(contentsOf: url, encoding: .utf8)
+        let nvrtc = try NVRTC()
+        let cubin = try nvrtc.cubin(source: source, name: "ops", arch: computeCapability)
+        var module: OpaquePointer? = nil
+        try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress), "cuModuleLoadData(ops)") }
+        for f in ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
+                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
+                  "nb_channel_bias", "nb_upsample2x"] {
+            var fn: OpaquePointer? = nil
+            try driver.check(driver.cuModuleGetFunction(&fn, module, f), "cuModuleGetFunction(\(f))")
+            functions[f] = fn
+        }
+    }
+
+    func setCurrent() { driver.must(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
+
+    /// Waits for every queued op.
+    public func synchronize() { setCurrent(); driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize") }
+
+    // MARK: launching
+
+    func launch(_ name: String, grid: Int, block: Int = 256, shared: Int = 0, _ args: KernelArgs) {
+        guard let fn = functions[name] else { fatalError("CUDA kernel \(name) is not loaded") }
+        setCurrent()
+        let g = UInt32(Swift.max(1, Swift.min(grid, 1 << 30)))
+        args.withPointers { ptrs in
+            driver.must(driver.cuLaunchKernel(fn, g, 1, 1, UInt32(block), 1, 1, UInt32(shared), stream, ptrs, nil), "launch \(name)")
+        }
+    }
+
+    /// Blocks for a grid-stride loop over n elements.
+    func blocks(_ n: Int, _ threads: Int = 256) -> Int { Swift.max(1, Swift.min((n + threads - 1) / threads, 65536)) }
+
+    // MARK: memory
+
+    public func allocate(byteCount: Int) -> Buffer {
+        setCurrent()
+        let (ptr, size) = pool.take(Swift.max(byteCount, 1))
+        if poisonAllocations { driver.must(driver.cuMemsetD8Async(ptr, 0xFF, size, stream), "poison") }
+        return Buffer(device: device, byteCount: byteCount, host: nil, deviceAddress: ptr, release: { [pool] in pool.give(ptr, size) })
+    }
+
+    public func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int) {
+        guard bytes.count > 0 else { return }
+        setCurrent()
+        pool.staged(bytes.count) { staging, chunk in
+            var done = 0
+            while done < bytes.count {
+                let n = Swift.min(chunk, bytes.count - done)
+                driver.must(driver.cuStreamSynchronize(stream), "sync before staging")
+                staging.copyMemory(from: bytes.baseAddress! + done, byteCount: n)
+                driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset + done), staging, n, stream), "upload")
+                done += n
+            }
+            driver.must(driver.cuStreamSynchronize(stream), "upload")
+        }
+    }
+
+    public func download(_ buffer: Buffer, byteOffset: Int, into bytes: UnsafeMutableRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        setCurrent()
+        driver.must(driver.cuMemcpyDtoHAsync(bytes.baseAddress, buffer.deviceAddress + UInt64(byteOffset), bytes.count, stream), "download")
+        driver.must(driver.cuStreamSynchronize(stream), "download")
+    }
+
+    public var memoryStats: MemoryStats { pool.stats }
+    public func resetPeakMemory() { pool.resetPeak() }
+
+    // MARK: helpers
+
+    static func dtypeCode(_ d: DType) -> Int32 {
+        switch d {
+        case .f32: return 0
+        case .f16: return 1
+        case .bf16: return 2
+        case .i32: return 3
+        case .i64: return 4
+        case .u8, .bool: return 5
+        case .f64: return 6
+        case .i8: return 7
+        case .i16: return 8
+        }
+    }
+
+    func ptr(_ t: Tensor) -> UInt64 { t.buffer.deviceAddress + UInt64(t.offset * t.dtype.byteSize) }
+    func base(_ t: Tensor) -> UInt64 { t.buffer.deviceAddress }
+
+    func empty(_ shape: [Int], _ dtype: DType) -> Tensor { Tensor.empty(shape, dtype: dtype, device: device) }
+
+    // MARK: data movement
+
+    public func copy(_ src: Tensor, into dst: Tensor) {
+        let n = src.count
+        if n == 0 { return }
+        if src.dtype == dst.dtype {
+            launch("nb_copy_raw", grid: blocks(n), KernelArgs().ptr(base(src)).strided(src).ptr(base(dst)).strided(dst).i64(n).i32(Int32(src.dtype.byteSize)))
+        } else {
+            launch("nb_copy", grid: blocks(n), KernelArgs().ptr(base(src)).i32(Self.dtypeCode(src.dtype)).strided(src)
+                .ptr(base(dst)).i32(Self.dtypeCode(dst.dtype)).strided(dst).i64(n))
+        }
+    }
+
+    public func fill(_ dst: Tensor, value: Float) {
+        let n = dst.count
+        if n == 0 { return }
+        launch("nb_fill", grid: blocks(n), KernelArgs().ptr(ptr(dst)).i32(Self.dtypeCode(dst.dtype)).i64(n).f32(value))
+    }
+
+    // MARK: element-wise
+
+    static func unaryCode(_ op: UnaryOp) -> (Int32, Float, Float) {
+        switch op {
+        case .identity: return (0, 0, 0)
+        case .neg: return (1, 0, 0)
+        case .abs: return (2, 0, 0)
+        case .square: return (3, 0, 0)
+        case .sqrt: return (4, 0, 0)
+        case .rsqrt: return (5, 0, 0)
+        case .exp: return (6, 0, 0)
+        case .log: return (7, 0, 0)
+        case .tanh: return (8, 0, 0)
+        case .sigmoid: return (9, 0, 0)
+        case .relu: return (10, 0, 0)
+        case .silu: return (11, 0, 0)
+        case .geluTanh: return (12, 0, 0)
+        case .geluErf: return (13, 0, 0)
+        case .affine(let a, let b): return (14, a, b)
+        case .clamp(let lo, let hi): return (15, lo, hi)
+        }
+    }
+
+    public func unary(_ op: UnaryOp, _ x: Tensor, dtype: DType) -> Tensor {
+        let out = empty(x.shape, dtype)
+        let n = x.count
+        if n == 0 { return out }
+        let (code, a, b) = Self.unaryCode(op)
+        launch("nb_unary", grid: blocks(n), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).strided(x)
+            .ptr(ptr(out)).i32(Self.dtypeCode(dtype)).i64(n).i32(code).f32(a).f32(b))
+        return out
+    }
+
+    public func binary(_ op: BinaryOp, _ a: Tensor, _ b: Tensor, dtype: DType) -> Tensor {
+        let out = empty(a.shape, dtype)
+        let n = a.count
+        if n == 0 { return out }
+        let code: Int32
+        switch op {
+        case .add: code = 0
+        case .sub: code = 1
+        case .mul: code = 2
+        case .div: code = 3
+        case .maximum: code = 4
+        case .minimum: code = 5
+        }
+        launch("nb_binary", grid: blocks(n), KernelArgs().ptr(base(a)).i32(Self.dtypeCode(a.dtype)).strided(a)
+            .ptr(base(b)).i32(Self.dtypeCode(b.dtype)).strided(b).ptr(ptr(out)).i32(Self.dtypeCode(dtype)).i64(n).i32(code))
+        return out
+    }
+
+    // MARK: reductions and norms
+
+    public func reduce(_ op: ReduceOp, _ x: Tensor, outer: Int, n: Int, inner: Int, dtype: DType) -> Tensor {
+        let out = empty([outer, inner], dtype)
+        if outer * inner == 0 { return out }
+        let code: Int32
+        switch op {
+        case .sum: code = 0
+        case .mean: code = 1
+        case .max: code = 2
+        case .min: code = 3
+        case .sumSquares: code = 4
+        }
+        launch("nb_reduce", grid: outer * inner, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(ptr(out)).i32(Self.dtypeCode(dtype)).i64(outer).i64(n).i64(inner).i32(code))
+        return out
+    }
+
+    public func softmax(_ x: Tensor) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let n = x.shape.last ?? 1
+        let rows = x.count / Swift.max(n, 1)
+        if rows == 0 { return out }
+        launch("nb_softmax", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset).ptr(ptr(out)).i64(n))
+        return out
+    }
+
+    public func rmsNorm(_ x: Tensor, weight: Tensor?, eps: Float, style: RMSNormStyle) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let d = x.shape.last!
+        let rows = x.count / Swift.max(d, 1)
+        if rows == 0 { return out }
+        launch("nb_rmsnorm", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(weight.map(ptr) ?? 0).i32(Self.dtypeCode(weight?.dtype ?? .f32)).ptr(ptr(out)).i64(d).f32(eps)
+            .i32(style == .roundThenWeight ? 0 : 1))
+        return out
+    }
+
+    public func layerNorm(_ x: Tensor, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let d = x.shape.last!
+        let rows = x.count / Swift.max(d, 1)
+        if rows == 0 { return out }
+        // weight and bias share one dtype code in the kernel
+        let wdt = weight?.dtype ?? bias?.dtype ?? .f32
+        let b = bias.map { $0.dtype == wdt ? $0 : $0.to(wdt) }
+        launch("nb_layernorm", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt)).ptr(ptr(out)).i64(d).f32(eps))
+        return out
+    }
+
+    public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let c = x.shape[1], s = x.shape.dropFirst(2).reduce(1, *)
+        let wdt = weight?.dtype ?? bias?.dtype ?? .f32
+        let b = bias.map { $0.dtype == wdt ? $0 : $0.to(wdt) }
+        launch("nb_groupnorm", grid: x.shape[0] * groups, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt)).ptr(ptr(out)).i64(c).i64(s).i32(Int32(groups)).f32(eps))
+        return out
+    }
+
+    // MARK: matrix products
+
+    static func blasType(_ d: DType) -> Int32? {
+        switch d {
+        case .f32: return CUBLASLt.CUDA_R_32F
+        case .f16: return CUBLASLt.CUDA_R_16F
+        case .bf16: return CUBLASLt.CUDA_R_16BF
+        default: return nil
+        }
+    }
+
+    public func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor {
+        let k = weight.shape[1], n = weight.shape[0]
+        let m = x.count / Swift.max(k, 1)
+        let out = empty(Array(x.shape.dropLast()) + [n], x.dtype)
+        if m == 0 || n == 0 { return out }
+        guard let type = Self.blasType(x.dtype) else { fatalError("linear: unsupported dtype \(x.dtype) on CUDA") }
+        let w = weight.dtype == x.dtype ? weight : weight.to(x.dtype)
+        let b = bias.map { $0.dtype == x.dtype ? $0 : $0.to(x.dtype) }
+        if k == 0 { fill(out, value: 0); return b.map { out + $0 } ?? out }
+        setCurrent()
+        do {
+            try blas.gemm(m: m, n: n, k: k, batch: 1, type: type, a: ptr(x), strideA: 0, b: ptr(w), strideB: 0, transposeB: true,
+                          c: ptr(out), strideC: 0, bias: b.map(ptr), allowTF32: allowTF32, stream: stream)
+        } catch { fatalError("\(error)") }
+        return out
+    }
+
+    public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool) -> Tensor {
+        let batch = a.shape[0], m = a.shape[1], k = a.shape[2]
+        let n = transposeB ? b.shape[1] : b.shape[2]
+        let out = empty([batch, m, n], a.dtype)
+        if batch * m * n == 0 { return out }
+        guard let type = Self.blasType(a.dtype) else { fatalError("matmul: unsupported dtype \(a.dtype) on CUDA") }
+        let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
+        if k == 0 { fill(out, value: 0); return out }
+        setCurrent()
+        do {
+            try blas.gemm(m: m, n: n, k: k, batch: batch, type: type, a: ptr(a), strideA: m * k, b: ptr(bb), strideB: k * n,
+                          transposeB: transposeB, c: ptr(out), strideC: m * n, bias: nil, allowTF32: allowTF32, stream: stream)
+        } catch { fatalError("\(error)") }
+        return out
+    }
+
+    // MARK: transformer ops
+
+    public func rope(_ x: Tensor, cos: Tensor, sin: Tensor, layout: RoPELayout) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let (b, l, h, d) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let n = b * l * h * d / 2
+        if n == 0 { return out }
+        launch("nb_rope", grid: blocks(n), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(ptr(cos)).ptr(ptr(sin)).ptr(ptr(out)).i64(b).i64(l).i64(h).i64(d)
+            .i32(cos.shape[0] == 1 ? 0 : 1).i32(layout == .interleaved ? 0 : 1))
+        return out
+    }
+
+    public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, options: AttentionOptions) -> Tensor {
+        let (b, lq, hq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let (lk, hkv, dv) = (k.shape[1], k.shape[2], v.shape[3])
+        precondition(d <= 256 && dv <= 256, "CUDA attention supports head dims up to 256")
+        let out = empty([b, lq, hq, dv], q.dtype)
+        if b * lq * hq == 0 { return out }
+        let kk = k.dtype == q.dtype ? k : k.to(q.dtype), vv = v.dtype == q.dtype ? v : v.to(q.dtype)
+        let mask = options.keyPaddingMask.map { $0.to(.f32) }
+        let bias = options.bias.map { $0.to(.f32) }
+        var p = AttnParamsRaw()
+        p.i64s = [Int64(b), Int64(lq), Int64(lk), Int64(hq), Int64(hkv), Int64(d), Int64(dv)]
+        p.scale = options.scale ?? 1 / Float(d).squareRoot()
+        p.causal = options.causal ? 1 : 0
+        p.window = Int32(options.slidingWindow ?? 0)
+        p.hasMask = mask == nil ? 0 : 1
+        p.hasBias = bias == nil ? 0 : 1
+        p.biasB = Int64(bias?.shape[0] ?? 1)
+        p.biasH = Int64(bias?.shape[1] ?? 1)
+        let warps = b * lq * hq
+        launch("nb_attention_ref", grid: (warps * 32 + 255) / 256, KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv))
+            .i32(Self.dtypeCode(q.dtype)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0).ptr(ptr(out)).bytes(p.encoded()))
+        return out
+    }
+
+    public func embedding(_ table: Tensor, ids: Tensor, dtype: DType) -> Tensor {
+        let n = ids.count, d = table.shape[1]
+        let out = empty([n, d], dtype)
+        if n * d == 0 { return out }
+        launch("nb_embedding", grid: blocks(n * d), KernelArgs().ptr(ptr(table)).i32(Self.dtypeCode(table.dtype))
+            .ptr(ptr(ids)).i32(Self.dtypeCode(ids.dtype)).ptr(ptr(out)).i32(Self.dtypeCode(dtype)).i64(n).i64(d))
+        return out
+    }
+
+    // MARK: convolution
+
+    public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, options o: Conv2dOptions) -> Tensor {
+        let (batch, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let (cout, kh, kw) = (weight.shape[0], weight.shape[2], weight.shape[3])
+        let oh = (h + o.padTop + o.padBottom - kh) / o.strideH + 1
+        let ow = (w + o.padLeft + o.padRight - kw) / o.strideW + 1
+        let out = empty([batch, cout, oh, ow], x.dtype)
+        guard let type = Self.blasType(x.dtype) else { fatalError("conv2d: unsupported dtype \(x.dtype) on CUDA") }
+        let wt = weight.dtype == x.dtype ? weight : weight.to(x.dtype)
+        let kdim = cin * kh * kw, p = oh * ow
+        let col = empty([kdim, p], x.dtype)
+        setCurrent()
+        for bi in 0..<batch {
+            launch("nb_im2col", grid: blocks(kdim * p), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype))
+                .i64(x.offset + bi * cin * h * w).ptr(ptr(col)).i32(Self.dtypeCode(x.dtype)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))
+                .i32(Int32(kh)).i32(Int32(kw)).i32(Int32(o.strideH)).i32(Int32(o.strideW)).i32(Int32(o.padTop)).i32(Int32(o.padLeft))
+                .i32(Int32(oh)).i32(Int32(ow)))
+            // out_b [cout, p] = W [cout, kdim] x col [kdim, p]
+            do {
+                try blas.gemm(m: cout, n: p, k: kdim, batch: 1, type: type, a: ptr(wt), strideA: 0, b: ptr(col), strideB: 0,
+                              transposeB: false, c: ptr(out) + UInt64(bi * cout * p * x.dtype.byteSize), strideC: 0,
+                              bias: nil, allowTF32: allowTF32, stream: stream)
+            } catch { fatalError("\(error)") }
+        }
+        if let bias = bias {
+            let n = out.count
+            launch("nb_channel_bias", grid: blocks(n), KernelArgs().ptr(ptr(out)).i32(Self.dtypeCode(out.dtype))
+                .ptr(ptr(bias)).i32(Self.dtypeCode(bias.dtype)).i64(cout).i64(p).i64(n))
+        }
+        return out
+    }
+
+    public func upsampleNearest2x(_ x: Tensor) -> Tensor {
+        let (b, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let out = empty([b, c, 2 * h, 2 * w], x.dtype)
+        let n = out.count
+        if n == 0 { return out }
+        launch("nb_upsample2x", grid: blocks(n), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+            .ptr(ptr(out)).i64(b * c).i64(h).i64(w))
+        return out
+    }
+}
+
+/// Mirrors `AttnParams` in ops.cu (7 x i64, float, 4 x int, pad, 2 x i64 = 96 bytes).
+struct AttnParamsRaw {
+    var i64s: [Int64] = []
+    var scale: Float = 1
+    var causal: Int32 = 0, window: Int32 = 0, hasMask: Int32 = 0, hasBias: Int32 = 0
+    var biasB: Int64 = 1, biasH: Int64 = 1
+
+    func encoded() -> [UInt8] {
+        var out: [UInt8] = []
+        func put<T>(_ v: T) { withUnsafeBytes(of: v) { out.append(contentsOf: $0) } }
+        for v in i64s { put(v) }
+        put(scale); put(causal); put(window); put(hasMask); put(hasBias)
+        while out.count % 8 != 0 { out.append(0) }
+        put(biasB); put(biasH)
+        return out
+    }
+}
+
+/// Kernel arguments packed for cuLaunchKernel: each argument lives in its own heap cell and the
+/// kernel receives an array of pointers to them.
+final class KernelArgs {
+    private var cells: [UnsafeMutableRawPointer] = []
+
+    @discardableResult func bytes(_ b: [UInt8]) -> KernelArgs {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(b.count, 1), alignment: 16)
+        b.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: b.count) }
+        cells.append(p)
+        return self
+    }
+    private func value<T>(_ v: T) -> KernelArgs {
+        let p = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<T>.size, alignment: 16)
+        p.storeBytes(of: v, as: T.self)
+        cells.append(p)
+        return self
+    }
+    func ptr(_ v: UInt64) -> KernelArgs { value(v) }
+    func i64(_ v: Int) -> KernelArgs { value(Int64(v)) }
+    func i32(_ v: Int32) -> KernelArgs { value(v) }
+    func f32(_ v: Float) -> KernelArgs { value(v) }
+
+    /// `Strided` in ops.cu: int rank, int pad, i64 shape[8], i64 stride[8], i64 offset.
+    func strided(_ t: Tensor) -> KernelArgs {
+        precondition(t.rank <= 8, "CUDA kernels take tensors of rank <= 8, got \(t.shape)")
+        var words = [Int64](repeating: 0, count: 18)
+        words[0] = Int64(Swift.max(t.rank, 1))
+        for i in 0..<8 {
+            words[1 + i] = i < t.rank ? Int64(t.shape[i]) : 1
+            words[9 + i] = i < t.rank ? Int64(t.strides[i]) : 0
+        }
+        if t.rank == 0 { words[1] = 1; words[9] = 0 }
+        words[17] = Int64(t.offset)
+        return bytes(words.withUnsafeBytes { Array($0) })
+    }
+
+    func withPointers(_ body: (UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Void) {
+        var ptrs: [UnsafeMutableRawPointer?] = cells
+        ptrs.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
+    }
+
+    deinit { cells.forEach { $0.deallocate() } }
+}
+
+/// Caching device allocator: freed blocks go to a free list keyed by their rounded size and are
+/// reused by later allocations of that size, so steady-state steps make no cuMemAlloc calls.
+/// Reuse is safe because every op runs on the one stream, in order.
+final class MemoryPool: @unchecked Sendable {
+    let driver: CUDADriver
+    private var free: [Int: [CUdeviceptr]] = [:]
+    private var current = 0, peak = 0, reserved = 0
+    private let lock = NSLock()
+    private var staging: UnsafeMutableRawPointer?
+    private let stagingBytes = 64 << 20
+    private let stagingLock = NSLock()
+
+    init(driver: CUDADriver) { self.driver = driver }
+
+    static func roundUp(_ n: Int) -> Int {
+        if n <= 1 << 20 { return (n + 511) & ~511 }
+        return (n + (1 << 20) - 1) & ~((1 << 20) - 1)
+    }
+
+    func take(_ bytes: Int) -> (CUdeviceptr, Int) {
+        let size = MemoryPool.roundUp(bytes)
+        lock.lock(); defer { lock.unlock() }
+        current += size
+        peak = Swift.max(peak, current)
+        if var list = free[size], let p = list.popLast() {
+            free[size] = list
+            return (p, size)
+        }
+        var p: CUdeviceptr = 0
+        var rc = driver.cuMemAlloc(&p, size)
+        if rc != 0 {  // out of memory: give the cached blocks back and try once more
+            for (_, list) in free { for q in list { _ = driver.cuMemFree(q) } }
+            free.removeAll()
+            reserved = current - size
+            rc = driver.cuMemAlloc(&p, size)
+        }
+        driver.must(rc, "cuMemAlloc(\(size) bytes; \(current - size) bytes in use)")
+        reserved += size
+        return (p, size)
+    }
+
+    func give(_ p: CUdeviceptr, _ size: Int) {
+        lock.lock(); defer { lock.unlock() }
+        current -= size
+        free[size, default: []].append(p)
+    }
+
+    var stats: MemoryStats {
+        lock.lock(); defer { lock.unlock() }
+        return MemoryStats(currentBytes: current, peakBytes: peak)
+    }
+
+    func resetPeak() { lock.lock(); peak = current; lock.unlock() }
+
+    /// A pinned host buffer for uploads (allocated once, 64 MiB).
+    func staged(_ bytes: Int, _ body: (UnsafeMutableRawPointer, Int) -> Void) {
+        stagingLock.lock(); defer { stagingLock.unlock() }
+        if staging == nil {
+            var p: UnsafeMutableRawPointer? = nil
+            driver.must(driver.cuMemHostAlloc(&p, stagingBytes, 0), "cuMemHostAlloc(staging)")
+            staging = p
+        }
+        body(staging!, stagingBytes)
+    }
+}

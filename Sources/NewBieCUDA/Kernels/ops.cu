@@ -1,0 +1,385 @@
+// NewBie CUDA kernels: element-wise, reductions, norms, rotary embedding, attention, im2col.
+// Compiled at run time by NVRTC for the running GPU; self-contained (no CUDA headers).
+// Every kernel loads its inputs as float, computes in float and rounds the result once to the
+// output's storage type, as the CPU backend does.
+
+#define NB_INF __int_as_float(0x7f800000)
+typedef unsigned short u16;
+typedef long long i64;
+
+// dtype codes (must match CUDABackend.dtypeCode)
+#define DT_F32 0
+#define DT_F16 1
+#define DT_BF16 2
+#define DT_I32 3
+#define DT_I64 4
+#define DT_U8 5
+#define DT_F64 6
+#define DT_I8 7
+#define DT_I16 8
+
+__device__ __forceinline__ float h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ float b2f(u16 b) { return __uint_as_float(((unsigned)b) << 16); }
+__device__ __forceinline__ u16 f2b(float f) { u16 b; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
+
+__device__ __forceinline__ float ld(const void* p, int dt, i64 i) {
+    switch (dt) {
+    case DT_F32: return ((const float*)p)[i];
+    case DT_F16: return h2f(((const u16*)p)[i]);
+    case DT_BF16: return b2f(((const u16*)p)[i]);
+    case DT_I32: return (float)((const int*)p)[i];
+    case DT_I64: return (float)((const i64*)p)[i];
+    case DT_U8: return (float)((const unsigned char*)p)[i];
+    case DT_F64: return (float)((const double*)p)[i];
+    case DT_I8: return (float)((const signed char*)p)[i];
+    case DT_I16: return (float)((const short*)p)[i];
+    }
+    return 0.f;
+}
+
+__device__ __forceinline__ void st(void* p, int dt, i64 i, float v) {
+    switch (dt) {
+    case DT_F32: ((float*)p)[i] = v; break;
+    case DT_F16: ((u16*)p)[i] = f2h(v); break;
+    case DT_BF16: ((u16*)p)[i] = f2b(v); break;
+    case DT_I32: ((int*)p)[i] = (int)v; break;
+    case DT_I64: ((i64*)p)[i] = (i64)v; break;
+    case DT_U8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case DT_F64: ((double*)p)[i] = (double)v; break;
+    case DT_I8: ((signed char*)p)[i] = (signed char)v; break;
+    case DT_I16: ((short*)p)[i] = (short)v; break;
+    }
+}
+
+// A strided view: element i of the logical (row-major) shape lives at offset + sum(idx_d * stride_d).
+struct Strided { int rank; int pad; i64 shape[8]; i64 stride[8]; i64 offset; };
+
+__device__ __forceinline__ i64 where(const Strided& s, i64 i) {
+    i64 off = s.offset;
+    for (int d = s.rank - 1; d >= 0; --d) {
+        i64 n = s.shape[d];
+        off += (i % n) * s.stride[d];
+        i /= n;
+    }
+    return off;
+}
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+extern "C" __global__ void nb_copy(const void* src, int sdt, Strided s, void* dst, int ddt, Strided d, i64 n) {
+    GRID_STRIDE(i, n) { st(dst, ddt, where(d, i), ld(src, sdt, where(s, i))); }
+}
+
+// same dtype, any strides: raw element copy (keeps NaN payloads and every bit)
+extern "C" __global__ void nb_copy_raw(const void* src, Strided s, void* dst, Strided d, i64 n, int bytes) {
+    GRID_STRIDE(i, n) {
+        i64 a = where(s, i), b = where(d, i);
+        if (bytes == 4) ((unsigned*)dst)[b] = ((const unsigned*)src)[a];
+        else if (bytes == 2) ((u16*)dst)[b] = ((const u16*)src)[a];
+        else if (bytes == 8) ((unsigned long long*)dst)[b] = ((const unsigned long long*)src)[a];
+        else ((unsigned char*)dst)[b] = ((const unsigned char*)src)[a];
+    }
+}
+
+extern "C" __global__ void nb_fill(void* dst, int dt, i64 n, float v) {
+    GRID_STRIDE(i, n) { st(dst, dt, i, v); }
+}
+
+// unary op codes (must match CUDABackend.unaryCode)
+__device__ __forceinline__ float unary(int op, float x, float a, float b) {
+    switch (op) {
+    case 0: return x;
+    case 1: return -x;
+    case 2: return fabsf(x);
+    case 3: return x * x;
+    case 4: return sqrtf(x);
+    case 5: return 1.f / sqrtf(x);
+    case 6: return expf(x);
+    case 7: return logf(x);
+    case 8: return tanhf(x);
+    case 9: return 1.f / (1.f + expf(-x));
+    case 10: return x > 0.f ? x : (x != x ? x : 0.f);
+    case 11: return x / (1.f + expf(-x));
+    case 12: { float c = 0.7978845608028654f; return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x))); }
+    case 13: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    case 14: return x * a + b;
+    case 15: return x != x ? x : fminf(fmaxf(x, a), b);
+    }
+    return x;
+}
+
+extern "C" __global__ void nb_unary(const void* x, int xdt, Strided xs, void* out, int odt, i64 n, int op, float a, float b) {
+    GRID_STRIDE(i, n) { st(out, odt, i, unary(op, ld(x, xdt, where(xs, i)), a, b)); }
+}
+
+extern "C" __global__ void nb_binary(const void* a, int adt, Strided as, const void* b, int bdt, Strided bs,
+                                     void* out, int odt, i64 n, int op) {
+    GRID_STRIDE(i, n) {
+        float x = ld(a, adt, where(as, i)), y = ld(b, bdt, where(bs, i)), r;
+        switch (op) {
+        case 0: r = x + y; break;
+        case 1: r = x - y; break;
+        case 2: r = x * y; break;
+        case 3: r = x / y; break;
+        case 4: r = (x != x || y != y) ? __int_as_float(0x7fc00000) : fmaxf(x, y); break;
+        default: r = (x != x || y != y) ? __int_as_float(0x7fc00000) : fminf(x, y); break;
+        }
+        st(out, odt, i, r);
+    }
+}
+
+// ---- block reductions (blockDim.x == 256) ----
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    v = warp_sum(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < nw) ? part[threadIdx.x] : 0.f;
+    if (w == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+    __syncthreads();
+    return part[0];
+}
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    v = warp_max(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < nw) ? part[threadIdx.x] : -NB_INF;
+    if (w == 0) v = warp_max(v);
+    if (threadIdx.x == 0) part[0] = v;
+    __syncthreads();
+    return part[0];
+}
+
+// x viewed as [outer, n, inner]; one block per output element. op: 0 sum, 1 mean, 2 max, 3 min, 4 sum of squares
+extern "C" __global__ void nb_reduce(const void* x, int xdt, i64 xoff, void* out, int odt, i64 outer, i64 n, i64 inner, int op) {
+    i64 idx = blockIdx.x;
+    i64 o = idx / inner, in = idx % inner;
+    const i64 base = xoff + o * n * inner + in;
+    float acc = (op == 2) ? -NB_INF : (op == 3 ? NB_INF : 0.f);
+    bool nan = false;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = ld(x, xdt, base + j * inner);
+        if (v != v) nan = true;
+        if (op == 2) acc = fmaxf(acc, v);
+        else if (op == 3) acc = fminf(acc, v);
+        else if (op == 4) acc += v * v;
+        else acc += v;
+    }
+    float r;
+    if (op == 2) r = block_max(acc);
+    else if (op == 3) r = -block_max(-acc);
+    else r = block_sum(acc);
+    float anyNan = block_sum(nan ? 1.f : 0.f);
+    if (threadIdx.x == 0) {
+        if (op == 1) r /= (float)n;
+        if (anyNan > 0.f) r = __int_as_float(0x7fc00000);
+        st(out, odt, idx, r);
+    }
+}
+
+extern "C" __global__ void nb_softmax(const void* x, int dt, i64 xoff, void* out, i64 n) {
+    const i64 row = blockIdx.x;
+    const i64 base = xoff + row * n;
+    float m = -NB_INF;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, ld(x, dt, base + j));
+    m = block_max(m);
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += expf(ld(x, dt, base + j) - m);
+    s = block_sum(s);
+    float inv = 1.f / s;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) st(out, dt, row * n + j, expf(ld(x, dt, base + j) - m) * inv);
+}
+
+// style 0: normalise, round to the weight dtype (when reduced), times weight; style 1: Gemma x*r*(1+w)
+__device__ __forceinline__ float round_to(float v, int dt) {
+    if (dt == DT_BF16) return b2f(f2b(v));
+    if (dt == DT_F16) return h2f(f2h(v));
+    return v;
+}
+
+extern "C" __global__ void nb_rmsnorm(const void* x, int dt, i64 xoff, const void* w, int wdt, void* out, i64 d, float eps, int style) {
+    const i64 row = blockIdx.x;
+    const i64 base = xoff + row * d;
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { float v = ld(x, dt, base + j); s += v * v; }
+    s = block_sum(s);
+    float r = rsqrtf(s / (float)d + eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = ld(x, dt, base + j) * r;
+        if (w) {
+            float wv = ld(w, wdt, j);
+            v = (style == 0) ? round_to(v, wdt) * wv : v * (1.f + wv);
+        }
+        st(out, dt, row * d + j, v);
+    }
+}
+
+extern "C" __global__ void nb_layernorm(const void* x, int dt, i64 xoff, const void* w, const void* b, int wdt, void* out, i64 d, float eps) {
+    const i64 row = blockIdx.x;
+    const i64 base = xoff + row * d;
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) s += ld(x, dt, base + j);
+    float mean = block_sum(s) / (float)d;
+    float q = 0.f;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { float v = ld(x, dt, base + j) - mean; q += v * v; }
+    float rstd = rsqrtf(block_sum(q) / (float)d + eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = (ld(x, dt, base + j) - mean) * rstd;
+        if (w) v *= ld(w, wdt, j);
+        if (b) v += ld(b, wdt, j);
+        st(out, dt, row * d + j, v);
+    }
+}
+
+// x [B, C, S] contiguous; one block per (batch, group)
+extern "C" __global__ void nb_groupnorm(const void* x, int dt, i64 xoff, const void* w, const void* b, int wdt, void* out,
+                                        i64 C, i64 S, int G, float eps) {
+    const i64 bg = blockIdx.x;
+    const int g = (int)(bg % G);
+    const i64 cpg = C / G, n = cpg * S;
+    const i64 start = bg * n;
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) s += ld(x, dt, xoff + start + j);
+    float mean = block_sum(s) / (float)n;
+    float q = 0.f;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) { float v = ld(x, dt, xoff + start + j) - mean; q += v * v; }
+    float rstd = rsqrtf(block_sum(q) / (float)n + eps);
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        i64 ch = g * cpg + j / S;
+        float v = (ld(x, dt, xoff + start + j) - mean) * rstd;
+        if (w) v *= ld(w, wdt, ch);
+        if (b) v += ld(b, wdt, ch);
+        st(out, dt, start + j, v);
+    }
+}
+
+// x [B, L, H, D] contiguous; cos/sin f32 [Bt, L, D/2] with Bt in {1, B}; layout 0 interleaved, 1 rotate-half
+extern "C" __global__ void nb_rope(const void* x, int dt, i64 xoff, const float* cs, const float* sn, void* out,
+                                   i64 B, i64 L, i64 H, i64 D, int perSample, int layout) {
+    const i64 half = D / 2;
+    const i64 total = B * L * H * half;
+    GRID_STRIDE(i, total) {
+        i64 m = i % half;
+        i64 bh = i / half;               // (b, l, h)
+        i64 l = (bh / H) % L, b = bh / (H * L);
+        i64 t = ((perSample ? b : 0) * L + l) * half + m;
+        float c = cs[t], s = sn[t];
+        i64 base = bh * D;
+        i64 i0 = layout == 0 ? 2 * m : m, i1 = layout == 0 ? 2 * m + 1 : m + half;
+        float x0 = ld(x, dt, xoff + base + i0), x1 = ld(x, dt, xoff + base + i1);
+        st(out, dt, base + i0, x0 * c - x1 * s);
+        st(out, dt, base + i1, x1 * c + x0 * s);
+    }
+}
+
+// Reference attention: one warp per (batch, query row, head); keys visited one at a time with an
+// online softmax. Correct for any shape; the fast path is a separate kernel.
+// q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D/Dv] contiguous; out f32-or-dt [B, Lq, Hq, Dv].
+struct AttnParams {
+    i64 B, Lq, Lk, Hq, Hkv, D, Dv;
+    float scale; int causal; int window;   // window <= 0: none
+    int hasMask; int hasBias; i64 biasB, biasH;
+};
+
+#define MAXD 8   // head dims up to 256 (8 per lane)
+extern "C" __global__ void nb_attention_ref(const void* q, const void* k, const void* v, int dt,
+                                            const float* mask, const float* bias, void* out, AttnParams p) {
+    const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    const i64 total = p.B * p.Lq * p.Hq;
+    if (warp >= total) return;
+    const i64 h = warp % p.Hq, i = (warp / p.Hq) % p.Lq, b = warp / (p.Hq * p.Lq);
+    const i64 kvh = h / (p.Hq / p.Hkv);
+    float qv[MAXD], acc[MAXD];
+    for (int t = 0; t < MAXD; ++t) {
+        i64 d = lane + 32 * t;
+        qv[t] = d < p.D ? ld(q, dt, ((b * p.Lq + i) * p.Hq + h) * p.D + d) : 0.f;
+        acc[t] = 0.f;
+    }
+    const i64 shift = p.Lk - p.Lq;
+    float m = -NB_INF, l = 0.f;
+    for (i64 j = 0; j < p.Lk; ++j) {
+        if (p.hasMask && mask[b * p.Lk + j] == 0.f) continue;
+        if (p.causal) {
+            if (j > i + shift) break;
+            if (p.window > 0 && (i + shift) - j >= p.window) continue;
+        }
+        const i64 kb = ((b * p.Lk + j) * p.Hkv + kvh);
+        float s = 0.f;
+        for (int t = 0; t < MAXD; ++t) { i64 d = lane + 32 * t; if (d < p.D) s += qv[t] * ld(k, dt, kb * p.D + d); }
+        s = warp_sum(s) * p.scale;
+        if (p.hasBias) {
+            i64 bb = p.biasB == 1 ? 0 : b, bh = p.biasH == 1 ? 0 : h;
+            s += bias[((bb * p.biasH + bh) * p.Lq + i) * p.Lk + j];
+        }
+        if (s == -NB_INF) continue;
+        float mn = fmaxf(m, s);
+        float corr = m == -NB_INF ? 0.f : expf(m - mn);
+        float e = expf(s - mn);
+        l = l * corr + e;
+        for (int t = 0; t < MAXD; ++t) { i64 d = lane + 32 * t; if (d < p.Dv) acc[t] = acc[t] * corr + e * ld(v, dt, kb * p.Dv + d); }
+        m = mn;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (int t = 0; t < MAXD; ++t) {
+        i64 d = lane + 32 * t;
+        if (d < p.Dv) st(out, dt, ((b * p.Lq + i) * p.Hq + h) * p.Dv + d, acc[t] * inv);
+    }
+}
+
+// rows of table [V, D] picked by ids [N]
+extern "C" __global__ void nb_embedding(const void* table, int tdt, const void* ids, int idt, void* out, int odt, i64 N, i64 D) {
+    GRID_STRIDE(i, N * D) {
+        i64 r = i / D, c = i % D;
+        i64 id = idt == DT_I64 ? ((const i64*)ids)[r] : (i64)((const int*)ids)[r];
+        st(out, odt, i, ld(table, tdt, id * D + c));
+    }
+}
+
+// im2col for one image: col[(ci*kh+ky)*kw+kx, oy*ow+ox] in dtype `cdt` (= compute dtype of the GEMM)
+extern "C" __global__ void nb_im2col(const void* x, int dt, i64 xoff, void* col, int cdt, int Cin, int H, int W, int kh, int kw,
+                                     int sh, int sw, int pt, int pl, int oh, int ow) {
+    const i64 n = (i64)oh * ow;
+    const i64 total = (i64)Cin * kh * kw * n;
+    GRID_STRIDE(i, total) {
+        i64 kk = i / n, p = i % n;
+        int ci = (int)(kk / (kh * kw)), ky = (int)((kk / kw) % kh), kx = (int)(kk % kw);
+        int oy = (int)(p / ow), ox = (int)(p % ow);
+        int iy = oy * sh - pt + ky, ix = ox * sw - pl + kx;
+        float v = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? ld(x, dt, xoff + ((i64)ci * H + iy) * W + ix) : 0.f;
+        st(col, cdt, i, v);
+    }
+}
+
+// out [B, C, S] += bias[C] (in place, dtype dt)
+extern "C" __global__ void nb_channel_bias(void* out, int dt, const void* bias, int bdt, i64 C, i64 S, i64 total) {
+    GRID_STRIDE(i, total) {
+        i64 c = (i / S) % C;
+        st(out, dt, i, ld(out, dt, i) + ld(bias, bdt, c));
+    }
+}
+
+extern "C" __global__ void nb_upsample2x(const void* x, int dt, i64 xoff, void* out, i64 planes, i64 H, i64 W) {
+    const i64 total = planes * 4 * H * W;
+    GRID_STRIDE(i, total) {
+        i64 ox = i % (2 * W), oy = (i / (2 * W)) % (2 * H), pl = i / (4 * H * W);
+        st(out, dt, i, ld(x, dt, xoff + (pl * H + oy / 2) * W + ox / 2));
+    }
+}

@@ -1,0 +1,113 @@
+import ArgumentParser
+import Foundation
+import NewBieCUDA
+import NewBieTensor
+
+/// `newbie gpu-check`: every op of the backend protocol on the GPU against the CPU backend, on
+/// fresh random inputs, in fp32, bf16 and fp16. GPU outputs start as NaN (poisoned allocations),
+/// so an element a kernel does not write fails the check. Prints a table; exits non-zero on any failure.
+struct GPUCheckCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gpu-check",
+        abstract: "Check every CUDA op against the CPU backend (needs an NVIDIA GPU).")
+
+    @Option(help: "Random seed for the inputs.")
+    var seed: UInt64 = UInt64(Date().timeIntervalSince1970)
+
+    func run() throws {
+        let cuda: CUDABackend
+        do { cuda = try CUDABackend.load() } catch {
+            print("SKIP: no usable CUDA device (\(error))")
+            return
+        }
+        cuda.poisonAllocations = true
+        print("gpu-check on \(cuda.name) (sm_\(cuda.computeCapability)), seed \(seed)")
+        var rng = SplitMix(seed: seed)
+        var failures = 0
+        var rows: [(String, String, Double, Double)] = []
+
+        func rand(_ shape: [Int], _ dt: DType = .f32, scale: Float = 1, positive: Bool = false) -> Tensor {
+            let n = shape.reduce(1, *)
+            return Tensor((0..<n).map { _ in let u = rng.uniform() * scale; return positive ? Swift.abs(u) + 0.1 : u }, shape: shape, dtype: dt)
+        }
+        func check(_ name: String, _ dt: DType, _ body: (Device) -> Tensor) {
+            let cpu = body(.cpu)
+            let gpu = body(.cuda(0))
+            let err = relativeError(gpu.to(device: .cpu).toFloats(), cpu.toFloats())
+            let tol = dt == .f32 ? 1e-5 : 1e-2
+            if !(err <= tol) || gpu.shape != cpu.shape { failures += 1 }
+            rows.append((name, dt.rawValue, err, tol))
+        }
+
+        for dt in [DType.f32, .bf16, .f16] {
+            let x = rand([3, 37, 130], dt)
+            let g = { (t: Tensor, d: Device) in t.to(device: d) }
+            check("copy permute", dt) { d in g(x, d).permute([2, 0, 1]).contiguous() }
+            check("cast to f32", dt) { d in g(x, d).to(.f32) }
+            check("cast from f32", dt) { d in g(x.to(.f32), d).to(dt) }
+            for (name, op) in [("silu", UnaryOp.silu), ("gelu tanh", .geluTanh), ("gelu erf", .geluErf), ("tanh", .tanh),
+                               ("exp", .exp), ("sigmoid", .sigmoid), ("affine", .affine(1.5, -0.25)), ("clamp", .clamp(-0.5, 0.5))] {
+                check("unary \(name)", dt) { d in g(x, d).apply(op) }
+            }
+            let row = rand([3, 1, 130], dt)
+            check("binary add broadcast", dt) { d in g(x, d) + g(row, d) }
+            check("binary mul broadcast", dt) { d in g(x, d) * g(row, d) }
+            check("binary div", dt) { d in g(x, d) / g(rand([3, 37, 130], dt, positive: true), d) }
+            check("reduce sum axis 1", dt) { d in g(x, d).sum(axis: 1) }
+            check("reduce mean last", dt) { d in g(x, d).mean(axis: -1) }
+            check("reduce max", dt) { d in g(x, d).max(axis: 2) }
+            check("reduce sumSquares 1,2", dt) { d in g(x, d).reduce(.sumSquares, axes: [1, 2]) }
+            check("softmax", dt) { d in g(x.scaled(4), d).softmax() }
+            let w = rand([130], dt), bvec = rand([130], dt)
+            check("rmsNorm", dt) { d in g(x, d).rmsNorm(weight: g(w, d), eps: 1e-5) }
+            check("rmsNorm gemma", dt) { d in g(x, d).rmsNorm(weight: g(w, d), eps: 1e-6, style: .gemmaOnePlusWeight) }
+            check("layerNorm affine", dt) { d in g(x, d).layerNorm(weight: g(w, d), bias: g(bvec, d), eps: 1e-5) }
+            check("layerNorm plain", dt) { d in g(x, d).layerNorm(weight: nil, bias: nil, eps: 1e-6) }
+            let img = rand([2, 64, 9, 11], dt)
+            check("groupNorm", dt) { d in g(img, d).groupNorm(groups: 32, weight: g(rand([64], dt), d), bias: g(rand([64], dt), d), eps: 1e-6) }
+            let lw = rand([96, 130], dt, scale: 0.2), lb = rand([96], dt)
+            check("linear + bias", dt) { d in g(x, d).linear(g(lw, d), bias: g(lb, d)) }
+            let a3 = rand([4, 33, 40], dt), b3 = rand([4, 40, 27], dt), bt = rand([4, 27, 40], dt)
+            check("matmul", dt) { d in g(a3, d).matmul(g(b3, d)) }
+            check("matmul transposeB", dt) { d in g(a3, d).matmul(g(bt, d), transposeB: true) }
+            let q = rand([2, 37, 6, 32], dt), k = rand([2, 45, 2, 32], dt), v = rand([2, 45, 2, 32], dt)
+            let cosT = rand([2, 37, 16]), sinT = rand([2, 37, 16])
+            check("rope interleaved", dt) { d in g(q, d).rope(cos: g(cosT, d), sin: g(sinT, d), layout: .interleaved) }
+            check("rope rotate-half", dt) { d in g(q, d).rope(cos: g(cosT.narrow(0, start: 0, length: 1), d), sin: g(sinT.narrow(0, start: 0, length: 1), d), layout: .rotateHalf) }
+            let mask = Tensor((0..<90).map { Float(($0 % 45) < ($0 < 45 ? 45 : 30) ? 1 : 0) }, shape: [2, 45])
+            check("attention gqa", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d)) }
+            check("attention mask", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(keyPaddingMask: g(mask, d))) }
+            check("attention causal window", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(causal: true, slidingWindow: 16)) }
+            let bias = rand([1, 6, 37, 45])
+            check("attention bias", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(bias: g(bias, d))) }
+            let table = rand([50, 24], dt)
+            let ids = Tensor(ints: [3, 0, 49, 7, 7, 12], shape: [2, 3])
+            check("embedding", dt) { d in g(table, d).embedding(g(ids, d)) }
+            let cw = rand([16, 64, 3, 3], dt, scale: 0.1), cb = rand([16], dt)
+            check("conv 3x3 pad 1", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            check("conv 1x1", dt) { d in g(img, d).conv2d(g(rand([16, 64, 1, 1], dt, scale: 0.1), d), bias: nil) }
+            check("conv 3x3 stride 2 asym", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
+            check("upsample nearest 2x", dt) { d in g(img, d).upsampleNearest2x() }
+        }
+
+        print(pad("op", 28) + pad("dtype", 7) + pad("rel. L2", 12, left: true) + pad("limit", 9, left: true) + "  result")
+        for (name, dt, err, tol) in rows {
+            print(pad(name, 28) + pad(dt, 7) + pad(String(format: "%.2e", err), 12, left: true)
+                  + pad(String(format: "%.0e", tol), 9, left: true) + "  " + (err <= tol ? "ok" : "FAIL"))
+        }
+        print("\(rows.count - failures) passed, \(failures) failed")
+        if failures > 0 { throw ExitCode(1) }
+    }
+}
+
+/// ||a - b|| / ||b|| in Double; NaN anywhere gives infinity.
+func relativeError(_ a: [Float], _ b: [Float]) -> Double {
+    guard a.count == b.count else { return .infinity }
+    var num = 0.0, den = 0.0
+    for i in 0..<a.count {
+        let x = Double(a[i]), y = Double(b[i])
+        if x.isNaN || y.isNaN { return .infinity }
+        num += (x - y) * (x - y); den += y * y
+    }
+    return den == 0 ? (num == 0 ? 0 : .infinity) : (num / den).squareRoot()
+}

@@ -1,5 +1,0 @@
-import XCTest
-
-final class PlaceholderDiffusionTests: XCTestCase {
-    func testModuleLoads() { XCTAssertTrue(true) }
-}

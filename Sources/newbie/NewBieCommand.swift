@@ -8,6 +8,7 @@ struct NewBie: ParsableCommand {
         abstract: "NewBie image Exp0.1 inference engine.",
         subcommands: [
             BenchCommand.self,
+            BenchDiTCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
         ])

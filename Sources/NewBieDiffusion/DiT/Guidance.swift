@@ -1,0 +1,64 @@
+import Foundation
+import NewBieTensor
+
+/// Classifier-free guidance with the official `NextDiT_CLIP.forward_with_cfg` semantics (spec 1.7).
+public struct CFGOptions: Sendable, Equatable {
+    /// Guidance scale: v = v_u + scale (v_c - v_u).
+    public var scale: Float
+    /// Guidance only while t < truncation (t runs 0 = noise -> 1 = clean); at or above it the
+    /// conditional half alone runs and v = v_c. The official default 100 means "always".
+    public var truncation: Float
+    /// When > 0: if ||v|| >= renorm ||v_c|| (L2 over C, H, W per sample), v is rescaled to
+    /// renorm ||v_c||. 0 turns it off.
+    public var renorm: Float
+
+    public init(scale: Float, truncation: Float = 100, renorm: Float = 1) {
+        self.scale = scale; self.truncation = truncation; self.renorm = renorm
+    }
+}
+
+extension NextDiT {
+    /// forward_with_cfg: the batch is [conditional half | unconditional half], both halves carrying
+    /// the same latent and time. Returns cat[v, v] ([2n, C, H, W], Float32) so both halves stay equal.
+    /// The guidance arithmetic runs in the compute dtype, rounding after each step as PyTorch does.
+    /// The official code compares norms with `.item()` (one sample per half); here the renorm is
+    /// decided per sample, which is the same for that case.
+    public func forwardWithCFG(_ x: Tensor, t: [Float], capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?,
+                               options: CFGOptions) throws -> Tensor {
+        let total = x.shape.first ?? 0
+        guard total >= 2, total % 2 == 0 else { throw DiTError("forwardWithCFG: batch \(total) is not [cond | uncond] halves") }
+        guard t.count == total else { throw DiTError("forwardWithCFG: \(t.count) times for a batch of \(total)") }
+        let n = total / 2
+        var v: Tensor
+        if t[0] < options.truncation {
+            let out = try forwardRaw(x, t: t, capFeats: capFeats, capMask: capMask, clipPooled: clipPooled)
+            let cond = out.narrow(0, start: 0, length: n), uncond = out.narrow(0, start: n, length: n)
+            v = uncond + (cond - uncond) * options.scale
+            if options.renorm > 0 {
+                var parts: [Tensor] = []
+                for i in 0..<n {
+                    let vi = v.narrow(0, start: i, length: 1)
+                    let condNorm = round(l2(cond.narrow(0, start: i, length: 1)))
+                    let maxNorm = round(condNorm * options.renorm)
+                    let newNorm = round(l2(vi))
+                    parts.append(newNorm >= maxNorm ? vi * round(maxNorm / newNorm) : vi)
+                }
+                v = Tensor.concat(parts, axis: 0)
+            }
+        } else {
+            v = try forwardRaw(x.narrow(0, start: 0, length: n), t: Array(t[0..<n]),
+                               capFeats: capFeats.narrow(0, start: 0, length: n), capMask: capMask.narrow(0, start: 0, length: n),
+                               clipPooled: clipPooled?.narrow(0, start: 0, length: n))
+        }
+        return Tensor.concat([v, v], axis: 0).to(.f32)
+    }
+
+    /// L2 norm of all elements, accumulated in Double.
+    private func l2(_ x: Tensor) -> Float {
+        var s = 0.0
+        for f in x.toFloats() { s += Double(f) * Double(f) }
+        return Float(s.squareRoot())
+    }
+
+    private func round(_ f: Float) -> Float { Half.round(f, to: dtype) }
+}

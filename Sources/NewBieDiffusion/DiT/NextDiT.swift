@@ -1,0 +1,287 @@
+import Foundation
+import NewBieTensor
+import NewBieWeights
+
+/// NewBie's diffusion transformer, `NextDiT_CLIP` (spec sections 1.3-1.6): predicts the velocity
+/// v = data - noise of a latent at time t in [0, 1] (0 = noise), conditioned on Gemma caption
+/// features and a pooled Jina CLIP text vector.
+///
+/// Precision: weights are cast once, at load, to the compute dtype (f32, bf16 or f16); every op
+/// computes in Float32 and rounds its result to that dtype. The timestep sinusoid and the RoPE
+/// tables stay Float32, as in the official code. Outputs are returned as Float32.
+public final class NextDiT: @unchecked Sendable {
+    public let config: NextDiTConfig
+    public let dtype: DType
+    let rope: RoPE3D
+
+    struct Linear {
+        let w: Tensor
+        let b: Tensor?
+        func callAsFunction(_ x: Tensor) -> Tensor { x.linear(w, bias: b) }
+    }
+
+    struct Block {
+        let qkv: Linear, out: Linear
+        let qNorm: Tensor, kNorm: Tensor
+        let w1: Linear, w2: Linear, w3: Linear
+        let attnNorm1: Tensor, attnNorm2: Tensor, ffnNorm1: Tensor, ffnNorm2: Tensor
+        /// adaLN_modulation.1 (nil for the context refiner).
+        let adaLN: Linear?
+    }
+
+    let xEmbedder: Linear
+    let tMLP0: Linear, tMLP2: Linear
+    let capNorm: Tensor, capLinear: Linear
+    let clipNorm: Tensor?, clipLinear: Linear?
+    let timeText: Linear?
+    let contextRefiner: [Block], noiseRefiner: [Block], layers: [Block]
+    let finalAdaLN: Linear, finalLinear: Linear
+
+    /// Builds the model from tensors handed out by internal (official) name; each is cast to `dtype`.
+    public init(config: NextDiTConfig, dtype: DType, tensor: (String) throws -> Tensor) throws {
+        guard [.f32, .bf16, .f16].contains(dtype) else { throw DiTError("NextDiT computes in f32, bf16 or f16, not \(dtype)") }
+        try config.validate()
+        self.config = config
+        self.dtype = dtype
+        rope = RoPE3D(axesDims: config.axesDims, axesLens: config.axesLens, theta: config.ropeTheta)
+        func t(_ n: String) throws -> Tensor { try tensor(n).to(dtype) }
+        func lin(_ n: String, bias: Bool = true) throws -> Linear {
+            Linear(w: try t(n + ".weight"), b: bias ? try t(n + ".bias") : nil)
+        }
+        func block(_ p: String, modulated: Bool) throws -> Block {
+            Block(qkv: try lin("\(p).attention.qkv", bias: false), out: try lin("\(p).attention.out", bias: false),
+                  qNorm: try t("\(p).attention.q_norm.weight"), kNorm: try t("\(p).attention.k_norm.weight"),
+                  w1: try lin("\(p).feed_forward.w1", bias: false), w2: try lin("\(p).feed_forward.w2", bias: false),
+                  w3: try lin("\(p).feed_forward.w3", bias: false),
+                  attnNorm1: try t("\(p).attention_norm1.weight"), attnNorm2: try t("\(p).attention_norm2.weight"),
+                  ffnNorm1: try t("\(p).ffn_norm1.weight"), ffnNorm2: try t("\(p).ffn_norm2.weight"),
+                  adaLN: modulated ? try lin("\(p).adaLN_modulation.1") : nil)
+        }
+        xEmbedder = try lin("x_embedder")
+        tMLP0 = try lin("t_embedder.mlp.0")
+        tMLP2 = try lin("t_embedder.mlp.2")
+        capNorm = try t("cap_embedder.0.weight")
+        capLinear = try lin("cap_embedder.1")
+        if config.clipTextDim != nil {
+            clipNorm = try t("clip_text_pooled_proj.0.weight")
+            clipLinear = try lin("clip_text_pooled_proj.1")
+            timeText = try lin("time_text_embed.1")
+        } else {
+            clipNorm = nil; clipLinear = nil; timeText = nil
+        }
+        contextRefiner = try (0..<config.nContextRefiner).map { try block("context_refiner.\($0)", modulated: false) }
+        noiseRefiner = try (0..<config.nNoiseRefiner).map { try block("noise_refiner.\($0)", modulated: true) }
+        layers = try (0..<config.nLayers).map { try block("layers.\($0)", modulated: true) }
+        finalAdaLN = try lin("final_layer.adaLN_modulation.1")
+        finalLinear = try lin("final_layer.linear")
+    }
+
+    /// Checked weights (every expected tensor present with its shape, nothing unexpected).
+    public convenience init(weights: ModelWeights, config: NextDiTConfig, dtype: DType) throws {
+        try self.init(config: config, dtype: dtype, tensor: { try weights.tensor($0) })
+    }
+
+    /// Opens a checkpoint in any published naming (official / ComfyUI with or without
+    /// `model.diffusion_model.` or `inner_model.` prefix, diffusers), reads its configuration
+    /// (`config.json` beside the file or inside the folder, else the tensor shapes), validates every
+    /// tensor, and casts the weights to `dtype`.
+    public static func load(path: String, dtype: DType, configPath: String? = nil) throws -> NextDiT {
+        let (source, json) = try openCheckpoint(path: path, configPath: configPath)
+        let (weights, config) = try checkedWeights(source: source, json: json)
+        return try NextDiT(weights: weights, config: config, dtype: dtype)
+    }
+
+    /// The configuration and validated weights of a weight source.
+    public static func checkedWeights(source: WeightSource, json: [String: Any]?) throws -> (ModelWeights, NextDiTConfig) {
+        guard let (naming, prefix) = NextDiTNaming.detect(source) else {
+            throw DiTError("\(source.sourceDescription): not a NextDiT checkpoint: found neither \"\(NextDiTNaming.official.anchor)\" (official naming) nor \"\(NextDiTNaming.diffusers.anchor)\" (diffusers naming), with or without the prefixes \(NextDiTNaming.prefixes)")
+        }
+        let config = try NextDiTConfig.resolve(source: source, naming: naming.naming, prefix: prefix, json: json)
+        let weights = try ModelWeights(source: source, expected: config.expectedTensors(), naming: naming.naming,
+                                       prefixes: NextDiTNaming.prefixes, anchor: "t_embedder.mlp.0.weight")
+        return (weights, config)
+    }
+
+    /// The weights at `path` (a safetensors file, a sharded folder or its index, a GGUF file: see
+    /// `openWeights`) and the parsed config.json in that folder / beside that file, if any.
+    static func openCheckpoint(path: String, configPath: String?) throws -> (WeightSource, [String: Any]?) {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw DiTError("\(path): no such file or folder")
+        }
+        let dir = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+        let source = try openWeights(path: path)
+        let cfg = configPath ?? (dir as NSString).appendingPathComponent("config.json")
+        var json: [String: Any]? = nil
+        if FileManager.default.fileExists(atPath: cfg) {
+            let data = try Data(contentsOf: URL(fileURLWithPath: cfg))
+            guard let obj = try? JSONSerialization.jsonObject(with: data), let d = obj as? [String: Any] else {
+                throw DiTError("\(cfg): not a JSON object")
+            }
+            json = d
+        } else if configPath != nil {
+            throw DiTError("\(cfg): no such file")
+        }
+        return (source, json)
+    }
+
+    // MARK: forward
+
+    /// One forward pass (spec 1.4).
+    /// - Parameters:
+    ///   - x: latent [B, C, H, W] (any float dtype; H, W multiples of the patch size).
+    ///   - t: B times in [0, 1] (0 = noise).
+    ///   - capFeats: caption features [B, L, cap_feat_dim], right-padded.
+    ///   - capMask: [B, L], nonzero = real token; each row is ones then zeros.
+    ///   - clipPooled: [B, clip_text_dim] (required when the model has the CLIP pathway).
+    /// - Returns: the velocity [B, C_out, H, W] in Float32.
+    public func forward(_ x: Tensor, t: [Float], capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) throws -> Tensor {
+        try forwardRaw(x, t: t, capFeats: capFeats, capMask: capMask, clipPooled: clipPooled).to(.f32)
+    }
+
+    /// The forward pass, output in the compute dtype.
+    func forwardRaw(_ x: Tensor, t: [Float], capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) throws -> Tensor {
+        let cfg = config, p = cfg.patchSize
+        guard x.rank == 4, x.shape[1] == cfg.inChannels, x.shape[2] % p == 0, x.shape[3] % p == 0, x.shape[2] > 0, x.shape[3] > 0 else {
+            throw DiTError("NextDiT: latent \(x.shape) should be [B, \(cfg.inChannels), H, W] with H, W positive multiples of \(p)")
+        }
+        let b = x.shape[0], h = x.shape[2], w = x.shape[3]
+        guard t.count == b else { throw DiTError("NextDiT: \(t.count) times for a batch of \(b)") }
+        guard capFeats.rank == 3, capFeats.shape[0] == b, capFeats.shape[2] == cfg.capFeatDim else {
+            throw DiTError("NextDiT: caption features \(capFeats.shape) should be [\(b), L, \(cfg.capFeatDim)]")
+        }
+        let l = capFeats.shape[1]
+        guard capMask.shape == [b, l] else { throw DiTError("NextDiT: caption mask \(capMask.shape) should be [\(b), \(l)]") }
+        let capLens = try NextDiT.captionLengths(capMask)
+        if let cd = cfg.clipTextDim {
+            guard let c = clipPooled, c.shape == [b, cd] else {
+                throw DiTError("NextDiT: pooled CLIP text \(clipPooled.map { "\($0.shape)" } ?? "missing") should be [\(b), \(cd)]")
+            }
+        }
+        let layout = DiTSequenceLayout(capLens: capLens, capPadded: l, rows: h / p, cols: w / p)
+        let n = layout.imageTokens
+
+        // 1-4: conditioning (adaLN input c) and caption embedding
+        var c = timestepEmbedding(t)
+        if let clipNorm = clipNorm, let clipLinear = clipLinear, let timeText = timeText, let clip = clipPooled {
+            let clipEmb = clipLinear(clip.to(dtype).rmsNorm(weight: clipNorm, eps: cfg.clipNormEps))
+            c = timeText(Tensor.concat([c, clipEmb], axis: 1).silu())
+        }
+        let cSilu = c.silu()
+        var cap = capLinear(capFeats.to(dtype).rmsNorm(weight: capNorm, eps: cfg.normEps))
+
+        // 5: patchify ([ph][pw][c] per token, row-major tokens) and embed
+        let patches = x.to(dtype).reshape([b, cfg.inChannels, h / p, p, w / p, p])
+            .permute([0, 2, 4, 3, 5, 1]).reshape([b, n, cfg.patchDim])
+        var img = xEmbedder(patches)
+
+        let capRope = try rope.tables(layout.captionPositions())
+        let imgRope = try rope.tables(layout.imagePositions())
+        let jointRope = try rope.tables(layout.jointPositions())
+        let capKeyMask = capLens.allSatisfy({ $0 == l }) ? nil : NextDiT.prefixMask(capLens, length: l)
+
+        for blk in contextRefiner { cap = runBlock(blk, cap, mask: capKeyMask, rope: capRope, cSilu: nil) }
+        for blk in noiseRefiner { img = runBlock(blk, img, mask: nil, rope: imgRope, cSilu: cSilu) }
+
+        // joint sequence [cap_i real tokens | image | zero padding]
+        let s = layout.maxSeq
+        var rows: [Tensor] = []
+        for i in 0..<b {
+            var parts = [cap.select(0, i).narrow(0, start: 0, length: capLens[i]), img.select(0, i)]
+            let pad = s - capLens[i] - n
+            if pad > 0 { parts.append(Tensor.zeros([pad, cfg.dim], dtype: dtype)) }
+            rows.append(Tensor.concat(parts, axis: 0).unsqueeze(0))
+        }
+        var hs = Tensor.concat(rows, axis: 0)
+        let jointMask = Set(layout.seqLens).count == 1 ? nil : NextDiT.prefixMask(layout.seqLens, length: s)
+
+        for blk in layers { hs = runBlock(blk, hs, mask: jointMask, rope: jointRope, cSilu: cSilu) }
+
+        // 7: final layer
+        let scale = finalAdaLN(cSilu) + 1
+        hs = hs.layerNorm(weight: nil, bias: nil, eps: cfg.finalNormEps) * scale.unsqueeze(1)
+        hs = finalLinear(hs)
+
+        // 8: unpatchify
+        var outs: [Tensor] = []
+        for i in 0..<b {
+            let tok = hs.select(0, i).narrow(0, start: capLens[i], length: n)
+            outs.append(tok.reshape([h / p, w / p, p, p, cfg.outChannels]).permute([4, 0, 2, 1, 3])
+                .reshape([cfg.outChannels, h, w]).unsqueeze(0))
+        }
+        return Tensor.concat(outs, axis: 0)
+    }
+
+    /// t_embedder: [cos(t f_k), sin(t f_k)] with f_k = exp(-ln(1e4) k / half) in Float32, cast to the
+    /// compute dtype, Linear -> SiLU -> Linear.
+    func timestepEmbedding(_ t: [Float]) -> Tensor {
+        let size = config.frequencySize, half = size / 2
+        var v = [Float](repeating: 0, count: t.count * size)
+        let lnMax = Float(Foundation.log(10000.0))
+        for (i, ti) in t.enumerated() {
+            for k in 0..<half {
+                let f = Foundation.exp(-lnMax * Float(k) / Float(half))
+                let a = ti * f
+                v[i * size + k] = Foundation.cos(a)
+                v[i * size + half + k] = Foundation.sin(a)
+            }
+        }
+        let emb = Tensor(v, shape: [t.count, size]).to(dtype)
+        return tMLP2(tMLP0(emb).silu())
+    }
+
+    /// One JointTransformerBlock (spec 1.3), modulated when `cSilu` (SiLU of the adaLN input) is given.
+    func runBlock(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor), cSilu: Tensor?) -> Tensor {
+        let eps = config.normEps
+        var mod: [Tensor]? = nil
+        if let ada = blk.adaLN, let cs = cSilu {
+            mod = ada(cs).chunk(4, axis: 1).map { $0.unsqueeze(1) }  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, 1, D]
+        }
+        var h = x.rmsNorm(weight: blk.attnNorm1, eps: eps)
+        if let m = mod { h = h * (m[0] + 1) }
+        var a = attention(blk, h, mask: mask, rope: rope).rmsNorm(weight: blk.attnNorm2, eps: eps)
+        if let m = mod { a = m[1].tanh() * a }
+        var out = x + a
+        h = out.rmsNorm(weight: blk.ffnNorm1, eps: eps)
+        if let m = mod { h = h * (m[2] + 1) }
+        var f = blk.w2(blk.w1(h).silu() * blk.w3(h)).rmsNorm(weight: blk.ffnNorm2, eps: eps)
+        if let m = mod { f = m[3].tanh() * f }
+        out = out + f
+        return out
+    }
+
+    func attention(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
+        let b = x.shape[0], l = x.shape[1], hd = config.headDim, hq = config.nHeads, hkv = config.nKVHeads
+        let qkv = blk.qkv(x).split([hq * hd, hkv * hd, hkv * hd], axis: 2)
+        let q = qkv[0].reshape([b, l, hq, hd]).rmsNorm(weight: blk.qNorm, eps: config.qkNormEps)
+            .rope(cos: rope.cos, sin: rope.sin, layout: .interleaved)
+        let k = qkv[1].reshape([b, l, hkv, hd]).rmsNorm(weight: blk.kNorm, eps: config.qkNormEps)
+            .rope(cos: rope.cos, sin: rope.sin, layout: .interleaved)
+        let v = qkv[2].reshape([b, l, hkv, hd])
+        let o = q.attention(k: k, v: v, options: AttentionOptions(keyPaddingMask: mask))
+        return blk.out(o.reshape([b, l, hq * hd]))
+    }
+
+    // MARK: helpers
+
+    /// Real caption tokens per sample; the mask must be right-padded (ones, then zeros).
+    static func captionLengths(_ mask: Tensor) throws -> [Int] {
+        let b = mask.shape[0], l = mask.shape[1]
+        let v = mask.toFloats()
+        return try (0..<b).map { i in
+            let row = v[(i * l)..<((i + 1) * l)].map { $0 != 0 }
+            let n = row.prefix(while: { $0 }).count
+            if row[n...].contains(true) {
+                throw DiTError("NextDiT: caption mask row \(i) is not right-padded (real tokens must come first)")
+            }
+            return n
+        }
+    }
+
+    /// [B, length] Float32 mask, 1 for the first `lens[i]` positions.
+    static func prefixMask(_ lens: [Int], length: Int) -> Tensor {
+        var v = [Float](repeating: 0, count: lens.count * length)
+        for (i, n) in lens.enumerated() { for k in 0..<min(n, length) { v[i * length + k] = 1 } }
+        return Tensor(v, shape: [lens.count, length])
+    }
+}

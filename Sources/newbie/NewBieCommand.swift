@@ -9,6 +9,7 @@ struct NewBie: ParsableCommand {
         subcommands: [
             BenchCommand.self,
             BenchDiTCommand.self,
+            EncodeTextCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
         ])

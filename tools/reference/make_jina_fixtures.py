@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reference fixtures for the Jina CLIP v2 text tower and its XLM-RoBERTa Unigram tokenizer (issue #7).
 
-Regenerate (from the repository root, ~20 s on the CPU):
+Regenerate (from the repository root, ~10 s on the CPU):
     /work/venv/bin/python tools/reference/make_jina_fixtures.py
+A random mid-size checkpoint for timing (not a fixture): ... make_jina_fixtures.py --bench /tmp/jina_mid.safetensors
 It writes Tests/Fixtures/jina/:
     tokenizer.json              XLM-R style Unigram tokenizer (real SentencePiece nmt_nfkc precompiled_charsmap)
     tokenizer_metaspace.json    same model, published-XLM-R pipeline shape (Precompiled + Metaspace only)
@@ -471,7 +472,19 @@ def tower_fixtures(tok, vocab):
     print(f"tower: ids {list(ids.shape)}, spec-vs-hf {err:.2e}, lora effect {diff:.3f}, bf16-vs-fp32 {err16:.2e}")
 
 
+def bench_checkpoint(path, hidden=768, layers=12, intermediate=3072, vocab=306):
+    """A random mid-size tower (XLM-R base shape, head dim 64) in the official layout, for timing only:
+    `newbie encode-text --jina PATH --jina-tokenizer Tests/Fixtures/jina/tokenizer.json ...`."""
+    cfg = dict(TINY, hidden=hidden, layers=layers, intermediate=intermediate, heads=hidden // 64)
+    sd = official_state(vocab, cfg, torch.Generator().manual_seed(1))
+    save_file({k: v.contiguous() for k, v in sd.items()}, path, metadata={"config": json.dumps(cfg)})
+    print(f"wrote {path}: {cfg}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--bench":
+        bench_checkpoint(sys.argv[2])
+        sys.exit(0)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as work:
         tok, vocab = tokenizer_fixtures(work)

@@ -1,0 +1,231 @@
+import Foundation
+import NewBieTensor
+import NewBieWeights
+
+/// The Gemma 3 text decoder used as NewBie's text encoder: returns `hidden_states[k]` exactly as
+/// transformers defines it for `output_hidden_states=True` (k = 0: scaled embeddings; 0 < k < N:
+/// the raw output of decoder layer k-1; k = N: the final-normed output), and runs nothing after
+/// it. NewBie uses k = -2, the output of layer N-2 without the final norm (spec 4.2).
+///
+/// Numerics: every op computes in Float32 and rounds once to `dtype`. transformers applies RoPE
+/// in the model dtype (cos/sin cast to bf16, three roundings) and rounds q.k before the softmax;
+/// here RoPE and attention round once, a difference well inside the bf16 tolerance.
+public final class GemmaTextEncoder: @unchecked Sendable {
+    public let config: Gemma3TextConfig
+    /// Compute (activation) dtype: f32, bf16 or f16.
+    public let dtype: DType
+    /// The hidden_states index this encoder returns (normalised to 0...N).
+    public let hiddenStateIndex: Int
+    public let device: Device
+
+    struct Layer {
+        let inputNorm, postAttnNorm, preFFNorm, postFFNorm: Tensor
+        let q, k, v, o: Tensor
+        let qNorm, kNorm: Tensor
+        let gate, up, down: Tensor
+        let sliding: Bool
+    }
+
+    enum Embedding {
+        case table(Tensor)
+        /// Rows dequantised on demand from a quantised GGUF table (no full Float32 copy).
+        case ggufRows(GGUFFile, String)
+    }
+
+    let embedding: Embedding
+    let layers: [Layer]
+    let finalNorm: Tensor?
+
+    /// - Parameters:
+    ///   - hiddenState: which `hidden_states` entry to return; negative counts from the end (-2).
+    public init(weights source: WeightSource, config: Gemma3TextConfig, dtype: DType = .f32,
+                hiddenState: Int = -2, device: Device = .cpu) throws {
+        try config.validate(source: source.sourceDescription)
+        let n = config.numHiddenLayers
+        let k = hiddenState < 0 ? n + 1 + hiddenState : hiddenState
+        guard k >= 0 && k <= n else {
+            throw WeightsError("hidden state \(hiddenState) is outside 0...\(n) for a \(n)-layer model")
+        }
+        guard dtype == .f32 || dtype == .bf16 || dtype == .f16 else { throw WeightsError("compute dtype \(dtype) is not a float type") }
+        self.config = config
+        self.dtype = dtype
+        self.hiddenStateIndex = k
+        self.device = device
+        let layerCount = Swift.min(k, n)
+        let useFinalNorm = k == n
+        let specs = GemmaNaming.expected(config, layers: layerCount, finalNorm: useFinalNorm)
+
+        let gguf = source as? GGUFFile
+        let weights: ModelWeights
+        if gguf != nil {
+            weights = try ModelWeights(source: source, expected: specs,
+                                       naming: GemmaNaming.gguf(layers: layerCount, finalNorm: useFinalNorm))
+        } else {
+            let prefix = GemmaNaming.huggingFacePrefixes.first { source.tensorInfo($0 + "embed_tokens.weight") != nil } ?? ""
+            // other towers of a multimodal checkpoint live outside the prefix: hide them
+            let view = prefix.isEmpty ? source : PrefixView(source, prefix: prefix)
+            weights = try ModelWeights(source: view, expected: specs,
+                                       naming: GemmaNaming.huggingFace(layers: layerCount, finalNorm: useFinalNorm),
+                                       prefixes: prefix.isEmpty ? [] : [prefix])
+        }
+
+        // Reduced-precision runs use weights rounded to the compute dtype (as a model cast with
+        // `.to(dtype)`); Float32 runs use the stored values as they are (exact widening).
+        func prepare(_ t: Tensor) -> Tensor {
+            let c = (dtype != .f32 && t.dtype != dtype) ? t.to(dtype) : t
+            return c.to(device: device)
+        }
+        // GGUF files store Gemma norm weights as 1 + w (llama.cpp's converter); undo it.
+        func norm(_ name: String) throws -> Tensor {
+            let t = try weights.tensor(name)
+            guard gguf != nil else { return prepare(t) }
+            return prepare(Tensor(t.toFloats().map { $0 - 1 }, shape: t.shape))
+        }
+        var layers: [Layer] = []
+        for i in 0..<layerCount {
+            let s = weights.scope("layers.\(i)")
+            let p = "layers.\(i)."
+            layers.append(Layer(
+                inputNorm: try norm(p + "input_layernorm.weight"),
+                postAttnNorm: try norm(p + "post_attention_layernorm.weight"),
+                preFFNorm: try norm(p + "pre_feedforward_layernorm.weight"),
+                postFFNorm: try norm(p + "post_feedforward_layernorm.weight"),
+                q: prepare(try s.tensor("self_attn.q_proj.weight")),
+                k: prepare(try s.tensor("self_attn.k_proj.weight")),
+                v: prepare(try s.tensor("self_attn.v_proj.weight")),
+                o: prepare(try s.tensor("self_attn.o_proj.weight")),
+                qNorm: try norm(p + "self_attn.q_norm.weight"),
+                kNorm: try norm(p + "self_attn.k_norm.weight"),
+                gate: prepare(try s.tensor("mlp.gate_proj.weight")),
+                up: prepare(try s.tensor("mlp.up_proj.weight")),
+                down: prepare(try s.tensor("mlp.down_proj.weight")),
+                sliding: config.layerTypes[i] == .sliding))
+        }
+        self.layers = layers
+        finalNorm = useFinalNorm ? try norm("norm.weight") : nil
+        if let g = gguf, let info = g.tensors["token_embd.weight"], info.type.blockSize > 1 {
+            embedding = .ggufRows(g, "token_embd.weight")
+        } else {
+            embedding = .table(prepare(try weights.tensor("embed_tokens.weight")))
+        }
+    }
+
+    /// Loads from a path: a Hugging Face folder (config.json + safetensors, sharded or not), a
+    /// single `.safetensors` file (config.json beside it, or inferred for the 4B/270M models), or
+    /// a `.gguf` file.
+    public static func load(path: String, dtype: DType = .f32, hiddenState: Int = -2,
+                            device: Device = .cpu) throws -> GemmaTextEncoder {
+        let source = try openWeights(path: path)
+        let config: Gemma3TextConfig
+        if let g = source as? GGUFFile {
+            config = try Gemma3TextConfig(gguf: g)
+        } else {
+            var isDir: ObjCBool = false
+            FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            let folder = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+            let cfg = (folder as NSString).appendingPathComponent("config.json")
+            if FileManager.default.fileExists(atPath: cfg) {
+                config = try Gemma3TextConfig(configPath: cfg)
+            } else {
+                let prefix = GemmaNaming.huggingFacePrefixes.first { source.tensorInfo($0 + "embed_tokens.weight") != nil } ?? ""
+                config = try Gemma3TextConfig(inferringFrom: source, prefix: prefix)
+            }
+        }
+        return try GemmaTextEncoder(weights: source, config: config, dtype: dtype, hiddenState: hiddenState, device: device)
+    }
+
+    // MARK: - forward
+
+    /// Scaled token embeddings [B, L, H] in the compute dtype.
+    func embed(_ ids: Tensor) throws -> Tensor {
+        let scale = Half.round(Float(Double(config.hiddenSize).squareRoot()), to: dtype)
+        switch embedding {
+        case .table(let t):
+            return t.embedding(ids.to(device: device), dtype: dtype).scaled(scale)
+        case .ggufRows(let g, let name):
+            let flat = ids.toInts()
+            let rows = try g.rows(name, flat)
+            let e = (dtype == .f32 ? rows : rows.to(dtype)).to(device: device)
+            return e.reshape(ids.shape + [config.hiddenSize]).scaled(scale)
+        }
+    }
+
+    /// cos/sin tables [1, L, D/2] (Float32) for one RoPE base and linear scaling factor, computed
+    /// like transformers: inv_freq = 1 / base^(2i/D) / factor, angle = position * inv_freq, all
+    /// in Float32.
+    func ropeTables(length: Int, theta: Double, factor: Double) -> (Tensor, Tensor) {
+        let d = config.headDim, half = d / 2
+        var inv = [Float](repeating: 0, count: half)
+        for i in 0..<half {
+            let exponent = Float(2 * i) / Float(d)
+            inv[i] = 1 / Float(pow(Float(theta), exponent))
+            if factor != 1 { inv[i] = inv[i] / Float(factor) }
+        }
+        var c = [Float](repeating: 0, count: length * half), s = c
+        for p in 0..<length {
+            for i in 0..<half {
+                let a = Float(p) * inv[i]
+                c[p * half + i] = Foundation.cos(a)
+                s[p * half + i] = Foundation.sin(a)
+            }
+        }
+        return (Tensor(c, shape: [1, length, half], device: device), Tensor(s, shape: [1, length, half], device: device))
+    }
+
+    /// `hidden_states[k]` for token ids [B, L] and an attention mask [B, L] (1 = real token,
+    /// 0 = padding; right padding). Result [B, L, hidden] in the compute dtype. Positions where
+    /// the mask is 0 hold values no consumer should read.
+    public func callAsFunction(ids: Tensor, mask: Tensor? = nil) throws -> Tensor {
+        precondition(ids.rank == 2, "ids must be [B, L], got \(ids.shape)")
+        let (b, l) = (ids.shape[0], ids.shape[1])
+        if let m = mask { precondition(m.shape == [b, l], "mask \(m.shape) does not match ids \(ids.shape)") }
+        var h = try embed(ids)
+        if layers.isEmpty && finalNorm == nil { return h }
+        let keyMask = mask?.to(device: device)
+        let local = ropeTables(length: l, theta: config.ropeThetaLocal, factor: config.ropeScalingLocal)
+        let global = ropeTables(length: l, theta: config.ropeThetaGlobal, factor: config.ropeScalingGlobal)
+        let (hq, hkv, d) = (config.numAttentionHeads, config.numKeyValueHeads, config.headDim)
+        let eps = config.rmsNormEps
+        let scale = 1 / config.queryPreAttnScalar.squareRoot()
+        for layer in layers {
+            let x = h.rmsNorm(weight: layer.inputNorm, eps: eps, style: .gemmaOnePlusWeight)
+            var q = x.linear(layer.q).reshape([b, l, hq, d]).rmsNorm(weight: layer.qNorm, eps: eps, style: .gemmaOnePlusWeight)
+            var k = x.linear(layer.k).reshape([b, l, hkv, d]).rmsNorm(weight: layer.kNorm, eps: eps, style: .gemmaOnePlusWeight)
+            let v = x.linear(layer.v).reshape([b, l, hkv, d])
+            let (cos, sin) = layer.sliding ? local : global
+            q = q.rope(cos: cos, sin: sin, layout: .rotateHalf)
+            k = k.rope(cos: cos, sin: sin, layout: .rotateHalf)
+            let att = q.attention(k: k, v: v, options: AttentionOptions(
+                scale: scale, causal: true, slidingWindow: layer.sliding ? config.slidingWindow : nil,
+                keyPaddingMask: keyMask))
+            let attnOut = att.reshape([b, l, hq * d]).linear(layer.o)
+            h = h + attnOut.rmsNorm(weight: layer.postAttnNorm, eps: eps, style: .gemmaOnePlusWeight)
+            let y = h.rmsNorm(weight: layer.preFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+            let mlp = (y.linear(layer.gate).gelu(approximate: true) * y.linear(layer.up)).linear(layer.down)
+            h = h + mlp.rmsNorm(weight: layer.postFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+        }
+        if let n = finalNorm { h = h.rmsNorm(weight: n, eps: eps, style: .gemmaOnePlusWeight) }
+        return h
+    }
+
+    /// Encodes a tokenized batch.
+    public func encode(_ batch: SentencePieceBPEBatch) throws -> Tensor {
+        try self(ids: batch.idsTensor(), mask: batch.maskTensor())
+    }
+}
+
+/// A weight source showing only the tensors under `prefix` (the language model of a multimodal
+/// checkpoint), so the vision tower is not reported as unexpected.
+final class PrefixView: WeightSource, @unchecked Sendable {
+    let base: WeightSource
+    let prefix: String
+    let names: [String]
+    init(_ base: WeightSource, prefix: String) {
+        self.base = base; self.prefix = prefix
+        names = base.tensorNames.filter { $0.hasPrefix(prefix) }
+    }
+    var sourceDescription: String { base.sourceDescription }
+    var tensorNames: [String] { names }
+    func tensorInfo(_ name: String) -> TensorInfo? { name.hasPrefix(prefix) ? base.tensorInfo(name) : nil }
+    func loadTensor(_ name: String) throws -> Tensor { try base.loadTensor(name) }
+}

@@ -12,5 +12,6 @@ struct NewBie: ParsableCommand {
             EncodeTextCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
+            PromptCommand.self,
         ])
 }

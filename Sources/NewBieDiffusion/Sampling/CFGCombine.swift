@@ -1,0 +1,56 @@
+import Foundation
+import NewBieTensor
+
+/// Classifier-free guidance as a pure function over velocities, with the official
+/// `NextDiT_CLIP.forward_with_cfg` semantics (spec 1.7). The model call itself (one batch with the
+/// conditional and unconditional halves, or the conditional half alone) belongs to the caller.
+public enum CFGCombine {
+    /// Guidance runs while t < truncation (t: 0 = noise -> 1 = clean). The official default 100
+    /// (any value > 1) means always; 0.25 means only the noisy first part.
+    public static func isActive(t: Float, truncation: Float) -> Bool { t < truncation }
+
+    /// v = v_u + scale (v_c - v_u); then, when renorm > 0, per sample (axis 0):
+    /// if ||v|| >= renorm ||v_c|| (L2 over all other axes), v <- v renorm ||v_c|| / ||v||.
+    /// Inputs [N, ...] of equal shape; the result is float32 [N, ...].
+    public static func combine(cond: Tensor, uncond: Tensor, scale: Float, renorm: Float) throws -> Tensor {
+        guard cond.shape == uncond.shape, cond.rank >= 1 else {
+            throw SamplingError("guidance: conditional shape \(cond.shape) and unconditional shape \(uncond.shape) differ")
+        }
+        guard scale.isFinite, renorm.isFinite, renorm >= 0 else {
+            throw SamplingError("guidance: scale \(scale) and renorm \(renorm) must be finite, renorm >= 0")
+        }
+        let c = cond.to(.f32), u = uncond.to(.f32)
+        let v = u + (c - u) * scale
+        if !(renorm > 0) { return v }
+        let n = c.shape[0]
+        var parts: [Tensor] = []
+        for i in 0..<n {
+            let vi = v.narrow(0, start: i, length: 1)
+            let condNorm = l2(c.narrow(0, start: i, length: 1))
+            let maxNorm = condNorm * renorm
+            let newNorm = l2(vi)
+            parts.append(newNorm >= maxNorm ? vi * (maxNorm / newNorm) : vi)
+        }
+        return n == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
+    }
+
+    /// The guided velocity for one model call: `model(x2, t)` gets the state twice
+    /// ([cond | uncond] halves, the caller builds the batch) when guidance is active, and returns
+    /// [v_c | v_u]; otherwise `condOnly(x, t)` gives v_c alone. The result has x's shape.
+    public static func guided(x: Tensor, t: Float, scale: Float, truncation: Float, renorm: Float,
+                              both: (_ x: Tensor, _ t: Float) throws -> (cond: Tensor, uncond: Tensor),
+                              condOnly: (_ x: Tensor, _ t: Float) throws -> Tensor) throws -> Tensor {
+        if isActive(t: t, truncation: truncation) {
+            let (c, u) = try both(x, t)
+            return try combine(cond: c, uncond: u, scale: scale, renorm: renorm)
+        }
+        return try condOnly(x, t).to(.f32)
+    }
+
+    /// L2 norm of all elements, accumulated in Double, rounded to float32.
+    static func l2(_ x: Tensor) -> Float {
+        var s = 0.0
+        for f in x.toFloats() { s += Double(f) * Double(f) }
+        return Float(s.squareRoot())
+    }
+}

@@ -1,0 +1,143 @@
+import ArgumentParser
+import Foundation
+import NewBieText
+
+/// `newbie prompt check | format | build`: the NewBie XML prompt format (docs/PROMPTS.md).
+struct PromptCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prompt",
+        abstract: "Check, format or build NewBie XML prompts.",
+        subcommands: [Check.self, Format.self, Build.self])
+
+    /// Reads a file, or standard input for "-".
+    static func read(_ path: String) throws -> Data {
+        if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("cannot read \(path)")
+        }
+        return d
+    }
+
+    static func readText(_ path: String) throws -> String {
+        let d = try read(path)
+        guard let s = String(data: d, encoding: .utf8) else { throw ValidationError("\(path) is not UTF-8 text") }
+        return s
+    }
+
+    static func stderr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a prompt's structure and names; report problems with line and column. Never changes the file.")
+
+        @Argument(help: "The prompt file, or - for standard input.")
+        var file: String
+
+        @Flag(help: "Treat warnings as errors.")
+        var strict = false
+
+        func run() throws {
+            let text = try PromptCommand.readText(file)
+            let doc = PromptDocument(parsing: text)
+            let name = file == "-" ? "<stdin>" : file
+            for issue in doc.issues { print("\(name):\(issue)") }
+            if doc.isPlainText && doc.isValid {
+                print("\(name): plain-text prompt (no XML tags); nothing to check")
+                return
+            }
+            let failed = !doc.errors.isEmpty || (strict && !doc.warnings.isEmpty)
+            if failed {
+                PromptCommand.stderr("\(name): \(doc.errors.count) error(s), \(doc.warnings.count) warning(s)")
+                throw ExitCode(1)
+            }
+            let fields = doc.generalTags?.children.count ?? 0
+            print("\(name): OK: \(doc.characters.count) character(s), general_tags with \(fields) field(s)"
+                  + (doc.caption != nil ? ", caption" : "") + (doc.warnings.isEmpty ? "" : ", \(doc.warnings.count) warning(s)"))
+        }
+    }
+
+    struct Format: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the prompt in one layout (one field per line). This changes the text the encoders read.",
+            discussion: """
+                The encoders read the prompt as raw text, so a formatted prompt gives different tokens and a \
+                (slightly) different image than the original. Formatting is never applied by generation; use \
+                --write to replace the file.
+                """)
+
+        @Argument(help: "The prompt file, or - for standard input.")
+        var file: String
+
+        @Option(help: "Spaces before each field (the official README uses 0).")
+        var indent = 0
+
+        @Flag(help: "No empty line between blocks.")
+        var compact = false
+
+        @Flag(help: "Replace the file with the formatted text instead of printing it.")
+        var write = false
+
+        func validate() throws {
+            guard indent >= 0 && indent <= 16 else { throw ValidationError("--indent must be between 0 and 16") }
+            if write && file == "-" { throw ValidationError("--write needs a file, not standard input") }
+        }
+
+        func run() throws {
+            let text = try PromptCommand.readText(file)
+            let out: String
+            do {
+                out = try PromptFormatter.format(text, layout: PromptLayout(indent: indent, blankLineBetweenBlocks: !compact))
+            } catch let e as PromptError {
+                let name = file == "-" ? "<stdin>" : file
+                for issue in e.issues { print("\(name):\(issue)") }
+                PromptCommand.stderr("\(name): \(e.message)")
+                throw ExitCode(1)
+            }
+            if write {
+                // files keep one final line end
+                if out + "\n" == text { PromptCommand.stderr("\(file): already formatted"); return }
+                try (out + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+                PromptCommand.stderr("\(file): formatted (the encoders will see different text than before)")
+            } else {
+                print(out)
+            }
+        }
+    }
+
+    struct Build: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write an XML prompt from a JSON description of characters and tags (JSON only; see docs/PROMPTS.md).")
+
+        @Argument(help: "The JSON description file, or - for standard input.")
+        var file: String
+
+        @Option(help: "Spaces before each field.")
+        var indent = 0
+
+        @Flag(help: "No empty line between blocks.")
+        var compact = false
+
+        @Option(name: .shortAndLong, help: "Write the prompt to this file instead of standard output.")
+        var output: String?
+
+        func validate() throws {
+            guard indent >= 0 && indent <= 16 else { throw ValidationError("--indent must be between 0 and 16") }
+        }
+
+        func run() throws {
+            let data = try PromptCommand.read(file)
+            let out: String
+            do {
+                out = try PromptBuilder.build(json: data, layout: PromptLayout(indent: indent, blankLineBetweenBlocks: !compact))
+            } catch let e as PromptError {
+                PromptCommand.stderr("\(file == "-" ? "<stdin>" : file): \(e)")
+                throw ExitCode(1)
+            }
+            if let output {
+                try (out + "\n").write(toFile: output, atomically: true, encoding: .utf8)
+            } else {
+                print(out)
+            }
+        }
+    }
+}

@@ -39,19 +39,23 @@ struct BenchDiTCommand: ParsableCommand {
         print("  \(cfg)")
         print("  \(String(format: "%.1f", Double(params) / 1e6))M parameters, \(dt) compute, batch \(batch), latent 16x\(latent)x\(latent) (\(latent / 2 * latent / 2) image tokens), caption \(caption) tokens")
 
-        // the ceiling: raw sgemm at a DiT-like size
+        // the ceiling: raw sgemm at a DiT-like size, measured before and after the forward passes
+        // (the machines are shared: the two readings show how much the load moved meanwhile)
         let (m, n, k) = (4096, 2304, 2304)
         var rng = BenchRandom(seed: 1)
         let a = (0..<(m * k)).map { _ in rng.uniform() }, bm = (0..<(n * k)).map { _ in rng.uniform() }
         var c = [Float](repeating: 0, count: m * n)
-        let tg = benchMedian(3) {
-            a.withUnsafeBufferPointer { ap in bm.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
-                blas.sgemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k,
-                           b: bp.baseAddress!, ldb: k, beta: 0, c: cp.baseAddress!, ldc: n)
-            } } }
+        func sgemmRate() -> Double {
+            let tg = benchMedian(3) {
+                a.withUnsafeBufferPointer { ap in bm.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
+                    blas.sgemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k,
+                               b: bp.baseAddress!, ldb: k, beta: 0, c: cp.baseAddress!, ldc: n)
+                } } }
+            }
+            return 2.0 * Double(m * n * k) / tg / 1e9
         }
-        let ceiling = 2.0 * Double(m * n * k) / tg / 1e9
-        print(String(format: "  raw sgemm %dx%dx%d: %.3f s, %.1f GFLOP/s (ceiling)", m, n, k, tg, ceiling))
+        let before = sgemmRate()
+        print(String(format: "  raw sgemm %dx%dx%d before: %.1f GFLOP/s", m, n, k, before))
 
         // random weights (norm weights around 1, linear weights ~ 1/sqrt(fan_in))
         var wr = BenchRandom(seed: 2)
@@ -81,6 +85,9 @@ struct BenchDiTCommand: ParsableCommand {
         if let e = failure { throw e }
         let finite = out!.toFloats().allSatisfy { $0.isFinite }
         let rate = flops / tf / 1e9
+        let after = sgemmRate()
+        let ceiling = (before + after) / 2
+        print(String(format: "  raw sgemm %dx%dx%d after: %.1f GFLOP/s; ceiling (mean) %.1f GFLOP/s", m, n, k, after, ceiling))
         print(String(format: "  forward: %.3f s (median of %d), %.1f GFLOP, %.1f GFLOP/s = %.0f%% of the sgemm ceiling%@",
                      tf, repeats, flops / 1e9, rate, 100 * rate / ceiling, finite ? "" : " (NON-FINITE OUTPUT)"))
     }

@@ -11,6 +11,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         // Hot scalar loops that pick CPU features at run time (F16C conversions, vector exp).
@@ -24,8 +25,10 @@ let package = Package(
         .target(name: "NewBieCUDA", dependencies: ["NewBieTensor"], resources: [.copy("Kernels")]),
         // Checkpoint formats: safetensors, GGUF, naming tables, scoped weight access.
         .target(name: "NewBieWeights", dependencies: ["NewBieTensor"]),
-        // Tokenizers (Gemma SentencePiece-BPE, XLM-R Unigram) and the text encoders.
-        .target(name: "NewBieText", dependencies: ["NewBieTensor", "NewBieWeights"]),
+        // Tokenizers (Gemma SentencePiece-BPE, XLM-R Unigram), the text encoders, XML prompts
+        // (Yams for the YAML prompt descriptions of `newbie prompt build`).
+        .target(name: "NewBieText", dependencies: ["NewBieTensor", "NewBieWeights",
+                                                   .product(name: "Yams", package: "Yams")]),
         // NextDiT, the FLUX VAE, samplers and guidance.
         .target(name: "NewBieDiffusion", dependencies: ["NewBieTensor", "NewBieWeights"]),
         // Images: PNG in and out, pixel <-> tensor conversion.

@@ -106,10 +106,15 @@ struct PromptCommand: ParsableCommand {
 
     struct Build: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write an XML prompt from a JSON description of characters and tags (JSON only; see docs/PROMPTS.md).")
+            abstract: "Write an XML prompt from a JSON or YAML description of characters and tags (docs/PROMPTS.md).")
 
-        @Argument(help: "The JSON description file, or - for standard input.")
+        enum InputFormat: String, ExpressibleByArgument, CaseIterable { case auto, json, yaml }
+
+        @Argument(help: "The description file (.json, .yaml or .yml), or - for standard input.")
         var file: String
+
+        @Option(help: "json, yaml, or auto: by the file's extension; for other names and standard input, JSON when the text starts with '{', else YAML.")
+        var inputFormat: InputFormat = .auto
 
         @Option(help: "Spaces before each field.")
         var indent = 0
@@ -126,9 +131,23 @@ struct PromptCommand: ParsableCommand {
 
         func run() throws {
             let data = try PromptCommand.read(file)
+            let layout = PromptLayout(indent: indent, blankLineBetweenBlocks: !compact)
+            var format = inputFormat
+            if format == .auto {
+                let ext = (file as NSString).pathExtension.lowercased()
+                if ext == "json" { format = .json } else if ext == "yaml" || ext == "yml" { format = .yaml } else {
+                    let first = String(decoding: data.prefix(4096), as: UTF8.self).first { !$0.isWhitespace }
+                    format = first == "{" ? .json : .yaml
+                }
+            }
             let out: String
             do {
-                out = try PromptBuilder.build(json: data, layout: PromptLayout(indent: indent, blankLineBetweenBlocks: !compact))
+                if format == .yaml {
+                    guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(file) is not UTF-8 text") }
+                    out = try PromptBuilder.build(yaml: text, layout: layout)
+                } else {
+                    out = try PromptBuilder.build(json: data, layout: layout)
+                }
             } catch let e as PromptError {
                 PromptCommand.stderr("\(file == "-" ? "<stdin>" : file): \(e)")
                 throw ExitCode(1)

@@ -275,6 +275,57 @@ final class PromptTests: XCTestCase {
                        "<character_1>\n<n></n>\n</character_1>")
     }
 
+    func testBuilderFromYAMLMatchesJSON() throws {
+        let yaml = """
+            # two characters
+            characters:
+              - gender: 1girl
+                appearance: [red_eyes, " blue_hair "]
+                clothing: ""
+                position: center_left
+              - name: Rem
+                gender: 1girl
+                expression: smile
+            general_tags:
+              quality: best quality
+              count:
+                - 2girls
+                - multiple_girls
+              style: anime_style
+              other: []
+            caption: two girls waving
+            """
+        let json = """
+            {"characters": [
+               {"gender": "1girl", "appearance": ["red_eyes", " blue_hair "], "clothing": "", "position": "center_left"},
+               {"name": "Rem", "gender": "1girl", "expression": "smile"}],
+             "general_tags": {"quality": "best quality", "count": ["2girls", "multiple_girls"], "style": "anime_style", "other": []},
+             "caption": "two girls waving"}
+            """
+        let fromYAML = try PromptBuilder.build(yaml: yaml)
+        XCTAssertEqual(fromYAML, try PromptBuilder.build(json: Data(json.utf8)))
+        XCTAssertTrue(fromYAML.contains("<n>$character_1$</n>"))
+        // scalars stay the text written; an empty or null name gets the placeholder
+        let typed = try PromptBuilder.build(yaml: "characters:\n  - name:\n    gender: no\n    body_type: 1.50\n  - name: ~\n")
+        XCTAssertEqual(typed, "<character_1>\n<n>$character_1$</n>\n<gender>no</gender>\n<body_type>1.50</body_type>\n</character_1>\n\n<character_2>\n<n>$character_2$</n>\n</character_2>")
+        XCTAssertEqual(try PromptBuilder.build(yaml: "characters:\n  - name: ''\n"), "<character_1>\n<n></n>\n</character_1>")
+    }
+
+    func testBuilderYAMLErrors() {
+        func expect(_ yaml: String, _ contains: String, file: StaticString = #filePath, line: UInt = #line) {
+            XCTAssertThrowsError(try PromptBuilder.build(yaml: yaml), file: file, line: line) { error in
+                let text = "\(error)"
+                XCTAssertTrue(text.contains(contains), "\(text) lacks \(contains)", file: file, line: line)
+            }
+        }
+        expect("characters: [a, b", "not valid YAML")
+        expect("", "empty")
+        expect("- a\n- b\n", "must be an object (a mapping)")
+        expect("characters:\n  - hair: red\n", "unknown key \"hair\" in characters[0]")
+        expect("general_tags:\n  style: a\n  style: b\n", "general_tags.style is given twice")
+        expect("general_tags:\n  style: {a: b}\n", "general_tags.style must be a string")
+    }
+
     func testBuilderErrors() {
         func expect(_ json: String, _ contains: String, file: StaticString = #filePath, line: UInt = #line) {
             XCTAssertThrowsError(try PromptBuilder.build(json: Data(json.utf8)), file: file, line: line) { error in
@@ -283,7 +334,7 @@ final class PromptTests: XCTestCase {
             }
         }
         expect("{\"characters\": [", "not valid JSON")
-        expect("[1, 2]", "must be a JSON object")
+        expect("[1, 2]", "must be an object (a mapping)")
         expect("{\"charcters\": []}", "unknown key \"charcters\"")
         expect("{\"characters\": [{\"hair\": \"red\"}]}", "unknown key \"hair\" in characters[0]")
         expect("{\"characters\": [{\"gender\": 1}]}", "characters[0].gender must be a string")

@@ -71,7 +71,7 @@ public enum PromptFormatter {
     }
 }
 
-/// Builds a prompt from a JSON description:
+/// Builds a prompt from a JSON (or YAML, see PromptYAML.swift) description:
 ///
 ///     {"characters": [{"name": "...", "gender": "1girl", "appearance": ["red_eyes", "long_hair"], ...}],
 ///      "general_tags": {"count": "1girl, solo", "style": "anime_style", ...},
@@ -89,7 +89,13 @@ public enum PromptBuilder {
         } catch {
             throw PromptError("the description is not valid JSON: \((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)")")
         }
-        guard let top = any as? [String: Any] else { throw PromptError("the description must be a JSON object with \"characters\", \"general_tags\" and/or \"caption\"") }
+        return try build(description: any, layout: layout)
+    }
+
+    /// Builds from an already decoded description: dictionaries [String: Any], lists [Any],
+    /// strings, and NSNull for null (what JSONSerialization gives; `build(yaml:)` converts to the same).
+    public static func build(description any: Any, layout: PromptLayout = PromptLayout()) throws -> String {
+        guard let top = any as? [String: Any] else { throw PromptError("the description must be an object (a mapping) with \"characters\", \"general_tags\" and/or \"caption\"") }
         let known: Set<String> = ["characters", "general_tags", "caption"]
         for k in top.keys.sorted() where !known.contains(k) {
             throw PromptError("unknown key \"\(k)\" at the top level; expected \"characters\", \"general_tags\" or \"caption\"")

@@ -94,6 +94,38 @@ final class JinaTextTowerTests: XCTestCase {
         XCTAssertLessThanOrEqual(relativeL2(tower.encode(r.texts, tokenizer: tok).toFloats(), r.fp32), 1e-4)
     }
 
+    /// The full jina-clip-v2 tower: every expected tensor and its published name (spec §5.6).
+    func testFullSizeNamings() throws {
+        let c = JinaConfig.clipV2
+        let official = JinaLayout.official.expected(c)
+        XCTAssertEqual(official.count, 2 * 3 + 2 + 24 * (4 * 4 + 4))
+        let byName = Dictionary(uniqueKeysWithValues: official.map { (JinaLayout.publishedName($0.name, layout: .official), $0.shape) })
+        let p = "text_model.transformer.roberta."
+        XCTAssertEqual(byName[p + "embeddings.word_embeddings.parametrizations.weight.original"], [250_002, 1024])
+        XCTAssertEqual(byName[p + "embeddings.word_embeddings.parametrizations.weight.0.lora_A"], [1, 250_002, 4])
+        XCTAssertEqual(byName[p + "embeddings.word_embeddings.parametrizations.weight.0.lora_B"], [1, 4, 1024])
+        XCTAssertEqual(byName[p + "embeddings.token_type_embeddings.parametrizations.weight.original"], [1, 1024])
+        XCTAssertEqual(byName[p + "emb_ln.weight"], [1024])
+        XCTAssertEqual(byName[p + "encoder.layers.23.mixer.Wqkv.parametrizations.weight.original"], [3072, 1024])
+        XCTAssertEqual(byName[p + "encoder.layers.23.mixer.Wqkv.parametrizations.weight.0.lora_A"], [1, 4, 1024])
+        XCTAssertEqual(byName[p + "encoder.layers.23.mixer.Wqkv.parametrizations.weight.0.lora_B"], [1, 3072, 4])
+        XCTAssertEqual(byName[p + "encoder.layers.0.mixer.Wqkv.bias"], [3072])
+        XCTAssertEqual(byName[p + "encoder.layers.5.mlp.fc1.parametrizations.weight.original"], [4096, 1024])
+        XCTAssertEqual(byName[p + "encoder.layers.5.mlp.fc2.parametrizations.weight.0.lora_A"], [1, 4, 4096])
+        XCTAssertEqual(byName[p + "encoder.layers.7.norm2.bias"], [1024])
+        let comfy = JinaLayout.comfy.expected(c)
+        XCTAssertEqual(comfy.count, 2 + 2 + 24 * (4 * 2 + 4))
+        let comfyNames = Set(comfy.map { JinaLayout.publishedName($0.name, layout: .comfy) })
+        XCTAssertTrue(comfyNames.contains("model.embeddings.word_embeddings.weight"))
+        XCTAssertTrue(comfyNames.contains("model.encoder.layers.11.mixer.out_proj.bias"))
+        XCTAssertTrue(comfyNames.contains("model.emb_ln.bias"))
+        XCTAssertFalse(comfyNames.contains { $0.contains("lora") || $0.contains("parametrizations") })
+        let naming = JinaLayout.official.naming
+        XCTAssertTrue(naming.ignored("vision_model.blocks.0.attn.qkv.weight"))
+        XCTAssertTrue(naming.ignored("logit_scale"))
+        XCTAssertFalse(naming.ignored(p + "emb_ln.weight"))
+    }
+
     /// A checkpoint with a tensor missing and one of the wrong shape fails with one error naming
     /// both, while the vision tower and logit_scale are ignored.
     func testMissingAndMisshapedTensorsGiveOneError() throws {

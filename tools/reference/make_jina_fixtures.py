@@ -225,6 +225,11 @@ CORPUS = [
     "‼ ⁇ № ™ ℃ Ⅻ ｟ ｠ ﹏ ︵",
 ]
 
+# plus the Gemma tokenizer's corpus (tools/reference/make_gemma_tokenizer_fixtures.py), so both
+# tokenizers are tested on the same texts (system prompt + XML, literal specials, long prompt, ...)
+with open(os.path.join(ROOT, "Tests", "Fixtures", "gemma", "tokenizer_corpus.json"), encoding="utf-8") as _f:
+    CORPUS += [t for t in json.load(_f)["corpus"] if t not in CORPUS]
+
 NORMALIZE_STRINGS = ["a\r\nb", "Ａ\u0301", "e\u0301", "ｶﾞ", "ｶ\u3099", "x\u00a0y", "ﬁ①", "\u200b",
                      "A\u030a\u0323", "㌀", "🇯🇵", "👩‍👩‍👧", "Ｆｕｌｌ", "½", "ﾊﾟﾝ", "\u3000x", "é"]
 

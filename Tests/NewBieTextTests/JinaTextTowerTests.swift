@@ -40,6 +40,15 @@ final class JinaTextTowerTests: XCTestCase {
         XCTAssertLessThanOrEqual(err, 1e-4, "fp32 relative L2 \(err)")
     }
 
+    /// The LoRA merge in blocks of rows (as for the 250k-row word table) gives the same weights.
+    func testBlockwiseLoRAMerge() throws {
+        let r = try reference()
+        JinaTextTower.mergeRowBlock = 100   // word table 306 rows -> 4 blocks; Wqkv 192 rows -> 2
+        defer { JinaTextTower.mergeRowBlock = 8192 }
+        let tower = try JinaTextTower(path: Fixtures.path("jina/tower_official.safetensors"), config: Self.tiny)
+        XCTAssertLessThanOrEqual(relativeL2(tower.pooled(ids: r.ids).toFloats(), r.fp32), 1e-4)
+    }
+
     func testInferredConfigMatchesAndLoads() throws {
         let f = try SafeTensorsFile(path: Fixtures.path("jina/tower_official.safetensors"))
         var c = try JinaLayout.official.inferConfig(f, headDim: 16)

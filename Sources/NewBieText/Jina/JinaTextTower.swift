@@ -19,6 +19,9 @@ public final class JinaTextTower: @unchecked Sendable {
     let embLNw: Tensor, embLNb: Tensor
     let layers: [Layer]
 
+    /// Rows of a weight merged with its LoRA delta at a time (bounds the fp32 working memory).
+    nonisolated(unsafe) static var mergeRowBlock = 8192
+
     /// Loads from a checkpoint file (layout detected; config inferred from shapes unless given).
     public convenience init(path: String, config: JinaConfig? = nil, dtype: DType = .f32) throws {
         let file = try SafeTensorsFile(path: path)
@@ -43,10 +46,23 @@ public final class JinaTextTower: @unchecked Sendable {
             guard layout.hasLoRA else { return w.to(dtype) }
             let a = try weights.tensor(module + ".lora_A").select(0, cfg.loraTask).to(.f32)
             let b = try weights.tensor(module + ".lora_B").select(0, cfg.loraTask).to(.f32)
-            // LoRAParametrization: linear W + B[t] @ A[t]; embedding (swapped layout) W + A[t] @ B[t]
-            let delta = embedding ? a.matmul(b) : b.matmul(a)
-            precondition(delta.shape == w.shape, "LoRA delta \(delta.shape) for \(module) \(w.shape)")
-            return (w.to(.f32) + delta * cfg.loraScale).to(dtype)
+            // LoRAParametrization: linear W + B[t] @ A[t]; embedding (swapped layout) W + A[t] @ B[t].
+            // Both are "rows of W + (rows of the left factor) @ right factor", merged in fp32 and
+            // rounded once, in blocks of rows so the 250k x 1024 word table never exists in fp32 whole.
+            let (left, right) = embedding ? (a, b) : (b, a)
+            guard left.shape == [w.shape[0], cfg.loraRank], right.shape == [cfg.loraRank, w.shape[1]] else {
+                throw WeightsError("Jina text tower: LoRA factors \(left.shape) x \(right.shape) do not fit \(module) \(w.shape)")
+            }
+            let rows = w.shape[0], block = JinaTextTower.mergeRowBlock
+            var parts: [Tensor] = []
+            var start = 0
+            while start < rows {
+                let n = min(block, rows - start)
+                let delta = left.narrow(0, start: start, length: n).matmul(right)
+                parts.append((w.narrow(0, start: start, length: n).to(.f32) + delta * cfg.loraScale).to(dtype))
+                start += n
+            }
+            return parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
         }
         func t(_ n: String) throws -> Tensor { try weights.tensor(n).to(dtype) }
 

@@ -18,6 +18,9 @@ struct EncodeTextCommand: ParsableCommand {
     @Option(name: .customLong("jina-tokenizer"), help: "XLM-R tokenizer.json (default: tokenizer.json next to the Jina checkpoint).")
     var jinaTokenizer: String?
 
+    @Option(name: .customLong("jina-head-dim"), help: "Attention head size of the Jina tower (heads = hidden / this; jina-clip-v2: 64).")
+    var jinaHeadDim = 64
+
     @Option(name: .customLong("prompt"), help: "A prompt (repeat for a batch; \"\" is the unconditional prompt).")
     var prompts: [String] = []
 
@@ -63,7 +66,9 @@ struct EncodeTextCommand: ParsableCommand {
         }
         var t0 = clock()
         let tokenizer = try UnigramTokenizer(path: tokPath)
-        let tower = try JinaTextTower(source: try openWeights(path: jina), dtype: dt)
+        let source = try openWeights(path: jina)
+        let config = try JinaLayout.detect(source).inferConfig(source, headDim: jinaHeadDim)
+        let tower = try JinaTextTower(source: source, config: config, dtype: dt)
         let c = tower.config
         log(String(format: "jina: %@ layout, %d layers, hidden %d, %d heads, vocab %d, LoRA rank %d x %d (merged), %@; loaded in %.2f s",
                    tower.layout.rawValue, c.layers, c.hidden, c.heads, c.vocabSize, c.loraRank, c.loraAdaptations,

@@ -117,6 +117,23 @@ final class DiTParityTests: XCTestCase {
         XCTAssertGreaterThan(relativeL2(noRenorm.toFloats(), try ref("a.cfg_renorm.f32/out").toFloats()), 1e-2)
     }
 
+    /// The sampler-facing call: cond and uncond given separately (uncond with only its 5 real
+    /// tokens, so the captions are padded to a common length inside).
+    func testGuidedVelocity() throws {
+        let m = try NextDiT.load(path: Fixtures.path("dit/official"), dtype: .f32)
+        let i = try inputs()
+        let (t, opts) = try cfgCase("a.cfg_renorm.f32")
+        let cond = DiTConditioning(capFeats: i.cap.narrow(0, start: 0, length: 1), capMask: i.mask.narrow(0, start: 0, length: 1),
+                                   clipPooled: i.clip.narrow(0, start: 0, length: 1))
+        let uncond = DiTConditioning(capFeats: i.cap.narrow(0, start: 1, length: 1).narrow(1, start: 0, length: 5),
+                                     capMask: Tensor([Float](repeating: 1, count: 5), shape: [1, 5]),
+                                     clipPooled: i.clip.narrow(0, start: 1, length: 1))
+        let v = try m.guidedVelocity(i.x.narrow(0, start: 0, length: 1), t: t, cond: cond, uncond: uncond, options: opts)
+        XCTAssertEqual(v.shape, [1, 16, 16, 24])
+        let want = try ref("a.cfg_renorm.f32/out").narrow(0, start: 0, length: 1)
+        XCTAssertLessThanOrEqual(relativeL2(v.toFloats(), want.toFloats()), 1e-4)
+    }
+
     func testCFGBF16() throws {
         let m = try NextDiT.load(path: Fixtures.path("dit/official"), dtype: .bf16)
         for name in ["a.cfg_renorm.bf16", "a.cfg_trunc.bf16"] {

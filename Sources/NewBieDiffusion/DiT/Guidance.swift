@@ -62,3 +62,46 @@ extension NextDiT {
 
     private func round(_ f: Float) -> Float { Half.round(f, to: dtype) }
 }
+
+/// One prompt's conditioning for the DiT: Gemma caption features [n, L, cap_feat_dim] (right
+/// padded), their mask [n, L] and the pooled Jina CLIP text vector [n, clip_text_dim].
+public struct DiTConditioning: @unchecked Sendable {
+    public var capFeats: Tensor
+    public var capMask: Tensor
+    public var clipPooled: Tensor?
+    public init(capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) {
+        self.capFeats = capFeats; self.capMask = capMask; self.clipPooled = clipPooled
+    }
+
+    /// The same conditioning with captions padded (zeros, mask 0) to `length` tokens.
+    func padded(to length: Int) -> DiTConditioning {
+        let l = capFeats.shape[1]
+        if l == length { return self }
+        let n = capFeats.shape[0]
+        let feats = Tensor.concat([capFeats, Tensor.zeros([n, length - l, capFeats.shape[2]], dtype: capFeats.dtype)], axis: 1)
+        let mask = Tensor.concat([capMask.to(.f32), Tensor.zeros([n, length - l])], axis: 1)
+        return DiTConditioning(capFeats: feats, capMask: mask, clipPooled: clipPooled)
+    }
+}
+
+extension NextDiT {
+    /// The guided velocity of state `x` [n, C, H, W] at time `t`, as a sampler calls it: builds the
+    /// [cond | uncond] batch of `forwardWithCFG` (the state twice, captions padded to the longer of
+    /// the two) and returns the first half, [n, C, H, W] Float32.
+    public func guidedVelocity(_ x: Tensor, t: Float, cond: DiTConditioning, uncond: DiTConditioning,
+                               options: CFGOptions) throws -> Tensor {
+        let n = x.shape.first ?? 0
+        guard cond.capFeats.rank == 3, uncond.capFeats.rank == 3, cond.capFeats.shape[0] == n, uncond.capFeats.shape[0] == n else {
+            throw DiTError("guidedVelocity: conditioning batches \(cond.capFeats.shape), \(uncond.capFeats.shape) do not match the state \(x.shape)")
+        }
+        let l = max(cond.capFeats.shape[1], uncond.capFeats.shape[1])
+        let c = cond.padded(to: l), u = uncond.padded(to: l)
+        var clip: Tensor? = nil
+        if let cc = c.clipPooled, let uc = u.clipPooled { clip = Tensor.concat([cc, uc], axis: 0) }
+        let out = try forwardWithCFG(Tensor.concat([x, x], axis: 0), t: [Float](repeating: t, count: 2 * n),
+                                     capFeats: Tensor.concat([c.capFeats, u.capFeats.to(c.capFeats.dtype)], axis: 0),
+                                     capMask: Tensor.concat([c.capMask.to(.f32), u.capMask.to(.f32)], axis: 0),
+                                     clipPooled: clip, options: options)
+        return out.narrow(0, start: 0, length: n).contiguous()
+    }
+}

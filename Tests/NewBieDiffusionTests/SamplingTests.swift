@@ -131,6 +131,16 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(cases("midpoint").count, 2)
     }
 
+    func testRK4MatchesTorchdiffeq() throws {
+        for c in cases("rk4") {
+            let name = c["name"] as! String
+            let sampler = try SamplerKind.rk4.make(steps: c["n"] as! Int, shift: Float(c["shift"] as! Double))
+            XCTAssertEqual(sampler.evaluationCount, 4 * ((c["n"] as! Int) - 1))
+            try checkTrajectory(sampler, prefix: name, tol: 1e-6)
+        }
+        XCTAssertEqual(cases("rk4").count, 1)
+    }
+
     func testDPMSolverMatchesOfficial() throws {
         for c in cases("dpm") {
             let name = c["name"] as! String
@@ -146,6 +156,10 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(try SamplerKind.euler.make(steps: 29, shift: 6).evaluationCount, 28)
         XCTAssertEqual(try SamplerKind.dpm.make(steps: 20, shift: 6).evaluationCount, 20)
         XCTAssertEqual(SamplerKind(rawValue: "dpm++2m"), .dpm)
+        XCTAssertEqual(SamplerKind(name: "dpm"), .dpm)
+        XCTAssertEqual(SamplerKind(name: "Midpoint"), .midpoint)
+        XCTAssertEqual(SamplerKind(name: "rk4"), .rk4)
+        XCTAssertNil(SamplerKind(name: "dopri5"))
     }
 
     // MARK: guidance

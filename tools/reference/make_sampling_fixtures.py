@@ -15,7 +15,7 @@ child process with ATEN_CPU_CAPABILITY=default, to record torch's non-vectorised
 Where each reference comes from:
   - grid:   exactly the official `transport/integrators.py` `ode.__init__`: float32
             `torch.linspace(0, 1, N)` then `t / (t + s - s * t)`.
-  - euler / midpoint: `torchdiffeq.odeint(fn, x, grid, method=...)`, which is what the official
+  - euler / midpoint / rk4: `torchdiffeq.odeint(fn, x, grid, method=...)`, which is what the official
             `ode.sample` calls (fixed grid = the time points themselves; the official code keeps
             the last state, odeint returns every state and all are stored).
   - dpm:    DPM-Solver++ multistep order 2 written here from the semantics of the official
@@ -33,7 +33,7 @@ A [D, D] and b [D] fixed random float32 (stored), computed in float64 and rounde
 that the Swift side can evaluate the same field to the last bit.
 
 Writes Tests/Fixtures/sampling/:
-  - sampling.safetensors  cases grid.*, dpm_grid.*, euler.*, midpoint.*, dpm.*, cfg.*
+  - sampling.safetensors  cases grid.*, dpm_grid.*, euler.*, midpoint.*, rk4.*, dpm.*, cfg.*
   - noise.safetensors     cases randn.* (the stored values are float32, compared bit for bit)
 """
 import json
@@ -205,7 +205,8 @@ def main():
     field = Field("toy_field", shape)
     x0 = torch.randn(shape, generator=generator("toy_x0"))
     tensors = {"a": field.a, "b": field.b, "x0": x0}
-    for method, n, s in [("euler", 10, 6.0), ("midpoint", 18, 6.0), ("euler", 5, 1.0), ("midpoint", 7, 3.0)]:
+    for method, n, s in [("euler", 10, 6.0), ("midpoint", 18, 6.0), ("euler", 5, 1.0), ("midpoint", 7, 3.0),
+                         ("rk4", 8, 6.0)]:
         grid = official_grid(n, s)
         traj = run_odeint(field, x0.clone(), grid, method)
         fx.add_case(f"{method}.n{n}_s{int(s)}", dict(tensors, grid=grid, states=traj), method=method, n=n, shift=s)

@@ -13,5 +13,6 @@ struct NewBie: ParsableCommand {
             GPUCheckCommand.self,
             InspectCommand.self,
             PromptCommand.self,
+            VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])
 }

@@ -1,0 +1,247 @@
+import Foundation
+import NewBieTensor
+
+/// When and how to decode in tiles.
+///
+/// The decoder's bottom (conv_in and the mid block with its attention over all positions) runs
+/// on the whole latent: it works at latent resolution, where activations are small (FLUX: 512
+/// floats per latent cell against 128 x 64 = 8192 per cell at the top level). Everything above
+/// it runs window by window: windows of `tileLatent` cells overlapping by at least
+/// `overlapLatent`, each window owning the core up to the middle of its overlaps, blended with
+/// linear ramps `blendLatent` cells wide centred on the core boundaries.
+///
+/// GroupNorm normalises over the whole image, which a window cannot see. With
+/// `globalNormStatistics` (the default) the statistics of every GroupNorm are gathered over the
+/// window cores before any window is normalised with them: GroupNorm k's statistics need a pass
+/// over all windows up to GroupNorm k, so the top of the decoder runs about K/2 times (K = 25
+/// GroupNorms in FLUX's top; in practice 5-10 times the work, since the early ones sit at low
+/// resolution). The result then equals the untiled decode wherever the margin (half the
+/// overlap) covers the receptive field (about 12.3 latent cells for the FLUX layout).
+/// Without it each window normalises itself (one pass, as diffusers' `tiled_decode` does),
+/// which is fast but lets windows of smooth content drift apart in tone.
+///
+/// Working memory: one window's decode, plus the latent-resolution bottom, the output image and one
+/// Float of blend weight per output pixel, whatever the image size.
+public struct VAETiling: Sendable, Equatable {
+    public enum Mode: String, Sendable { case auto, always, never }
+    public var mode: Mode
+    /// Window side in latent cells (64 = 512 pixels with FLUX's x8).
+    public var tileLatent: Int
+    /// Minimum overlap of neighbouring windows in latent cells; half of it is context each window
+    /// sees beyond its core.
+    public var overlapLatent: Int
+    /// Width in latent cells of the linear blend across each core boundary (at most the overlap).
+    public var blendLatent: Int
+    public var globalNormStatistics: Bool
+    /// With `.auto`, tile when the latent has more cells than this (128*128 = 1024x1024 pixels).
+    public var autoAboveLatentCells: Int
+
+    public init(mode: Mode = .auto, tileLatent: Int = 64, overlapLatent: Int = 32, blendLatent: Int = 4,
+                globalNormStatistics: Bool = true, autoAboveLatentCells: Int = 128 * 128) {
+        self.mode = mode; self.tileLatent = tileLatent; self.overlapLatent = overlapLatent
+        self.blendLatent = blendLatent; self.globalNormStatistics = globalNormStatistics
+        self.autoAboveLatentCells = autoAboveLatentCells
+    }
+
+    public static let auto = VAETiling()
+    public static let never = VAETiling(mode: .never)
+    public static let always = VAETiling(mode: .always)
+
+    /// Whether a latent of this size is decoded in tiles.
+    public func tiles(latentHeight h: Int, latentWidth w: Int) -> Bool {
+        switch mode {
+        case .never: return false
+        case .always: return h > tileLatent || w > tileLatent
+        case .auto: return h * w > autoAboveLatentCells && (h > tileLatent || w > tileLatent)
+        }
+    }
+
+    /// Window starts along an axis of `n` latent cells: evenly spread, first at 0, last ending at
+    /// n, neighbours overlapping by at least `overlapLatent`.
+    public func starts(_ n: Int) -> [Int] {
+        let t = tileLatent
+        if n <= t { return [0] }
+        let step = t - overlapLatent
+        let count = 1 + (n - t + step - 1) / step
+        return (0..<count).map { i in Int((Double(i) * Double(n - t) / Double(count - 1)).rounded()) }
+    }
+
+    /// One window along an axis: the cells it decodes and the core it owns (cores partition the axis).
+    public struct AxisTile: Sendable, Equatable {
+        public var start: Int, length: Int, coreStart: Int, coreEnd: Int
+    }
+
+    public func axisTiles(_ n: Int) -> [AxisTile] {
+        let s = starts(n)
+        let len = Swift.min(tileLatent, n)
+        return s.indices.map { i in
+            let coreStart = i == 0 ? 0 : (s[i] + s[i - 1] + len) / 2
+            let coreEnd = i == s.count - 1 ? n : (s[i + 1] + s[i] + len) / 2
+            return AxisTile(start: s[i], length: len, coreStart: coreStart, coreEnd: coreEnd)
+        }
+    }
+
+    func validate() {
+        precondition(tileLatent >= 1 && overlapLatent >= 0 && overlapLatent < tileLatent,
+                     "VAE tiling: overlap \(overlapLatent) must be smaller than the tile \(tileLatent)")
+        precondition(blendLatent >= 0 && blendLatent <= 2 * (overlapLatent / 2),
+                     "VAE tiling: blend width \(blendLatent) must fit in the overlap \(overlapLatent)")
+    }
+}
+
+/// One pass of tiled decoding's GroupNorm bookkeeping. GroupNorm calls before `gatherIndex` are
+/// normalised with the finished statistics `known`; call `gatherIndex` accumulates its input's
+/// statistics over the current window's core (Chan et al.'s pairwise combination of count, mean
+/// and centred sum of squares, in Double) and ends the window's forward pass. With `gatherIndex`
+/// nil every call is normalised with `known` (the output pass).
+final class TileStatistics: VAENormHook {
+    struct Acc { var n = 0.0, mean = 0.0, m2 = 0.0 }
+    let known: [[(Double, Double)]]
+    let gatherIndex: Int?
+    var accumulator: [Acc] = []
+    var call = 0
+    var finished = false
+    /// Whether any window reached GroupNorm `gatherIndex` (false: there are no more GroupNorms).
+    var reached = false
+    /// Current window's core, in latent cells relative to the window, and the window's height.
+    var core = (y0: 0, y1: 0, x0: 0, x1: 0)
+    var windowHeight = 1
+
+    init(known: [[(Double, Double)]], gatherIndex: Int?) { self.known = known; self.gatherIndex = gatherIndex }
+
+    func startWindow(coreY: Range<Int>, coreX: Range<Int>, windowHeight: Int) {
+        core = (coreY.lowerBound, coreY.upperBound, coreX.lowerBound, coreX.upperBound)
+        self.windowHeight = windowHeight
+        call = 0
+        finished = false
+    }
+
+    func normalize(_ x: Tensor, _ norm: VAEGroupNorm) -> Tensor {
+        let k = call
+        call += 1
+        let (b, c) = (x.shape[0], x.shape[1])
+        let g = norm.groups
+        if k == gatherIndex {
+            reached = true
+            finished = true
+            let s = x.shape[2] / windowHeight
+            let region = x.narrow(2, start: core.y0 * s, length: (core.y1 - core.y0) * s)
+                .narrow(3, start: core.x0 * s, length: (core.x1 - core.x0) * s)
+                .to(.f32).reshape([b, g, -1])
+            let n = Double(region.shape[2])
+            let mean = region.reduce(.mean, axes: [2], keepDims: true)
+            let m2 = (region - mean).reduce(.sumSquares, axes: [2]).toFloats()
+            let means = mean.toFloats()
+            if accumulator.isEmpty { accumulator = [Acc](repeating: Acc(), count: b * g) }
+            for i in 0..<(b * g) {
+                var a = accumulator[i]
+                let total = a.n + n, delta = Double(means[i]) - a.mean
+                a.mean += delta * n / total
+                a.m2 += Double(m2[i]) + delta * delta * a.n * n / total
+                a.n = total
+                accumulator[i] = a
+            }
+            return x  // the pass ends here; the value is not used
+        }
+        precondition(k < known.count && known[k].count == b * g, "VAE tiling: GroupNorm statistics do not match the decoder")
+        let meanT = Tensor(known[k].map { Float($0.0) }, shape: [b, g, 1], device: x.device)
+        let rstdT = Tensor(known[k].map { Float($0.1) }, shape: [b, g, 1], device: x.device)
+        let xf = x.to(.f32).reshape([b, g, -1])
+        let y = ((xf - meanT) * rstdT).reshape(x.shape)
+        let w = norm.weight.to(.f32).reshape([1, c, 1, 1]), bias = norm.bias.to(.f32).reshape([1, c, 1, 1])
+        return (y * w + bias).to(x.dtype)
+    }
+
+    /// (mean, 1/sqrt(var + eps)) per batch x group of GroupNorm `gatherIndex`.
+    func statistics(eps: Float) -> [(Double, Double)] {
+        accumulator.map { a in (a.mean, 1 / (a.m2 / a.n + Double(eps)).squareRoot()) }
+    }
+}
+
+extension AutoencoderKL {
+    /// NewBie latent -> image in about [-1, 1] (Float32), tiled or not as `tiling` decides.
+    public func decode(_ x: Tensor, tiling: VAETiling) -> Tensor {
+        decodeRaw(unscale(x), tiling: tiling)
+    }
+
+    /// VAE latent -> image (Float32), tiled or not as `tiling` decides.
+    public func decodeRaw(_ z: Tensor, tiling: VAETiling) -> Tensor {
+        checkLatent(z)
+        guard tiling.tiles(latentHeight: z.shape[2], latentWidth: z.shape[3]) else { return decodeRaw(z).to(.f32) }
+        tiling.validate()
+        let decoder = requireDecoder()
+        let (b, h, w) = (z.shape[0], z.shape[2], z.shape[3])
+        let f = config.downscale, cout = config.outChannels
+        let (oh, ow) = (h * f, w * f)
+        let ys = tiling.axisTiles(h), xs = tiling.axisTiles(w)
+        let bottom = decoder.lower(z)
+
+        func run(_ hook: TileStatistics?, _ body: (VAETiling.AxisTile, VAETiling.AxisTile, Tensor) -> Void) {
+            for ty in ys {
+                for tx in xs {
+                    let window = bottom.narrow(2, start: ty.start, length: ty.length)
+                        .narrow(3, start: tx.start, length: tx.length).contiguous()
+                    hook?.startWindow(coreY: (ty.coreStart - ty.start)..<(ty.coreEnd - ty.start),
+                                      coreX: (tx.coreStart - tx.start)..<(tx.coreEnd - tx.start), windowHeight: ty.length)
+                    body(ty, tx, decoder.upper(window, hook))
+                }
+            }
+        }
+
+        var final: TileStatistics? = nil
+        if tiling.globalNormStatistics {
+            var known: [[(Double, Double)]] = []
+            while true {
+                let pass = TileStatistics(known: known, gatherIndex: known.count)
+                run(pass) { _, _, _ in }
+                guard pass.reached else { break }
+                known.append(pass.statistics(eps: config.normEps))
+            }
+            final = TileStatistics(known: known, gatherIndex: nil)
+        }
+
+        // Blend weight along an axis: 1 on the core, linear ramps across interior core boundaries.
+        let ramp = Float(tiling.blendLatent * f)
+        func axisWeights(_ t: VAETiling.AxisTile, total: Int) -> [Float] {
+            (0..<(t.length * f)).map { i in
+                let p = Float(t.start * f + i) + 0.5
+                var v: Float = 1
+                if t.coreStart > 0 {
+                    let edge = Float(t.coreStart * f)
+                    v = Swift.min(v, ramp > 0 ? Swift.max(0, Swift.min(1, (p - edge) / ramp + 0.5)) : (p >= edge ? 1 : 0))
+                }
+                if t.coreEnd < total {
+                    let edge = Float(t.coreEnd * f)
+                    v = Swift.min(v, ramp > 0 ? Swift.max(0, Swift.min(1, (edge - p) / ramp + 0.5)) : (p < edge ? 1 : 0))
+                }
+                return v
+            }
+        }
+
+        let out = Tensor.zeros([b, cout, oh, ow], dtype: .f32, device: .cpu)
+        var weightSum = [Float](repeating: 0, count: oh * ow)
+        let op = out.hostPointer.assumingMemoryBound(to: Float.self)
+        run(final) { ty, tx, tileOut in
+            let tile = tileOut.to(.f32, device: .cpu)
+            let (py, px, ph, pw) = (ty.start * f, tx.start * f, ty.length * f, tx.length * f)
+            let wy = axisWeights(ty, total: h), wx = axisWeights(tx, total: w)
+            let tp = tile.hostPointer.assumingMemoryBound(to: Float.self)
+            for yy in 0..<ph where wy[yy] > 0 {
+                for xx in 0..<pw { weightSum[(py + yy) * ow + px + xx] += wy[yy] * wx[xx] }
+            }
+            for plane in 0..<(b * cout) {
+                let src = tp + plane * ph * pw, dst = op + plane * oh * ow
+                for yy in 0..<ph where wy[yy] > 0 {
+                    let s = src + yy * pw, d = dst + (py + yy) * ow + px
+                    let wyy = wy[yy]
+                    for xx in 0..<pw { d[xx] += wyy * wx[xx] * s[xx] }
+                }
+            }
+        }
+        for plane in 0..<(b * cout) {
+            let d = op + plane * oh * ow
+            for i in 0..<(oh * ow) { d[i] /= weightSum[i] }
+        }
+        return out
+    }
+}

@@ -1,2 +1,0 @@
-import CPNG
-// PNG reading and writing live here.

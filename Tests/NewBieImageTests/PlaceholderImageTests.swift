@@ -1,5 +1,0 @@
-import XCTest
-
-final class PlaceholderImageTests: XCTestCase {
-    func testModuleLoads() { XCTAssertTrue(true) }
-}

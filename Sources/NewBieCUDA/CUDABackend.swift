@@ -13,6 +13,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Fill every new allocation with 0xFF bytes (NaN in every float type), so that an element a
     /// kernel fails to write shows up as NaN in checks. For `gpu-check`; costs a memset per tensor.
     public var poisonAllocations = false
+    /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
+    public var forceReferenceAttention = false
 
     let driver: CUDADriver
     let context: OpaquePointer?
@@ -65,22 +67,33 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         try loadKernels()
     }
 
+    /// Kernel sources (package resources) and the functions each defines.
+    static let modules: [(String, [String])] = [
+        ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
+                 "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
+                 "nb_channel_bias", "nb_upsample2x"]),
+        ("flash", ["nb_flash_bf16_d64", "nb_flash_bf16_d96", "nb_flash_bf16_d128",
+                   "nb_flash_f16_d64", "nb_flash_f16_d96", "nb_flash_f16_d128"]),
+    ]
+
     private func loadKernels() throws {
-        guard let url = Bundle.module.url(forResource: "ops", withExtension: "cu", subdirectory: "Kernels")
-                ?? Bundle.module.url(forResource: "ops", withExtension: "cu") else {
-            throw CUDAError("kernel source ops.cu is missing from the NewBieCUDA resources (keep the newbie_NewBieCUDA.resources folder next to the binary)")
-        }
-        let source = try String(contentsOf: url, encoding: .utf8)
         let nvrtc = try NVRTC()
-        let cubin = try nvrtc.cubin(source: source, name: "ops", arch: computeCapability)
-        var module: OpaquePointer? = nil
-        try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress), "cuModuleLoadData(ops)") }
-        for f in ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
-                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                  "nb_channel_bias", "nb_upsample2x"] {
-            var fn: OpaquePointer? = nil
-            try driver.check(driver.cuModuleGetFunction(&fn, module, f), "cuModuleGetFunction(\(f))")
-            functions[f] = fn
+        for (name, kernels) in CUDABackend.modules {
+            guard let url = Bundle.module.url(forResource: name, withExtension: "cu", subdirectory: "Kernels")
+                    ?? Bundle.module.url(forResource: name, withExtension: "cu") else {
+                throw CUDAError("kernel source \(name).cu is missing from the NewBieCUDA resources (keep the NewBie_NewBieCUDA.resources folder next to the binary)")
+            }
+            let source = try String(contentsOf: url, encoding: .utf8)
+            let cubin = try nvrtc.cubin(source: source, name: name, arch: computeCapability)
+            var module: OpaquePointer? = nil
+            try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress), "cuModuleLoadData(\(name))") }
+            for f in kernels {
+                var fn: OpaquePointer? = nil
+                try driver.check(driver.cuModuleGetFunction(&fn, module, f), "cuModuleGetFunction(\(f))")
+                functions[f] = fn
+                // allow more than the default 48 KiB of dynamic shared memory (attribute 8)
+                if f.hasPrefix("nb_flash") { try driver.check(driver.cuFuncSetAttribute(fn, 8, 160 * 1024), "cuFuncSetAttribute(\(f))") }
+            }
         }
     }
 
@@ -89,16 +102,44 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Waits for every queued op.
     public func synchronize() { setCurrent(); driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize") }
 
+    /// Milliseconds of device time `body` enqueues, measured with CUDA events (median of `runs`
+    /// after one warm-up run).
+    public func time(runs: Int = 10, _ body: () -> Void) -> Double {
+        setCurrent()
+        var start: OpaquePointer? = nil, stop: OpaquePointer? = nil
+        driver.must(driver.cuEventCreate(&start, 0), "cuEventCreate")
+        driver.must(driver.cuEventCreate(&stop, 0), "cuEventCreate")
+        defer { _ = driver.cuEventDestroy(start); _ = driver.cuEventDestroy(stop) }
+        body()
+        synchronize()
+        var times: [Double] = []
+        for _ in 0..<Swift.max(1, runs) {
+            driver.must(driver.cuEventRecord(start, stream), "cuEventRecord")
+            body()
+            driver.must(driver.cuEventRecord(stop, stream), "cuEventRecord")
+            driver.must(driver.cuEventSynchronize(stop), "cuEventSynchronize")
+            var ms: Float = 0
+            driver.must(driver.cuEventElapsedTime(&ms, start, stop), "cuEventElapsedTime")
+            times.append(Double(ms))
+        }
+        times.sort()
+        return times[times.count / 2]
+    }
+
     // MARK: launching
 
     func launch(_ name: String, grid: Int, block: Int = 256, shared: Int = 0, _ args: KernelArgs) {
         guard let fn = functions[name] else { fatalError("CUDA kernel \(name) is not loaded") }
         setCurrent()
-        let g = UInt32(Swift.max(1, Swift.min(grid, 1 << 30)))
+        precondition(grid < Int(Int32.max), "\(name): grid of \(grid) blocks is too large")
+        let g = UInt32(Swift.max(1, grid))
         args.withPointers { ptrs in
             driver.must(driver.cuLaunchKernel(fn, g, 1, 1, UInt32(block), 1, 1, UInt32(shared), stream, ptrs, nil), "launch \(name)")
         }
     }
+
+    /// Threads per block for the one-block-per-row kernels (norms, softmax): short rows get a warp.
+    func rowThreads(_ d: Int) -> Int { d <= 256 ? 32 : (d <= 1024 ? 128 : 256) }
 
     /// Blocks for a grid-stride loop over n elements.
     func blocks(_ n: Int, _ threads: Int = 256) -> Int { Swift.max(1, Swift.min((n + threads - 1) / threads, 65536)) }
@@ -252,7 +293,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let n = x.shape.last ?? 1
         let rows = x.count / Swift.max(n, 1)
         if rows == 0 { return out }
-        launch("nb_softmax", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset).ptr(ptr(out)).i64(n))
+        launch("nb_softmax", grid: rows, block: rowThreads(n), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset).ptr(ptr(out)).i64(n))
         return out
     }
 
@@ -261,7 +302,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let d = x.shape.last!
         let rows = x.count / Swift.max(d, 1)
         if rows == 0 { return out }
-        launch("nb_rmsnorm", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+        launch("nb_rmsnorm", grid: rows, block: rowThreads(d), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
             .ptr(weight.map(ptr) ?? 0).i32(Self.dtypeCode(weight?.dtype ?? .f32)).ptr(ptr(out)).i64(d).f32(eps)
             .i32(style == .roundThenWeight ? 0 : 1))
         return out
@@ -275,7 +316,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         // weight and bias share one dtype code in the kernel
         let wdt = weight?.dtype ?? bias?.dtype ?? .f32
         let b = bias.map { $0.dtype == wdt ? $0 : $0.to(wdt) }
-        launch("nb_layernorm", grid: rows, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
+        launch("nb_layernorm", grid: rows, block: rowThreads(d), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
             .ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt)).ptr(ptr(out)).i64(d).f32(eps))
         return out
     }
@@ -365,6 +406,22 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         p.hasBias = bias == nil ? 0 : 1
         p.biasB = Int64(bias?.shape[0] ?? 1)
         p.biasH = Int64(bias?.shape[1] ?? 1)
+        let bytes = q.dtype.byteSize
+        let aligned = [ptr(q), ptr(kk), ptr(vv)].allSatisfy { $0 % 16 == 0 }
+        if (q.dtype == .bf16 || q.dtype == .f16) && d == dv && [64, 96, 128].contains(d) && aligned && !forceReferenceAttention {
+            var f: [UInt8] = []
+            func put<T>(_ v: T) { withUnsafeBytes(of: v) { f.append(contentsOf: $0) } }
+            for v in [b, lq, lk, hq, hkv] { put(Int64(v)) }
+            put(p.scale); put(p.causal); put(p.window); put(p.hasMask); put(p.hasBias); put(Int32(0))
+            put(p.biasB); put(p.biasH)
+            let kernel = "nb_flash_\(q.dtype == .bf16 ? "bf16" : "f16")_d\(d)"
+            // flash.cu: 128 query rows per block (8 warps), K and V double-buffered in tiles of 64 keys
+            let qTiles = (lq + 127) / 128
+            launch(kernel, grid: b * hq * qTiles, block: 256, shared: (128 + 4 * 64) * (d + 8) * bytes,
+                   KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0)
+                    .ptr(ptr(out)).bytes(f))
+            return out
+        }
         let warps = b * lq * hq
         launch("nb_attention_ref", grid: (warps * 32 + 255) / 256, KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv))
             .i32(Self.dtypeCode(q.dtype)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0).ptr(ptr(out)).bytes(p.encoded()))
@@ -464,16 +521,29 @@ final class KernelArgs {
     func i32(_ v: Int32) -> KernelArgs { value(v) }
     func f32(_ v: Float) -> KernelArgs { value(v) }
 
-    /// `Strided` in ops.cu: int rank, int pad, i64 shape[8], i64 stride[8], i64 offset.
+    /// `Strided` in ops.cu: int rank, int small, i64 shape[8], i64 stride[8], i64 offset. The
+    /// logical shape is the same for every operand of a kernel, but each operand's own view of it
+    /// can drop size-1 axes and merge axes it stores contiguously: the index decomposition then
+    /// lands on the same elements with fewer divisions (rank 1 for a contiguous tensor).
     func strided(_ t: Tensor) -> KernelArgs {
-        precondition(t.rank <= 8, "CUDA kernels take tensors of rank <= 8, got \(t.shape)")
-        var words = [Int64](repeating: 0, count: 18)
-        words[0] = Int64(Swift.max(t.rank, 1))
-        for i in 0..<8 {
-            words[1 + i] = i < t.rank ? Int64(t.shape[i]) : 1
-            words[9 + i] = i < t.rank ? Int64(t.strides[i]) : 0
+        var shape: [Int] = [], strides: [Int] = []
+        for (n, s) in zip(t.shape, t.strides) where n != 1 {
+            if let last = shape.indices.last, strides[last] == s * n {
+                shape[last] *= n
+                strides[last] = s
+            } else {
+                shape.append(n); strides.append(s)
+            }
         }
-        if t.rank == 0 { words[1] = 1; words[9] = 0 }
+        if shape.isEmpty { shape = [1]; strides = [1] }
+        precondition(shape.count <= 8, "CUDA kernels take tensors of rank <= 8 after merging, got \(t.shape)")
+        var words = [Int64](repeating: 0, count: 18)
+        let small: Int64 = shape.allSatisfy { $0 < Int(Int32.max) } ? 1 : 0
+        words[0] = Int64(shape.count) | (small << 32)
+        for i in 0..<8 {
+            words[1 + i] = i < shape.count ? Int64(shape[i]) : 1
+            words[9 + i] = i < shape.count ? Int64(strides[i]) : 0
+        }
         words[17] = Int64(t.offset)
         return bytes(words.withUnsafeBytes { Array($0) })
     }

@@ -107,7 +107,8 @@ extension Tensor {
         precondition(cos.rank == 3 && cos.shape[1] == shape[1] && cos.shape[2] == shape[3] / 2 && (cos.shape[0] == 1 || cos.shape[0] == shape[0]),
                      "rope: cos \(cos.shape) does not fit x \(shape)")
         precondition(sin.shape == cos.shape, "rope: sin \(sin.shape) and cos \(cos.shape) differ")
-        return backend.rope(contiguous(), cos: cos.to(.f32), sin: sin.to(.f32), layout: layout)
+        // the tables are small: they follow x to its device
+        return backend.rope(contiguous(), cos: cos.to(.f32, device: device), sin: sin.to(.f32, device: device), layout: layout)
     }
 
     /// Scaled-dot-product attention. self = q [B, Lq, Hq, D]; k, v [B, Lk, Hkv, D]; Hq a multiple of Hkv.
@@ -125,9 +126,10 @@ extension Tensor {
                          && bias.shape[2] == shape[1] && bias.shape[3] == k.shape[1],
                          "attention: bias \(bias.shape) does not broadcast to [\(b), \(hq), \(shape[1]), \(k.shape[1])]")
         }
+        // masks and biases follow q to its device
         var opts = options
-        opts.keyPaddingMask = options.keyPaddingMask?.contiguous()
-        opts.bias = options.bias?.contiguous()
+        opts.keyPaddingMask = options.keyPaddingMask?.to(device: device).contiguous()
+        opts.bias = options.bias?.to(device: device).contiguous()
         return backend.attention(contiguous(), k.contiguous(), v.contiguous(), options: opts)
     }
 

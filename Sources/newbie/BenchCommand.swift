@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import NewBieCUDA
+import NewBieDiffusion
 import NewBieTensor
 #if canImport(Glibc)
 import Glibc
@@ -24,7 +26,23 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "Small sizes, for a quick smoke run.")
     var quick = false
 
+    @Option(help: "cpu or cuda.")
+    var device: String = "cpu"
+
+    @Flag(help: "With --device cuda: time the full-size NewBie DiT forward (random weights) instead of single ops.")
+    var dit = false
+
+    @Option(help: "With --dit: image side in pixels (latent side = size / 8).")
+    var size: Int = 1024
+
+    @Option(help: "With --dit: caption tokens per sample.")
+    var cap: Int = 256
+
+    @Option(help: "With --dit: compute dtype (bf16, fp16, fp32).")
+    var dtype: String = "bf16"
+
     func run() throws {
+        if device != "cpu" { return try runCUDA() }
         let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
         print("CPU backend benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, BLAS \(blas.libraryPath) (\(blas.threads) threads)")
@@ -88,6 +106,80 @@ struct BenchCommand: ParsableCommand {
                 report("conv \(ks)x\(ks) \(cin)->\(cout) at \(hw)x\(hw), f32", t, 2.0 * Double(cin * cout * ks * ks * hw * hw) / t / 1e9, ceiling)
             }
         }
+    }
+
+    /// GPU: the DiT's GEMM shapes and attention at 1024x1024 (batch 2), timed with CUDA events.
+    func runCUDA() throws {
+        if dit { return try runCUDADiT() }
+        let cuda = try CUDABackend.load()
+        let dev = Device.cuda(0)
+        print("CUDA benchmark on \(cuda.name) (sm_\(cuda.computeCapability)), median of \(repeats) runs")
+        print(pad("work", 60) + pad("median", 12, left: true) + pad("TFLOP/s", 10, left: true))
+        let tokens = 2 * 4352
+        for dt in [DType.bf16, .f16, .f32] {
+            // (in, out) of the DiT block's linears: qkv, out, w1/w3 (fused as one 2x9216 here: separate), w2
+            for (k, n, label) in [(2304, 3840, "qkv"), (2304, 2304, "out"), (2304, 9216, "w1/w3"), (9216, 2304, "w2"), (1024, 9216, "adaLN")] {
+                let m = label == "adaLN" ? 2 : tokens
+                let x = randomTensor([m, k], seed: 1, dtype: dt).to(device: dev)
+                let w = randomTensor([n, k], seed: 2, dtype: dt, scale: 0.02).to(device: dev)
+                let ms = cuda.time(runs: repeats) { _ = x.linear(w) }
+                print(pad("linear \(label) \(m)x\(k) -> \(n) \(dt)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
+                      + pad(String(format: "%.1f", 2.0 * Double(m * n * k) / ms / 1e9), 10, left: true))
+            }
+            if dt == .f32 { continue }
+            let q = randomTensor([2, 4352, 24, 96], seed: 3, dtype: dt).to(device: dev)
+            let kk = randomTensor([2, 4352, 8, 96], seed: 4, dtype: dt).to(device: dev)
+            let v = randomTensor([2, 4352, 8, 96], seed: 5, dtype: dt).to(device: dev)
+            let ms = cuda.time(runs: Swift.max(1, repeats / 3)) { _ = q.attention(k: kk, v: v) }
+            let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
+            print(pad("attention 2x4352x24h(8kv)x96 \(dt)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
+                  + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
+        }
+        print("device memory: \(cuda.memoryStats)")
+    }
+
+    /// The full-size DiT (3.49 B parameters, random weights) on the GPU: batch 2 (cond + uncond),
+    /// `size` x `size` pixels, `cap` caption tokens, timed with CUDA events.
+    func runCUDADiT() throws {
+        let cuda = try CUDABackend.load()
+        guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        let config = NextDiTConfig.newBieExp01
+        let specs = Dictionary(uniqueKeysWithValues: config.expectedTensors().map { ($0.name, $0.shape) })
+        var rng = SplitMix(seed: 7)
+        let pool = (0..<(1 << 24)).map { _ in rng.uniform() }
+        var cursor = 0
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0)) { name in
+            guard let shape = specs[name] else { throw ValidationError("no shape for \(name)") }
+            let n = shape.reduce(1, *)
+            let scale: Float = name.contains("norm") ? 0.1 : (name.hasSuffix(".bias") ? 0.01 : 0.02)
+            let shift: Float = name.contains("norm") ? 1 : 0
+            var v = [Float](repeating: 0, count: n)
+            for i in 0..<n { v[i] = pool[(cursor + i) & ((1 << 24) - 1)] * scale + shift }
+            cursor = (cursor + n * 7919) & ((1 << 24) - 1)
+            return Tensor(v, shape: shape, dtype: dt)
+        }
+        cuda.synchronize()
+        let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        let weightsBytes = cuda.memoryStats.currentBytes
+        let lat = size / 8
+        let x = randomTensor([2, 16, lat, lat], seed: 11).to(device: .cuda(0))
+        let capFeats = randomTensor([2, cap, config.capFeatDim], seed: 12, dtype: dt).to(device: .cuda(0))
+        let capMask = Tensor([Float](repeating: 1, count: 2 * cap), shape: [2, cap])
+        let clip = randomTensor([2, config.clipTextDim ?? 1024], seed: 13).to(device: .cuda(0))
+        cuda.resetPeakMemory()
+        var failure: Error? = nil
+        let ms = cuda.time(runs: repeats) {
+            do { _ = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip) }
+            catch { failure = error }
+        }
+        if let e = failure { throw e }
+        let out = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip).toFloats()
+        let finite = out.allSatisfy { $0.isFinite }
+        let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
+        print("NewBie DiT on \(cuda.name): \(dt), batch 2, \(size)x\(size), \(cap) caption tokens")
+        print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
+                     ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(cuda.memoryStats.peakBytes), finite ? "yes" : "NO"))
     }
 
     func report(_ name: String, _ seconds: Double, _ gflops: Double, _ ceiling: Double) {

@@ -30,6 +30,7 @@ struct GPUCheckCommand: ParsableCommand {
             let n = shape.reduce(1, *)
             return Tensor((0..<n).map { _ in let u = rng.uniform() * scale; return positive ? Swift.abs(u) + 0.1 : u }, shape: shape, dtype: dt)
         }
+        // `body` must only move prepared inputs to the device: it runs once per device.
         func check(_ name: String, _ dt: DType, _ body: (Device) -> Tensor) {
             let cpu = body(.cpu)
             let gpu = body(.cuda(0))
@@ -52,7 +53,8 @@ struct GPUCheckCommand: ParsableCommand {
             let row = rand([3, 1, 130], dt)
             check("binary add broadcast", dt) { d in g(x, d) + g(row, d) }
             check("binary mul broadcast", dt) { d in g(x, d) * g(row, d) }
-            check("binary div", dt) { d in g(x, d) / g(rand([3, 37, 130], dt, positive: true), d) }
+            let den = rand([3, 37, 130], dt, positive: true)
+            check("binary div", dt) { d in g(x, d) / g(den, d) }
             check("reduce sum axis 1", dt) { d in g(x, d).sum(axis: 1) }
             check("reduce mean last", dt) { d in g(x, d).mean(axis: -1) }
             check("reduce max", dt) { d in g(x, d).max(axis: 2) }
@@ -64,7 +66,8 @@ struct GPUCheckCommand: ParsableCommand {
             check("layerNorm affine", dt) { d in g(x, d).layerNorm(weight: g(w, d), bias: g(bvec, d), eps: 1e-5) }
             check("layerNorm plain", dt) { d in g(x, d).layerNorm(weight: nil, bias: nil, eps: 1e-6) }
             let img = rand([2, 64, 9, 11], dt)
-            check("groupNorm", dt) { d in g(img, d).groupNorm(groups: 32, weight: g(rand([64], dt), d), bias: g(rand([64], dt), d), eps: 1e-6) }
+            let gw = rand([64], dt), gb = rand([64], dt)
+            check("groupNorm", dt) { d in g(img, d).groupNorm(groups: 32, weight: g(gw, d), bias: g(gb, d), eps: 1e-6) }
             let lw = rand([96, 130], dt, scale: 0.2), lb = rand([96], dt)
             check("linear + bias", dt) { d in g(x, d).linear(g(lw, d), bias: g(lb, d)) }
             let a3 = rand([4, 33, 40], dt), b3 = rand([4, 40, 27], dt), bt = rand([4, 27, 40], dt)
@@ -80,12 +83,28 @@ struct GPUCheckCommand: ParsableCommand {
             check("attention causal window", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(causal: true, slidingWindow: 16)) }
             let bias = rand([1, 6, 37, 45])
             check("attention bias", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(bias: g(bias, d))) }
+            if dt != .f32 {
+                // the flash kernel (head dims 64/96/128) against the CPU, past one 64-row tile and one 64-key tile
+                let q2 = rand([2, 150, 6, 96], dt), k2 = rand([2, 200, 2, 96], dt), v2 = rand([2, 200, 2, 96], dt)
+                let m2 = Tensor((0..<400).map { Float(($0 % 200) < ($0 < 200 ? 200 : 77) ? 1 : 0) }, shape: [2, 200])
+                let b2 = rand([2, 1, 150, 200])
+                check("flash d96 gqa mask", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(keyPaddingMask: g(m2, d))) }
+                check("flash d96 bias", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(bias: g(b2, d))) }
+                check("flash d96 causal window", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(causal: true, slidingWindow: 70)) }
+                for hd in [64, 128] {
+                    let q3 = rand([1, 130, 4, hd], dt), k3 = rand([1, 97, 4, hd], dt), v3 = rand([1, 97, 4, hd], dt)
+                    check("flash d\(hd)", dt) { d in g(q3, d).attention(k: g(k3, d), v: g(v3, d)) }
+                }
+                let q4 = rand([1, 1, 8, 96], dt), k4 = rand([1, 300, 8, 96], dt), v4 = rand([1, 300, 8, 96], dt)
+                check("flash Lq=1", dt) { d in g(q4, d).attention(k: g(k4, d), v: g(v4, d)) }
+            }
             let table = rand([50, 24], dt)
             let ids = Tensor(ints: [3, 0, 49, 7, 7, 12], shape: [2, 3])
             check("embedding", dt) { d in g(table, d).embedding(g(ids, d)) }
             let cw = rand([16, 64, 3, 3], dt, scale: 0.1), cb = rand([16], dt)
             check("conv 3x3 pad 1", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
-            check("conv 1x1", dt) { d in g(img, d).conv2d(g(rand([16, 64, 1, 1], dt, scale: 0.1), d), bias: nil) }
+            let pw = rand([16, 64, 1, 1], dt, scale: 0.1)
+            check("conv 1x1", dt) { d in g(img, d).conv2d(g(pw, d), bias: nil) }
             check("conv 3x3 stride 2 asym", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
             check("upsample nearest 2x", dt) { d in g(img, d).upsampleNearest2x() }
         }

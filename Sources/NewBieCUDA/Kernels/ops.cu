@@ -53,10 +53,22 @@ __device__ __forceinline__ void st(void* p, int dt, i64 i, float v) {
 }
 
 // A strided view: element i of the logical (row-major) shape lives at offset + sum(idx_d * stride_d).
-struct Strided { int rank; int pad; i64 shape[8]; i64 stride[8]; i64 offset; };
+struct Strided { int rank; int small; i64 shape[8]; i64 stride[8]; i64 offset; };  // small: every axis < 2^31
 
+// The host merges contiguous axes first, so a contiguous operand arrives with rank 1 and costs one
+// multiply-add; 64-bit division is slow on the GPU, so indices that fit use 32-bit arithmetic.
 __device__ __forceinline__ i64 where(const Strided& s, i64 i) {
+    if (s.rank == 1) return s.offset + i * s.stride[0];
     i64 off = s.offset;
+    if (s.small && i < 0x7fffffffLL) {
+        unsigned u = (unsigned)i;
+        for (int d = s.rank - 1; d >= 0; --d) {
+            unsigned n = (unsigned)s.shape[d];
+            off += (i64)(u % n) * s.stride[d];
+            u /= n;
+        }
+        return off;
+    }
     for (int d = s.rank - 1; d >= 0; --d) {
         i64 n = s.shape[d];
         off += (i % n) * s.stride[d];

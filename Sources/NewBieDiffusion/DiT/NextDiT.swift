@@ -12,6 +12,8 @@ import NewBieWeights
 public final class NextDiT: @unchecked Sendable {
     public let config: NextDiTConfig
     public let dtype: DType
+    /// Where the weights live and the forward pass runs; inputs are moved here.
+    public let device: Device
     let rope: RoPE3D
 
     struct Linear {
@@ -37,14 +39,16 @@ public final class NextDiT: @unchecked Sendable {
     let contextRefiner: [Block], noiseRefiner: [Block], layers: [Block]
     let finalAdaLN: Linear, finalLinear: Linear
 
-    /// Builds the model from tensors handed out by internal (official) name; each is cast to `dtype`.
-    public init(config: NextDiTConfig, dtype: DType, tensor: (String) throws -> Tensor) throws {
+    /// Builds the model from tensors handed out by internal (official) name; each is moved to
+    /// `device` and cast to `dtype`.
+    public init(config: NextDiTConfig, dtype: DType, device: Device = .cpu, tensor: (String) throws -> Tensor) throws {
         guard [.f32, .bf16, .f16].contains(dtype) else { throw DiTError("NextDiT computes in f32, bf16 or f16, not \(dtype)") }
         try config.validate()
         self.config = config
         self.dtype = dtype
+        self.device = device
         rope = RoPE3D(axesDims: config.axesDims, axesLens: config.axesLens, theta: config.ropeTheta)
-        func t(_ n: String) throws -> Tensor { try tensor(n).to(dtype) }
+        func t(_ n: String) throws -> Tensor { try tensor(n).to(dtype, device: device) }
         func lin(_ n: String, bias: Bool = true) throws -> Linear {
             Linear(w: try t(n + ".weight"), b: bias ? try t(n + ".bias") : nil)
         }
@@ -77,18 +81,18 @@ public final class NextDiT: @unchecked Sendable {
     }
 
     /// Checked weights (every expected tensor present with its shape, nothing unexpected).
-    public convenience init(weights: ModelWeights, config: NextDiTConfig, dtype: DType) throws {
-        try self.init(config: config, dtype: dtype, tensor: { try weights.tensor($0) })
+    public convenience init(weights: ModelWeights, config: NextDiTConfig, dtype: DType, device: Device = .cpu) throws {
+        try self.init(config: config, dtype: dtype, device: device, tensor: { try weights.tensor($0) })
     }
 
     /// Opens a checkpoint in any published naming (official / ComfyUI with or without
     /// `model.diffusion_model.` or `inner_model.` prefix, diffusers), reads its configuration
     /// (`config.json` beside the file or inside the folder, else the tensor shapes), validates every
     /// tensor, and casts the weights to `dtype`.
-    public static func load(path: String, dtype: DType, configPath: String? = nil) throws -> NextDiT {
+    public static func load(path: String, dtype: DType, device: Device = .cpu, configPath: String? = nil) throws -> NextDiT {
         let (source, json) = try openCheckpoint(path: path, configPath: configPath)
         let (weights, config) = try checkedWeights(source: source, json: json)
-        return try NextDiT(weights: weights, config: config, dtype: dtype)
+        return try NextDiT(weights: weights, config: config, dtype: dtype, device: device)
     }
 
     /// The configuration and validated weights of a weight source.
@@ -164,14 +168,14 @@ public final class NextDiT: @unchecked Sendable {
         // 1-4: conditioning (adaLN input c) and caption embedding
         var c = timestepEmbedding(t)
         if let clipNorm = clipNorm, let clipLinear = clipLinear, let timeText = timeText, let clip = clipPooled {
-            let clipEmb = clipLinear(clip.to(dtype).rmsNorm(weight: clipNorm, eps: cfg.clipNormEps))
+            let clipEmb = clipLinear(clip.to(dtype, device: device).rmsNorm(weight: clipNorm, eps: cfg.clipNormEps))
             c = timeText(Tensor.concat([c, clipEmb], axis: 1).silu())
         }
         let cSilu = c.silu()
-        var cap = capLinear(capFeats.to(dtype).rmsNorm(weight: capNorm, eps: cfg.normEps))
+        var cap = capLinear(capFeats.to(dtype, device: device).rmsNorm(weight: capNorm, eps: cfg.normEps))
 
         // 5: patchify ([ph][pw][c] per token, row-major tokens) and embed
-        let patches = x.to(dtype).reshape([b, cfg.inChannels, h / p, p, w / p, p])
+        let patches = x.to(dtype, device: device).reshape([b, cfg.inChannels, h / p, p, w / p, p])
             .permute([0, 2, 4, 3, 5, 1]).reshape([b, n, cfg.patchDim])
         var img = xEmbedder(patches)
 
@@ -189,7 +193,7 @@ public final class NextDiT: @unchecked Sendable {
         for i in 0..<b {
             var parts = [cap.select(0, i).narrow(0, start: 0, length: capLens[i]), img.select(0, i)]
             let pad = s - capLens[i] - n
-            if pad > 0 { parts.append(Tensor.zeros([pad, cfg.dim], dtype: dtype)) }
+            if pad > 0 { parts.append(Tensor.zeros([pad, cfg.dim], dtype: dtype, device: device)) }
             rows.append(Tensor.concat(parts, axis: 0).unsqueeze(0))
         }
         var hs = Tensor.concat(rows, axis: 0)
@@ -226,7 +230,7 @@ public final class NextDiT: @unchecked Sendable {
                 v[i * size + half + k] = Foundation.sin(a)
             }
         }
-        let emb = Tensor(v, shape: [t.count, size]).to(dtype)
+        let emb = Tensor(v, shape: [t.count, size], dtype: dtype, device: device)
         return tMLP2(tMLP0(emb).silu())
     }
 

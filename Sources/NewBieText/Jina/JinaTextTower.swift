@@ -9,6 +9,8 @@ public final class JinaTextTower: @unchecked Sendable {
     public let config: JinaConfig
     public let dtype: DType
     public let layout: JinaLayout
+    /// Where the weights live and the forward pass runs (the tensors' device picks the backend).
+    public let device: Device
 
     struct Layer {
         let wqkv: Tensor, bqkv: Tensor, wo: Tensor, bo: Tensor
@@ -23,12 +25,12 @@ public final class JinaTextTower: @unchecked Sendable {
     nonisolated(unsafe) static var mergeRowBlock = 8192
 
     /// Loads from a checkpoint file (layout detected; config inferred from shapes unless given).
-    public convenience init(path: String, config: JinaConfig? = nil, dtype: DType = .f32) throws {
+    public convenience init(path: String, config: JinaConfig? = nil, dtype: DType = .f32, device: Device = .cpu) throws {
         let file = try SafeTensorsFile(path: path)
-        try self.init(source: file, config: config, dtype: dtype)
+        try self.init(source: file, config: config, dtype: dtype, device: device)
     }
 
-    public init(source: WeightSource, config: JinaConfig? = nil, dtype: DType = .f32) throws {
+    public init(source: WeightSource, config: JinaConfig? = nil, dtype: DType = .f32, device: Device = .cpu) throws {
         guard dtype.isFloatingPoint && dtype != .f64 else { throw WeightsError("Jina text tower: unsupported compute dtype \(dtype)") }
         let layout = try JinaLayout.detect(source)
         let cfg = try config ?? layout.inferConfig(source)
@@ -39,11 +41,12 @@ public final class JinaTextTower: @unchecked Sendable {
         self.config = cfg
         self.dtype = dtype
         self.layout = layout
+        self.device = device
 
         /// The effective weight of a linear ([out, in]) or embedding ([rows, dim]) module.
         func effective(_ module: String, embedding: Bool) throws -> Tensor {
             let w = try weights.tensor(module + ".weight")
-            guard layout.hasLoRA else { return w.to(dtype) }
+            guard layout.hasLoRA else { return w.to(dtype, device: device) }
             let a = try weights.tensor(module + ".lora_A").select(0, cfg.loraTask).to(.f32)
             let b = try weights.tensor(module + ".lora_B").select(0, cfg.loraTask).to(.f32)
             // LoRAParametrization: linear W + B[t] @ A[t]; embedding (swapped layout) W + A[t] @ B[t].
@@ -62,9 +65,9 @@ public final class JinaTextTower: @unchecked Sendable {
                 parts.append((w.narrow(0, start: start, length: n).to(.f32) + delta * cfg.loraScale).to(dtype))
                 start += n
             }
-            return parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
+            return (parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)).to(device: device)
         }
-        func t(_ n: String) throws -> Tensor { try weights.tensor(n).to(dtype) }
+        func t(_ n: String) throws -> Tensor { try weights.tensor(n).to(dtype, device: device) }
 
         wordEmbeddings = try effective("embeddings.word_embeddings", embedding: true)
         tokenType0 = try effective("embeddings.token_type_embeddings", embedding: true).select(0, 0).contiguous()
@@ -94,7 +97,7 @@ public final class JinaTextTower: @unchecked Sendable {
                 c[p * half + j] = Foundation.cos(a); s[p * half + j] = Foundation.sin(a)
             }
         }
-        return (Tensor(c, shape: [1, length, half]), Tensor(s, shape: [1, length, half]))
+        return (Tensor(c, shape: [1, length, half], device: device), Tensor(s, shape: [1, length, half], device: device))
     }
 
     /// Last hidden state [B, L, hidden] for right- or left-padded ids [B, L] (pad id masked out of attention).
@@ -103,8 +106,8 @@ public final class JinaTextTower: @unchecked Sendable {
         precondition(b > 0 && l > 0 && ids.allSatisfy { $0.count == l }, "Jina: ids must be a non-empty rectangular batch")
         for row in ids { for id in row { precondition(id >= 0 && id < config.vocabSize, "Jina: token id \(id) outside the vocabulary of \(config.vocabSize)") } }
         let flat = ids.flatMap { $0.map { Int32($0) } }
-        let idT = Tensor(ints: flat, shape: [b, l])
-        let keep = Tensor(flat.map { $0 == Int32(config.padId) ? 0 : 1 }, shape: [b, l])
+        let idT = Tensor(ints: flat, shape: [b, l], device: device)
+        let keep = Tensor(flat.map { $0 == Int32(config.padId) ? 0 : 1 }, shape: [b, l], device: device)
         let (h, nh, d) = (config.hidden, config.heads, config.headDim)
         var x = wordEmbeddings.embedding(idT) + tokenType0
         x = x.layerNorm(weight: embLNw, bias: embLNb, eps: config.layerNormEps)
@@ -123,15 +126,16 @@ public final class JinaTextTower: @unchecked Sendable {
         return x
     }
 
-    /// Mean of the last hidden state over tokens whose id is not the pad id: [B, hidden] in `dtype`.
+    /// Mean of the last hidden state over tokens whose id is not the pad id: [B, hidden] in `dtype`,
+    /// on the tower's device.
     public func pooled(ids: [[Int]]) -> Tensor {
         let x = hiddenStates(ids: ids)
         let b = ids.count, l = ids[0].count
         let keep = ids.flatMap { $0.map { Float($0 == config.padId ? 0 : 1) } }
-        let mask = Tensor(keep, shape: [b, l, 1])
+        let mask = Tensor(keep, shape: [b, l, 1], device: device)
         let sum = (x.to(.f32) * mask).reduce(.sum, axes: [1])           // [B, H], fp32
         let count = ids.map { row in Float(max(1, row.filter { $0 != config.padId }.count)) }
-        return (sum / Tensor(count, shape: [b, 1])).to(dtype)
+        return (sum / Tensor(count, shape: [b, 1], device: device)).to(dtype)
     }
 
     /// Tokenizes (padding to the longest, truncating at `maxLength`) and pools: the stage NewBie runs

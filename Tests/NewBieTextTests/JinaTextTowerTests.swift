@@ -141,21 +141,21 @@ final class JinaTextTowerTests: XCTestCase {
         let f = try SafeTensorsFile(path: Fixtures.path("jina/tower_official.safetensors"))
         let hidden = JinaLayout.officialPrefix + "encoder.layers.1.norm2.bias"
         let reshaped = JinaLayout.officialPrefix + "encoder.layers.0.mlp.fc1.parametrizations.weight.0.lora_A"
-        let src = FilteredSource(base: f, hide: [hidden], reshape: [reshaped: [1, 2, 64]])
+        let src = JinaFilteredSource(base: f, hide: [hidden], reshape: [reshaped: [1, 2, 64]])
         XCTAssertThrowsError(try JinaTextTower(source: src, config: Self.tiny)) { e in
             let m = "\(e)"
             XCTAssertTrue(m.contains("missing (1)") && m.contains(hidden), m)
             XCTAssertTrue(m.contains("wrong shape (1)") && m.contains(reshaped), m)
             XCTAssertFalse(m.contains("vision_model") || m.contains("logit_scale"), m)
         }
-        XCTAssertThrowsError(try JinaTextTower(source: FilteredSource(base: f, hide: [JinaLayout.official.anchor]), config: Self.tiny)) { e in
+        XCTAssertThrowsError(try JinaTextTower(source: JinaFilteredSource(base: f, hide: [JinaLayout.official.anchor]), config: Self.tiny)) { e in
             XCTAssertTrue("\(e)".contains("not a Jina CLIP v2 text tower"), "\(e)")
         }
     }
 }
 
 /// A weight source that hides some tensors of another and reports other shapes for some.
-final class FilteredSource: WeightSource, @unchecked Sendable {
+private final class JinaFilteredSource: WeightSource, @unchecked Sendable {
     let base: WeightSource
     let hide: Set<String>
     let reshape: [String: [Int]]

@@ -140,6 +140,10 @@ final class GemmaModelTests: XCTestCase {
         XCTAssertEqual(batch.mask.flatMap { $0 }, try ref("real270m/mask").toInts())
         let enc = try GemmaTextEncoder(weights: g, config: config, dtype: .f32)
         try check(enc, case: "real270m", expected: "hidden_fp32", tolerance: 1e-4)
+        // bf16: quantized weights dequantized straight to bf16, against transformers in bf16
+        // (which keeps GGUF weights quantized and runs its matmuls in f32 on bf16 activations)
+        let enc16 = try GemmaTextEncoder.load(path: path, dtype: .bf16)
+        try check(enc16, case: "real270m", expected: "hidden_bf16", tolerance: 2e-2)
     }
 }
 

@@ -26,7 +26,7 @@ Outputs:
         norm weights stored + 1, F32 and F16 tensors, sliding-window pattern in metadata).
   gemma_expected.safetensors   per case: input ids, attention mask, hidden_states[-2] (fp32 and
         bf16 model runs), and for the real Gemma 3 270M GGUF (transformers' own GGUF loader,
-        fp32): ids, mask and hidden_states[-2] of a padded batch of two prompts.
+        fp32 and bf16): ids, mask and hidden_states[-2] of a padded batch of two prompts.
 """
 import json
 import os
@@ -194,6 +194,8 @@ h = hidden_minus_2(lm.model, enc["input_ids"], enc["attention_mask"])
 expected["real270m/ids"] = enc["input_ids"].to(torch.int32)
 expected["real270m/mask"] = enc["attention_mask"].to(torch.int32)
 expected["real270m/hidden_fp32"] = h.float().contiguous()
+lm16 = Gemma3ForCausalLM.from_pretrained(d, gguf_file=fname, dtype=torch.bfloat16, attn_implementation="eager").eval()
+expected["real270m/hidden_bf16"] = hidden_minus_2(lm16.model, enc["input_ids"], enc["attention_mask"]).float().contiguous()
 # a few dequantized rows of the real file (gguf package) for the reader
 r = gguf.GGUFReader(gguf_path)
 for t in r.tensors:

@@ -121,6 +121,9 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let config: Gemma3TextConfig
         if let g = source as? GGUFFile {
             config = try Gemma3TextConfig(gguf: g)
+            // reduced-precision runs round the weights to their dtype anyway: dequantize straight
+            // to it and never hold a Float32 copy of the model
+            if dtype != .f32 { g.quantizedOutput = dtype }
         } else {
             var isDir: ObjCBool = false
             _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)

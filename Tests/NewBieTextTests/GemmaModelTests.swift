@@ -201,3 +201,22 @@ final class ShapesOnly: WeightSource, @unchecked Sendable {
     }
     func loadTensor(_ name: String) throws -> Tensor { throw WeightsError("no data") }
 }
+
+extension GemmaModelTests {
+    /// The hub's multimodal checkpoint: "language_model.model." prefix, vision tower and projector
+    /// beside it (hidden, not reported as unexpected).
+    func testHubMultimodalPrefixWithVisionTower() throws {
+        let base = try SafeTensorsFile(path: Fixtures.path("gemma/tiny_b/model.safetensors"))
+        let hub = Renamed(base, prefix: "language_model.model.",
+                          extra: ["vision_tower.vision_model.embeddings.patch_embedding.weight",
+                                  "multi_modal_projector.mm_input_projection_weight"])
+        let config = try Gemma3TextConfig(configPath: Fixtures.path("gemma/tiny_b/config.json"))
+        let enc = try GemmaTextEncoder(weights: hub, config: config, dtype: .f32)
+        try check(enc, case: "tiny_b", expected: "hidden_fp32", tolerance: 1e-4)
+        // a stray tensor under the language-model prefix is still reported
+        let stray = Renamed(base, prefix: "language_model.model.", extra: ["language_model.model.layers.0.extra.weight"])
+        XCTAssertThrowsError(try GemmaTextEncoder(weights: stray, config: config)) { e in
+            XCTAssertTrue("\(e)".contains("layers.0.extra.weight") && "\(e)".contains("unexpected"), "\(e)")
+        }
+    }
+}

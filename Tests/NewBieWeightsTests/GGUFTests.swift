@@ -165,3 +165,37 @@ enum GGUFTestFiles {
             .first { FileManager.default.fileExists(atPath: $0) }
     }
 }
+
+extension GGUFTests {
+    /// Truncated and corrupted copies of the fixture either load or throw; none crashes, and a
+    /// truncation inside the header or data is always reported.
+    func testTruncatedAndCorruptedFilesNeverCrash() throws {
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: fixture)))
+        let f = try GGUFFile(path: fixture)
+        let dataEnd = f.tensors.values.map(\.fileEnd).max()!
+        var cuts = Array(stride(from: 0, to: f.dataStart + 64, by: 1)) + Array(stride(from: f.dataStart + 64, to: dataEnd, by: 97))
+        cuts.append(dataEnd - 1)
+        for n in cuts {
+            let p = try tempFile(Array(bytes.prefix(n)))
+            XCTAssertThrowsError(try GGUFFile(path: p), "a file cut to \(n) of \(bytes.count) bytes loaded")
+            try? FileManager.default.removeItem(atPath: p)
+        }
+        var rng = TestRandom(seed: 7)
+        var loaded = 0, refused = 0
+        for _ in 0..<300 {
+            var b = bytes
+            for _ in 0..<3 {
+                let i = Int(rng.next() % UInt64(f.dataStart))
+                b[i] = UInt8(truncatingIfNeeded: rng.next())
+            }
+            let p = try tempFile(b)
+            if let g = try? GGUFFile(path: p) {
+                loaded += 1
+                for name in g.tensorNames { _ = try? g.loadTensor(name) }
+            } else { refused += 1 }
+            try? FileManager.default.removeItem(atPath: p)
+        }
+        XCTAssertGreaterThan(refused, 0)
+        print("corrupted headers: \(loaded) loaded, \(refused) refused")
+    }
+}

@@ -14,8 +14,8 @@ public enum PNG {
     /// make us allocate gigabytes): 2^28 pixels, e.g. 16384 x 16384.
     public static let maxPixels = 1 << 28
 
-    /// Writes `image` as an 8-bit RGB PNG with `text` as text chunks (tEXt when key and value are
-    /// Latin-1 printable, iTXt for other UTF-8 values). The data goes to a temporary file in the
+    /// Writes `image` as an 8-bit RGB PNG with `text` as text chunks, in order (tEXt when the value
+    /// is printable ASCII, iTXt (UTF-8) otherwise; keys must be printable ASCII). The data goes to a temporary file in the
     /// same folder, is flushed to disk, and is renamed over `path`, so an interrupted run never
     /// leaves a half-written image at `path`.
     public static func write(_ image: RGBImage, to path: String, text: [(key: String, value: String)] = [],
@@ -42,7 +42,7 @@ public enum PNG {
         let cKeys = text.map { strdup($0.key) }, cValues = text.map { strdup($0.value) }
         defer { cKeys.forEach { free($0) }; cValues.forEach { free($0) } }
         var chunks = (0..<text.count).map { i in
-            newbie_png_text_in(key: cKeys[i], text: cValues[i], itxt: isLatin1Printable(text[i].value) ? 0 : 1)
+            newbie_png_text_in(key: cKeys[i], text: cValues[i], itxt: isPrintableASCII(text[i].value) ? 0 : 1)
         }
         image.pixels.withUnsafeBufferPointer { px in
             chunks.withUnsafeMutableBufferPointer { ch in
@@ -104,8 +104,8 @@ public enum PNG {
         return text.isEmpty ? "unknown libpng error" : text
     }
 
-    /// True when every character is printable Latin-1 (or a newline), so tEXt can hold it.
-    static func isLatin1Printable(_ s: String) -> Bool {
+    /// True when every character is printable ASCII (or a newline): tEXt holds it as is.
+    static func isPrintableASCII(_ s: String) -> Bool {
         s.unicodeScalars.allSatisfy { u in u.value == 10 || (u.value >= 32 && u.value <= 126) }
     }
 

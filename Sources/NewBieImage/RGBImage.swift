@@ -15,6 +15,7 @@ public struct RGBImage: Sendable, Equatable {
     /// From a model output [1, 3, H, W] (or [3, H, W]) in [-1, 1]: (x + 1) / 2, clamped to [0, 1],
     /// times 255, rounded half to even (as NumPy's `round` in diffusers' `numpy_to_pil`).
     public init(tensor: Tensor) {
+        precondition(tensor.rank != 4 || tensor.shape[0] == 1, "one image at a time: got a batch \(tensor.shape)")
         let t = tensor.rank == 4 ? tensor.select(0, 0) : tensor
         precondition(t.rank == 3 && t.shape[0] == 3, "image tensor must be [1, 3, H, W] or [3, H, W], got \(tensor.shape)")
         let (h, w) = (t.shape[1], t.shape[2])

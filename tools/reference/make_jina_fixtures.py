@@ -3,7 +3,8 @@
 
 Regenerate (from the repository root, ~10 s on the CPU):
     /work/venv/bin/python tools/reference/make_jina_fixtures.py
-A random mid-size checkpoint for timing (not a fixture): ... make_jina_fixtures.py --bench /tmp/jina_mid.safetensors
+A random checkpoint for timing (not a fixture): ... make_jina_fixtures.py --bench /tmp/jina_mid.safetensors
+(mid-size: 768 / 12 layers / 3072), or --bench /tmp/jina_full.safetensors 1024 24 4096 (jina-clip-v2 shape).
 It writes Tests/Fixtures/jina/:
     tokenizer.json              XLM-R style Unigram tokenizer (real SentencePiece nmt_nfkc precompiled_charsmap)
     tokenizer_metaspace.json    same model, published-XLM-R pipeline shape (Precompiled + Metaspace only)
@@ -487,8 +488,9 @@ def bench_checkpoint(path, hidden=768, layers=12, intermediate=3072, vocab=306):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--bench":
-        bench_checkpoint(sys.argv[2])
+    if len(sys.argv) in (3, 6) and sys.argv[1] == "--bench":   # --bench PATH [HIDDEN LAYERS INTERMEDIATE]
+        sizes = [int(x) for x in sys.argv[3:]]
+        bench_checkpoint(sys.argv[2], *sizes)
         sys.exit(0)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as work:

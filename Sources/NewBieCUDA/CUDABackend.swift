@@ -15,6 +15,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
+    /// Flash-attention kernel shape: "w4" / "w8" (4 or 8 warps of 16 query rows) or "m32" (4 warps
+    /// of 32 rows; head dims 64 and 96, else w8; measured fastest for the DiT). NEWBIE_FLASH overrides.
+    public var flashVariant = ProcessInfo.processInfo.environment["NEWBIE_FLASH"] ?? "m32"
 
     let driver: CUDADriver
     let context: OpaquePointer?
@@ -71,9 +74,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static let modules: [(String, [String])] = [
         ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                 "nb_channel_bias", "nb_upsample2x"]),
-        ("flash", ["nb_flash_bf16_d64", "nb_flash_bf16_d96", "nb_flash_bf16_d128",
-                   "nb_flash_f16_d64", "nb_flash_f16_d96", "nb_flash_f16_d128"]),
+                 "nb_channel_bias", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]),
+        ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }
+            + ["bf16", "f16"].flatMap { t in [64, 96].map { d in "nb_flash_\(t)_d\(d)_m32" } }),
     ]
 
     private func loadKernels() throws {
@@ -133,9 +136,42 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         setCurrent()
         precondition(grid < Int(Int32.max), "\(name): grid of \(grid) blocks is too large")
         let g = UInt32(Swift.max(1, grid))
-        args.withPointers { ptrs in
-            driver.must(driver.cuLaunchKernel(fn, g, 1, 1, UInt32(block), 1, 1, UInt32(shared), stream, ptrs, nil), "launch \(name)")
+        profiled(name) {
+            args.withPointers { ptrs in
+                driver.must(driver.cuLaunchKernel(fn, g, 1, 1, UInt32(block), 1, 1, UInt32(shared), stream, ptrs, nil), "launch \(name)")
+            }
         }
+    }
+
+    // MARK: profiling (NEWBIE_CUDA_PROFILE=1): device time per kernel, from events around each launch
+
+    private var profile: [(String, OpaquePointer?, OpaquePointer?)] = []
+    public var profiling = ProcessInfo.processInfo.environment["NEWBIE_CUDA_PROFILE"] != nil
+
+    func profiled(_ name: String, _ body: () -> Void) {
+        guard profiling else { body(); return }
+        var a: OpaquePointer? = nil, b: OpaquePointer? = nil
+        driver.must(driver.cuEventCreate(&a, 0), "cuEventCreate")
+        driver.must(driver.cuEventCreate(&b, 0), "cuEventCreate")
+        driver.must(driver.cuEventRecord(a, stream), "cuEventRecord")
+        body()
+        driver.must(driver.cuEventRecord(b, stream), "cuEventRecord")
+        profile.append((name, a, b))
+    }
+
+    /// Device milliseconds and launch counts per kernel since the last call; clears the record.
+    public func profileReport() -> [(name: String, ms: Double, count: Int)] {
+        synchronize()
+        var acc: [String: (Double, Int)] = [:]
+        for (name, a, b) in profile {
+            var ms: Float = 0
+            _ = driver.cuEventElapsedTime(&ms, a, b)
+            let cur = acc[name] ?? (0, 0)
+            acc[name] = (cur.0 + Double(ms), cur.1 + 1)
+            _ = driver.cuEventDestroy(a); _ = driver.cuEventDestroy(b)
+        }
+        profile.removeAll()
+        return acc.map { ($0.key, $0.value.0, $0.value.1) }.sorted { $0.ms > $1.ms }
     }
 
     /// Threads per block for the one-block-per-row kernels (norms, softmax): short rows get a warp.
@@ -156,6 +192,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int) {
         guard bytes.count > 0 else { return }
         setCurrent()
+        // Small uploads (RoPE tables, masks, timestep embeddings) go straight from pageable memory:
+        // the driver stages them before returning and does not wait for the stream, so queued
+        // kernels keep running. Large ones (weights) go through the pinned buffer in big chunks.
+        if bytes.count <= 4 << 20 {
+            driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset), bytes.baseAddress, bytes.count, stream), "upload")
+            return
+        }
         pool.staged(bytes.count) { staging, chunk in
             var done = 0
             while done < bytes.count {
@@ -352,10 +395,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let b = bias.map { $0.dtype == x.dtype ? $0 : $0.to(x.dtype) }
         if k == 0 { fill(out, value: 0); return b.map { out + $0 } ?? out }
         setCurrent()
-        do {
-            try blas.gemm(m: m, n: n, k: k, batch: 1, type: type, a: ptr(x), strideA: 0, b: ptr(w), strideB: 0, transposeB: true,
-                          c: ptr(out), strideC: 0, bias: b.map(ptr), allowTF32: allowTF32, stream: stream)
-        } catch { fatalError("\(error)") }
+        profiled("cublasLt linear") {
+            do {
+                try blas.gemm(m: m, n: n, k: k, batch: 1, type: type, a: ptr(x), strideA: 0, b: ptr(w), strideB: 0, transposeB: true,
+                              c: ptr(out), strideC: 0, bias: b.map(ptr), allowTF32: allowTF32, stream: stream)
+            } catch { fatalError("\(error)") }
+        }
         return out
     }
 
@@ -414,10 +459,14 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             for v in [b, lq, lk, hq, hkv] { put(Int64(v)) }
             put(p.scale); put(p.causal); put(p.window); put(p.hasMask); put(p.hasBias); put(Int32(0))
             put(p.biasB); put(p.biasH)
-            let kernel = "nb_flash_\(q.dtype == .bf16 ? "bf16" : "f16")_d\(d)"
-            // flash.cu: 128 query rows per block (8 warps), K and V double-buffered in tiles of 64 keys
-            let qTiles = (lq + 127) / 128
-            launch(kernel, grid: b * hq * qTiles, block: 256, shared: (128 + 4 * 64) * (d + 8) * bytes,
+            let m32 = flashVariant == "m32" && d <= 96
+            let w = m32 || flashVariant == "w4" ? 4 : 8
+            let type = q.dtype == .bf16 ? "bf16" : "f16"
+            let kernel = m32 ? "nb_flash_\(type)_d\(d)_m32" : "nb_flash_\(type)_d\(d)_w\(w)"
+            // flash.cu: 16 (or 32) query rows per warp, K and V double-buffered in tiles of 64 keys
+            let rowsPerBlock = (m32 ? 32 : 16) * w
+            let qTiles = (lq + rowsPerBlock - 1) / rowsPerBlock
+            launch(kernel, grid: b * hq * qTiles, block: 32 * w, shared: (rowsPerBlock + 4 * 64) * (d + 8) * bytes,
                    KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0)
                     .ptr(ptr(out)).bytes(f))
             return out
@@ -468,6 +517,53 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                 .ptr(ptr(bias)).i32(Self.dtypeCode(bias.dtype)).i64(cout).i64(p).i64(n))
         }
         return out
+    }
+
+    // MARK: fused transformer ops (kernels in ops.cu round where the default compositions do)
+
+    public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let d = x.shape[2], rows = x.shape[0] * x.shape[1]
+        if rows == 0 { return out }
+        launch("nb_rmsnorm_mod", grid: rows, block: rowThreads(d), KernelArgs().ptr(ptr(x)).i32(Self.dtypeCode(x.dtype))
+            .ptr(ptr(weight)).i32(Self.dtypeCode(weight.dtype)).ptr(scale.map(ptr) ?? 0).i32(Self.dtypeCode(scale?.dtype ?? x.dtype))
+            .ptr(ptr(out)).i64(d).i64(x.shape[1]).f32(eps))
+        return out
+    }
+
+    public func rmsNormGatedResidual(_ x: Tensor, _ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        let out = empty(x.shape, x.dtype)
+        let d = x.shape[2], rows = x.shape[0] * x.shape[1]
+        if rows == 0 { return out }
+        let yy = y.dtype == x.dtype ? y : y.to(x.dtype)
+        launch("nb_rmsnorm_gate_res", grid: rows, block: rowThreads(d), KernelArgs().ptr(ptr(x)).ptr(ptr(yy)).i32(Self.dtypeCode(x.dtype))
+            .ptr(ptr(weight)).i32(Self.dtypeCode(weight.dtype)).ptr(gate.map(ptr) ?? 0).i32(Self.dtypeCode(gate?.dtype ?? x.dtype))
+            .ptr(ptr(out)).i64(d).i64(x.shape[1]).f32(eps))
+        return out
+    }
+
+    public func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let out = empty(a.shape, a.dtype)
+        let n = a.count
+        if n == 0 { return out }
+        let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
+        launch("nb_swiglu", grid: blocks(n), KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).i32(Self.dtypeCode(a.dtype)).ptr(ptr(out)).i64(n))
+        return out
+    }
+
+    public func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        let (b, l) = (qkv.shape[0], qkv.shape[1])
+        let d = qkv.shape[2] / (heads + 2 * kvHeads)
+        let q = empty([b, l, heads, d], qkv.dtype), k = empty([b, l, kvHeads, d], qkv.dtype), v = empty([b, l, kvHeads, d], qkv.dtype)
+        let warps = b * l * (heads + 2 * kvHeads)
+        if warps == 0 { return (q, k, v) }
+        let kn = kNorm.dtype == qNorm.dtype ? kNorm : kNorm.to(qNorm.dtype)
+        launch("nb_qkv_norm_rope", grid: (warps + 7) / 8, KernelArgs().ptr(ptr(qkv)).i32(Self.dtypeCode(qkv.dtype))
+            .ptr(ptr(qNorm)).ptr(ptr(kn)).i32(Self.dtypeCode(qNorm.dtype)).ptr(ptr(cos)).ptr(ptr(sin))
+            .ptr(ptr(q)).ptr(ptr(k)).ptr(ptr(v)).i64(b).i64(l).i64(heads).i64(kvHeads).i64(d)
+            .i32(cos.shape[0] == 1 ? 0 : 1).i32(layout == .interleaved ? 0 : 1).f32(eps))
+        return (q, k, v)
     }
 
     public func upsampleNearest2x(_ x: Tensor) -> Tensor {

@@ -49,7 +49,9 @@ final class NVRTC: @unchecked Sendable {
 
     /// Compiles `source` for `sm_<arch>` and returns the cubin (from the cache when present).
     func cubin(source: String, name: String, arch: Int) throws -> Data {
-        let options = ["--gpu-architecture=sm_\(arch)", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo"]
+        var options = ["--gpu-architecture=sm_\(arch)", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo"]
+        // register and spill report from ptxas in the log (cache key includes it, so it recompiles)
+        if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { options.append("--ptxas-options=-v") }
         let key = NVRTC.fnv1a(version + "|" + options.joined(separator: " ") + "|" + source)
         let dir = NVRTC.cacheDirectory
         let file = dir.appendingPathComponent("\(name)-sm\(arch)-\(key).cubin")
@@ -71,6 +73,7 @@ final class NVRTC: @unchecked Sendable {
             logText = String(cString: buf)
         }
         guard status == 0 else { throw CUDAError("NVRTC could not compile \(name) for sm_\(arch):\n\(logText)") }
+        if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { print("NVRTC \(name):\n\(logText)") }
         _ = cubinSize(prog, &n)
         var bin = [CChar](repeating: 0, count: n)
         _ = cubin(prog, &bin)

@@ -53,6 +53,47 @@ public protocol Backend: AnyObject, Sendable {
     // MARK: convolution and resampling (NCHW, contiguous)
     func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, options: Conv2dOptions) -> Tensor
     func upsampleNearest2x(_ x: Tensor) -> Tensor
+
+    // MARK: fused transformer ops
+    // Each has a default implementation composed of the ops above (what the CPU backend runs);
+    // a backend may replace it with one kernel that rounds at the same points, so both agree.
+
+    /// `x.rmsNorm(weight) * (scale + 1)`: x [B, L, D], scale [B, D] or nil (plain RMSNorm).
+    func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor
+    /// `x + tanh(gate) * y.rmsNorm(weight)`: x, y [B, L, D], gate [B, D] or nil (no gate).
+    func rmsNormGatedResidual(_ x: Tensor, _ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor
+    /// `a.silu() * b` (SwiGLU), same shapes.
+    func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor
+    /// Splits a fused projection qkv [B, L, (Hq + 2 Hkv) * D] into q [B, L, Hq, D] and k, v
+    /// [B, L, Hkv, D], with per-head RMSNorm (`roundThenWeight`) and RoPE applied to q and k.
+    func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                     cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor)
+}
+
+extension Backend {
+    public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
+        let h = x.rmsNorm(weight: weight, eps: eps)
+        guard let s = scale else { return h }
+        return h * (s + 1).unsqueeze(1)
+    }
+
+    public func rmsNormGatedResidual(_ x: Tensor, _ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        let n = y.rmsNorm(weight: weight, eps: eps)
+        guard let g = gate else { return x + n }
+        return x + g.tanh().unsqueeze(1) * n
+    }
+
+    public func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor { a.silu() * b }
+
+    public func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        let (b, l) = (qkv.shape[0], qkv.shape[1])
+        let d = qkv.shape[2] / (heads + 2 * kvHeads)
+        let parts = qkv.split([heads * d, kvHeads * d, kvHeads * d], axis: 2)
+        let q = parts[0].reshape([b, l, heads, d]).rmsNorm(weight: qNorm, eps: eps).rope(cos: cos, sin: sin, layout: layout)
+        let k = parts[1].reshape([b, l, kvHeads, d]).rmsNorm(weight: kNorm, eps: eps).rope(cos: cos, sin: sin, layout: layout)
+        return (q, k, parts[2].reshape([b, l, kvHeads, d]))
+    }
 }
 
 public struct MemoryStats: Sendable, CustomStringConvertible {

@@ -141,6 +141,39 @@ extension Tensor {
         return backend.embedding(contiguous(), ids: flat, dtype: outType ?? dtype).reshape(ids.shape + [shape[1]])
     }
 
+    // MARK: fused transformer ops (see Backend for the exact semantics)
+
+    /// `rmsNorm(weight) * (1 + scale)` with scale [B, D] broadcast over the tokens of x [B, L, D].
+    public func rmsNormModulate(weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
+        precondition(rank == 3 && weight.shape == [shape[2]], "rmsNormModulate: x \(shape), weight \(weight.shape)")
+        if let s = scale { precondition(s.shape == [shape[0], shape[2]], "rmsNormModulate: scale \(s.shape) for x \(shape)") }
+        return backend.rmsNormModulate(contiguous(), weight: weight.contiguous(), eps: eps, scale: scale?.contiguous())
+    }
+
+    /// `self + tanh(gate) * y.rmsNorm(weight)`, gate [B, D].
+    public func rmsNormGatedResidual(_ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        precondition(rank == 3 && y.shape == shape && weight.shape == [shape[2]], "rmsNormGatedResidual: x \(shape), y \(y.shape), weight \(weight.shape)")
+        if let g = gate { precondition(g.shape == [shape[0], shape[2]], "rmsNormGatedResidual: gate \(g.shape) for x \(shape)") }
+        return backend.rmsNormGatedResidual(contiguous(), y.contiguous(), weight: weight.contiguous(), eps: eps, gate: gate?.contiguous())
+    }
+
+    /// `silu(self) * b`.
+    public func swiglu(_ b: Tensor) -> Tensor {
+        precondition(shape == b.shape, "swiglu: shapes \(shape) and \(b.shape) differ")
+        return backend.swiglu(contiguous(), b.contiguous())
+    }
+
+    /// q, k, v from a fused projection [B, L, (heads + 2 kvHeads) * D], q and k RMS-normalised per
+    /// head and rotated; cos/sin [B or 1, L, D/2].
+    public func qkvNormRope(heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        precondition(rank == 3 && shape[2] % (heads + 2 * kvHeads) == 0, "qkvNormRope: \(shape) does not split into \(heads)+2x\(kvHeads) heads")
+        let d = shape[2] / (heads + 2 * kvHeads)
+        precondition(qNorm.shape == [d] && kNorm.shape == [d], "qkvNormRope: q/k norm weights \(qNorm.shape), \(kNorm.shape) for head dim \(d)")
+        return backend.qkvNormRope(contiguous(), heads: heads, kvHeads: kvHeads, qNorm: qNorm.contiguous(), kNorm: kNorm.contiguous(),
+                                   eps: eps, cos: cos.to(.f32, device: device), sin: sin.to(.f32, device: device), layout: layout)
+    }
+
     // MARK: convolution
 
     public func conv2d(_ weight: Tensor, bias: Tensor? = nil, options: Conv2dOptions = Conv2dOptions()) -> Tensor {

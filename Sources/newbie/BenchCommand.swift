@@ -130,10 +130,14 @@ struct BenchCommand: ParsableCommand {
             let q = randomTensor([2, 4352, 24, 96], seed: 3, dtype: dt).to(device: dev)
             let kk = randomTensor([2, 4352, 8, 96], seed: 4, dtype: dt).to(device: dev)
             let v = randomTensor([2, 4352, 8, 96], seed: 5, dtype: dt).to(device: dev)
-            let ms = cuda.time(runs: Swift.max(1, repeats / 3)) { _ = q.attention(k: kk, v: v) }
-            let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
-            print(pad("attention 2x4352x24h(8kv)x96 \(dt)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
-                  + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
+            for w in ["w4", "w8", "m32"] {
+                cuda.flashVariant = w
+                let ms = cuda.time(runs: repeats) { _ = q.attention(k: kk, v: v) }
+                let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
+                print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
+                      + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
+            }
+            cuda.flashVariant = "m32"
         }
         print("device memory: \(cuda.memoryStats)")
     }
@@ -174,7 +178,13 @@ struct BenchCommand: ParsableCommand {
             catch { failure = error }
         }
         if let e = failure { throw e }
+        cuda.profiling = true
         let out = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip).toFloats()
+        cuda.profiling = false
+        let prof = cuda.profileReport()
+        let total = prof.reduce(0) { $0 + $1.ms }
+        print("  one forward, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
+        for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
         let finite = out.allSatisfy { $0.isFinite }
         let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
         print("NewBie DiT on \(cuda.name): \(dt), batch 2, \(size)x\(size), \(cap) caption tokens")

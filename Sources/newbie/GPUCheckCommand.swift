@@ -83,21 +83,39 @@ struct GPUCheckCommand: ParsableCommand {
             check("attention causal window", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(causal: true, slidingWindow: 16)) }
             let bias = rand([1, 6, 37, 45])
             check("attention bias", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(bias: g(bias, d))) }
-            if dt != .f32 {
+            for warps in ["w4", "w8", "m32"] where dt != .f32 {
+                cuda.flashVariant = warps
                 // the flash kernel (head dims 64/96/128) against the CPU, past one 64-row tile and one 64-key tile
                 let q2 = rand([2, 150, 6, 96], dt), k2 = rand([2, 200, 2, 96], dt), v2 = rand([2, 200, 2, 96], dt)
                 let m2 = Tensor((0..<400).map { Float(($0 % 200) < ($0 < 200 ? 200 : 77) ? 1 : 0) }, shape: [2, 200])
                 let b2 = rand([2, 1, 150, 200])
-                check("flash d96 gqa mask", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(keyPaddingMask: g(m2, d))) }
-                check("flash d96 bias", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(bias: g(b2, d))) }
-                check("flash d96 causal window", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(causal: true, slidingWindow: 70)) }
+                check("flash \(warps) d96 gqa mask", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(keyPaddingMask: g(m2, d))) }
+                check("flash \(warps) d96 bias", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(bias: g(b2, d))) }
+                check("flash \(warps) d96 causal win", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(causal: true, slidingWindow: 70)) }
                 for hd in [64, 128] {
                     let q3 = rand([1, 130, 4, hd], dt), k3 = rand([1, 97, 4, hd], dt), v3 = rand([1, 97, 4, hd], dt)
-                    check("flash d\(hd)", dt) { d in g(q3, d).attention(k: g(k3, d), v: g(v3, d)) }
+                    check("flash \(warps) d\(hd)", dt) { d in g(q3, d).attention(k: g(k3, d), v: g(v3, d)) }
                 }
                 let q4 = rand([1, 1, 8, 96], dt), k4 = rand([1, 300, 8, 96], dt), v4 = rand([1, 300, 8, 96], dt)
-                check("flash Lq=1", dt) { d in g(q4, d).attention(k: g(k4, d), v: g(v4, d)) }
+                check("flash \(warps) Lq=1", dt) { d in g(q4, d).attention(k: g(k4, d), v: g(v4, d)) }
             }
+            // fused transformer ops against the CPU's composition of unfused ops
+            let xs = rand([2, 37, 130], dt), ys = rand([2, 37, 130], dt), sc = rand([2, 130], dt), nw = rand([130], dt)
+            check("fused rmsNorm+modulate", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: g(sc, d)) }
+            check("fused rmsNorm+gate+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: g(sc, d)) }
+            check("fused rmsNorm+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: nil) }
+            check("fused swiglu", dt) { d in g(xs, d).swiglu(g(ys, d)) }
+            let qkvIn = rand([2, 37, 10 * 32], dt), qn = rand([32], dt), kn = rand([32], dt)
+            for layout in [RoPELayout.interleaved, .rotateHalf] {
+                for (i, name) in ["q", "k", "v"].enumerated() {
+                    check("fused qkv norm rope \(name) \(layout == .interleaved ? "il" : "rh")", dt) { d in
+                        let r = g(qkvIn, d).qkvNormRope(heads: 6, kvHeads: 2, qNorm: g(qn, d), kNorm: g(kn, d), eps: 1e-5,
+                                                        cos: g(cosT, d), sin: g(sinT, d), layout: layout)
+                        return [r.q, r.k, r.v][i]
+                    }
+                }
+            }
+            cuda.flashVariant = "m32"
             let table = rand([50, 24], dt)
             let ids = Tensor(ints: [3, 0, 49, 7, 7, 12], shape: [2, 3])
             check("embedding", dt) { d in g(table, d).embedding(g(ids, d)) }

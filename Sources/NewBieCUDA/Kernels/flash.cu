@@ -1,5 +1,5 @@
 // Flash attention (FlashAttention-2 style forward) on the tensor cores with mma.sync m16n8k16,
-// bf16 or fp16 inputs, fp32 accumulation and online softmax. One block of 8 warps handles 128
+// bf16 or fp16 inputs, fp32 accumulation and online softmax. One block of 4 or 8 warps handles 64 or 128
 // query rows of one (batch, head); keys and values stream through shared memory in tiles of 64,
 // double-buffered with cp.async; fragments come from shared memory through ldmatrix.
 // No Lq x Lk matrix exists anywhere. Layouts: q [B, Lq, Hq, D], k/v [B, Lk, Hkv, D], out like q.
@@ -18,6 +18,13 @@ struct FlashParams {
 };
 
 __device__ __forceinline__ unsigned pack2(u16 lo, u16 hi) { return (unsigned)lo | ((unsigned)hi << 16); }
+// two floats -> two packed 16-bit values (lo in the low half), one conversion instruction
+template <bool BF16> __device__ __forceinline__ unsigned cvt2(float lo, float hi) {
+    unsigned r;
+    if (BF16) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
 __device__ __forceinline__ u16 f2b(float f) { u16 b; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
 __device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 
@@ -34,7 +41,6 @@ __device__ __forceinline__ void mma16816(float* c, const unsigned* a, const unsi
     }
 }
 
-#define BR 128   // query rows per block: 8 warps x 16
 #define BC 64    // keys per tile
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
@@ -58,10 +64,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(unsigned* r, const void* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
 }
 
-template <int D, bool BF16>
+template <int D, int WARPS, bool BF16>
 __device__ void flash_forward(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                               const float* __restrict__ mask, const float* __restrict__ bias, u16* __restrict__ out,
                               FlashParams p) {
+    constexpr int BR = 16 * WARPS;       // query rows per block
     constexpr int LD = D + 8;            // padded shared-memory row (elements): ldmatrix rows hit distinct banks
     constexpr int KS = D / 16;           // k-steps over the head dim
     constexpr int NT = D / 8;            // n-tiles of the output
@@ -202,8 +209,8 @@ __device__ void flash_forward(const u16* __restrict__ q, const u16* __restrict__
             }
             psum[0] += pv[0] + pv[1];
             psum[1] += pv[2] + pv[3];
-            const unsigned lo = pack2(BF16 ? f2b(pv[0]) : f2h(pv[0]), BF16 ? f2b(pv[1]) : f2h(pv[1]));
-            const unsigned hi = pack2(BF16 ? f2b(pv[2]) : f2h(pv[2]), BF16 ? f2b(pv[3]) : f2h(pv[3]));
+            const unsigned lo = cvt2<BF16>(pv[0], pv[1]);
+            const unsigned hi = cvt2<BF16>(pv[2], pv[3]);
             const int kt = n >> 1;
             if ((n & 1) == 0) { pa[kt][0] = lo; pa[kt][1] = hi; } else { pa[kt][2] = lo; pa[kt][3] = hi; }
         }
@@ -241,19 +248,216 @@ __device__ void flash_forward(const u16* __restrict__ q, const u16* __restrict__
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
             const float x0 = o[n][ri * 2] * inv, x1 = o[n][ri * 2 + 1] * inv;
-            *(unsigned*)(dst + n * 8 + t4 * 2) = pack2(BF16 ? f2b(x0) : f2h(x0), BF16 ? f2b(x1) : f2h(x1));
+            *(unsigned*)(dst + n * 8 + t4 * 2) = cvt2<BF16>(x0, x1);
         }
     }
 }
 
-#define FLASH(name, D, BF) \
-extern "C" __global__ void __launch_bounds__(256) name(const u16* q, const u16* k, const u16* v, const float* mask, \
-                                                       const float* bias, u16* out, FlashParams p) { \
-    flash_forward<D, BF>(q, k, v, mask, bias, out, p); }
+// Variant with 32 query rows per warp (two m16 tiles), 4 warps: each K and V fragment read from
+// shared memory feeds two mma instructions, halving shared-memory traffic per FLOP. Q fragments
+// are re-read per k-step instead of living in registers, to make room for the larger tiles.
+template <int D, bool BF16>
+__device__ void flash_forward_m32(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
+                                  const float* __restrict__ mask, const float* __restrict__ bias, u16* __restrict__ out,
+                                  FlashParams p) {
+    constexpr int WARPS = 4, BR = 32 * WARPS;
+    constexpr int LD = D + 8, KS = D / 16, NT = D / 8, VEC = D / 8;
+    extern __shared__ __align__(16) u16 smem[];
+    u16* sQ = smem;
+    u16* sK = sQ + BR * LD;
+    u16* sV = sK + 2 * BC * LD;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t4 = lane & 3;
+    const i64 qTiles = (p.Lq + BR - 1) / BR;
+    const i64 qt = blockIdx.x % qTiles, h = (blockIdx.x / qTiles) % p.Hq, b = blockIdx.x / (qTiles * p.Hq);
+    const i64 kvh = h / (p.Hq / p.Hkv);
+    const i64 i0 = qt * BR;
+    const float sl2 = p.scale * 1.4426950408889634f;
+    const i64 shift = p.Lk - p.Lq;
+    i64 jEnd = p.Lk, jBegin = 0;
+    if (p.causal) {
+        i64 last = i0 + BR - 1 + shift;
+        jEnd = last + 1 < p.Lk ? last + 1 : p.Lk;
+        if (p.window > 0) { i64 first = i0 + shift - p.window + 1; jBegin = first > 0 ? (first / BC) * BC : 0; }
+    }
+    if (jEnd < 0) jEnd = 0;
+    auto loadKV = [&](i64 j0, int buf) {
+        for (int idx = tid; idx < BC * VEC; idx += blockDim.x) {
+            int r = idx / VEC, c = idx % VEC;
+            bool in = j0 + r < p.Lk;
+            i64 base = in ? ((b * p.Lk + j0 + r) * p.Hkv + kvh) * D + c * 8 : 0;
+            cp_async16(sK + (buf * BC + r) * LD + c * 8, k + base, in ? 16 : 0);
+            cp_async16(sV + (buf * BC + r) * LD + c * 8, v + base, in ? 16 : 0);
+        }
+        cp_async_commit();
+    };
+    for (int idx = tid; idx < BR * VEC; idx += blockDim.x) {
+        int r = idx / VEC, c = idx % VEC;
+        bool in = i0 + r < p.Lq;
+        cp_async16(sQ + r * LD + c * 8, q + (in ? ((b * p.Lq + i0 + r) * p.Hq + h) * D + c * 8 : 0), in ? 16 : 0);
+    }
+    cp_async_commit();
+    if (jBegin < jEnd) loadKV(jBegin, 0);
+    cp_async_wait<1>();
+    __syncthreads();
 
-FLASH(nb_flash_bf16_d64, 64, true)
-FLASH(nb_flash_bf16_d96, 96, true)
-FLASH(nb_flash_bf16_d128, 128, true)
-FLASH(nb_flash_f16_d64, 64, false)
-FLASH(nb_flash_f16_d96, 96, false)
-FLASH(nb_flash_f16_d128, 128, false)
+    float o[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int n = 0; n < NT; ++n) { o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f; }
+    float mrow[4] = {-NB_INF, -NB_INF, -NB_INF, -NB_INF}, lrow[4] = {0.f, 0.f, 0.f, 0.f};
+    i64 qi[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) qi[r] = i0 + warp * 32 + (r >> 1) * 16 + g + (r & 1) * 8;   // row of (m-tile, half)
+    const u16* qrow = sQ + (warp * 32 + (lane & 15)) * LD + (lane >> 4) * 8;
+
+    int buf = 0;
+    for (i64 j0 = jBegin; j0 < jEnd; j0 += BC) {
+        if (j0 + BC < jEnd) { loadKV(j0 + BC, buf ^ 1); cp_async_wait<1>(); } else { cp_async_wait<0>(); }
+        __syncthreads();
+        const u16* cK = sK + buf * BC * LD;
+        const u16* cV = sV + buf * BC * LD;
+        float s[2][BC / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int n = 0; n < BC / 8; ++n) { s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f; }
+        // S = Q K^T: per k-step, the Q fragments of both m-tiles, then K fragments two n-tiles at a time
+        const u16* krow = cK + (((lane >> 4) * 8) + (lane & 7)) * LD + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+            unsigned qa0[4], qa1[4];
+            ldmatrix_x4(qa0, qrow + ks * 16);
+            ldmatrix_x4(qa1, qrow + 16 * LD + ks * 16);
+#pragma unroll
+            for (int n = 0; n < BC / 8; n += 2) {
+                unsigned kb[4];
+                ldmatrix_x4(kb, krow + n * 8 * LD + ks * 16);
+                mma16816<BF16>(s[0][n], qa0, kb);
+                mma16816<BF16>(s[1][n], qa1, kb);
+                mma16816<BF16>(s[0][n + 1], qa0, kb + 2);
+                mma16816<BF16>(s[1][n + 1], qa1, kb + 2);
+            }
+        }
+        const bool fullTile = !p.hasMask && !p.hasBias && !p.causal && j0 + BC <= p.Lk;
+        float mnew[4] = {mrow[0], mrow[1], mrow[2], mrow[3]};
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ri = mt * 2 + (e >> 1);
+            float val = s[mt][n][e] * sl2;
+            if (!fullTile) {
+                const i64 j = j0 + n * 8 + t4 * 2 + (e & 1), i = qi[ri];
+                bool visible = j < p.Lk;
+                if (visible && p.hasMask) visible = mask[b * p.Lk + j] != 0.f;
+                if (visible && p.causal) {
+                    visible = j <= i + shift;
+                    if (visible && p.window > 0) visible = (i + shift) - j < p.window;
+                }
+                if (visible && p.hasBias && i < p.Lq) {
+                    i64 bb = p.biasB == 1 ? 0 : b, bh = p.biasH == 1 ? 0 : h;
+                    val += bias[((bb * p.biasH + bh) * p.Lq + i) * p.Lk + j] * 1.4426950408889634f;
+                }
+                val = visible ? val : -NB_INF;
+            }
+            s[mt][n][e] = val;
+            mnew[ri] = fmaxf(mnew[ri], val);
+        }
+        float corr[4], psum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            mnew[r] = fmaxf(mnew[r], __shfl_xor_sync(0xffffffffu, mnew[r], 1));
+            mnew[r] = fmaxf(mnew[r], __shfl_xor_sync(0xffffffffu, mnew[r], 2));
+            corr[r] = (mrow[r] == -NB_INF) ? 0.f : exp2f(mrow[r] - mnew[r]);
+        }
+        unsigned pa[2][BC / 16][4];
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int n = 0; n < BC / 8; ++n) {
+            float pv[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int ri = mt * 2 + (e >> 1);
+                pv[e] = (mnew[ri] == -NB_INF) ? 0.f : exp2f(s[mt][n][e] - mnew[ri]);
+            }
+            psum[mt * 2] += pv[0] + pv[1];
+            psum[mt * 2 + 1] += pv[2] + pv[3];
+            const int kt = n >> 1;
+            if ((n & 1) == 0) { pa[mt][kt][0] = cvt2<BF16>(pv[0], pv[1]); pa[mt][kt][1] = cvt2<BF16>(pv[2], pv[3]); }
+            else { pa[mt][kt][2] = cvt2<BF16>(pv[0], pv[1]); pa[mt][kt][3] = cvt2<BF16>(pv[2], pv[3]); }
+        }
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            psum[r] += __shfl_xor_sync(0xffffffffu, psum[r], 1);
+            psum[r] += __shfl_xor_sync(0xffffffffu, psum[r], 2);
+            lrow[r] = lrow[r] * corr[r] + psum[r];
+            mrow[r] = mnew[r];
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            o[mt][n][0] *= corr[mt * 2]; o[mt][n][1] *= corr[mt * 2];
+            o[mt][n][2] *= corr[mt * 2 + 1]; o[mt][n][3] *= corr[mt * 2 + 1];
+        }
+#pragma unroll
+        for (int kt = 0; kt < BC / 16; ++kt) {
+            const u16* vr = cV + (kt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + (lane >> 4) * 8;
+#pragma unroll
+            for (int n = 0; n < NT; n += 2) {
+                unsigned vb[4];
+                ldmatrix_x4_trans(vb, vr + n * 8);
+                mma16816<BF16>(o[0][n], pa[0][kt], vb);
+                mma16816<BF16>(o[1][n], pa[1][kt], vb);
+                mma16816<BF16>(o[0][n + 1], pa[0][kt], vb + 2);
+                mma16816<BF16>(o[1][n + 1], pa[1][kt], vb + 2);
+            }
+        }
+        __syncthreads();
+        buf ^= 1;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const i64 i = qi[r];
+        if (i >= p.Lq) continue;
+        const float inv = lrow[r] > 0.f ? 1.f / lrow[r] : 0.f;
+        u16* dst = out + ((b * p.Lq + i) * p.Hq + h) * D;
+        const int mt = r >> 1, hi = (r & 1) * 2;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+            *(unsigned*)(dst + n * 8 + t4 * 2) = cvt2<BF16>(o[mt][n][hi] * inv, o[mt][n][hi + 1] * inv);
+    }
+}
+
+#define FLASH(name, D, W, BF) \
+extern "C" __global__ void __launch_bounds__(32 * W) name(const u16* q, const u16* k, const u16* v, const float* mask, \
+                                                          const float* bias, u16* out, FlashParams p) { \
+    flash_forward<D, W, BF>(q, k, v, mask, bias, out, p); }
+
+FLASH(nb_flash_bf16_d64_w4, 64, 4, true)
+FLASH(nb_flash_bf16_d96_w4, 96, 4, true)
+FLASH(nb_flash_bf16_d128_w4, 128, 4, true)
+FLASH(nb_flash_f16_d64_w4, 64, 4, false)
+FLASH(nb_flash_f16_d96_w4, 96, 4, false)
+FLASH(nb_flash_f16_d128_w4, 128, 4, false)
+FLASH(nb_flash_bf16_d64_w8, 64, 8, true)
+FLASH(nb_flash_bf16_d96_w8, 96, 8, true)
+FLASH(nb_flash_bf16_d128_w8, 128, 8, true)
+FLASH(nb_flash_f16_d64_w8, 64, 8, false)
+FLASH(nb_flash_f16_d96_w8, 96, 8, false)
+FLASH(nb_flash_f16_d128_w8, 128, 8, false)
+
+#define FLASH32(name, D, BF) \
+extern "C" __global__ void __launch_bounds__(128) name(const u16* q, const u16* k, const u16* v, const float* mask, \
+                                                       const float* bias, u16* out, FlashParams p) { \
+    flash_forward_m32<D, BF>(q, k, v, mask, bias, out, p); }
+
+FLASH32(nb_flash_bf16_d64_m32, 64, true)
+FLASH32(nb_flash_bf16_d96_m32, 96, true)
+FLASH32(nb_flash_f16_d64_m32, 64, false)
+FLASH32(nb_flash_f16_d96_m32, 96, false)

@@ -395,3 +395,79 @@ extern "C" __global__ void nb_upsample2x(const void* x, int dt, i64 xoff, void* 
         st(out, dt, i, ld(x, dt, xoff + (pl * H + oy / 2) * W + ox / 2));
     }
 }
+
+// ---- fused transformer ops: one pass each, rounding where the unfused composition rounds ----
+
+// out = round(round(round(x r, wdt) w) * round(1 + scale[b])), x rows of d, rowsPerSample rows per batch entry
+extern "C" __global__ void nb_rmsnorm_mod(const void* x, int dt, const void* w, int wdt, const void* scale, int sdt,
+                                          void* out, i64 d, i64 rowsPerSample, float eps) {
+    const i64 row = blockIdx.x, bi = row / rowsPerSample;
+    const i64 base = row * d;
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { float v = ld(x, dt, base + j); s += v * v; }
+    const float r = rsqrtf(block_sum(s) / (float)d + eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+        float v = round_to(round_to(ld(x, dt, base + j) * r, wdt) * ld(w, wdt, j), dt);
+        if (scale) v = v * round_to(ld(scale, sdt, bi * d + j) + 1.f, sdt);
+        st(out, dt, base + j, v);
+    }
+}
+
+// out = round(x + round(round(tanh(gate[b]), gdt) * round(round(y r, wdt) w)))
+extern "C" __global__ void nb_rmsnorm_gate_res(const void* x, const void* y, int dt, const void* w, int wdt,
+                                               const void* gate, int gdt, void* out, i64 d, i64 rowsPerSample, float eps) {
+    const i64 row = blockIdx.x, bi = row / rowsPerSample;
+    const i64 base = row * d;
+    float s = 0.f;
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) { float v = ld(y, dt, base + j); s += v * v; }
+    const float r = rsqrtf(block_sum(s) / (float)d + eps);
+    for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+        float n = round_to(round_to(ld(y, dt, base + j) * r, wdt) * ld(w, wdt, j), dt);
+        if (gate) n = round_to(round_to(tanhf(ld(gate, gdt, bi * d + j)), gdt) * n, gdt);
+        st(out, dt, base + j, ld(x, dt, base + j) + n);
+    }
+}
+
+// out = round(round(silu(a)) * b)
+extern "C" __global__ void nb_swiglu(const void* a, const void* b, int dt, void* out, i64 n) {
+    GRID_STRIDE(i, n) {
+        const float x = ld(a, dt, i);
+        st(out, dt, i, round_to(x / (1.f + expf(-x)), dt) * ld(b, dt, i));
+    }
+}
+
+// One warp per (token, head) of a fused projection [B*L, (Hq + 2 Hkv) * D]: q and k heads get
+// RMSNorm (round, weight, round) then RoPE (fp32 tables, rounded once); v heads are copied.
+extern "C" __global__ void nb_qkv_norm_rope(const void* qkv, int dt, const void* qw, const void* kw, int wdt,
+                                            const float* cs, const float* sn, void* qo, void* ko, void* vo,
+                                            i64 B, i64 L, i64 Hq, i64 Hkv, i64 D, int perSample, int layout, float eps) {
+    const i64 warp = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    const i64 H = Hq + 2 * Hkv;
+    if (warp >= B * L * H) return;
+    const i64 bl = warp / H, hh = warp % H;
+    const i64 src = bl * H * D + hh * D;
+    if (hh >= Hq + Hkv) {
+        const i64 dst = (bl * Hkv + (hh - Hq - Hkv)) * D;
+        for (i64 j = lane; j < D; j += 32) st(vo, dt, dst + j, ld(qkv, dt, src + j));
+        return;
+    }
+    const bool isQ = hh < Hq;
+    const void* w = isQ ? qw : kw;
+    void* o = isQ ? qo : ko;
+    const i64 dst = isQ ? (bl * Hq + hh) * D : (bl * Hkv + (hh - Hq)) * D;
+    float s = 0.f;
+    for (i64 j = lane; j < D; j += 32) { float v = ld(qkv, dt, src + j); s += v * v; }
+    const float r = rsqrtf(warp_sum(s) / (float)D + eps);
+    const i64 half = D / 2;
+    const i64 b = bl / L, l = bl % L;
+    const i64 t0 = ((perSample ? b : 0) * L + l) * half;
+    for (i64 m = lane; m < half; m += 32) {
+        const i64 i0 = layout == 0 ? 2 * m : m, i1 = layout == 0 ? 2 * m + 1 : m + half;
+        const float n0 = round_to(round_to(ld(qkv, dt, src + i0) * r, wdt) * ld(w, wdt, i0), dt);
+        const float n1 = round_to(round_to(ld(qkv, dt, src + i1) * r, wdt) * ld(w, wdt, i1), dt);
+        const float c = cs[t0 + m], sv = sn[t0 + m];
+        st(o, dt, dst + i0, n0 * c - n1 * sv);
+        st(o, dt, dst + i1, n1 * c + n0 * sv);
+    }
+}

@@ -179,9 +179,7 @@ public final class NextDiT: @unchecked Sendable {
             .permute([0, 2, 4, 3, 5, 1]).reshape([b, n, cfg.patchDim])
         var img = xEmbedder(patches)
 
-        let capRope = try rope.tables(layout.captionPositions())
-        let imgRope = try rope.tables(layout.imagePositions())
-        let jointRope = try rope.tables(layout.jointPositions())
+        let (capRope, imgRope, jointRope) = try ropeTables(layout)
         let capKeyMask = capLens.allSatisfy({ $0 == l }) ? nil : NextDiT.prefixMask(capLens, length: l)
 
         for blk in contextRefiner { cap = runBlock(blk, cap, mask: capKeyMask, rope: capRope, cSilu: nil) }
@@ -235,38 +233,47 @@ public final class NextDiT: @unchecked Sendable {
     }
 
     /// One JointTransformerBlock (spec 1.3), modulated when `cSilu` (SiLU of the adaLN input) is given.
+    /// The fused ops round where the unfused composition would (see `Backend`).
     func runBlock(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor), cSilu: Tensor?) -> Tensor {
         let eps = config.normEps
         var mod: [Tensor]? = nil
         if let ada = blk.adaLN, let cs = cSilu {
-            mod = ada(cs).chunk(4, axis: 1).map { $0.unsqueeze(1) }  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, 1, D]
+            mod = ada(cs).chunk(4, axis: 1)  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, D]
         }
-        var h = x.rmsNorm(weight: blk.attnNorm1, eps: eps)
-        if let m = mod { h = h * (m[0] + 1) }
-        var a = attention(blk, h, mask: mask, rope: rope).rmsNorm(weight: blk.attnNorm2, eps: eps)
-        if let m = mod { a = m[1].tanh() * a }
-        var out = x + a
-        h = out.rmsNorm(weight: blk.ffnNorm1, eps: eps)
-        if let m = mod { h = h * (m[2] + 1) }
-        var f = blk.w2(blk.w1(h).silu() * blk.w3(h)).rmsNorm(weight: blk.ffnNorm2, eps: eps)
-        if let m = mod { f = m[3].tanh() * f }
-        out = out + f
-        return out
+        let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
+        let out = x.rmsNormGatedResidual(attention(blk, h, mask: mask, rope: rope), weight: blk.attnNorm2, eps: eps, gate: mod?[1])
+        let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
+        let f = blk.w2(blk.w1(h2).swiglu(blk.w3(h2)))
+        return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
     }
 
     func attention(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
         let b = x.shape[0], l = x.shape[1], hd = config.headDim, hq = config.nHeads, hkv = config.nKVHeads
-        let qkv = blk.qkv(x).split([hq * hd, hkv * hd, hkv * hd], axis: 2)
-        let q = qkv[0].reshape([b, l, hq, hd]).rmsNorm(weight: blk.qNorm, eps: config.qkNormEps)
-            .rope(cos: rope.cos, sin: rope.sin, layout: .interleaved)
-        let k = qkv[1].reshape([b, l, hkv, hd]).rmsNorm(weight: blk.kNorm, eps: config.qkNormEps)
-            .rope(cos: rope.cos, sin: rope.sin, layout: .interleaved)
-        let v = qkv[2].reshape([b, l, hkv, hd])
+        let (q, k, v) = blk.qkv(x).qkvNormRope(heads: hq, kvHeads: hkv, qNorm: blk.qNorm, kNorm: blk.kNorm, eps: config.qkNormEps,
+                                              cos: rope.cos, sin: rope.sin, layout: .interleaved)
         let o = q.attention(k: k, v: v, options: AttentionOptions(keyPaddingMask: mask))
         return blk.out(o.reshape([b, l, hq * hd]))
     }
 
     // MARK: helpers
+
+    typealias RoPETables = (cos: Tensor, sin: Tensor)
+    private var ropeCache: [DiTSequenceLayout: (RoPETables, RoPETables, RoPETables)] = [:]
+    private let ropeLock = NSLock()
+
+    /// Caption, image and joint RoPE tables for a layout, on the model's device. Every step of a
+    /// sampling run has the same layout, so they are built and uploaded once (a few recent
+    /// layouts are kept).
+    func ropeTables(_ layout: DiTSequenceLayout) throws -> (RoPETables, RoPETables, RoPETables) {
+        ropeLock.lock(); defer { ropeLock.unlock() }
+        if let t = ropeCache[layout] { return t }
+        func onDevice(_ t: RoPETables) -> RoPETables { (t.cos.to(device: device), t.sin.to(device: device)) }
+        let t = (onDevice(try rope.tables(layout.captionPositions())), onDevice(try rope.tables(layout.imagePositions())),
+                 onDevice(try rope.tables(layout.jointPositions())))
+        if ropeCache.count >= 4 { ropeCache.removeAll() }
+        ropeCache[layout] = t
+        return t
+    }
 
     /// Real caption tokens per sample; the mask must be right-padded (ones, then zeros).
     static func captionLengths(_ mask: Tensor) throws -> [Int] {

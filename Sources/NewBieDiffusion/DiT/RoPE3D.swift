@@ -57,7 +57,7 @@ public struct RoPE3D: Sendable {
 
 /// Where each sample's tokens sit (spec 1.4 step 5): caption tokens first, the image right after
 /// the sample's real caption tokens, then padding up to the longest sample.
-public struct DiTSequenceLayout: Sendable, Equatable {
+public struct DiTSequenceLayout: Sendable, Hashable {
     /// Real caption tokens per sample.
     public let capLens: [Int]
     /// Padded caption length (the cap_feats sequence axis).

@@ -15,9 +15,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
-    /// Flash-attention kernel shape: "w4" / "w8" (4 or 8 warps of 16 query rows) or "m32" (4 warps
-    /// of 32 rows; head dims 64 and 96, else w8; measured fastest for the DiT). NEWBIE_FLASH overrides.
-    public var flashVariant = ProcessInfo.processInfo.environment["NEWBIE_FLASH"] ?? "m32"
+    /// Flash-attention block: "w4" or "w8" warps of 16 query rows each (w4 measured a little faster
+    /// for the DiT on the H200). NEWBIE_FLASH overrides.
+    public var flashVariant = ProcessInfo.processInfo.environment["NEWBIE_FLASH"] ?? "w4"
 
     let driver: CUDADriver
     let context: OpaquePointer?
@@ -75,8 +75,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
                  "nb_channel_bias", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]),
-        ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }
-            + ["bf16", "f16"].flatMap { t in [64, 96].map { d in "nb_flash_\(t)_d\(d)_m32" } }),
+        ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
 
     private func loadKernels() throws {
@@ -459,12 +458,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             for v in [b, lq, lk, hq, hkv] { put(Int64(v)) }
             put(p.scale); put(p.causal); put(p.window); put(p.hasMask); put(p.hasBias); put(Int32(0))
             put(p.biasB); put(p.biasH)
-            let m32 = flashVariant == "m32" && d <= 96
-            let w = m32 || flashVariant == "w4" ? 4 : 8
-            let type = q.dtype == .bf16 ? "bf16" : "f16"
-            let kernel = m32 ? "nb_flash_\(type)_d\(d)_m32" : "nb_flash_\(type)_d\(d)_w\(w)"
-            // flash.cu: 16 (or 32) query rows per warp, K and V double-buffered in tiles of 64 keys
-            let rowsPerBlock = (m32 ? 32 : 16) * w
+            let w = flashVariant == "w8" ? 8 : 4
+            let kernel = "nb_flash_\(q.dtype == .bf16 ? "bf16" : "f16")_d\(d)_w\(w)"
+            // flash.cu: 16 query rows per warp, K and V double-buffered in tiles of 64 keys
+            let rowsPerBlock = 16 * w
             let qTiles = (lq + rowsPerBlock - 1) / rowsPerBlock
             launch(kernel, grid: b * hq * qTiles, block: 32 * w, shared: (rowsPerBlock + 4 * 64) * (d + 8) * bytes,
                    KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0)

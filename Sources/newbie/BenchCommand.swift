@@ -130,14 +130,14 @@ struct BenchCommand: ParsableCommand {
             let q = randomTensor([2, 4352, 24, 96], seed: 3, dtype: dt).to(device: dev)
             let kk = randomTensor([2, 4352, 8, 96], seed: 4, dtype: dt).to(device: dev)
             let v = randomTensor([2, 4352, 8, 96], seed: 5, dtype: dt).to(device: dev)
-            for w in ["w4", "w8", "m32"] {
+            for w in ["w4", "w8"] {
                 cuda.flashVariant = w
                 let ms = cuda.time(runs: repeats) { _ = q.attention(k: kk, v: v) }
                 let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
                 print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
                       + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
             }
-            cuda.flashVariant = "m32"
+            cuda.flashVariant = "w4"
         }
         print("device memory: \(cuda.memoryStats)")
     }
@@ -202,7 +202,7 @@ func pad(_ s: String, _ n: Int, left: Bool = false) -> String {
     s.count >= n ? s + " " : (left ? String(repeating: " ", count: n - s.count) + s : s + String(repeating: " ", count: n - s.count))
 }
 
-/// Median wall time of `runs` calls, after one warm-up call.
+/// Median wall time of `runs` calls, after one warm-up call (shared by the bench commands).
 func median(_ runs: Int, _ body: () -> Void) -> Double {
     body()
     var times: [Double] = []

@@ -42,11 +42,11 @@ struct BenchDiTCommand: ParsableCommand {
         // the ceiling: raw sgemm at a DiT-like size, measured before and after the forward passes
         // (the machines are shared: the two readings show how much the load moved meanwhile)
         let (m, n, k) = (4096, 2304, 2304)
-        var rng = BenchRandom(seed: 1)
+        var rng = SplitMix(seed: 1)
         let a = (0..<(m * k)).map { _ in rng.uniform() }, bm = (0..<(n * k)).map { _ in rng.uniform() }
         var c = [Float](repeating: 0, count: m * n)
         func sgemmRate() -> Double {
-            let tg = benchMedian(3) {
+            let tg = median(3) {
                 a.withUnsafeBufferPointer { ap in bm.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
                     blas.sgemm(transA: false, transB: true, m: m, n: n, k: k, alpha: 1, a: ap.baseAddress!, lda: k,
                                b: bp.baseAddress!, ldb: k, beta: 0, c: cp.baseAddress!, ldc: n)
@@ -58,7 +58,7 @@ struct BenchDiTCommand: ParsableCommand {
         print(String(format: "  raw sgemm %dx%dx%d before: %.1f GFLOP/s", m, n, k, before))
 
         // random weights (norm weights around 1, linear weights ~ 1/sqrt(fan_in))
-        var wr = BenchRandom(seed: 2)
+        var wr = SplitMix(seed: 2)
         let shapes = Dictionary(uniqueKeysWithValues: cfg.expectedTensors().map { ($0.name, $0.shape) })
         let model = try NextDiT(config: cfg, dtype: dt) { name in
             let s = shapes[name]!
@@ -67,7 +67,7 @@ struct BenchDiTCommand: ParsableCommand {
             let scale: Float = s.count == 2 ? 1 / Float(s[1]).squareRoot() : 0.1
             return Tensor((0..<count).map { _ in isNorm ? 1 + 0.1 * wr.uniform() : scale * wr.uniform() }, shape: s)
         }
-        var ir = BenchRandom(seed: 3)
+        var ir = SplitMix(seed: 3)
         let x = Tensor((0..<(batch * 16 * latent * latent)).map { _ in ir.uniform() }, shape: [batch, 16, latent, latent])
         let cap = Tensor((0..<(batch * caption * cfg.capFeatDim)).map { _ in ir.uniform() }, shape: [batch, caption, cfg.capFeatDim])
         let mask = Tensor([Float](repeating: 1, count: batch * caption), shape: [batch, caption])
@@ -79,7 +79,7 @@ struct BenchDiTCommand: ParsableCommand {
         var out: Tensor? = nil
         _ = try model.forward(x, t: t, capFeats: cap, capMask: mask, clipPooled: clip)  // warm-up
         var failure: Error? = nil
-        let tf = benchMedian(repeats) {
+        let tf = median(repeats) {
             do { out = try model.forward(x, t: t, capFeats: cap, capMask: mask, clipPooled: clip) } catch { failure = error }
         }
         if let e = failure { throw e }
@@ -91,27 +91,4 @@ struct BenchDiTCommand: ParsableCommand {
         print(String(format: "  forward: %.3f s (median of %d), %.1f GFLOP, %.1f GFLOP/s = %.0f%% of the sgemm ceiling%@",
                      tf, repeats, flops / 1e9, rate, 100 * rate / ceiling, finite ? "" : " (NON-FINITE OUTPUT)"))
     }
-}
-
-private struct BenchRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func uniform() -> Float {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        z ^= z >> 31
-        return Float(z >> 40) / Float(1 << 24) * 2 - 1
-    }
-}
-
-private func benchMedian(_ runs: Int, _ body: () -> Void) -> Double {
-    var times: [Double] = []
-    for _ in 0..<max(1, runs) {
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        body()
-        times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-    }
-    return times.sorted()[times.count / 2]
 }

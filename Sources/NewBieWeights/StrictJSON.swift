@@ -1,13 +1,17 @@
-/// A small, strict JSON reader for safetensors headers and shard indexes.
+import Foundation
+
+/// A small, strict JSON reader for safetensors headers, shard indexes and tokenizer files.
 ///
 /// Foundation's `JSONSerialization` silently keeps one of two duplicate keys, cannot tell `2` from
 /// `2.0`, and recurses without a limit, so hostile headers are parsed here instead:
-/// - objects keep their key order and reject duplicate keys;
+/// - objects keep their key order and reject duplicate keys, comparing keys byte for byte (Swift
+///   strings compare by canonical equivalence, which would merge the vocabulary entries "é" and
+///   "e\u{301}" of a tokenizer; the real Gemma 3 vocabulary has 434 such groups);
 /// - integers that fit in `Int` are kept apart from other numbers (fractions, exponents, huge values);
 /// - nesting deeper than `maxDepth` is an error, not a stack overflow;
 /// - strings must be valid UTF-8 without raw control characters; `\u` escapes must pair surrogates;
 /// - only whitespace may follow the top-level value.
-enum JSONValue: Equatable {
+public enum JSONValue: Equatable {
     case object([(key: String, value: JSONValue)])
     case array([JSONValue])
     case string(String)
@@ -18,7 +22,7 @@ enum JSONValue: Equatable {
     case bool(Bool)
     case null
 
-    static func == (a: JSONValue, b: JSONValue) -> Bool {
+    public static func == (a: JSONValue, b: JSONValue) -> Bool {
         switch (a, b) {
         case let (.object(x), .object(y)):
             return x.count == y.count && zip(x, y).allSatisfy { $0.key == $1.key && $0.value == $1.value }
@@ -31,6 +35,24 @@ enum JSONValue: Equatable {
         default: return false
         }
     }
+
+    /// Parses a whole document (surrounding whitespace allowed).
+    public static func parse(_ data: Data) throws -> JSONValue {
+        try data.withUnsafeBytes { try JSONParser.parse($0) }
+    }
+
+    /// The member `key` of an object, matched byte for byte (nil for other kinds or a missing key).
+    public subscript(_ key: String) -> JSONValue? {
+        guard case .object(let kv) = self else { return nil }
+        let k = Array(key.utf8)
+        return kv.first { $0.key.utf8.elementsEqual(k) }?.value
+    }
+    public var string: String? { if case .string(let s) = self { return s }; return nil }
+    public var int: Int? { if case .integer(let i) = self { return i }; return nil }
+    public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
+    public var array: [JSONValue]? { if case .array(let a) = self { return a }; return nil }
+    public var object: [(key: String, value: JSONValue)]? { if case .object(let o) = self { return o }; return nil }
+    public var isNull: Bool { if case .null = self { return true }; return false }
 
     /// A short name of the value's kind, for error messages.
     var kindName: String {
@@ -58,10 +80,10 @@ enum JSONValue: Equatable {
     }
 }
 
-struct JSONSyntaxError: Error, CustomStringConvertible {
-    let message: String
-    let offset: Int
-    var description: String { "\(message) at byte \(offset)" }
+public struct JSONSyntaxError: Error, CustomStringConvertible {
+    public let message: String
+    public let offset: Int
+    public var description: String { "\(message) at byte \(offset)" }
 }
 
 struct JSONParser {
@@ -134,7 +156,7 @@ struct JSONParser {
         guard depth <= JSONParser.maxDepth else { throw fail("JSON nested deeper than \(JSONParser.maxDepth) levels") }
         i += 1  // {
         var out: [(key: String, value: JSONValue)] = []
-        var seen = Set<String>()
+        var seen = Set<[UInt8]>()
         skipWhitespace()
         if peek() == UInt8(ascii: "}") { i += 1; return .object(out) }
         while true {
@@ -142,7 +164,7 @@ struct JSONParser {
             guard peek() == UInt8(ascii: "\"") else { throw fail(atEnd ? "unexpected end of JSON in an object" : "expected a string key") }
             let keyStart = i
             let key = try string()
-            guard seen.insert(key).inserted else {
+            guard seen.insert(Array(key.utf8)).inserted else {
                 throw JSONSyntaxError(message: "duplicate key \(JSONWriter.quote(key))", offset: keyStart)
             }
             skipWhitespace()

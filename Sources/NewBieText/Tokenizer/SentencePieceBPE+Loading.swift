@@ -24,9 +24,9 @@ extension SentencePieceBPETokenizer {
 
     public convenience init(tokenizerJSON data: Data, source: String) throws {
         func fail(_ m: String) -> TokenizerError { TokenizerError("\(source): \(m)") }
-        let root: TokenizerJSON
-        do { root = try TokenizerJSON.parse(data) }
-        catch let e as TokenizerJSON.ParseError { throw fail("invalid JSON at byte \(e.offset): \(e.message)") }
+        let root: JSONValue
+        do { root = try JSONValue.parse(data) }
+        catch let e as JSONSyntaxError { throw fail("invalid JSON at byte \(e.offset): \(e.message)") }
         guard root.object != nil else { throw fail("not a JSON object") }
         guard let model = root["model"], model.object != nil else { throw fail("no \"model\"") }
         guard model["type"]?.string == "BPE" else {
@@ -94,7 +94,7 @@ extension SentencePieceBPETokenizer {
             guard pp["type"]?.string == "TemplateProcessing", let single = pp["single"]?.array else {
                 throw fail("post_processor \(pp["type"]?.string ?? "?") is not supported (TemplateProcessing only)")
             }
-            func specialId(_ item: TokenizerJSON) throws -> Int? {
+            func specialId(_ item: JSONValue) throws -> Int? {
                 guard let name = item["SpecialToken"]?["id"]?.string else { return nil }
                 if let list = pp["special_tokens"]?[name]?["ids"]?.array, list.count == 1, let i = list[0].int { return i }
                 guard let i = ids[ByteKey(name)] ?? addedTokens.first(where: { ByteKey($0.content) == ByteKey(name) })?.id else {
@@ -114,7 +114,7 @@ extension SentencePieceBPETokenizer {
                   bosId: bosId, eosId: eosId, padId: padId, addBOS: addBOS, addEOS: addEOS)
     }
 
-    static func parseNormalizer(_ n: TokenizerJSON?, fail: (String) -> TokenizerError) throws -> [SentencePieceBPENormalizer] {
+    static func parseNormalizer(_ n: JSONValue?, fail: (String) -> TokenizerError) throws -> [SentencePieceBPENormalizer] {
         guard let n = n, !n.isNull else { return [] }
         switch n["type"]?.string {
         case "Sequence":
@@ -132,7 +132,7 @@ extension SentencePieceBPETokenizer {
         }
     }
 
-    static func parseSplit(_ p: TokenizerJSON?, fail: (String) -> TokenizerError) throws -> SentencePieceBPESplit? {
+    static func parseSplit(_ p: JSONValue?, fail: (String) -> TokenizerError) throws -> SentencePieceBPESplit? {
         guard let p = p, !p.isNull else { return nil }
         guard p["type"]?.string == "Split" else {
             throw fail("pre_tokenizer \(p["type"]?.string ?? "?") is not supported (Split with a string pattern only)")
@@ -149,9 +149,9 @@ extension SentencePieceBPETokenizer {
     }
 
     /// `decode` implements Gemma's decoder; refuse other decoders rather than decode differently.
-    static func checkDecoder(_ d: TokenizerJSON?, fail: (String) -> TokenizerError) throws {
+    static func checkDecoder(_ d: JSONValue?, fail: (String) -> TokenizerError) throws {
         guard let d = d, !d.isNull else { return }
-        let steps: [TokenizerJSON] = d["type"]?.string == "Sequence" ? (d["decoders"]?.array ?? []) : [d]
+        let steps: [JSONValue] = d["type"]?.string == "Sequence" ? (d["decoders"]?.array ?? []) : [d]
         let types = steps.compactMap { $0["type"]?.string }
         guard types == ["Replace", "ByteFallback", "Fuse"],
               steps[0]["pattern"]?["String"]?.string == "\u{2581}", steps[0]["content"]?.string == " " else {

@@ -30,37 +30,17 @@ extension NextDiT {
         guard t.count == total else { throw DiTError("forwardWithCFG: \(t.count) times for a batch of \(total)") }
         let n = total / 2
         var v: Tensor
-        if t[0] < options.truncation {
+        if CFGCombine.isActive(t: t[0], truncation: options.truncation) {
             let out = try forwardRaw(x, t: t, capFeats: capFeats, capMask: capMask, clipPooled: clipPooled)
-            let cond = out.narrow(0, start: 0, length: n), uncond = out.narrow(0, start: n, length: n)
-            v = uncond + (cond - uncond) * options.scale
-            if options.renorm > 0 {
-                var parts: [Tensor] = []
-                for i in 0..<n {
-                    let vi = v.narrow(0, start: i, length: 1)
-                    let condNorm = round(l2(cond.narrow(0, start: i, length: 1)))
-                    let maxNorm = round(condNorm * options.renorm)
-                    let newNorm = round(l2(vi))
-                    parts.append(newNorm >= maxNorm ? vi * round(maxNorm / newNorm) : vi)
-                }
-                v = Tensor.concat(parts, axis: 0)
-            }
+            v = try CFGCombine.combine(cond: out.narrow(0, start: 0, length: n), uncond: out.narrow(0, start: n, length: n),
+                                       scale: options.scale, renorm: options.renorm, dtype: dtype)
         } else {
             v = try forwardRaw(x.narrow(0, start: 0, length: n), t: Array(t[0..<n]),
                                capFeats: capFeats.narrow(0, start: 0, length: n), capMask: capMask.narrow(0, start: 0, length: n),
                                clipPooled: clipPooled?.narrow(0, start: 0, length: n))
         }
-        return Tensor.concat([v, v], axis: 0).to(.f32)
+        return Tensor.concat([v.to(.f32), v.to(.f32)], axis: 0)
     }
-
-    /// L2 norm of all elements, accumulated in Double.
-    private func l2(_ x: Tensor) -> Float {
-        var s = 0.0
-        for f in x.toFloats() { s += Double(f) * Double(f) }
-        return Float(s.squareRoot())
-    }
-
-    private func round(_ f: Float) -> Float { Half.round(f, to: dtype) }
 }
 
 /// One prompt's conditioning for the DiT: Gemma caption features [n, L, cap_feat_dim] (right

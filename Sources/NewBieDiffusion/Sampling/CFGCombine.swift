@@ -11,27 +11,30 @@ public enum CFGCombine {
 
     /// v = v_u + scale (v_c - v_u); then, when renorm > 0, per sample (axis 0):
     /// if ||v|| >= renorm ||v_c|| (L2 over all other axes), v <- v renorm ||v_c|| / ||v||.
-    /// Inputs [N, ...] of equal shape; the result is float32 [N, ...].
-    public static func combine(cond: Tensor, uncond: Tensor, scale: Float, renorm: Float) throws -> Tensor {
+    /// Inputs [N, ...] of equal shape; the result is float32 [N, ...]. The arithmetic runs in
+    /// `dtype`, rounding after each step (norms included) as PyTorch does when the model's output is
+    /// bf16: NextDiT's forward_with_cfg passes its compute dtype.
+    public static func combine(cond: Tensor, uncond: Tensor, scale: Float, renorm: Float, dtype: DType = .f32) throws -> Tensor {
         guard cond.shape == uncond.shape, cond.rank >= 1 else {
             throw SamplingError("guidance: conditional shape \(cond.shape) and unconditional shape \(uncond.shape) differ")
         }
         guard scale.isFinite, renorm.isFinite, renorm >= 0 else {
             throw SamplingError("guidance: scale \(scale) and renorm \(renorm) must be finite, renorm >= 0")
         }
-        let c = cond.to(.f32), u = uncond.to(.f32)
+        func round(_ f: Float) -> Float { Half.round(f, to: dtype) }
+        let c = cond.to(dtype), u = uncond.to(dtype)
         let v = u + (c - u) * scale
-        if !(renorm > 0) { return v }
+        if !(renorm > 0) { return v.to(.f32) }
         let n = c.shape[0]
         var parts: [Tensor] = []
         for i in 0..<n {
             let vi = v.narrow(0, start: i, length: 1)
-            let condNorm = l2(c.narrow(0, start: i, length: 1))
-            let maxNorm = condNorm * renorm
-            let newNorm = l2(vi)
-            parts.append(newNorm >= maxNorm ? vi * (maxNorm / newNorm) : vi)
+            let condNorm = round(l2(c.narrow(0, start: i, length: 1)))
+            let maxNorm = round(condNorm * renorm)
+            let newNorm = round(l2(vi))
+            parts.append(newNorm >= maxNorm ? vi * round(maxNorm / newNorm) : vi)
         }
-        return n == 1 ? parts[0] : Tensor.concat(parts, axis: 0)
+        return (n == 1 ? parts[0] : Tensor.concat(parts, axis: 0)).to(.f32)
     }
 
     /// The guided velocity for one model call: `model(x2, t)` gets the state twice

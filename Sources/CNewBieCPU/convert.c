@@ -173,3 +173,93 @@ void nb_exp_f32(const float *src, float *dst, size_t n) {
 #endif
     for (size_t i = 0; i < n; i++) dst[i] = exp_one(src[i]);
 }
+
+// ---- activations built on exp_one (vectorised with the same AVX2 dispatch) ----
+static inline float silu_one(float x) { return x / (1.0f + exp_one(-x)); }
+
+static inline float tanh_one(float y) {
+    // tanh(|y|) = (1 - e) / (1 + e), e = exp(-2|y|): no overflow, sign restored after
+    float a = y < 0 ? -y : y;
+    float e = exp_one(-2.0f * a);
+    float t = (1.0f - e) / (1.0f + e);
+    t = y < 0 ? -t : t;
+    return (y == y) ? t : y;
+}
+
+static inline float erf_one(float x) {
+    // erfc(|x|) = t exp(-x^2 + P(t)), t = 1 / (1 + |x|/2) (Numerical Recipes' erfcc, rel. error < 1.2e-7)
+    float z = x < 0 ? -x : x;
+    float t = 1.0f / (1.0f + 0.5f * z);
+    float p = 0.17087277f;
+    p = p * t - 0.82215223f;
+    p = p * t + 1.48851587f;
+    p = p * t - 1.13520398f;
+    p = p * t + 0.27886807f;
+    p = p * t - 0.18628806f;
+    p = p * t + 0.09678418f;
+    p = p * t + 0.37409196f;
+    p = p * t + 1.00002368f;
+    p = p * t - 1.26551223f;
+    float erfc = t * exp_one(-z * z + p);
+    float r = 1.0f - erfc;
+    r = x < 0 ? -r : r;
+    return (x == x) ? r : x;
+}
+
+#define NB_ROW_KERNEL(name, expr) \
+    static void name##_generic(float *x, size_t n) { for (size_t i = 0; i < n; i++) { float v = x[i]; x[i] = (expr); } } \
+    NB_AVX2(static void name##_avx2(float *x, size_t n) { for (size_t i = 0; i < n; i++) { float v = x[i]; x[i] = (expr); } }) \
+    void name(float *x, size_t n) { NB_DISPATCH(name, x, n); }
+
+#if NB_X86
+#define NB_AVX2(def) __attribute__((target("avx2,fma"))) def
+#define NB_DISPATCH(name, x, n) if (nb_cpu_has_avx2_fma()) { name##_avx2(x, n); return; } name##_generic(x, n)
+#else
+#define NB_AVX2(def)
+#define NB_DISPATCH(name, x, n) name##_generic(x, n)
+#endif
+
+NB_ROW_KERNEL(nb_silu_f32, silu_one(v))
+NB_ROW_KERNEL(nb_gelu_tanh_f32, 0.5f * v * (1.0f + tanh_one(0.7978845608028654f * (v + 0.044715f * v * v * v))))
+NB_ROW_KERNEL(nb_gelu_erf_f32, 0.5f * v * (1.0f + erf_one(v * 0.7071067811865476f)))
+
+// Max and sum use 8 independent partial results so the loops vectorise without reassociation flags.
+static inline float online_softmax_body(float *s, size_t n, float *m, float *l) {
+    float part[8];
+    for (int k = 0; k < 8; k++) part[k] = *m;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) part[k] = s[i + k] > part[k] ? s[i + k] : part[k];
+    float mx = part[0];
+    for (int k = 1; k < 8; k++) mx = part[k] > mx ? part[k] : mx;
+    for (; i < n; i++) mx = s[i] > mx ? s[i] : mx;
+    if (mx == -INFINITY) {  // nothing visible in this row yet
+        for (i = 0; i < n; i++) s[i] = 0.0f;
+        return 1.0f;
+    }
+    float corr = (*m == -INFINITY) ? 0.0f : exp_one(*m - mx);
+    for (i = 0; i < n; i++) s[i] = exp_one(s[i] - mx);
+    for (int k = 0; k < 8; k++) part[k] = 0.0f;
+    for (i = 0; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) part[k] += s[i + k];
+    float sum = 0.0f;
+    for (int k = 0; k < 8; k++) sum += part[k];
+    for (; i < n; i++) sum += s[i];
+    *l = *l * corr + sum;
+    *m = mx;
+    return corr;
+}
+
+static float online_softmax_row(float *s, size_t n, float *m, float *l) { return online_softmax_body(s, n, m, l); }
+
+#if NB_X86
+__attribute__((target("avx2,fma")))
+static float online_softmax_row_avx2(float *s, size_t n, float *m, float *l) { return online_softmax_body(s, n, m, l); }
+#endif
+
+float nb_online_softmax_row(float *s, size_t n, float *m, float *l) {
+#if NB_X86
+    if (nb_cpu_has_avx2_fma()) return online_softmax_row_avx2(s, n, m, l);
+#endif
+    return online_softmax_row(s, n, m, l);
+}

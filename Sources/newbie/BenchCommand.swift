@@ -14,8 +14,8 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Benchmark the CPU backend (GEMM, linear, attention, conv) against the raw BLAS GEMM rate.")
 
-    @Option(help: "Comma-separated benchmarks: gemm, linear, attention, conv.")
-    var only: String = "gemm,linear,attention,conv"
+    @Option(help: "Comma-separated benchmarks: gemm, linear, attention, conv, unary.")
+    var only: String = "gemm,linear,attention,conv,unary"
 
     @Option(help: "Timed repetitions per benchmark (the median is reported).")
     var repeats: Int = 5
@@ -94,6 +94,16 @@ struct BenchCommand: ParsableCommand {
             report("attention 1x\(heads)h(\(kvHeads)kv)x\(d), L=\(l), f32", t, flops / t / 1e9, ceiling)
             let lxl = l * l * 4
             print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs and output (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(peakRSS()))")
+        }
+
+        if which.contains("unary") {
+            // activations over a DiT/Jina-sized hidden tensor: nanoseconds per element
+            let x = randomTensor(quick ? [64, 1024] : [4096, 9216], seed: 14, scale: 4)
+            for (name, op) in [("affine (baseline: memory)", UnaryOp.affine(2, 1)), ("silu", .silu), ("gelu tanh", .geluTanh), ("gelu erf", .geluErf)] {
+                let t = median(repeats) { _ = x.apply(op) }
+                print(pad("unary \(name) over \(x.shape), f32", 52) + pad(String(format: "%.1f ms", t * 1000), 12, left: true)
+                      + pad(String(format: "%.2f ns/element", t * 1e9 / Double(x.count)), 20, left: true))
+            }
         }
 
         if which.contains("conv") {

@@ -122,19 +122,7 @@ extension CPUBackend {
                                 else if let w = window, last - j >= w { srow[c] = -.infinity }
                             }
                         }
-                        var m = rowMax[r]
-                        for c in 0..<cols { m = Swift.max(m, srow[c]) }
-                        if m == -.infinity {  // nothing visible yet for this row
-                            for c in 0..<cols { srow[c] = 0 }
-                            continue
-                        }
-                        let correction = rowMax[r] == -.infinity ? 0 : CPUMath.expOne(rowMax[r] - m)
-                        for c in 0..<cols { srow[c] -= m }
-                        nb_exp_f32(srow, srow, cols)
-                        var sum: Float = 0
-                        for c in 0..<cols { sum += srow[c] }
-                        rowSum[r] = rowSum[r] * correction + sum
-                        rowMax[r] = m
+                        let correction = nb_online_softmax_row(srow, cols, rowMax + r, rowSum + r)
                         if correction != 1 {
                             let arow = acc + r * dv
                             for c in 0..<dv { arow[c] *= correction }
@@ -155,14 +143,5 @@ extension CPUBackend {
         }
         if outF.buffer !== out.buffer { copy(outF, into: out) }
         return out
-    }
-}
-
-extension CPUMath {
-    @inline(__always) static func expOne(_ x: Float) -> Float {
-        var v = x
-        var r: Float = 0
-        nb_exp_f32(&v, &r, 1)
-        return r
     }
 }

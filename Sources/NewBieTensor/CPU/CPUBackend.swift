@@ -340,15 +340,9 @@ enum CPUMath {
         case .tanh: for i in 0..<n { t[i] = Foundation.tanh(t[i]) }
         case .sigmoid: for i in 0..<n { t[i] = 1 / (1 + Foundation.exp(-t[i])) }
         case .relu: for i in 0..<n { t[i] = t[i] > 0 ? t[i] : (t[i].isNaN ? t[i] : 0) }
-        case .silu: for i in 0..<n { t[i] = t[i] / (1 + Foundation.exp(-t[i])) }
-        case .geluTanh:
-            let c: Float = 0.7978845608028654  // sqrt(2/pi)
-            for i in 0..<n {
-                let x = t[i]
-                t[i] = 0.5 * x * (1 + Foundation.tanh(c * (x + 0.044715 * x * x * x)))
-            }
-        case .geluErf:
-            for i in 0..<n { t[i] = 0.5 * t[i] * (1 + Foundation.erf(t[i] * 0.7071067811865476)) }
+        case .silu: nb_silu_f32(t, n)
+        case .geluTanh: nb_gelu_tanh_f32(t, n)
+        case .geluErf: nb_gelu_erf_f32(t, n)
         case .affine(let a, let b): for i in 0..<n { t[i] = t[i] * a + b }
         case .clamp(let lo, let hi): for i in 0..<n { t[i] = t[i].isNaN ? t[i] : Swift.min(Swift.max(t[i], lo), hi) }
         }

@@ -33,10 +33,13 @@ let package = Package(
         .target(name: "NewBieDiffusion", dependencies: ["NewBieTensor", "NewBieWeights"]),
         // Images: PNG in and out, pixel <-> tensor conversion.
         .target(name: "NewBieImage", dependencies: ["NewBieTensor", "CPNG"]),
+        // The end-to-end pipeline (prompt -> text encoders -> DiT sampling -> VAE -> image) as
+        // stages with plain values, model slots and the tiny random model.
+        .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage"]),
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.
@@ -47,6 +50,7 @@ let package = Package(
         .testTarget(name: "NewBieTextTests", dependencies: ["NewBieText", "NewBieTestSupport"]),
         .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -10,6 +10,7 @@ struct NewBie: ParsableCommand {
             BenchCommand.self,
             BenchDiTCommand.self,
             EncodeTextCommand.self,
+            GenerateCommand.self, EncodeCommand.self, DenoiseCommand.self, DecodeCommand.self, MakeTinyModelCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
             PromptCommand.self,

@@ -1,0 +1,179 @@
+import Foundation
+import NewBieDiffusion
+import NewBieImage
+import NewBieTensor
+
+/// One image to make: prompt, negative prompt, system prompt (preset or literal), settings (with
+/// its seed) and where the PNG goes.
+public struct GenerationRequest: Sendable {
+    public var prompt: String
+    public var negativePrompt: String
+    /// A `SystemPrompt` preset name or a literal system prompt.
+    public var systemPrompt: String
+    public var settings: SamplingSettings
+    public var output: String
+
+    public init(prompt: String, negativePrompt: String = "", systemPrompt: String = "auto", settings: SamplingSettings, output: String) {
+        self.prompt = prompt; self.negativePrompt = negativePrompt; self.systemPrompt = systemPrompt
+        self.settings = settings; self.output = output
+    }
+}
+
+/// What a run reports as it goes (progress bars, --stats); every callback is optional.
+public struct PipelineEvents {
+    /// A stage ("load text encoders", "encode", "load DiT", "denoise", "load VAE", "decode", "write")
+    /// finished after `seconds`.
+    public var stageEnded: ((_ stage: String, _ seconds: Double) -> Void)?
+    /// A sampler step of image `image` (0-based) of `images`.
+    public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
+    /// Image `image` was written to `path`.
+    public var wrote: ((_ path: String, _ image: Int) -> Void)?
+    public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
+                wrote: ((String, Int) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote
+    }
+}
+
+/// The metadata of one image: every parameter needed to make it again, as key/value pairs for the
+/// stage files and the PNG text chunks.
+public enum GenerationMetadata {
+    public static func sampling(_ s: SamplingSettings) -> [String: String] {
+        [MetadataKey.width: "\(s.width)", MetadataKey.height: "\(s.height)", MetadataKey.steps: "\(s.steps)",
+         MetadataKey.sampler: s.sampler.rawValue, MetadataKey.shift: "\(s.shift)", MetadataKey.cfg: "\(s.cfg.scale)",
+         MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
+         MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue]
+    }
+
+    public static func options(_ o: StageOptions) -> [String: String] {
+        [MetadataKey.dtype: o.dtype.description, MetadataKey.device: "\(o.device)"]
+    }
+
+    public static func models(_ p: ModelPaths) -> [String: String] {
+        var m: [String: String] = [:]
+        for slot in ModelSlot.allCases { if let v = p.path(slot) { m[MetadataKey.model(slot)] = v } }
+        return m
+    }
+
+    /// Sampling settings back from metadata (a `newbie denoise` file), for `newbie decode` and checks.
+    public static func settings(from m: [String: String]) -> SamplingSettings? {
+        guard let w = m[MetadataKey.width].flatMap(Int.init), let h = m[MetadataKey.height].flatMap(Int.init),
+              let st = m[MetadataKey.steps].flatMap(Int.init), let sm = m[MetadataKey.sampler].flatMap(SamplerKind.init(name:)),
+              let sh = m[MetadataKey.shift].flatMap(Float.init), let c = m[MetadataKey.cfg].flatMap(Float.init),
+              let ct = m[MetadataKey.cfgTrunc].flatMap(Float.init), let r = m[MetadataKey.renorm].flatMap(Float.init),
+              let seed = m[MetadataKey.seed].flatMap(UInt64.init), let rng = m[MetadataKey.rng].flatMap(NoiseRNG.init(rawValue:))
+        else { return nil }
+        return SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
+                                cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
+    }
+
+    /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
+    public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
+        let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
+                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
+                     MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.dtype,
+                     MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
+        var out: [(key: String, value: String)] = [("Software", software)]
+        for k in order { if let v = m[k] { out.append((k, v)) } }
+        for k in m.keys.sorted() where k.hasPrefix("newbie:") && !order.contains(k) { out.append((k, m[k]!)) }
+        return out
+    }
+}
+
+/// The whole pipeline over several requests: all prompts are encoded first (then the text
+/// encoders are freed), then every latent is sampled (then the DiT is freed), then every latent
+/// is decoded and written as a PNG with its parameters.
+public enum Pipeline {
+    public static func generate(_ requests: [GenerationRequest], paths: ModelPaths, options: StageOptions,
+                                extraMetadata: (GenerationRequest) -> [String: String] = { _ in [:] },
+                                events: PipelineEvents = PipelineEvents()) throws -> [String] {
+        guard !requests.isEmpty else { throw PipelineError("no prompt to generate") }
+        for r in requests { try r.settings.validate() }
+        // every part is checked before the first one is loaded, so a wrong slot fails at once
+        for slot in ModelSlot.allCases { _ = try paths.require(slot) }
+        let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+        func timed<T>(_ stage: String, _ body: () throws -> T) rethrows -> T {
+            let t0 = clock()
+            let r = try body()
+            events.stageEnded?(stage, clock() - t0)
+            return r
+        }
+
+        // 1. text (one encoding per distinct prompt triple)
+        var encoded: [EncodedPrompt] = []
+        do {
+            let text = try timed("load text encoders") { try TextStage(paths: paths, options: options) }
+            var cache: [String: EncodedPrompt] = [:]
+            try timed("encode") {
+                for r in requests {
+                    let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
+                    let key = [r.prompt, r.negativePrompt, system].joined(separator: "\u{0}")
+                    if let e = cache[key] { encoded.append(e); continue }
+                    let e = try text.encode(prompt: r.prompt, negativePrompt: r.negativePrompt, systemPrompt: system)
+                    cache[key] = e
+                    encoded.append(e)
+                }
+            }
+        }  // text encoders released here
+
+        // 2. denoising
+        var latents: [Tensor] = []
+        do {
+            let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+            for e in encoded { try den.check(e) }
+            try timed("denoise") {
+                for (i, r) in requests.enumerated() {
+                    latents.append(try den.run(encoded[i], settings: r.settings, onStep: { events.step?($0, i, requests.count) }))
+                }
+            }
+        }  // DiT released here
+
+        // 3. decoding and writing
+        let dec = try timed("load VAE") { try DecodeStage(paths: paths, options: options) }
+        let ditChannels = latents.first?.shape[1] ?? 0
+        guard ditChannels == dec.vae.config.latentChannels else {
+            throw PipelineError("the DiT (--dit) makes \(ditChannels)-channel latents but the VAE (--vae) decodes \(dec.vae.config.latentChannels) channels: the VAE does not belong to this DiT")
+        }
+        var written: [String] = []
+        for (i, r) in requests.enumerated() {
+            let image = try timed("decode") { try dec.run(latents[i]) }
+            var md = encoded[i].metadata
+            md.merge(GenerationMetadata.sampling(r.settings)) { $1 }
+            md.merge(GenerationMetadata.options(options)) { $1 }
+            md.merge(GenerationMetadata.models(paths)) { $1 }
+            md.merge(extraMetadata(r)) { $1 }
+            try timed("write") {
+                try createParentFolder(r.output)
+                try PNG.write(image, to: r.output, text: GenerationMetadata.pngText(md, software: "newbie generate"))
+            }
+            events.wrote?(r.output, i)
+            written.append(r.output)
+        }
+        return written
+    }
+
+    static func createParentFolder(_ path: String) throws {
+        let dir = (path as NSString).deletingLastPathComponent
+        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+    }
+
+    /// Output paths from a pattern: `{seed}`, `{index}` (0-based image number) and `{prompt}`
+    /// (0-based prompt number) are replaced; when several images would share one path, `-{index}`
+    /// is added before the extension.
+    public static func outputPaths(pattern: String, seeds: [UInt64], promptIndices: [Int]) -> [String] {
+        let n = seeds.count
+        var paths = (0..<n).map { i in
+            pattern.replacingOccurrences(of: "{seed}", with: "\(seeds[i])")
+                .replacingOccurrences(of: "{index}", with: "\(i)")
+                .replacingOccurrences(of: "{prompt}", with: "\(promptIndices[i])")
+        }
+        if Set(paths).count < n {
+            paths = (0..<n).map { i in
+                let ns = paths[i] as NSString
+                let ext = ns.pathExtension
+                let base = ext.isEmpty ? paths[i] : ns.deletingPathExtension
+                return ext.isEmpty ? "\(base)-\(i)" : "\(base)-\(i).\(ext)"
+            }
+        }
+        return paths
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import NewBieDiffusion
+import NewBieTensor
+
+/// The system prompts Gemma can be given (spec 3.5). Gemma sees `system + prompt`; Jina always
+/// sees the raw prompt; an empty prompt (the unconditional branch) and the negative prompt get no
+/// system prompt, as in the official demo.
+public enum SystemPrompt {
+    /// Training prefix for XML-captioned data (`finetune.py`), trailing space included.
+    public static let xml = "You are an assistant designed to generate high-quality anime images based on xml format prompts. <Prompt Start> "
+    /// Training prefix for the other (tag / natural-language) data.
+    public static let text = "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> "
+
+    /// Preset names: `auto` (xml when the prompt starts with `<` after white space, else text),
+    /// `xml`, `text`, `none`; anything else is taken as the literal system prompt.
+    public static let presets = ["auto", "xml", "text", "none"]
+
+    /// The system prompt a preset (or literal) gives for `prompt`.
+    public static func resolve(_ preset: String, prompt: String) -> String {
+        switch preset {
+        case "auto":
+            return prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") ? xml : text
+        case "xml": return xml
+        case "text": return text
+        case "none", "": return ""
+        default: return preset
+        }
+    }
+}
+
+/// Everything the denoising stage needs besides the conditioning: size, grid, guidance, noise.
+public struct SamplingSettings: Sendable, Equatable {
+    public var width: Int
+    public var height: Int
+    /// Euler / midpoint / RK4: grid points of the official ODE grid (so steps - 1 intervals);
+    /// DPM-Solver++ 2M: model evaluations (the official `--solver dpm` meaning).
+    public var steps: Int
+    public var sampler: SamplerKind
+    public var shift: Float
+    public var cfg: CFGOptions
+    public var seed: UInt64
+    public var rng: NoiseRNG
+
+    public init(width: Int, height: Int, steps: Int, sampler: SamplerKind, shift: Float, cfg: CFGOptions,
+                seed: UInt64, rng: NoiseRNG) {
+        self.width = width; self.height = height; self.steps = steps; self.sampler = sampler
+        self.shift = shift; self.cfg = cfg; self.seed = seed; self.rng = rng
+    }
+
+    /// The defaults: the official Gradio `demo.py` setup (spec 3.3): midpoint on the 18-point
+    /// shift-6 grid (17 intervals, 34 guided model calls), CFG 5.0 truncated at t = 0.25, renorm
+    /// off, 1024 x 1024.
+    public static let officialDemo = SamplingSettings(width: 1024, height: 1024, steps: 18, sampler: .midpoint, shift: 6,
+                                                      cfg: CFGOptions(scale: 5.0, truncation: 0.25, renorm: 0),
+                                                      seed: 0, rng: .torch)
+
+    /// Checks every value, naming the option at fault.
+    public func validate() throws {
+        for (name, v) in [("width", width), ("height", height)] where v <= 0 || v % 16 != 0 {
+            let lower = max(16, v / 16 * 16), upper = (max(v, 0) / 16 + 1) * 16
+            throw PipelineError("--\(name) \(v): width and height must be positive multiples of 16 (the latent is 1/8 of the image and the DiT cuts it into 2 x 2 patches); try \(lower == upper ? "\(lower)" : "\(lower) or \(upper)")")
+        }
+        let minSteps = 2
+        guard steps >= minSteps else {
+            throw PipelineError("--steps \(steps): need at least \(minSteps) (\(sampler == .dpm ? "DPM-Solver++ 2M model evaluations" : "grid points, i.e. at least one interval"))")
+        }
+        guard steps <= 10_000 else { throw PipelineError("--steps \(steps): at most 10000") }
+        guard shift.isFinite, shift >= 0, sampler != .dpm || shift > 0 else {
+            throw PipelineError("--shift \(shift): must be a finite number >= 0 (> 0 for dpm)")
+        }
+        guard cfg.scale.isFinite else { throw PipelineError("--cfg \(cfg.scale): must be a finite number") }
+        guard cfg.truncation.isFinite, cfg.truncation >= 0 else {
+            throw PipelineError("--cfg-trunc \(cfg.truncation): must be a finite number >= 0 (guidance runs while t < cfg-trunc; 100 = always)")
+        }
+        guard cfg.renorm.isFinite, cfg.renorm >= 0 else { throw PipelineError("--renorm \(cfg.renorm): must be >= 0 (0 = off)") }
+    }
+
+    /// The initial noise: `torch.manual_seed(seed); torch.randn([1, channels, H/8, W/8])` on the CPU
+    /// generator, bit for bit (docs/SAMPLING.md).
+    public func noise(channels: Int) -> Tensor {
+        var g = TorchGenerator(seed: seed, mode: rng)
+        return g.randn([1, channels, height / 8, width / 8])
+    }
+
+    /// The sampler over the official grid.
+    public func makeSampler() throws -> FlowSampler {
+        do { return try sampler.make(steps: steps, shift: shift) } catch let e as SamplingError {
+            throw PipelineError("sampler \(sampler.rawValue), \(steps) steps, shift \(shift): \(e.message)")
+        }
+    }
+}
+
+extension SamplerKind {
+    /// By name, with an error listing the choices.
+    public static func parse(_ name: String) throws -> SamplerKind {
+        guard let k = SamplerKind(name: name) else {
+            throw PipelineError("--sampler \(name): unknown sampler; use euler, midpoint, rk4 or dpm (DPM-Solver++ 2M)")
+        }
+        return k
+    }
+}
+
+extension NoiseRNG {
+    public static func parse(_ name: String) throws -> NoiseRNG {
+        guard let r = NoiseRNG(rawValue: name) else {
+            throw PipelineError("--rng \(name): use torch (PyTorch's CPU torch.randn, AVX2 path) or torch-scalar (its non-vectorised path)")
+        }
+        return r
+    }
+}

@@ -1,0 +1,254 @@
+import Foundation
+import NewBieDiffusion
+import NewBieImage
+import NewBieTensor
+import NewBieText
+import NewBieWeights
+
+// The pipeline as three stages with plain values between them:
+//
+//   prompt --TextStage--> EncodedPrompt --DenoiseStage--> latent [1, 16, H/8, W/8] --DecodeStage--> RGBImage
+//
+// Each stage loads its models when it is built and frees them when it is released, so a run holds
+// the text encoders, then the DiT, then the VAE. `newbie encode | denoise | decode` run one stage
+// each through safetensors files; `newbie generate` runs the three in a row in memory.
+
+/// One prompt's conditioning for the DiT, conditional and unconditional (negative) branch, with
+/// what produced it. Tensors are Float32 on the CPU.
+public struct EncodedPrompt: @unchecked Sendable {
+    public var prompt: String
+    public var negativePrompt: String
+    /// The system prompt Gemma got in front of `prompt` (resolved, "" for none).
+    public var systemPrompt: String
+    public var cond: DiTConditioning
+    public var uncond: DiTConditioning
+
+    public init(prompt: String, negativePrompt: String, systemPrompt: String, cond: DiTConditioning, uncond: DiTConditioning) {
+        self.prompt = prompt; self.negativePrompt = negativePrompt; self.systemPrompt = systemPrompt
+        self.cond = cond; self.uncond = uncond
+    }
+
+    /// Real Gemma tokens of the conditional / unconditional branch.
+    public var condTokens: Int { Int(cond.capMask.toFloats().reduce(0, +)) }
+    public var uncondTokens: Int { Int(uncond.capMask.toFloats().reduce(0, +)) }
+
+    // MARK: safetensors form (the `newbie encode` file)
+
+    public func tensors() -> [(String, Tensor)] {
+        var t: [(String, Tensor)] = [("cap_feats", cond.capFeats), ("cap_mask", cond.capMask)]
+        if let c = cond.clipPooled { t.append(("clip_pooled", c)) }
+        t += [("uncond_cap_feats", uncond.capFeats), ("uncond_cap_mask", uncond.capMask)]
+        if let c = uncond.clipPooled { t.append(("uncond_clip_pooled", c)) }
+        return t
+    }
+
+    public var metadata: [String: String] {
+        [MetadataKey.prompt: prompt, MetadataKey.negativePrompt: negativePrompt, MetadataKey.systemPrompt: systemPrompt]
+    }
+
+    /// Reads a file written by `newbie encode`.
+    public static func read(_ path: String) throws -> (EncodedPrompt, [String: String]) {
+        let file: SafeTensorsFile
+        do { file = try SafeTensorsFile(path: path) } catch {
+            throw PipelineError("\(path): not a readable safetensors file (\(error))")
+        }
+        func t(_ n: String) throws -> Tensor {
+            guard file.names.contains(n) else {
+                throw PipelineError("\(path): no tensor \"\(n)\"; expected a file written by `newbie encode` (cap_feats, cap_mask, clip_pooled, uncond_*)")
+            }
+            return try file.tensor(n).to(.f32)
+        }
+        func opt(_ n: String) throws -> Tensor? { file.names.contains(n) ? try t(n) : nil }
+        let cond = DiTConditioning(capFeats: try t("cap_feats"), capMask: try t("cap_mask"), clipPooled: try opt("clip_pooled"))
+        let uncond = DiTConditioning(capFeats: try t("uncond_cap_feats"), capMask: try t("uncond_cap_mask"),
+                                     clipPooled: try opt("uncond_clip_pooled"))
+        for (name, c) in [("cap", cond), ("uncond_cap", uncond)] {
+            guard c.capFeats.rank == 3, c.capFeats.shape[0] == 1, c.capMask.shape == [1, c.capFeats.shape[1]] else {
+                throw PipelineError("\(path): \(name)_feats \(c.capFeats.shape) / \(name)_mask \(c.capMask.shape) should be [1, L, D] / [1, L]")
+            }
+        }
+        let md = file.metadata
+        let e = EncodedPrompt(prompt: md[MetadataKey.prompt] ?? "", negativePrompt: md[MetadataKey.negativePrompt] ?? "",
+                              systemPrompt: md[MetadataKey.systemPrompt] ?? "", cond: cond, uncond: uncond)
+        return (e, md)
+    }
+}
+
+/// Metadata keys shared by the stage files and the PNG text chunks.
+public enum MetadataKey {
+    public static let prompt = "newbie:prompt"
+    public static let negativePrompt = "newbie:negative_prompt"
+    public static let systemPrompt = "newbie:system_prompt"
+    public static let width = "newbie:width"
+    public static let height = "newbie:height"
+    public static let steps = "newbie:steps"
+    public static let sampler = "newbie:sampler"
+    public static let shift = "newbie:shift"
+    public static let cfg = "newbie:cfg"
+    public static let cfgTrunc = "newbie:cfg_trunc"
+    public static let renorm = "newbie:renorm"
+    public static let seed = "newbie:seed"
+    public static let rng = "newbie:rng"
+    public static let dtype = "newbie:dtype"
+    public static let device = "newbie:device"
+    public static let command = "newbie:command"
+    public static func model(_ slot: ModelSlot) -> String { "newbie:\(slot.rawValue)" }
+}
+
+/// Options every stage shares: precision and device. The VAE runs on the CPU (its loader has no
+/// device yet); the text encoders and the DiT run on `device`.
+public struct StageOptions: Sendable, Equatable {
+    public var dtype: DType
+    public var device: Device
+    /// Gemma truncation, including <bos> (official 512).
+    public var gemmaMaxLength: Int = 512
+    /// Jina truncation, including <s> and </s> (official 2048 in NewBie's code).
+    public var jinaMaxLength: Int = 2048
+    /// Jina head size (jina-clip-v2: 64).
+    public var jinaHeadDim: Int = 64
+    public var vaeTiling: VAETiling = .auto
+
+    public init(dtype: DType = .f32, device: Device = .cpu) { self.dtype = dtype; self.device = device }
+}
+
+// MARK: - stage 1: text
+
+/// Gemma 3 + Jina CLIP v2 with their tokenizers. Gemma gets system prompt + prompt, Jina the raw
+/// prompt; the negative prompt (default "", the unconditional branch) gets no system prompt.
+public final class TextStage {
+    public let gemma: GemmaTextEncoder
+    public let gemmaTokenizer: SentencePieceBPETokenizer
+    public let jina: JinaTextTower
+    public let jinaTokenizer: UnigramTokenizer
+    public let options: StageOptions
+
+    public init(paths: ModelPaths, options: StageOptions) throws {
+        let g = try paths.require(.gemma), j = try paths.require(.jina)
+        let gt = try paths.gemmaTokenizerPath(gemma: g), jt = try paths.jinaTokenizerPath(jina: j)
+        self.options = options
+        gemmaTokenizer = try SentencePieceBPETokenizer.load(gt)
+        gemma = try GemmaTextEncoder.load(path: g, dtype: options.dtype, device: options.device)
+        jinaTokenizer = try UnigramTokenizer(path: jt)
+        let source = try openWeights(path: j)
+        let config = try JinaLayout.detect(source).inferConfig(source, headDim: options.jinaHeadDim)
+        jina = try JinaTextTower(source: source, config: config, dtype: options.dtype, device: options.device)
+        guard gemmaTokenizer.vocabSize <= gemma.config.vocabSize else {
+            throw PipelineError("--gemma-tokenizer \(gt): \(gemmaTokenizer.vocabSize) tokens, but the Gemma checkpoint's vocabulary has \(gemma.config.vocabSize): tokenizer and checkpoint do not match")
+        }
+        guard jinaTokenizer.pieces.count <= config.vocabSize else {
+            throw PipelineError("--jina-tokenizer \(jt): \(jinaTokenizer.pieces.count) pieces, but the Jina checkpoint's vocabulary has \(config.vocabSize): tokenizer and checkpoint do not match")
+        }
+    }
+
+    /// Encodes one prompt and its negative.
+    public func encode(prompt: String, negativePrompt: String = "", systemPrompt: String) throws -> EncodedPrompt {
+        let gemmaInputs = [prompt.isEmpty ? "" : systemPrompt + prompt, negativePrompt]
+        let gb = gemmaTokenizer.encodeBatch(gemmaInputs, maxLength: options.gemmaMaxLength, padToMultipleOf: 8)
+        let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
+        let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
+        let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
+        func branch(_ i: Int) -> DiTConditioning {
+            // trimmed to the real tokens (padding is masked out by the DiT anyway)
+            let n = max(1, gb.mask[i].reduce(0, +))
+            let feats = hidden.narrow(0, start: i, length: 1).narrow(1, start: 0, length: n).contiguous()
+            return DiTConditioning(capFeats: feats, capMask: Tensor.full([1, n], value: 1),
+                                   clipPooled: pooled.narrow(0, start: i, length: 1).contiguous())
+        }
+        return EncodedPrompt(prompt: prompt, negativePrompt: negativePrompt, systemPrompt: prompt.isEmpty ? "" : systemPrompt,
+                             cond: branch(0), uncond: branch(1))
+    }
+}
+
+// MARK: - stage 2: denoising
+
+/// One model evaluation as the sampler made it (for `--save-steps`).
+public struct ModelEvaluation {
+    public let index: Int
+    public let t: Float
+    /// The state the model saw and the guided velocity it returned, [1, C, h, w] Float32.
+    public let x: Tensor
+    public let velocity: Tensor
+}
+
+/// The DiT with guidance, integrated over the shifted grid.
+public final class DenoiseStage {
+    public let dit: NextDiT
+    public let path: String
+
+    public init(paths: ModelPaths, options: StageOptions) throws {
+        path = try paths.require(.dit)
+        dit = try NextDiT.load(path: path, dtype: options.dtype, device: options.device)
+    }
+
+    public init(dit: NextDiT, path: String) { self.dit = dit; self.path = path }
+
+    /// Checks that the conditioning fits this DiT (Gemma width, Jina width).
+    public func check(_ e: EncodedPrompt) throws {
+        let c = dit.config
+        for (name, b) in [("prompt", e.cond), ("negative prompt", e.uncond)] {
+            let d = b.capFeats.shape[2]
+            guard d == c.capFeatDim else {
+                throw PipelineError("the \(name)'s Gemma features are \(d) wide but the DiT (--dit) expects cap_feat_dim \(c.capFeatDim): the Gemma checkpoint (--gemma) does not belong to this DiT")
+            }
+            if let cd = c.clipTextDim {
+                guard let p = b.clipPooled, p.shape == [1, cd] else {
+                    throw PipelineError("the \(name)'s Jina vector is \(b.clipPooled.map { "\($0.shape)" } ?? "missing") but the DiT (--dit) expects [1, \(cd)]: the Jina checkpoint (--jina) does not belong to this DiT")
+                }
+            }
+        }
+    }
+
+    /// Samples one latent [1, C, H/8, W/8] (Float32, CPU) from `settings.seed`'s noise (or
+    /// `noise` when given). `onStep` sees every sampler step, `onEvaluation` every model call.
+    public func run(_ e: EncodedPrompt, settings: SamplingSettings, noise: Tensor? = nil,
+                    onStep: ((SamplerStep) -> Void)? = nil, onEvaluation: ((ModelEvaluation) -> Void)? = nil) throws -> Tensor {
+        try settings.validate()
+        try check(e)
+        let x0 = noise ?? settings.noise(channels: dit.config.inChannels)
+        guard x0.shape == [1, dit.config.inChannels, settings.height / 8, settings.width / 8] else {
+            throw PipelineError("initial noise \(x0.shape) does not fit [1, \(dit.config.inChannels), \(settings.height / 8), \(settings.width / 8)]")
+        }
+        let sampler = try settings.makeSampler()
+        let clip = dit.config.clipTextDim != nil
+        let cond = clip ? e.cond : DiTConditioning(capFeats: e.cond.capFeats, capMask: e.cond.capMask, clipPooled: nil)
+        let uncond = clip ? e.uncond : DiTConditioning(capFeats: e.uncond.capFeats, capMask: e.uncond.capMask, clipPooled: nil)
+        var evaluations = 0
+        let model: VelocityFunction = { [dit] x, t in
+            // the state stays on the CPU in Float32; the DiT moves what it needs to its device
+            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            onEvaluation?(ModelEvaluation(index: evaluations, t: t, x: x, velocity: v))
+            evaluations += 1
+            return v
+        }
+        return try sampler.sample(x0, model: model, onStep: onStep).to(device: .cpu)
+    }
+}
+
+// MARK: - stage 3: decoding
+
+/// The FLUX VAE decoder with NewBie's scaling (x / 0.3611 + 0.1159), on the CPU.
+public final class DecodeStage {
+    public let vae: AutoencoderKL
+    public let path: String
+    public let tiling: VAETiling
+
+    public init(paths: ModelPaths, options: StageOptions) throws {
+        path = try paths.require(.vae)
+        vae = try AutoencoderKL.load(path: path, dtype: options.dtype, parts: .decoder)
+        tiling = options.vaeTiling
+    }
+
+    /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped).
+    public func run(_ latent: Tensor) throws -> RGBImage {
+        var x = latent.to(.f32, device: .cpu)
+        if x.rank == 3 { x = x.unsqueeze(0) }
+        guard x.rank == 4, x.shape[0] == 1, x.shape[1] == vae.config.latentChannels else {
+            throw PipelineError("latent \(latent.shape) does not fit the VAE (--vae): expected [1, \(vae.config.latentChannels), h, w]")
+        }
+        let img = vae.decode(x, tiling: tiling)
+        let v = img.toFloats()
+        let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+        if bad > 0 { throw PipelineError("the VAE produced \(bad) non-finite values (NaN/Inf); the latent or the VAE weights are broken") }
+        return RGBImage(tensor: img)
+    }
+}

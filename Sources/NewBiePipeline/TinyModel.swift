@@ -1,0 +1,147 @@
+import Foundation
+import NewBieDiffusion
+import NewBieTensor
+import NewBieText
+import NewBieWeights
+
+/// A tiny NewBie with random weights in the official Hugging Face layout (transformer/,
+/// text_encoder/, clip_model/, vae/, model_index.json), so the whole pipeline runs on a fresh
+/// machine without downloads. The architecture is NewBie's at toy sizes; the weights are random
+/// (seeded), so the picture it makes means nothing. The tokenizers are the small ones the tests
+/// commit (Tests/Fixtures/gemma/small_tokenizer.json, Tests/Fixtures/jina/tokenizer.json).
+public enum TinyModel {
+    /// Toy sizes of each part.
+    public static let gemmaHidden = 32, gemmaVocab = 576, gemmaLayers = 3
+    public static let jinaHidden = 64, jinaVocab = 306, jinaLayers = 2
+    public static var ditConfig: NextDiTConfig {
+        var c = NextDiTConfig()
+        c.dim = 48; c.nHeads = 4; c.nKVHeads = 2; c.ffnHidden = 128
+        c.nLayers = 2; c.nNoiseRefiner = 1; c.nContextRefiner = 1
+        c.capFeatDim = gemmaHidden; c.clipTextDim = jinaHidden; c.adaLNDim = 48
+        c.axesDims = [4, 4, 4]; c.axesLens = [1024, 512, 512]
+        return c
+    }
+    public static var vaeConfig: VAEConfig {
+        var c = VAEConfig()
+        c.blockOutChannels = [8, 8, 16, 16]; c.layersPerBlock = 1; c.normNumGroups = 4
+        return c
+    }
+
+    /// The tokenizer files the repository commits, found from this source file's location or the
+    /// working directory (the repository root).
+    public static func defaultTokenizers() -> (gemma: String, jina: String)? {
+        let fromSource = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Tests/Fixtures").path
+        let fromCwd = FileManager.default.currentDirectoryPath + "/Tests/Fixtures"
+        for root in [fromSource, fromCwd] {
+            let g = root + "/gemma/small_tokenizer.json", j = root + "/jina/tokenizer.json"
+            if FileManager.default.fileExists(atPath: g) && FileManager.default.fileExists(atPath: j) { return (g, j) }
+        }
+        return nil
+    }
+
+    /// Writes the tiny model to `dir` (created; existing files of the layout are replaced).
+    public static func write(to dir: String, seed: UInt64 = 0, gemmaTokenizer: String, jinaTokenizer: String) throws {
+        let fm = FileManager.default
+        for t in [gemmaTokenizer, jinaTokenizer] where !fm.fileExists(atPath: t) {
+            throw PipelineError("tokenizer \(t): no such file")
+        }
+        let root = URL(fileURLWithPath: dir)
+        for slot in ModelSlot.allCases {
+            try fm.createDirectory(at: root.appendingPathComponent(slot.folder), withIntermediateDirectories: true)
+        }
+        var rng = TorchGenerator(seed: seed)
+
+        /// Random tensor for a parameter, by its role: matrices ~ N(0, 1/fan_in), biases and LoRA
+        /// factors small, norm weights around 1 (Gemma's (1 + w) norms around 0).
+        func random(_ name: String, _ shape: [Int], oneCentredNorms: Bool) -> Tensor {
+            let n = shape.reduce(1, *)
+            var v = rng.randn(count: n)
+            if name.contains("lora_") {
+                for i in 0..<n { v[i] *= 0.02 }
+            } else if shape.count >= 2 {
+                let s = 1 / Float(shape.dropFirst().reduce(1, *)).squareRoot()
+                for i in 0..<n { v[i] *= s }
+            } else if name.hasSuffix(".bias") {
+                for i in 0..<n { v[i] *= 0.02 }
+            } else {
+                for i in 0..<n { v[i] = (oneCentredNorms ? 1 : 0) + 0.05 * v[i] }
+            }
+            return Tensor(v, shape: shape)
+        }
+        func writeJSON(_ obj: Any, _ relative: String) throws {
+            let data = try JSONSerialization.data(withJSONObject: obj, options: [.prettyPrinted, .sortedKeys])
+            try data.write(to: root.appendingPathComponent(relative))
+        }
+        let note = "NewBie tiny random model (newbie make-tiny-model, seed \(seed)): random weights, the images mean nothing"
+
+        // transformer/: official names, no prefix
+        let dc = ditConfig
+        let dit = dc.expectedTensors().map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        try SafeTensorsWriter.write(dit, metadata: ["note": note],
+                                    to: root.appendingPathComponent("transformer/diffusion_pytorch_model.safetensors"))
+        try writeJSON(["_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
+                       "patch_size": dc.patchSize, "dim": dc.dim, "n_layers": dc.nLayers, "n_refiner_layers": dc.nNoiseRefiner,
+                       "n_heads": dc.nHeads, "n_kv_heads": dc.nKVHeads, "in_channels": dc.inChannels,
+                       "axes_dims": dc.axesDims, "axes_lens": dc.axesLens, "cap_feat_dim": dc.capFeatDim,
+                       "clip_text_dim": dc.clipTextDim ?? 0, "clip_img_dim": dc.clipTextDim ?? 0, "norm_eps": 1e-5,
+                       "_note": note] as [String: Any], "transformer/config.json")
+
+        // text_encoder/: Gemma 3 as Gemma3ForConditionalGeneration saves it (language_model.model.*)
+        var gc = Gemma3TextConfig()
+        gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
+        gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
+        let gemma = GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
+            ("language_model.model." + $0.name, random($0.name, $0.shape, oneCentredNorms: false))
+        }
+        try SafeTensorsWriter.write(gemma, metadata: ["note": note], to: root.appendingPathComponent("text_encoder/model.safetensors"))
+        try writeJSON(["architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "_note": note,
+                       "text_config": ["model_type": "gemma3_text", "vocab_size": gemmaVocab, "hidden_size": gemmaHidden,
+                                       "intermediate_size": 64, "num_hidden_layers": gemmaLayers, "num_attention_heads": 2,
+                                       "num_key_value_heads": 1, "head_dim": 16, "query_pre_attn_scalar": 16,
+                                       "sliding_window": 4, "sliding_window_pattern": 2, "rms_norm_eps": 1e-6,
+                                       "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+                                       "rope_scaling": ["rope_type": "linear", "factor": 8.0],
+                                       "max_position_embeddings": 1024] as [String: Any],
+                       "vision_config": ["model_type": "siglip_vision_model"]] as [String: Any], "text_encoder/config.json")
+        try copyReplacing(gemmaTokenizer, root.appendingPathComponent("text_encoder/tokenizer.json"))
+
+        // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
+        let jc = JinaConfig(vocabSize: jinaVocab, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
+        let jina = JinaLayout.official.expected(jc).map {
+            (JinaLayout.publishedName($0.name, layout: .official), random($0.name, $0.shape, oneCentredNorms: true))
+        }
+        try SafeTensorsWriter.write(jina, metadata: ["note": note], to: root.appendingPathComponent("clip_model/model.safetensors"))
+        try writeJSON(["architectures": ["JinaCLIPModel"], "_note": note,
+                       "text_config": ["hidden_size": jinaHidden, "num_hidden_layers": jinaLayers, "num_attention_heads": jc.heads,
+                                       "vocab_size": jinaVocab, "lora_rank": 4, "lora_alpha": 4,
+                                       "lora_adaptations": ["retrieval.query"]] as [String: Any]] as [String: Any],
+                      "clip_model/config.json")
+        try copyReplacing(jinaTokenizer, root.appendingPathComponent("clip_model/tokenizer.json"))
+
+        // vae/: diffusers AutoencoderKL
+        let vc = vaeConfig
+        let vae = VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        try SafeTensorsWriter.write(vae, metadata: ["note": note], to: root.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
+        try writeJSON(["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": vc.blockOutChannels,
+                       "down_block_types": Array(repeating: "DownEncoderBlock2D", count: vc.levels),
+                       "up_block_types": Array(repeating: "UpDecoderBlock2D", count: vc.levels),
+                       "in_channels": 3, "out_channels": 3, "latent_channels": vc.latentChannels,
+                       "layers_per_block": vc.layersPerBlock, "norm_num_groups": vc.normNumGroups,
+                       "mid_block_add_attention": true, "scaling_factor": vc.scalingFactor, "shift_factor": vc.shiftFactor,
+                       "use_quant_conv": false, "use_post_quant_conv": false, "_note": note] as [String: Any], "vae/config.json")
+
+        try writeJSON(["_class_name": "NewbiePipeline", "_note": note,
+                       "transformer": ["transformer", "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP"],
+                       "text_encoder": ["text_encoder", "Gemma3ForConditionalGeneration"],
+                       "tokenizer": ["text_encoder", "AutoTokenizer"],
+                       "clip_model": ["clip_model", "JinaCLIPModel"], "clip_tokenizer": ["clip_model", "AutoTokenizer"],
+                       "vae": ["vae", "AutoencoderKL"]] as [String: Any], "model_index.json")
+    }
+
+    static func copyReplacing(_ from: String, _ to: URL) throws {
+        let fm = FileManager.default
+        if fm.fileExists(atPath: to.path) { try fm.removeItem(at: to) }
+        try fm.copyItem(atPath: from, toPath: to.path)
+    }
+}

@@ -1,0 +1,323 @@
+import ArgumentParser
+import Foundation
+import NewBieCUDA
+import NewBieDiffusion
+import NewBieImage
+import NewBiePipeline
+import NewBieTensor
+import NewBieWeights
+
+// `newbie generate` and the stage commands `encode`, `denoise`, `decode` share these option
+// groups and run the same library stages (Sources/NewBiePipeline).
+
+/// Where the model parts are: `--model DIR` (official Hugging Face layout) and/or one per part.
+struct ModelOptions: ParsableArguments {
+    @Option(name: .customLong("model"), help: "Model folder in the official Hugging Face layout (NewBie-AI/NewBie-image-Exp0.1): transformer/, text_encoder/, clip_model/, vae/.")
+    var root: String?
+
+    @Option(name: .customLong("dit"), help: "The DiT: transformer/ folder or one file (e.g. ComfyUI NewBie-Image-Exp0.1-bf16.safetensors). Overrides --model.")
+    var dit: String?
+
+    @Option(name: .customLong("gemma"), help: "Gemma 3 text encoder: text_encoder/ folder, a .safetensors (e.g. gemma_3_4b_it_bf16.safetensors) or a .gguf. Overrides --model.")
+    var gemma: String?
+
+    @Option(name: .customLong("gemma-tokenizer"), help: "Gemma tokenizer.json or .gguf (default: tokenizer.json beside the Gemma checkpoint or in ../tokenizer/).")
+    var gemmaTokenizer: String?
+
+    @Option(name: .customLong("jina"), help: "Jina CLIP v2: clip_model/ folder or a .safetensors (e.g. jina_clip_v2_bf16.safetensors). Overrides --model.")
+    var jina: String?
+
+    @Option(name: .customLong("jina-tokenizer"), help: "XLM-R tokenizer.json (default: beside the Jina checkpoint).")
+    var jinaTokenizer: String?
+
+    @Option(name: .customLong("vae"), help: "FLUX VAE: vae/ folder, diffusion_pytorch_model.safetensors or ae.safetensors. Overrides --model.")
+    var vae: String?
+
+    func paths() throws -> ModelPaths {
+        try ModelPaths.resolve(root: root, dit: dit, gemma: gemma, gemmaTokenizer: gemmaTokenizer, jina: jina,
+                               jinaTokenizer: jinaTokenizer, vae: vae)
+    }
+}
+
+/// Precision and device.
+struct DeviceOptions: ParsableArguments {
+    @Option(help: "Where the text encoders and the DiT run: cpu, cuda or cuda:N (the VAE runs on the CPU).")
+    var device = "cpu"
+
+    @Option(help: "Compute precision: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.")
+    var dtype = "auto"
+
+    func stageOptions() throws -> StageOptions {
+        guard let dev = Device(device) else { throw PipelineError("--device \(device): use cpu, cuda or cuda:N") }
+        let dt: DType
+        if dtype == "auto" { dt = dev == .cpu ? .f32 : .bf16 } else {
+            guard let d = DType(userName: dtype), [.f32, .bf16, .f16].contains(d) else {
+                throw PipelineError("--dtype \(dtype): use auto, fp32, bf16 or fp16")
+            }
+            dt = d
+        }
+        if case .cuda(let index) = dev { _ = try CUDABackend.load(index: index) }
+        return StageOptions(dtype: dt, device: dev)
+    }
+}
+
+/// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3).
+struct SamplingOptions: ParsableArguments {
+    @Option(help: "Image width in pixels, a multiple of 16.")
+    var width = 1024
+    @Option(help: "Image height in pixels, a multiple of 16.")
+    var height = 1024
+    @Option(help: "euler, midpoint and rk4: points of the official shifted grid (steps - 1 intervals); dpm: model evaluations.")
+    var steps = 18
+    @Option(help: "euler, midpoint (official default), rk4 or dpm (DPM-Solver++ 2M).")
+    var sampler = "midpoint"
+    @Option(help: "Time shift of the grid, t = u / (u + s - s u).")
+    var shift: Float = 6
+    @Option(help: "Classifier-free guidance scale.")
+    var cfg: Float = 5
+    @Option(name: .customLong("cfg-trunc"), help: "Guidance only while t < this (t: 0 = noise, 1 = clean); 100 = always (official sample.sh).")
+    var cfgTrunc: Float = 0.25
+    @Option(help: "Guidance renormalisation: cap ||v|| at this times ||v_cond|| (official sample.sh: 1); 0 = off.")
+    var renorm: Float = 0
+    @Option(help: "Seed of the initial noise; -1 picks one at random (it is recorded in the PNG).")
+    var seed: Int64 = 0
+    @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
+    var rng = "torch"
+
+    func settings(seed s: UInt64) throws -> SamplingSettings {
+        let st = SamplingSettings(width: width, height: height, steps: steps, sampler: try SamplerKind.parse(sampler), shift: shift,
+                                  cfg: CFGOptions(scale: cfg, truncation: cfgTrunc, renorm: renorm), seed: s,
+                                  rng: try NoiseRNG.parse(rng))
+        try st.validate()
+        return st
+    }
+
+    func firstSeed() -> UInt64 { seed < 0 ? UInt64(UInt32.random(in: 0...UInt32.max)) : UInt64(seed) }
+}
+
+/// Prompt, negative prompt, system prompt.
+struct PromptOptions: ParsableArguments {
+    @Argument(help: "The prompt (plain tags, natural language or NewBie XML).")
+    var prompt: String?
+
+    @Option(name: .customLong("prompt-file"), help: "Prompts from a file: JSON lines ({\"prompt\": ..., \"negative_prompt\": ..., \"seed\": ...}) when every line starts with {, one XML prompt when the file starts with <, else one prompt per non-empty line.")
+    var promptFile: String?
+
+    @Option(name: .customLong("negative-prompt"), help: "Negative prompt for the unconditional branch (default: empty, as in the official demo); it gets no system prompt.")
+    var negativePrompt = ""
+
+    @Option(name: .customLong("system-prompt"), help: "Gemma's system prompt: auto (the XML training prefix for XML prompts, the text one otherwise), xml, text, none, or a literal string.")
+    var systemPrompt = "auto"
+
+    struct Entry { var prompt: String; var negative: String; var seed: UInt64? }
+
+    func entries() throws -> [Entry] {
+        var out: [Entry] = []
+        if let p = prompt { out.append(Entry(prompt: p, negative: negativePrompt, seed: nil)) }
+        if let f = promptFile {
+            guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw PipelineError("--prompt-file \(f): cannot read it as UTF-8 text") }
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
+                .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+            if !lines.isEmpty && lines.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("{") }) {
+                for (i, line) in lines.enumerated() {
+                    guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                          let p = obj["prompt"] as? String else {
+                        throw PipelineError("--prompt-file \(f), line \(i + 1): not a JSON object with a \"prompt\" string")
+                    }
+                    var seed: UInt64? = nil
+                    if let s = obj["seed"] {
+                        guard let n = s as? Int, n >= 0 else { throw PipelineError("--prompt-file \(f), line \(i + 1): \"seed\" must be an integer >= 0") }
+                        seed = UInt64(n)
+                    }
+                    out.append(Entry(prompt: p, negative: obj["negative_prompt"] as? String ?? negativePrompt, seed: seed))
+                }
+            } else if text.drop(while: { $0.isWhitespace }).hasPrefix("<") {
+                out.append(Entry(prompt: text.trimmingCharacters(in: .whitespacesAndNewlines), negative: negativePrompt, seed: nil))
+            } else {
+                out += lines.map { Entry(prompt: $0, negative: negativePrompt, seed: nil) }
+            }
+        }
+        guard !out.isEmpty else { throw PipelineError("no prompt: give the prompt text or --prompt-file PATH") }
+        return out
+    }
+}
+
+/// Progress and statistics on stderr.
+struct ReportOptions: ParsableArguments {
+    @Flag(help: "Print nothing but errors.")
+    var quiet = false
+
+    @Flag(help: "Report the time of each stage and the peak memory.")
+    var stats = false
+}
+
+/// A progress bar with steps/s and ETA when stderr is a terminal, one plain line per step
+/// otherwise, nothing with --quiet.
+final class ProgressReporter {
+    let quiet: Bool
+    let terminal = isatty(2) != 0
+    var start: Double = 0
+    /// When the last stage or image ended: the first step of the next image is timed from here.
+    var mark: Double = ProgressReporter.now()
+    var stageTimes: [(String, Double)] = []
+
+    init(quiet: Bool) { self.quiet = quiet }
+
+    static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
+    func line(_ s: String) { if !quiet { FileHandle.standardError.write(Data((s + "\n").utf8)) } }
+
+    func stage(_ name: String, _ seconds: Double) {
+        mark = ProgressReporter.now()
+        if let i = stageTimes.firstIndex(where: { $0.0 == name }) { stageTimes[i].1 += seconds } else { stageTimes.append((name, seconds)) }
+    }
+
+    func step(_ s: SamplerStep, image: Int, images: Int) {
+        if s.index == 0 { start = mark }
+        if s.index + 1 == s.count { mark = ProgressReporter.now() }
+        if quiet { return }
+        let done = s.index + 1
+        let elapsed = max(ProgressReporter.now() - start, 1e-9)
+        let rate = Double(done) / elapsed
+        let eta = Double(s.count - done) / max(rate, 1e-9)
+        let head = images > 1 ? "image \(image + 1)/\(images) " : ""
+        let stats = String(format: "%d/%d steps, %.2f steps/s, ETA %@, t=%.4f", done, s.count, rate, ProgressReporter.duration(eta), s.to)
+        if terminal {
+            let width = 30, filled = width * done / max(s.count, 1)
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r\(head)[\(bar)] \(stats)\u{1B}[K".utf8))
+            if done == s.count { FileHandle.standardError.write(Data("\n".utf8)) }
+        } else {
+            line("\(head)step \(stats)")
+        }
+    }
+
+    static func duration(_ s: Double) -> String {
+        if !s.isFinite { return "?" }
+        if s < 60 { return String(format: "%.1fs", s) }
+        return String(format: "%dm%02ds", Int(s) / 60, Int(s) % 60)
+    }
+
+    func printStats(device: Device) {
+        var lines = ["stage times:"]
+        func row(_ name: String, _ t: Double) -> String {
+            "  " + name.padding(toLength: 20, withPad: " ", startingAt: 0) + String(format: "%9.3f s", t)
+        }
+        for (name, t) in stageTimes { lines.append(row(name, t)) }
+        lines.append(row("total", stageTimes.reduce(0) { $0 + $1.1 }))
+        lines.append("peak memory: process RSS \(formatBytes(peakRSS())), CPU tensors \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes))"
+                     + (device == .cpu ? "" : ", \(device) tensors \(formatBytes(Backends.backend(for: device).memoryStats.peakBytes))"))
+        FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    }
+
+    var events: PipelineEvents {
+        PipelineEvents(stageEnded: { [self] in stage($0, $1) }, step: { [self] in step($0, image: $1, images: $2) },
+                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } })
+    }
+}
+
+/// Single-quotes a string for a POSIX shell.
+func shellQuote(_ s: String) -> String {
+    if !s.isEmpty && s.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=,+".contains($0) }) && s.unicodeScalars.allSatisfy(\.isASCII) { return s }
+    return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
+}
+
+/// `newbie generate`: prompt -> PNG.
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Generate images from a prompt: text encoders -> DiT sampling with guidance -> VAE -> PNG.",
+        discussion: """
+        Defaults reproduce the official Gradio demo.py setup (spec 3.3): midpoint sampler on the 18-point grid \
+        with shift 6 (34 guided DiT calls), CFG 5.0 truncated at t = 0.25, renorm off, 1024x1024. The system \
+        prompt is the official training prefix (xml or text, by the prompt's form); the demo's dropdown offers \
+        Lumina-2 style strings instead. The noise is PyTorch's CPU torch.randn for the seed (the demo draws \
+        on CUDA, whose generator differs). The official scripts/sample.sh setup is --cfg 4 --cfg-trunc 100 --renorm 1.
+        Each PNG carries every parameter (text chunks newbie:*), including newbie:command to run it again.
+        """)
+
+    @OptionGroup var promptOptions: PromptOptions
+    @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var models: ModelOptions
+    @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var report: ReportOptions
+
+    @Option(help: "Images per prompt (seeds seed, seed+1, ...).")
+    var count = 1
+
+    @Option(name: [.short, .long], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added.")
+    var output = "newbie-{seed}.png"
+
+    func run() throws {
+        do { try generate() } catch let e as PipelineError { throw ValidationError(e.message) }
+    }
+
+    func generate() throws {
+        guard count >= 1 else { throw PipelineError("--count \(count): must be at least 1") }
+        let entries = try promptOptions.entries()
+        let first = sampling.firstSeed()
+        var requests: [GenerationRequest] = []
+        var promptIndex: [Int] = []
+        for (pi, e) in entries.enumerated() {
+            for k in 0..<count {
+                let seed = (e.seed ?? first) &+ UInt64(k)
+                requests.append(GenerationRequest(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: promptOptions.systemPrompt,
+                                                  settings: try sampling.settings(seed: seed), output: ""))
+                promptIndex.append(pi)
+            }
+        }
+        let outs = Pipeline.outputPaths(pattern: output, seeds: requests.map(\.settings.seed), promptIndices: promptIndex)
+        for i in requests.indices { requests[i].output = outs[i] }
+        let options = try deviceOptions.stageOptions()
+        let paths = try models.paths()
+        let progress = ProgressReporter(quiet: report.quiet)
+        _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
+            [MetadataKey.command: reproduceCommand(r, options: options)]
+        }, events: progress.events)
+        if report.stats { progress.printStats(device: options.device) }
+    }
+
+    /// The command line that makes this image again (model paths are recorded separately).
+    func reproduceCommand(_ r: GenerationRequest, options: StageOptions) -> String {
+        let s = r.settings
+        let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
+        var a = ["newbie", "generate", shellQuote(r.prompt)]
+        if !r.negativePrompt.isEmpty { a += ["--negative-prompt", shellQuote(r.negativePrompt)] }
+        a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : shellQuote(system)]
+        a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
+              "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
+              "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--dtype", options.dtype.description, "--device", "\(options.device)"]
+        return a.joined(separator: " ")
+    }
+}
+
+/// `newbie make-tiny-model DIR`: a tiny random NewBie in the official layout.
+struct MakeTinyModelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "make-tiny-model",
+        abstract: "Write a tiny NewBie with random weights (official Hugging Face layout) to try the pipeline without downloads.",
+        discussion: "The architecture is NewBie's at toy sizes (DiT dim 48, Gemma 3 with 3 layers, Jina with 2, a 4-level VAE); the weights are random, so its images are noise-like pictures that mean nothing. The tokenizers are the small ones committed under Tests/Fixtures.")
+
+    @Argument(help: "Folder to write (created).")
+    var dir: String
+
+    @Option(help: "Seed of the random weights.")
+    var seed: UInt64 = 0
+
+    @Option(name: .customLong("fixtures"), help: "The repository's Tests/Fixtures folder (default: found from the source location or the working directory).")
+    var fixtures: String?
+
+    func run() throws {
+        let toks: (gemma: String, jina: String)
+        if let f = fixtures {
+            toks = (f + "/gemma/small_tokenizer.json", f + "/jina/tokenizer.json")
+        } else if let t = TinyModel.defaultTokenizers() {
+            toks = t
+        } else {
+            throw ValidationError("cannot find Tests/Fixtures (the committed tokenizers); run from the repository root or give --fixtures PATH")
+        }
+        do { try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina) }
+        catch let e as PipelineError { throw ValidationError(e.message) }
+        print("wrote a tiny random NewBie to \(dir) (transformer/, text_encoder/, clip_model/, vae/): random weights, the images mean nothing")
+    }
+}

@@ -1,0 +1,138 @@
+import ArgumentParser
+import Foundation
+import NewBieDiffusion
+import NewBieImage
+import NewBiePipeline
+import NewBieTensor
+import NewBieWeights
+
+// The three stages of `newbie generate` as separate commands reading and writing safetensors:
+//   newbie encode  PROMPT --model M -o cond.safetensors
+//   newbie denoise --cond cond.safetensors --model M -o latent.safetensors [--save-steps DIR]
+//   newbie decode  --latent latent.safetensors --model M -o image.png
+// They run the same library stages as `generate` (TextStage, DenoiseStage, DecodeStage), and the
+// metadata travels from file to file into the PNG.
+
+/// `newbie encode`: both text encoders -> conditioning file.
+struct EncodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "encode",
+        abstract: "Stage 1: encode a prompt and its negative with Gemma 3 and Jina CLIP v2 into a conditioning .safetensors.")
+
+    @OptionGroup var promptOptions: PromptOptions
+    @OptionGroup var models: ModelOptions
+    @OptionGroup var deviceOptions: DeviceOptions
+
+    @Option(name: [.short, .long], help: "Output .safetensors: cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
+    var output: String
+
+    func run() throws {
+        do {
+            let entries = try promptOptions.entries()
+            guard entries.count == 1, let e = entries.first else {
+                throw PipelineError("newbie encode takes one prompt; the input holds \(entries.count) (use newbie generate for batches)")
+            }
+            let options = try deviceOptions.stageOptions()
+            let paths = try models.paths()
+            let stage = try TextStage(paths: paths, options: options)
+            let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative,
+                                       systemPrompt: SystemPrompt.resolve(promptOptions.systemPrompt, prompt: e.prompt))
+            var md = enc.metadata
+            md.merge(GenerationMetadata.options(options)) { $1 }
+            md[MetadataKey.model(.gemma)] = paths.gemma
+            md[MetadataKey.model(.jina)] = paths.jina
+            try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
+            print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
+        } catch let e as PipelineError { throw ValidationError(e.message) }
+    }
+}
+
+/// `newbie denoise`: conditioning file -> latent file.
+struct DenoiseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "denoise",
+        abstract: "Stage 2: sample a latent with the DiT and guidance from a conditioning file (newbie encode).")
+
+    @Option(help: "Conditioning .safetensors written by newbie encode.")
+    var cond: String
+
+    @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var models: ModelOptions
+    @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var report: ReportOptions
+
+    @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors).")
+    var saveSteps: String?
+
+    @Option(name: [.short, .long], help: "Output .safetensors with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
+    var output: String
+
+    func run() throws {
+        do {
+            let (enc, inMeta) = try EncodedPrompt.read(cond)
+            let settings = try sampling.settings(seed: sampling.firstSeed())
+            let options = try deviceOptions.stageOptions()
+            let paths = try models.paths()
+            let progress = ProgressReporter(quiet: report.quiet)
+            let t0 = ProgressReporter.now()
+            let stage = try DenoiseStage(paths: paths, options: options)
+            progress.stage("load DiT", ProgressReporter.now() - t0)
+            if let d = saveSteps { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+            var saveError: Error? = nil
+            func save(_ name: String, _ tensors: [(String, Tensor)], _ md: [String: String]) {
+                guard let d = saveSteps, saveError == nil else { return }
+                do { try SafeTensorsWriter.write(tensors, metadata: md, to: URL(fileURLWithPath: d).appendingPathComponent(name)) }
+                catch { saveError = error }
+            }
+            let t1 = ProgressReporter.now()
+            let latent = try stage.run(enc, settings: settings, onStep: { s in
+                progress.step(s, image: 0, images: 1)
+                save(String(format: "step_%03d.safetensors", s.index), [("x", s.x)], ["from": "\(s.from)", "to": "\(s.to)"])
+            }, onEvaluation: { ev in
+                save(String(format: "eval_%03d.safetensors", ev.index), [("x", ev.x), ("velocity", ev.velocity)], ["t": "\(ev.t)"])
+            })
+            progress.stage("denoise", ProgressReporter.now() - t1)
+            if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
+            var md = inMeta.filter { $0.key.hasPrefix("newbie:") }
+            md.merge(GenerationMetadata.sampling(settings)) { $1 }
+            md.merge(GenerationMetadata.options(options)) { $1 }
+            md[MetadataKey.model(.dit)] = stage.path
+            try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
+            if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
+            if report.stats { progress.printStats(device: options.device) }
+        } catch let e as PipelineError { throw ValidationError(e.message) }
+    }
+}
+
+/// `newbie decode`: latent file -> PNG (the parameters carried into the text chunks).
+struct DecodeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Stage 3: decode a latent (newbie denoise) with the FLUX VAE into a PNG carrying its parameters.")
+
+    @Option(help: "Latent .safetensors written by newbie denoise (tensor \"latent\").")
+    var latent: String
+
+    @OptionGroup var models: ModelOptions
+
+    @Option(name: [.short, .long], help: "Output PNG.")
+    var output: String
+
+    func run() throws {
+        do {
+            let file: SafeTensorsFile
+            do { file = try SafeTensorsFile(path: latent) } catch { throw PipelineError("--latent \(latent): \(error)") }
+            guard file.names.contains("latent") else {
+                throw PipelineError("--latent \(latent): no tensor \"latent\" (holds \(file.names.prefix(6).joined(separator: ", "))); expected a file written by newbie denoise")
+            }
+            let x = try file.tensor("latent").to(.f32)
+            let paths = try models.paths()
+            let stage = try DecodeStage(paths: paths, options: StageOptions())
+            let image = try stage.run(x)
+            var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
+            md[MetadataKey.model(.vae)] = stage.path
+            try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
+            print("wrote \(output) (\(image.width)x\(image.height))")
+        } catch let e as PipelineError { throw ValidationError(e.message) }
+    }
+}

@@ -249,7 +249,7 @@ struct GenerateCommand: ParsableCommand {
     var output = "newbie-{seed}.png"
 
     func run() throws {
-        do { try generate() } catch let e as PipelineError { throw ValidationError(e.message) }
+        do { try generate() } catch let e as PipelineError { throw e }
     }
 
     func generate() throws {
@@ -317,7 +317,7 @@ struct MakeTinyModelCommand: ParsableCommand {
             throw ValidationError("cannot find Tests/Fixtures (the committed tokenizers); run from the repository root or give --fixtures PATH")
         }
         do { try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina) }
-        catch let e as PipelineError { throw ValidationError(e.message) }
+        catch let e as PipelineError { throw e }
         print("wrote a tiny random NewBie to \(dir) (transformer/, text_encoder/, clip_model/, vae/): random weights, the images mean nothing")
     }
 }

@@ -43,7 +43,7 @@ struct EncodeCommand: ParsableCommand {
             md[MetadataKey.model(.jina)] = paths.jina
             try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
             print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
-        } catch let e as PipelineError { throw ValidationError(e.message) }
+        } catch let e as PipelineError { throw e }
     }
 }
 
@@ -100,7 +100,7 @@ struct DenoiseCommand: ParsableCommand {
             try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
             if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
             if report.stats { progress.printStats(device: options.device) }
-        } catch let e as PipelineError { throw ValidationError(e.message) }
+        } catch let e as PipelineError { throw e }
     }
 }
 
@@ -133,6 +133,6 @@ struct DecodeCommand: ParsableCommand {
             md[MetadataKey.model(.vae)] = stage.path
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
             print("wrote \(output) (\(image.width)x\(image.height))")
-        } catch let e as PipelineError { throw ValidationError(e.message) }
+        } catch let e as PipelineError { throw e }
     }
 }

@@ -85,7 +85,7 @@ public enum GenerationMetadata {
 public enum Pipeline {
     public static func generate(_ requests: [GenerationRequest], paths: ModelPaths, options: StageOptions,
                                 extraMetadata: (GenerationRequest) -> [String: String] = { _ in [:] },
-                                events: PipelineEvents = PipelineEvents()) throws -> [String] {
+                                events: PipelineEvents = PipelineEvents(), tracer: PipelineTracer? = nil) throws -> [String] {
         guard !requests.isEmpty else { throw PipelineError("no prompt to generate") }
         for r in requests { try r.settings.validate() }
         // every part is checked before the first one is loaded, so a wrong slot fails at once
@@ -102,6 +102,7 @@ public enum Pipeline {
         var encoded: [EncodedPrompt] = []
         do {
             let text = try timed("load text encoders") { try TextStage(paths: paths, options: options) }
+            text.tracer = tracer
             var cache: [String: EncodedPrompt] = [:]
             try timed("encode") {
                 for r in requests {
@@ -119,6 +120,7 @@ public enum Pipeline {
         var latents: [Tensor] = []
         do {
             let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+            den.tracer = tracer
             for e in encoded { try den.check(e) }
             try timed("denoise") {
                 for (i, r) in requests.enumerated() {
@@ -129,6 +131,7 @@ public enum Pipeline {
 
         // 3. decoding and writing
         let dec = try timed("load VAE") { try DecodeStage(paths: paths, options: options) }
+        dec.tracer = tracer
         let ditChannels = latents.first?.shape[1] ?? 0
         guard ditChannels == dec.vae.config.latentChannels else {
             throw PipelineError("the DiT (--dit) makes \(ditChannels)-channel latents but the VAE (--vae) decodes \(dec.vae.config.latentChannels) channels: the VAE does not belong to this DiT")

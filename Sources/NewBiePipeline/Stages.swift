@@ -121,6 +121,8 @@ public final class TextStage {
     public let jina: JinaTextTower
     public let jinaTokenizer: UnigramTokenizer
     public let options: StageOptions
+    /// `--trace` / `--detect-overflow`: sees Gemma's features and Jina's vectors.
+    public var tracer: PipelineTracer?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         let g = try paths.require(.gemma), j = try paths.require(.jina)
@@ -147,6 +149,10 @@ public final class TextStage {
         let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
         let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
         let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
+        if let tr = tracer {
+            try tr.report("gemma.hidden_states[-2]", hidden)
+            try tr.report("jina.pooled", pooled)
+        }
         func branch(_ i: Int) -> DiTConditioning {
             // trimmed to the real tokens (padding is masked out by the DiT anyway)
             let n = max(1, gb.mask[i].reduce(0, +))
@@ -174,6 +180,8 @@ public struct ModelEvaluation {
 public final class DenoiseStage {
     public let dit: NextDiT
     public let path: String
+    /// `--trace` / `--detect-overflow`: sees every model call's input state and guided velocity.
+    public var tracer: PipelineTracer?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
@@ -213,9 +221,12 @@ public final class DenoiseStage {
         let cond = clip ? e.cond : DiTConditioning(capFeats: e.cond.capFeats, capMask: e.cond.capMask, clipPooled: nil)
         let uncond = clip ? e.uncond : DiTConditioning(capFeats: e.uncond.capFeats, capMask: e.uncond.capMask, clipPooled: nil)
         var evaluations = 0
+        let tracer = self.tracer
         let model: VelocityFunction = { [dit] x, t in
+            try tracer?.report("dit.input", step: evaluations, t: t, x)
             // the state stays on the CPU in Float32; the DiT moves what it needs to its device
             let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            try tracer?.report("dit.velocity", step: evaluations, t: t, v)
             onEvaluation?(ModelEvaluation(index: evaluations, t: t, x: x, velocity: v))
             evaluations += 1
             return v
@@ -231,6 +242,8 @@ public final class DecodeStage {
     public let vae: AutoencoderKL
     public let path: String
     public let tiling: VAETiling
+    /// `--trace` / `--detect-overflow`: sees the decoded image.
+    public var tracer: PipelineTracer?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.vae)
@@ -246,6 +259,7 @@ public final class DecodeStage {
             throw PipelineError("latent \(latent.shape) does not fit the VAE (--vae): expected [1, \(vae.config.latentChannels), h, w]")
         }
         let img = vae.decode(x, tiling: tiling)
+        try tracer?.report("vae.decoder", img)
         let v = img.toFloats()
         let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
         if bad > 0 { throw PipelineError("the VAE produced \(bad) non-finite values (NaN/Inf); the latent or the VAE weights are broken") }

@@ -149,6 +149,16 @@ struct ReportOptions: ParsableArguments {
 
     @Flag(help: "Report the time of each stage and the peak memory.")
     var stats = false
+
+    @Flag(help: "Print shape, min/max/mean and NaN/Inf counts of every stage output and every DiT call (input state and guided velocity) with its step.")
+    var trace = false
+
+    @Flag(name: .customLong("detect-overflow"), help: "Stop at the first non-finite tensor (NaN/Inf), naming the stage/module path, step and compute dtype.")
+    var detectOverflow = false
+
+    func tracer(_ options: StageOptions) -> PipelineTracer? {
+        trace || detectOverflow ? PipelineTracer(trace: trace, detectOverflow: detectOverflow, computeDType: options.dtype) : nil
+    }
 }
 
 /// A progress bar with steps/s and ETA when stderr is a terminal, one plain line per step
@@ -273,7 +283,7 @@ struct GenerateCommand: ParsableCommand {
         let progress = ProgressReporter(quiet: report.quiet)
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
             [MetadataKey.command: reproduceCommand(r, options: options)]
-        }, events: progress.events)
+        }, events: progress.events, tracer: report.tracer(options))
         if report.stats { progress.printStats(device: options.device) }
     }
 

@@ -76,6 +76,7 @@ struct DenoiseCommand: ParsableCommand {
             let progress = ProgressReporter(quiet: report.quiet)
             let t0 = ProgressReporter.now()
             let stage = try DenoiseStage(paths: paths, options: options)
+            stage.tracer = report.tracer(options)
             progress.stage("load DiT", ProgressReporter.now() - t0)
             if let d = saveSteps { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
             var saveError: Error? = nil

@@ -12,10 +12,13 @@ public struct GenerationRequest: Sendable {
     public var systemPrompt: String
     public var settings: SamplingSettings
     public var output: String
+    /// img2img: the PNG to start from (with `settings.strength` < 1).
+    public var initImage: String?
 
-    public init(prompt: String, negativePrompt: String = "", systemPrompt: String = "auto", settings: SamplingSettings, output: String) {
+    public init(prompt: String, negativePrompt: String = "", systemPrompt: String = "auto", settings: SamplingSettings, output: String,
+                initImage: String? = nil) {
         self.prompt = prompt; self.negativePrompt = negativePrompt; self.systemPrompt = systemPrompt
-        self.settings = settings; self.output = output
+        self.settings = settings; self.output = output; self.initImage = initImage
     }
 }
 
@@ -41,7 +44,7 @@ public enum GenerationMetadata {
         [MetadataKey.width: "\(s.width)", MetadataKey.height: "\(s.height)", MetadataKey.steps: "\(s.steps)",
          MetadataKey.sampler: s.sampler.rawValue, MetadataKey.shift: "\(s.shift)", MetadataKey.cfg: "\(s.cfg.scale)",
          MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
-         MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue]
+         MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue, MetadataKey.strength: "\(s.strength)"]
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
@@ -62,15 +65,18 @@ public enum GenerationMetadata {
               let ct = m[MetadataKey.cfgTrunc].flatMap(Float.init), let r = m[MetadataKey.renorm].flatMap(Float.init),
               let seed = m[MetadataKey.seed].flatMap(UInt64.init), let rng = m[MetadataKey.rng].flatMap(NoiseRNG.init(rawValue:))
         else { return nil }
-        return SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
-                                cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
+        var s = SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
+                                 cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
+        if let v = m[MetadataKey.strength].flatMap(Float.init) { s.strength = v }
+        return s
     }
 
     /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
     public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
                      MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
-                     MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.dtype,
+                     MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
+                     MetadataKey.initImage, MetadataKey.dtype,
                      MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
         for k in order { if let v = m[k] { out.append((k, v)) } }
@@ -96,6 +102,18 @@ public enum Pipeline {
             let r = try body()
             events.stageEnded?(stage, clock() - t0)
             return r
+        }
+
+        // 0. img2img init images
+        var initLatents: [Tensor?] = Array(repeating: nil, count: requests.count)
+        if requests.contains(where: { $0.settings.strength < 1 }) {
+            let enc = try timed("load VAE encoder") { try ImageEncodeStage(paths: paths, options: options) }
+            try timed("encode init images") {
+                for (i, r) in requests.enumerated() where r.settings.strength < 1 {
+                    guard let p = r.initImage else { throw PipelineError("--strength \(r.settings.strength) needs --init-image PATH") }
+                    initLatents[i] = try enc.run(png: p, width: r.settings.width, height: r.settings.height)
+                }
+            }
         }
 
         // 1. text (one encoding per distinct prompt triple)
@@ -124,7 +142,7 @@ public enum Pipeline {
             for e in encoded { try den.check(e) }
             try timed("denoise") {
                 for (i, r) in requests.enumerated() {
-                    latents.append(try den.run(encoded[i], settings: r.settings, onStep: { events.step?($0, i, requests.count) }))
+                    latents.append(try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) }))
                 }
             }
         }  // DiT released here
@@ -143,6 +161,7 @@ public enum Pipeline {
             md.merge(GenerationMetadata.sampling(r.settings)) { $1 }
             md.merge(GenerationMetadata.options(options)) { $1 }
             md.merge(GenerationMetadata.models(paths)) { $1 }
+            if r.settings.strength < 1, let p = r.initImage { md[MetadataKey.initImage] = p }
             md.merge(extraMetadata(r)) { $1 }
             try timed("write") {
                 try createParentFolder(r.output)

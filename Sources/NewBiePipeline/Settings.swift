@@ -40,6 +40,9 @@ public struct SamplingSettings: Sendable, Equatable {
     public var cfg: CFGOptions
     public var seed: UInt64
     public var rng: NoiseRNG
+    /// img2img (a design choice, spec 3.4): start at t0 = 1 - strength from the init latent mixed
+    /// with the noise, and integrate the rest of the grid. 1 = text-to-image.
+    public var strength: Float = 1
 
     public init(width: Int, height: Int, steps: Int, sampler: SamplerKind, shift: Float, cfg: CFGOptions,
                 seed: UInt64, rng: NoiseRNG) {
@@ -73,6 +76,10 @@ public struct SamplingSettings: Sendable, Equatable {
             throw PipelineError("--cfg-trunc \(cfg.truncation): must be a finite number >= 0 (guidance runs while t < cfg-trunc; 100 = always)")
         }
         guard cfg.renorm.isFinite, cfg.renorm >= 0 else { throw PipelineError("--renorm \(cfg.renorm): must be >= 0 (0 = off)") }
+        guard strength >= 0, strength <= 1 else { throw PipelineError("--strength \(strength): must be in [0, 1] (1 = all noise, text-to-image)") }
+        guard strength == 1 || sampler != .dpm else {
+            throw PipelineError("--strength \(strength) with --sampler dpm: img2img works with euler, midpoint and rk4 (on the shifted grid)")
+        }
     }
 
     /// The initial noise: `torch.manual_seed(seed); torch.randn([1, channels, H/8, W/8])` on the CPU
@@ -84,7 +91,18 @@ public struct SamplingSettings: Sendable, Equatable {
 
     /// The sampler over the official grid.
     public func makeSampler() throws -> FlowSampler {
-        do { return try sampler.make(steps: steps, shift: shift) } catch let e as SamplingError {
+        do {
+            if strength < 1 {
+                let grid = try FlowSchedule.img2imgGrid(points: steps, shift: shift, strength: strength)
+                switch sampler {
+                case .euler: return EulerSampler(grid: grid)
+                case .midpoint: return MidpointSampler(grid: grid)
+                case .rk4: return RK4Sampler(grid: grid)
+                case .dpm: throw PipelineError("img2img does not work with dpm")
+                }
+            }
+            return try sampler.make(steps: steps, shift: shift)
+        } catch let e as SamplingError {
             throw PipelineError("sampler \(sampler.rawValue), \(steps) steps, shift \(shift): \(e.message)")
         }
     }

@@ -89,6 +89,8 @@ public enum MetadataKey {
     public static let renorm = "newbie:renorm"
     public static let seed = "newbie:seed"
     public static let rng = "newbie:rng"
+    public static let strength = "newbie:strength"
+    public static let initImage = "newbie:init_image"
     public static let dtype = "newbie:dtype"
     public static let device = "newbie:device"
     public static let command = "newbie:command"
@@ -208,13 +210,20 @@ public final class DenoiseStage {
 
     /// Samples one latent [1, C, H/8, W/8] (Float32, CPU) from `settings.seed`'s noise (or
     /// `noise` when given). `onStep` sees every sampler step, `onEvaluation` every model call.
-    public func run(_ e: EncodedPrompt, settings: SamplingSettings, noise: Tensor? = nil,
+    public func run(_ e: EncodedPrompt, settings: SamplingSettings, noise: Tensor? = nil, initLatent: Tensor? = nil,
                     onStep: ((SamplerStep) -> Void)? = nil, onEvaluation: ((ModelEvaluation) -> Void)? = nil) throws -> Tensor {
         try settings.validate()
         try check(e)
-        let x0 = noise ?? settings.noise(channels: dit.config.inChannels)
-        guard x0.shape == [1, dit.config.inChannels, settings.height / 8, settings.width / 8] else {
-            throw PipelineError("initial noise \(x0.shape) does not fit [1, \(dit.config.inChannels), \(settings.height / 8), \(settings.width / 8)]")
+        let shape = [1, dit.config.inChannels, settings.height / 8, settings.width / 8]
+        let z = noise ?? settings.noise(channels: dit.config.inChannels)
+        guard z.shape == shape else { throw PipelineError("initial noise \(z.shape) does not fit \(shape)") }
+        var x0 = z
+        if settings.strength < 1 {
+            guard let data = initLatent else { throw PipelineError("--strength \(settings.strength) needs an init image (--init-image)") }
+            guard data.shape == shape else {
+                throw PipelineError("the init image's latent \(data.shape) does not fit \(shape) (--width \(settings.width) --height \(settings.height))")
+            }
+            x0 = try img2imgStart(data: data.to(.f32, device: .cpu), noise: z, strength: settings.strength)
         }
         let sampler = try settings.makeSampler()
         let clip = dit.config.clipTextDim != nil
@@ -232,6 +241,24 @@ public final class DenoiseStage {
             return v
         }
         return try sampler.sample(x0, model: model, onStep: onStep).to(device: .cpu)
+    }
+}
+
+/// img2img's first step: the FLUX VAE encoder, image -> NewBie latent ((mean - 0.1159) * 0.3611).
+public final class ImageEncodeStage {
+    public let vae: AutoencoderKL
+    public init(paths: ModelPaths, options: StageOptions) throws {
+        vae = try AutoencoderKL.load(path: try paths.require(.vae), dtype: options.dtype, parts: .encoder)
+    }
+
+    /// Reads a PNG of exactly `width` x `height` and encodes it.
+    public func run(png path: String, width: Int, height: Int) throws -> Tensor {
+        let d: PNG.Decoded
+        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(path): \(error)") }
+        guard d.image.width == width, d.image.height == height else {
+            throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
+        }
+        return vae.encode(d.image.tensor()).to(.f32)
     }
 }
 

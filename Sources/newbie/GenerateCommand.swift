@@ -83,11 +83,14 @@ struct SamplingOptions: ParsableArguments {
     var seed: Int64 = 0
     @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
     var rng = "torch"
+    @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image; a design choice, spec 3.4).")
+    var strength: Float = 1
 
     func settings(seed s: UInt64) throws -> SamplingSettings {
-        let st = SamplingSettings(width: width, height: height, steps: steps, sampler: try SamplerKind.parse(sampler), shift: shift,
+        var st = SamplingSettings(width: width, height: height, steps: steps, sampler: try SamplerKind.parse(sampler), shift: shift,
                                   cfg: CFGOptions(scale: cfg, truncation: cfgTrunc, renorm: renorm), seed: s,
                                   rng: try NoiseRNG.parse(rng))
+        st.strength = strength
         try st.validate()
         return st
     }
@@ -255,6 +258,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Images per prompt (seeds seed, seed+1, ...).")
     var count = 1
 
+    @Option(name: .customLong("init-image"), help: "img2img: a PNG of --width x --height to start from (with --strength below 1).")
+    var initImage: String?
+
     @Option(name: [.short, .long], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added.")
     var output = "newbie-{seed}.png"
 
@@ -264,6 +270,10 @@ struct GenerateCommand: ParsableCommand {
 
     func generate() throws {
         guard count >= 1 else { throw PipelineError("--count \(count): must be at least 1") }
+        if initImage != nil && sampling.strength >= 1 {
+            throw PipelineError("--init-image needs --strength below 1 (how much of the image is replaced by noise; e.g. 0.6)")
+        }
+        if initImage == nil && sampling.strength < 1 { throw PipelineError("--strength \(sampling.strength) needs --init-image PATH") }
         let entries = try promptOptions.entries()
         let first = sampling.firstSeed()
         var requests: [GenerationRequest] = []
@@ -272,7 +282,7 @@ struct GenerateCommand: ParsableCommand {
             for k in 0..<count {
                 let seed = (e.seed ?? first) &+ UInt64(k)
                 requests.append(GenerationRequest(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: promptOptions.systemPrompt,
-                                                  settings: try sampling.settings(seed: seed), output: ""))
+                                                  settings: try sampling.settings(seed: seed), output: "", initImage: initImage))
                 promptIndex.append(pi)
             }
         }
@@ -297,6 +307,7 @@ struct GenerateCommand: ParsableCommand {
         a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
               "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--dtype", options.dtype.description, "--device", "\(options.device)"]
+        if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
         return a.joined(separator: " ")
     }
 }

@@ -64,6 +64,9 @@ struct DenoiseCommand: ParsableCommand {
     @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors).")
     var saveSteps: String?
 
+    @Option(name: .customLong("init-latent"), help: "img2img (with --strength below 1): a .safetensors with \"latent\" (e.g. from newbie vae-encode).")
+    var initLatent: String?
+
     @Option(name: [.short, .long], help: "Output .safetensors with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
     var output: String
 
@@ -85,8 +88,15 @@ struct DenoiseCommand: ParsableCommand {
                 do { try SafeTensorsWriter.write(tensors, metadata: md, to: URL(fileURLWithPath: d).appendingPathComponent(name)) }
                 catch { saveError = error }
             }
+            var initial: Tensor? = nil
+            if let p = initLatent {
+                let f: SafeTensorsFile
+                do { f = try SafeTensorsFile(path: p) } catch { throw PipelineError("--init-latent \(p): \(error)") }
+                guard f.names.contains("latent") else { throw PipelineError("--init-latent \(p): no tensor \"latent\"") }
+                initial = try f.tensor("latent").to(.f32)
+            }
             let t1 = ProgressReporter.now()
-            let latent = try stage.run(enc, settings: settings, onStep: { s in
+            let latent = try stage.run(enc, settings: settings, initLatent: initial, onStep: { s in
                 progress.step(s, image: 0, images: 1)
                 save(String(format: "step_%03d.safetensors", s.index), [("x", s.x)], ["from": "\(s.from)", "to": "\(s.to)"])
             }, onEvaluation: { ev in

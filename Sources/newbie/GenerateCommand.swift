@@ -119,26 +119,8 @@ struct PromptOptions: ParsableArguments {
         if let p = prompt { out.append(Entry(prompt: p, negative: negativePrompt, seed: nil)) }
         if let f = promptFile {
             guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw PipelineError("--prompt-file \(f): cannot read it as UTF-8 text") }
-            let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
-                .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
-            if !lines.isEmpty && lines.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("{") }) {
-                for (i, line) in lines.enumerated() {
-                    guard let obj = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
-                          let p = obj["prompt"] as? String else {
-                        throw PipelineError("--prompt-file \(f), line \(i + 1): not a JSON object with a \"prompt\" string")
-                    }
-                    var seed: UInt64? = nil
-                    if let s = obj["seed"] {
-                        guard let n = s as? Int, n >= 0 else { throw PipelineError("--prompt-file \(f), line \(i + 1): \"seed\" must be an integer >= 0") }
-                        seed = UInt64(n)
-                    }
-                    out.append(Entry(prompt: p, negative: obj["negative_prompt"] as? String ?? negativePrompt, seed: seed))
-                }
-            } else if text.drop(while: { $0.isWhitespace }).hasPrefix("<") {
-                out.append(Entry(prompt: text.trimmingCharacters(in: .whitespacesAndNewlines), negative: negativePrompt, seed: nil))
-            } else {
-                out += lines.map { Entry(prompt: $0, negative: negativePrompt, seed: nil) }
-            }
+            out += try PromptList.parse(text, source: f, negativePrompt: negativePrompt)
+                .map { Entry(prompt: $0.prompt, negative: $0.negativePrompt, seed: $0.seed) }
         }
         guard !out.isEmpty else { throw PipelineError("no prompt: give the prompt text or --prompt-file PATH") }
         return out

@@ -230,8 +230,15 @@ public final class DenoiseStage {
         let cond = clip ? e.cond : DiTConditioning(capFeats: e.cond.capFeats, capMask: e.cond.capMask, clipPooled: nil)
         let uncond = clip ? e.uncond : DiTConditioning(capFeats: e.uncond.capFeats, capMask: e.uncond.capMask, clipPooled: nil)
         var evaluations = 0
+        var currentT: Float = 0
         let tracer = self.tracer
+        if let tr = tracer {
+            // module outputs inside the DiT (the guided batch: [cond | uncond] while guidance runs)
+            dit.moduleHook = { path, out in try tr.report("dit." + path, step: evaluations, t: currentT, out) }
+        }
+        defer { dit.moduleHook = nil }
         let model: VelocityFunction = { [dit] x, t in
+            currentT = t
             try tracer?.report("dit.input", step: evaluations, t: t, x)
             // the state stays on the CPU in Float32; the DiT moves what it needs to its device
             let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)

@@ -31,13 +31,22 @@ final class PipelineTraceTests: XCTestCase {
         let out = NSTemporaryDirectory() + "newbie-trace-\(getpid()).png"
         _ = try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings, output: out)],
                                   paths: try ModelPaths.resolve(root: Self.dir), options: StageOptions(), tracer: tracer)
+        let modules = ["dit.cap_embedder", "dit.x_embedder", "dit.context_refiner.0", "dit.noise_refiner.0", "dit.layers.0",
+                       "dit.layers.1", "dit.final_layer"]
+        let perCall = ["dit.input"] + modules + ["dit.velocity"]
         let paths = tracer.records.map(\.path)
-        XCTAssertEqual(paths, ["gemma.hidden_states[-2]", "jina.pooled", "dit.input", "dit.velocity", "dit.input", "dit.velocity", "vae.decoder"])
-        XCTAssertEqual(tracer.records.map(\.step), [nil, nil, 0, 0, 1, 1, nil])
+        XCTAssertEqual(paths, ["gemma.hidden_states[-2]", "jina.pooled"] + perCall + perCall + ["vae.decoder"])
+        XCTAssertEqual(tracer.records.map(\.step), [nil, nil] + Array(repeating: 0, count: perCall.count)
+                       + Array(repeating: 1, count: perCall.count) + [nil])
         XCTAssertTrue(tracer.records.allSatisfy { $0.summary.isFinite })
-        XCTAssertEqual(tracer.records[3].summary.shape, [1, 16, 4, 4])
-        XCTAssertEqual(lines.count, 7)
-        XCTAssertTrue(lines[3].hasPrefix("trace dit.velocity step 0 t=0.0000: [1, 16, 4, 4] min "), lines[3])
+        // step 0 (t = 0 < 0.25) runs the guided batch of 2, step 1 (t = 0.14) too; 4x4 latent = 4 tokens of 48
+        XCTAssertEqual(tracer.records[3].summary.shape.first, 2)
+        XCTAssertEqual(tracer.records[3].summary.shape.last, 48)
+        let velocity = tracer.records.firstIndex { $0.path == "dit.velocity" }!
+        XCTAssertEqual(tracer.records[velocity].summary.shape, [1, 16, 4, 4])
+        XCTAssertEqual(lines.count, paths.count)
+        XCTAssertTrue(lines[velocity].hasPrefix("trace dit.velocity step 0 t=0.0000: [1, 16, 4, 4] min "), lines[velocity])
+        XCTAssertTrue(lines[4].hasPrefix("trace dit.x_embedder step 0 t=0.0000: [2, 4, 48]"), lines[4])
     }
 
     func testDetectOverflowNamesPathStepAndDType() throws {
@@ -58,6 +67,7 @@ final class PipelineTraceTests: XCTestCase {
             XCTAssertEqual(o.summary.nanCount, 1)
             XCTAssertTrue(o.description.contains("dit.input at step 0"), o.description)
         }
+        XCTAssertNil(stage.dit.moduleHook, "the DiT hook is removed after the run")
         // without the detector the NaN runs through and the decoder refuses the result
         stage.tracer = nil
         let latent = try stage.run(e, settings: settings, noise: Tensor(noise, shape: [1, 16, 4, 4]))

@@ -15,6 +15,10 @@ public final class NextDiT: @unchecked Sendable {
     /// Where the weights live and the forward pass runs; inputs are moved here.
     public let device: Device
     let rope: RoPE3D
+    /// When set (`--trace`, `--detect-overflow`), `forward` hands it each module's output with its
+    /// path ("cap_embedder", "x_embedder", "context_refiner.0", "noise_refiner.0", "layers.N",
+    /// "final_layer"); an error it throws stops the forward. Nil costs nothing.
+    public var moduleHook: ((_ path: String, _ output: Tensor) throws -> Void)?
 
     struct Linear {
         let w: Tensor
@@ -182,8 +186,17 @@ public final class NextDiT: @unchecked Sendable {
         let (capRope, imgRope, jointRope) = try ropeTables(layout)
         let capKeyMask = capLens.allSatisfy({ $0 == l }) ? nil : NextDiT.prefixMask(capLens, length: l)
 
-        for blk in contextRefiner { cap = runBlock(blk, cap, mask: capKeyMask, rope: capRope, cSilu: nil) }
-        for blk in noiseRefiner { img = runBlock(blk, img, mask: nil, rope: imgRope, cSilu: cSilu) }
+        let hook = moduleHook
+        try hook?("cap_embedder", cap)
+        try hook?("x_embedder", img)
+        for (i, blk) in contextRefiner.enumerated() {
+            cap = runBlock(blk, cap, mask: capKeyMask, rope: capRope, cSilu: nil)
+            try hook?("context_refiner.\(i)", cap)
+        }
+        for (i, blk) in noiseRefiner.enumerated() {
+            img = runBlock(blk, img, mask: nil, rope: imgRope, cSilu: cSilu)
+            try hook?("noise_refiner.\(i)", img)
+        }
 
         // joint sequence [cap_i real tokens | image | zero padding]
         let s = layout.maxSeq
@@ -197,12 +210,16 @@ public final class NextDiT: @unchecked Sendable {
         var hs = Tensor.concat(rows, axis: 0)
         let jointMask = Set(layout.seqLens).count == 1 ? nil : NextDiT.prefixMask(layout.seqLens, length: s)
 
-        for blk in layers { hs = runBlock(blk, hs, mask: jointMask, rope: jointRope, cSilu: cSilu) }
+        for (i, blk) in layers.enumerated() {
+            hs = runBlock(blk, hs, mask: jointMask, rope: jointRope, cSilu: cSilu)
+            try hook?("layers.\(i)", hs)
+        }
 
         // 7: final layer
         let scale = finalAdaLN(cSilu) + 1
         hs = hs.layerNorm(weight: nil, bias: nil, eps: cfg.finalNormEps) * scale.unsqueeze(1)
         hs = finalLinear(hs)
+        try hook?("final_layer", hs)
 
         // 8: unpatchify
         var outs: [Tensor] = []

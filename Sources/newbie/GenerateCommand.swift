@@ -79,8 +79,8 @@ struct SamplingOptions: ParsableArguments {
     var cfgTrunc: Float = 0.25
     @Option(help: "Guidance renormalisation: cap ||v|| at this times ||v_cond|| (official sample.sh: 1); 0 = off.")
     var renorm: Float = 0
-    @Option(help: "Seed of the initial noise; -1 picks one at random (it is recorded in the PNG).")
-    var seed: Int64 = 0
+    @Option(help: "Seed of the initial noise (an integer >= 0), or random (the seed picked is recorded in the PNG).")
+    var seed = "0"
     @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
     var rng = "torch"
     @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image; a design choice, spec 3.4).")
@@ -95,7 +95,11 @@ struct SamplingOptions: ParsableArguments {
         return st
     }
 
-    func firstSeed() -> UInt64 { seed < 0 ? UInt64(UInt32.random(in: 0...UInt32.max)) : UInt64(seed) }
+    func firstSeed() throws -> UInt64 {
+        if seed == "random" { return UInt64(UInt32.random(in: 0...UInt32.max)) }
+        guard let s = UInt64(seed) else { throw PipelineError("--seed \(seed): use an integer >= 0 or random") }
+        return s
+    }
 }
 
 /// Prompt, negative prompt, system prompt.
@@ -257,7 +261,7 @@ struct GenerateCommand: ParsableCommand {
         }
         if initImage == nil && sampling.strength < 1 { throw PipelineError("--strength \(sampling.strength) needs --init-image PATH") }
         let entries = try promptOptions.entries()
-        let first = sampling.firstSeed()
+        let first = try sampling.firstSeed()
         var requests: [GenerationRequest] = []
         var promptIndex: [Int] = []
         for (pi, e) in entries.enumerated() {

@@ -73,7 +73,7 @@ struct DenoiseCommand: ParsableCommand {
     func run() throws {
         do {
             let (enc, inMeta) = try EncodedPrompt.read(cond)
-            let settings = try sampling.settings(seed: sampling.firstSeed())
+            let settings = try sampling.settings(seed: try sampling.firstSeed())
             let options = try deviceOptions.stageOptions()
             let paths = try models.paths()
             let progress = ProgressReporter(quiet: report.quiet)

@@ -1,4 +1,5 @@
 import Foundation
+import NewBieText
 
 /// The prompts of a `--prompt-file`: JSON lines (`{"prompt": ..., "negative_prompt": ..., "seed": ...}`)
 /// when every non-empty line starts with `{`; one XML prompt (the whole file, newlines kept) when
@@ -39,5 +40,14 @@ public enum PromptList {
             return [Entry(prompt: text.trimmingCharacters(in: .whitespacesAndNewlines), negativePrompt: negativePrompt)]
         }
         return lines.map { Entry(prompt: $0, negativePrompt: negativePrompt) }
+    }
+}
+
+extension PromptList {
+    /// Problems of an XML prompt (one starting with `<`), with line and column; none for plain
+    /// prompts. The prompt is passed to the encoders as written either way (spec 7: raw text).
+    public static func xmlIssues(_ prompt: String) -> [PromptIssue] {
+        guard prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") else { return [] }
+        return PromptDocument(parsing: prompt).issues
     }
 }

@@ -261,6 +261,13 @@ struct GenerateCommand: ParsableCommand {
         }
         if initImage == nil && sampling.strength < 1 { throw PipelineError("--strength \(sampling.strength) needs --init-image PATH") }
         let entries = try promptOptions.entries()
+        if !report.quiet {
+            for (i, e) in entries.enumerated() {
+                for issue in PromptList.xmlIssues(e.prompt) {
+                    FileHandle.standardError.write(Data("prompt \(i + 1): \(issue) (the prompt is used as written)\n".utf8))
+                }
+            }
+        }
         let first = try sampling.firstSeed()
         var requests: [GenerationRequest] = []
         var promptIndex: [Int] = []

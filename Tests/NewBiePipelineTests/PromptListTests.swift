@@ -1,5 +1,6 @@
 import XCTest
 @testable import NewBiePipeline
+import NewBieText
 
 final class PromptListTests: XCTestCase {
     func testJSONLines() throws {
@@ -26,5 +27,16 @@ final class PromptListTests: XCTestCase {
         XCTAssertThrowsError(try PromptList.parse("{broken", source: "p.jsonl", negativePrompt: "")) {
             XCTAssertTrue("\($0)".contains("line 1"), "\($0)")
         }
+    }
+}
+
+final class PromptXMLIssueTests: XCTestCase {
+    func testXMLPromptsAreCheckedPlainOnesAreNot() {
+        XCTAssertEqual(PromptList.xmlIssues("1girl, <lora> red eyes").count, 0)
+        XCTAssertEqual(PromptList.xmlIssues("<character_1>\n<gender>1girl</gender>\n</character_1>").filter { $0.severity == .error }.count, 0)
+        let bad = PromptList.xmlIssues("<character_1>\n  <gender>1girl</gender>\n")
+        XCTAssertFalse(bad.isEmpty)
+        XCTAssertEqual(bad.first?.kind, .unclosedTag)
+        XCTAssertEqual(bad.first?.position.line, 1)
     }
 }

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
+import NewBiePipeline
 import NewBieWeights
 
-/// `newbie inspect PATH`: what a checkpoint holds (format, counts, dtypes, tensor table).
+/// `newbie inspect PATH`: what a checkpoint holds (format, counts, dtypes, tensor table) and which
+/// of NewBie's models it is, in which naming, with which configuration.
 /// Accepts a .safetensors file, a *.safetensors.index.json, or a folder holding either.
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,7 +24,12 @@ struct InspectCommand: ParsableCommand {
         // Errors (WeightsError) name the file and tensor at fault; ArgumentParser prints them.
         let source = try openWeights(path: path)
         let summary = WeightsSummary(path: path, source: source, filter: filter)
-        // Model detection (which model, which config) will be added here, from the summary.
-        print(json ? try summary.json() : summary.text(), terminator: json ? "\n" : "")
+        let model = ModelDescription.describe(path: path, source: source)
+        if json {
+            print(try summary.json())
+        } else {
+            print(model.joined(separator: "\n"))
+            print(summary.text(), terminator: "")
+        }
     }
 }

@@ -50,6 +50,7 @@ let package = Package(
         .testTarget(name: "NewBieTextTests", dependencies: ["NewBieText", "NewBieTestSupport"]),
         .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
         .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]

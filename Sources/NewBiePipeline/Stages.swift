@@ -148,9 +148,21 @@ public final class TextStage {
     public func encode(prompt: String, negativePrompt: String = "", systemPrompt: String) throws -> EncodedPrompt {
         let gemmaInputs = [prompt.isEmpty ? "" : systemPrompt + prompt, negativePrompt]
         let gb = gemmaTokenizer.encodeBatch(gemmaInputs, maxLength: options.gemmaMaxLength, padToMultipleOf: 8)
+        // module-level tracing inside both encoders; Jina's forward cannot throw, so its first
+        // tracer error is kept and thrown once the forward returns
+        var jinaTraceError: Error? = nil
+        if let tr = tracer {
+            gemma.moduleHook = { path, out in try tr.report("gemma." + path, out) }
+            jina.moduleHook = { path, out in
+                guard jinaTraceError == nil else { return }
+                do { try tr.report("jina." + path, out) } catch { jinaTraceError = error }
+            }
+        }
+        defer { gemma.moduleHook = nil; jina.moduleHook = nil }
         let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
         let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
         let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
+        if let e = jinaTraceError { throw e }
         if let tr = tracer {
             try tr.report("gemma.hidden_states[-2]", hidden)
             try tr.report("jina.pooled", pooled)
@@ -276,7 +288,7 @@ public final class DecodeStage {
     public let vae: AutoencoderKL
     public let path: String
     public let tiling: VAETiling
-    /// `--trace` / `--detect-overflow`: sees the decoded image.
+    /// `--trace` / `--detect-overflow`: sees each decoder module (untiled decoding) and the image.
     public var tracer: PipelineTracer?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
@@ -292,7 +304,16 @@ public final class DecodeStage {
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == vae.config.latentChannels else {
             throw PipelineError("latent \(latent.shape) does not fit the VAE (--vae): expected [1, \(vae.config.latentChannels), h, w]")
         }
+        var traceError: Error? = nil
+        if let tr = tracer {
+            vae.moduleHook = { path, out in
+                guard traceError == nil else { return }
+                do { try tr.report("vae." + path, out) } catch { traceError = error }
+            }
+        }
+        defer { vae.moduleHook = nil }
         let img = vae.decode(x, tiling: tiling)
+        if let e = traceError { throw e }
         try tracer?.report("vae.decoder", img)
         let v = img.toFloats()
         let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }

@@ -35,18 +35,26 @@ final class PipelineTraceTests: XCTestCase {
                        "dit.layers.1", "dit.final_layer"]
         let perCall = ["dit.input"] + modules + ["dit.velocity"]
         let paths = tracer.records.map(\.path)
-        XCTAssertEqual(paths, ["gemma.hidden_states[-2]", "jina.pooled"] + perCall + perCall + ["vae.decoder"])
-        XCTAssertEqual(tracer.records.map(\.step), [nil, nil] + Array(repeating: 0, count: perCall.count)
-                       + Array(repeating: 1, count: perCall.count) + [nil])
+        // the tiny model: Gemma with 3 layers (hidden_states[-2] runs 2 of them, no final norm),
+        // Jina with 2, a VAE with 4 up levels
+        let text = ["gemma.embed_tokens", "gemma.layers.0", "gemma.layers.1", "jina.embeddings", "jina.layers.0", "jina.layers.1",
+                    "gemma.hidden_states[-2]", "jina.pooled"]
+        let vae = ["vae.decoder.conv_in", "vae.decoder.mid_block"] + (0..<4).map { "vae.decoder.up_blocks.\($0)" }
+            + ["vae.decoder.conv_norm_out", "vae.decoder.conv_out", "vae.decoder"]
+        XCTAssertEqual(paths, text + perCall + perCall + vae)
+        XCTAssertEqual(tracer.records.map(\.step), [Int?](repeating: nil, count: text.count) + Array(repeating: 0, count: perCall.count)
+                       + Array(repeating: 1, count: perCall.count) + [Int?](repeating: nil, count: vae.count))
         XCTAssertTrue(tracer.records.allSatisfy { $0.summary.isFinite })
         // step 0 (t = 0 < 0.25) runs the guided batch of 2, step 1 (t = 0.14) too; 4x4 latent = 4 tokens of 48
-        XCTAssertEqual(tracer.records[3].summary.shape.first, 2)
-        XCTAssertEqual(tracer.records[3].summary.shape.last, 48)
+        let firstDiT = text.count + 1  // dit.cap_embedder of step 0
+        XCTAssertEqual(tracer.records[firstDiT].summary.shape.first, 2)
+        XCTAssertEqual(tracer.records[firstDiT].summary.shape.last, 48)
         let velocity = tracer.records.firstIndex { $0.path == "dit.velocity" }!
         XCTAssertEqual(tracer.records[velocity].summary.shape, [1, 16, 4, 4])
         XCTAssertEqual(lines.count, paths.count)
         XCTAssertTrue(lines[velocity].hasPrefix("trace dit.velocity step 0 t=0.0000: [1, 16, 4, 4] min "), lines[velocity])
-        XCTAssertTrue(lines[4].hasPrefix("trace dit.x_embedder step 0 t=0.0000: [2, 4, 48]"), lines[4])
+        XCTAssertTrue(lines[firstDiT + 1].hasPrefix("trace dit.x_embedder step 0 t=0.0000: [2, 4, 48]"), lines[firstDiT + 1])
+        XCTAssertTrue(lines[1].hasPrefix("trace gemma.layers.0: [2, "), lines[1])
     }
 
     func testDetectOverflowNamesPathStepAndDType() throws {

@@ -126,6 +126,24 @@ public struct VAEDecoder {
         upper(lower(z))
     }
 
+    /// The same decoder, reporting each module's output to `hook` (for tracing).
+    func callAsFunction(_ z: Tensor, hook: (_ path: String, _ output: Tensor) -> Void) -> Tensor {
+        var h = convIn(z.to(dtype))
+        hook("decoder.conv_in", h)
+        h = mid(h)
+        hook("decoder.mid_block", h)
+        for (j, level) in up.enumerated() {
+            for r in level.resnets { h = r(h, nil) }
+            if let u = level.upsample { h = u(h.upsampleNearest2x()) }
+            hook("decoder.up_blocks.\(j)", h)
+        }
+        h = normOut(h, nil).silu()
+        hook("decoder.conv_norm_out", h)
+        h = convOut(h)
+        hook("decoder.conv_out", h)
+        return h
+    }
+
     /// conv_in and the mid block (with its global attention), at latent resolution.
     func lower(_ z: Tensor) -> Tensor {
         mid(convIn(z.to(dtype)))
@@ -186,6 +204,10 @@ public struct VAEEncoder {
 
 /// The FLUX VAE with NewBie's latent scaling.
 public final class AutoencoderKL {
+    /// Called with each decoder module's output during an untiled decode ("decoder.conv_in",
+    /// "decoder.mid_block", "decoder.up_blocks.N", "decoder.conv_norm_out", "decoder.conv_out"),
+    /// for tracing; tiled decoding reports nothing here. Nil costs nothing.
+    public var moduleHook: ((_ path: String, _ output: Tensor) -> Void)?
     public let config: VAEConfig
     public let dtype: DType
     public let decoder: VAEDecoder?
@@ -270,6 +292,7 @@ public final class AutoencoderKL {
     /// VAE latent (already unscaled) -> image in about [-1, 1], in the compute dtype.
     public func decodeRaw(_ z: Tensor) -> Tensor {
         checkLatent(z)
+        if let hook = moduleHook { return requireDecoder()(z, hook: hook) }
         return requireDecoder()(z)
     }
 

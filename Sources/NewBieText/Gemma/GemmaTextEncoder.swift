@@ -11,6 +11,9 @@ import NewBieWeights
 /// in the model dtype (cos/sin cast to bf16, three roundings) and rounds q.k before the softmax;
 /// here RoPE and attention round once, a difference well inside the bf16 tolerance.
 public final class GemmaTextEncoder: @unchecked Sendable {
+    /// Called with each module's output during a forward ("embed_tokens", "layers.N", "norm"), for
+    /// tracing; an error it throws stops the forward. Nil costs nothing.
+    public var moduleHook: ((_ path: String, _ output: Tensor) throws -> Void)?
     public let config: Gemma3TextConfig
     /// Compute (activation) dtype: f32, bf16 or f16.
     public let dtype: DType
@@ -185,6 +188,8 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let (b, l) = (ids.shape[0], ids.shape[1])
         if let m = mask { precondition(m.shape == [b, l], "mask \(m.shape) does not match ids \(ids.shape)") }
         var h = try embed(ids)
+        let hook = moduleHook
+        try hook?("embed_tokens", h)
         if layers.isEmpty && finalNorm == nil { return h }
         let keyMask = mask?.to(device: device)
         let local = ropeTables(length: l, theta: config.ropeThetaLocal, factor: config.ropeScalingLocal)
@@ -192,7 +197,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let (hq, hkv, d) = (config.numAttentionHeads, config.numKeyValueHeads, config.headDim)
         let eps = config.rmsNormEps
         let scale = 1 / config.queryPreAttnScalar.squareRoot()
-        for layer in layers {
+        for (index, layer) in layers.enumerated() {
             let x = h.rmsNorm(weight: layer.inputNorm, eps: eps, style: .gemmaOnePlusWeight)
             var q = x.linear(layer.q).reshape([b, l, hq, d]).rmsNorm(weight: layer.qNorm, eps: eps, style: .gemmaOnePlusWeight)
             var k = x.linear(layer.k).reshape([b, l, hkv, d]).rmsNorm(weight: layer.kNorm, eps: eps, style: .gemmaOnePlusWeight)
@@ -208,8 +213,12 @@ public final class GemmaTextEncoder: @unchecked Sendable {
             let y = h.rmsNorm(weight: layer.preFFNorm, eps: eps, style: .gemmaOnePlusWeight)
             let mlp = (y.linear(layer.gate).gelu(approximate: true) * y.linear(layer.up)).linear(layer.down)
             h = h + mlp.rmsNorm(weight: layer.postFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+            try hook?("layers.\(index)", h)
         }
-        if let n = finalNorm { h = h.rmsNorm(weight: n, eps: eps, style: .gemmaOnePlusWeight) }
+        if let n = finalNorm {
+            h = h.rmsNorm(weight: n, eps: eps, style: .gemmaOnePlusWeight)
+            try hook?("norm", h)
+        }
         return h
     }
 

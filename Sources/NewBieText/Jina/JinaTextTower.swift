@@ -6,6 +6,9 @@ import NewBieWeights
 /// retrieval.query LoRA merged at load, mean pooling over real tokens. `pooled(ids:)` returns the
 /// (B, hidden) vector NewBie feeds to `clip_text_pooled_proj` (no projection, no normalisation).
 public final class JinaTextTower: @unchecked Sendable {
+    /// Called with each module's output during a forward ("embeddings", "layers.N"), for tracing.
+    /// Nil costs nothing.
+    public var moduleHook: ((_ path: String, _ output: Tensor) -> Void)?
     public let config: JinaConfig
     public let dtype: DType
     public let layout: JinaLayout
@@ -111,9 +114,12 @@ public final class JinaTextTower: @unchecked Sendable {
         let (h, nh, d) = (config.hidden, config.heads, config.headDim)
         var x = wordEmbeddings.embedding(idT) + tokenType0
         x = x.layerNorm(weight: embLNw, bias: embLNb, eps: config.layerNormEps)
+        let hook = moduleHook
+        hook?("embeddings", x)
         let (cos, sin) = ropeTables(l)
         let opts = AttentionOptions(scale: 1 / Float(d).squareRoot(), keyPaddingMask: keep)
-        for layer in layers {
+        for (index, layer) in layers.enumerated() {
+            defer { hook?("layers.\(index)", x) }
             let qkv = x.linear(layer.wqkv, bias: layer.bqkv).reshape([b, l, 3, nh, d])
             let q = qkv.select(2, 0).rope(cos: cos, sin: sin, layout: .rotateHalf)
             let k = qkv.select(2, 1).rope(cos: cos, sin: sin, layout: .rotateHalf)

@@ -158,21 +158,8 @@ struct BenchCommand: ParsableCommand {
         let cuda = try CUDABackend.load()
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         let config = NextDiTConfig.newBieExp01
-        let specs = Dictionary(uniqueKeysWithValues: config.expectedTensors().map { ($0.name, $0.shape) })
-        var rng = SplitMix(seed: 7)
-        let pool = (0..<(1 << 24)).map { _ in rng.uniform() }
-        var cursor = 0
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0)) { name in
-            guard let shape = specs[name] else { throw ValidationError("no shape for \(name)") }
-            let n = shape.reduce(1, *)
-            let scale: Float = name.contains("norm") ? 0.1 : (name.hasSuffix(".bias") ? 0.01 : 0.02)
-            let shift: Float = name.contains("norm") ? 1 : 0
-            var v = [Float](repeating: 0, count: n)
-            for i in 0..<n { v[i] = pool[(cursor + i) & ((1 << 24) - 1)] * scale + shift }
-            cursor = (cursor + n * 7919) & ((1 << 24) - 1)
-            return Tensor(v, shape: shape, dtype: dt)
-        }
+        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0), tensor: randomDiTWeights(config, seed: 7))
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes

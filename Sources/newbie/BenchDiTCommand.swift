@@ -58,15 +58,7 @@ struct BenchDiTCommand: ParsableCommand {
         print(String(format: "  raw sgemm %dx%dx%d before: %.1f GFLOP/s", m, n, k, before))
 
         // random weights (norm weights around 1, linear weights ~ 1/sqrt(fan_in))
-        var wr = SplitMix(seed: 2)
-        let shapes = Dictionary(uniqueKeysWithValues: cfg.expectedTensors().map { ($0.name, $0.shape) })
-        let model = try NextDiT(config: cfg, dtype: dt) { name in
-            let s = shapes[name]!
-            let count = s.reduce(1, *)
-            let isNorm = s.count == 1 && !name.hasSuffix(".bias")
-            let scale: Float = s.count == 2 ? 1 / Float(s[1]).squareRoot() : 0.1
-            return Tensor((0..<count).map { _ in isNorm ? 1 + 0.1 * wr.uniform() : scale * wr.uniform() }, shape: s)
-        }
+        let model = try NextDiT(config: cfg, dtype: dt, tensor: randomDiTWeights(cfg, seed: 2))
         var ir = SplitMix(seed: 3)
         let x = Tensor((0..<(batch * 16 * latent * latent)).map { _ in ir.uniform() }, shape: [batch, 16, latent, latent])
         let cap = Tensor((0..<(batch * caption * cfg.capFeatDim)).map { _ in ir.uniform() }, shape: [batch, caption, cfg.capFeatDim])
@@ -90,5 +82,18 @@ struct BenchDiTCommand: ParsableCommand {
         print(String(format: "  raw sgemm %dx%dx%d after: %.1f GFLOP/s; ceiling (mean) %.1f GFLOP/s", m, n, k, after, ceiling))
         print(String(format: "  forward: %.3f s (median of %d), %.1f GFLOP, %.1f GFLOP/s = %.0f%% of the sgemm ceiling%@",
                      tf, repeats, flops / 1e9, rate, 100 * rate / ceiling, finite ? "" : " (NON-FINITE OUTPUT)"))
+    }
+}
+
+/// Random weights for a NextDiT, by internal name: norm weights around 1, linear weights uniform
+/// with scale 1/sqrt(fan_in), other vectors (biases) small. Shared by both DiT benchmarks.
+func randomDiTWeights(_ cfg: NextDiTConfig, seed: UInt64) -> (String) throws -> Tensor {
+    var rng = SplitMix(seed: seed)
+    let shapes = Dictionary(uniqueKeysWithValues: cfg.expectedTensors().map { ($0.name, $0.shape) })
+    return { name in
+        guard let s = shapes[name] else { throw ValidationError("no tensor \(name) in this NextDiT") }
+        let isNorm = s.count == 1 && !name.hasSuffix(".bias")
+        let scale: Float = s.count == 2 ? 1 / Float(s[1]).squareRoot() : 0.1
+        return Tensor((0..<s.reduce(1, *)).map { _ in isNorm ? 1 + 0.1 * rng.uniform() : scale * rng.uniform() }, shape: s)
     }
 }

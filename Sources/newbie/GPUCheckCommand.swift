@@ -34,7 +34,7 @@ struct GPUCheckCommand: ParsableCommand {
         func check(_ name: String, _ dt: DType, _ body: (Device) -> Tensor) {
             let cpu = body(.cpu)
             let gpu = body(.cuda(0))
-            let err = relativeError(gpu.to(device: .cpu).toFloats(), cpu.toFloats())
+            let err = Numerics.relativeL2(gpu.to(device: .cpu).toFloats(), cpu.toFloats())
             let tol = dt == .f32 ? 1e-5 : 1e-2
             if !(err <= tol) || gpu.shape != cpu.shape { failures += 1 }
             rows.append((name, dt.rawValue, err, tol))
@@ -135,16 +135,4 @@ struct GPUCheckCommand: ParsableCommand {
         print("\(rows.count - failures) passed, \(failures) failed")
         if failures > 0 { throw ExitCode(1) }
     }
-}
-
-/// ||a - b|| / ||b|| in Double; NaN anywhere gives infinity.
-func relativeError(_ a: [Float], _ b: [Float]) -> Double {
-    guard a.count == b.count else { return .infinity }
-    var num = 0.0, den = 0.0
-    for i in 0..<a.count {
-        let x = Double(a[i]), y = Double(b[i])
-        if x.isNaN || y.isNaN { return .infinity }
-        num += (x - y) * (x - y); den += y * y
-    }
-    return den == 0 ? (num == 0 ? 0 : .infinity) : (num / den).squareRoot()
 }

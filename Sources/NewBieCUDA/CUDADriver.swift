@@ -67,6 +67,12 @@ final class CUDADriver: @unchecked Sendable {
     typealias FEventDestroy = @convention(c) (OpaquePointer?) -> CUresult
     typealias FGetErrorString = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
     typealias FMemGetInfo = @convention(c) (UnsafeMutablePointer<Int>, UnsafeMutablePointer<Int>) -> CUresult
+    // CUDA graphs (stream capture)
+    typealias FStreamBeginCapture = @convention(c) (OpaquePointer?, Int32) -> CUresult
+    typealias FStreamEndCapture = @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>) -> CUresult
+    typealias FGraphInstantiate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, OpaquePointer?, UInt64) -> CUresult
+    typealias FGraphLaunch = @convention(c) (OpaquePointer?, OpaquePointer?) -> CUresult
+    typealias FGraphDestroy = @convention(c) (OpaquePointer?) -> CUresult
 
     let lib: DynamicLibrary
     let cuInit: FInit
@@ -97,6 +103,12 @@ final class CUDADriver: @unchecked Sendable {
     let cuEventDestroy: FEventDestroy
     let cuGetErrorString: FGetErrorString
     let cuMemGetInfo: FMemGetInfo
+    let cuStreamBeginCapture: FStreamBeginCapture
+    let cuStreamEndCapture: FStreamEndCapture
+    let cuGraphInstantiateWithFlags: FGraphInstantiate
+    let cuGraphLaunch: FGraphLaunch
+    let cuGraphExecDestroy: FGraphDestroy
+    let cuGraphDestroy: FGraphDestroy
 
     init() throws {
         lib = try DynamicLibrary(["libcuda.so.1", "libcuda.so"])
@@ -126,6 +138,12 @@ final class CUDADriver: @unchecked Sendable {
         cuEventSynchronize = try lib.symbol("cuEventSynchronize", as: FEventSynchronize.self)
         cuEventElapsedTime = try lib.symbol(["cuEventElapsedTime_v2", "cuEventElapsedTime"], as: FEventElapsedTime.self)
         cuEventDestroy = try lib.symbol("cuEventDestroy_v2", as: FEventDestroy.self)
+        cuStreamBeginCapture = try lib.symbol(["cuStreamBeginCapture_v2", "cuStreamBeginCapture"], as: FStreamBeginCapture.self)
+        cuStreamEndCapture = try lib.symbol("cuStreamEndCapture", as: FStreamEndCapture.self)
+        cuGraphInstantiateWithFlags = try lib.symbol("cuGraphInstantiateWithFlags", as: FGraphInstantiate.self)
+        cuGraphLaunch = try lib.symbol("cuGraphLaunch", as: FGraphLaunch.self)
+        cuGraphExecDestroy = try lib.symbol("cuGraphExecDestroy", as: FGraphDestroy.self)
+        cuGraphDestroy = try lib.symbol("cuGraphDestroy", as: FGraphDestroy.self)
         cuGetErrorString = try lib.symbol("cuGetErrorString", as: FGetErrorString.self)
         cuMemGetInfo = try lib.symbol("cuMemGetInfo_v2", as: FMemGetInfo.self)
     }

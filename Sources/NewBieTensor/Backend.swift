@@ -68,9 +68,24 @@ public protocol Backend: AnyObject, Sendable {
     /// [B, L, Hkv, D], with per-head RMSNorm (`roundThenWeight`) and RoPE applied to q and k.
     func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
                      cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor)
+
+    // MARK: recorded work
+
+    /// Records the device work `body` queues, without running it, so that it can be replayed on the
+    /// same buffers (CUDA graphs); nil where the backend cannot (the CPU). `body` must only queue
+    /// device work: no upload of data that changes between replays, no download, no wait. The
+    /// returned output tensor is rewritten by each replay.
+    func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)?
+}
+
+/// Device work recorded once by `Backend.record` and queued again by `replay()`.
+public protocol RecordedWork: AnyObject {
+    func replay()
 }
 
 extension Backend {
+    public func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? { nil }
+
     public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
         let h = x.rmsNorm(weight: weight, eps: eps)
         guard let s = scale else { return h }
@@ -114,6 +129,7 @@ public func formatBytes(_ n: Int) -> String {
 
 public enum UnaryOp: Sendable, Equatable {
     case neg, abs, square, sqrt, rsqrt, exp, log, tanh, sigmoid, relu
+    case sin, cos
     case silu
     case geluTanh   // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
     case geluErf    // 0.5 x (1 + erf(x / sqrt(2)))

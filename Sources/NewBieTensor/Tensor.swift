@@ -163,6 +163,14 @@ public struct Tensor: @unchecked Sendable, CustomStringConvertible {
         target == device ? to(dtype) : to(device: target).to(dtype)
     }
 
+    /// Overwrites this tensor's elements with `src`'s (same shape; converted to this dtype and moved
+    /// from its device). For buffers that must keep their address, such as the inputs of recorded
+    /// device work (`Backend.record`).
+    public func assign(_ src: Tensor) {
+        precondition(src.shape == shape, "assign: \(src.shape) into \(shape)")
+        backend.copy(src.device == device ? src : src.to(device: device), into: self)
+    }
+
     // MARK: - views
 
     /// Same data, new shape; one dimension may be -1. Copies only when the data is not contiguous.

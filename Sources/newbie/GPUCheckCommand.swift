@@ -1,11 +1,15 @@
 import ArgumentParser
 import Foundation
 import NewBieCUDA
+import NewBieDiffusion
+import NewBiePipeline
 import NewBieTensor
 
 /// `newbie gpu-check`: every op of the backend protocol on the GPU against the CPU backend, on
 /// fresh random inputs, in fp32, bf16 and fp16. GPU outputs start as NaN (poisoned allocations),
-/// so an element a kernel does not write fails the check. Prints a table; exits non-zero on any failure.
+/// so an element a kernel does not write fails the check. Then every model of the pipeline (the tiny
+/// random NewBie: both text encoders, the DiT through two guided sampler steps, the VAE decoder) runs
+/// on the CPU and on the GPU from the same files. Prints a table; exits non-zero on any failure.
 struct GPUCheckCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gpu-check",
@@ -47,7 +51,7 @@ struct GPUCheckCommand: ParsableCommand {
             check("cast to f32", dt) { d in g(x, d).to(.f32) }
             check("cast from f32", dt) { d in g(x.to(.f32), d).to(dt) }
             for (name, op) in [("silu", UnaryOp.silu), ("gelu tanh", .geluTanh), ("gelu erf", .geluErf), ("tanh", .tanh),
-                               ("exp", .exp), ("sigmoid", .sigmoid), ("affine", .affine(1.5, -0.25)), ("clamp", .clamp(-0.5, 0.5))] {
+                               ("exp", .exp), ("sin", .sin), ("cos", .cos), ("sigmoid", .sigmoid), ("affine", .affine(1.5, -0.25)), ("clamp", .clamp(-0.5, 0.5))] {
                 check("unary \(name)", dt) { d in g(x, d).apply(op) }
             }
             let row = rand([3, 1, 130], dt)
@@ -127,6 +131,34 @@ struct GPUCheckCommand: ParsableCommand {
             check("upsample nearest 2x", dt) { d in g(img, d).upsampleNearest2x() }
         }
 
+        // fast paths of the fused ops (rows of whole 16-byte vectors) beside the generic ones above
+        for dt in [DType.bf16, .f16] {
+            let g = { (t: Tensor, d: Device) in t.to(device: d) }
+            let xs = rand([2, 37, 136], dt), ys = rand([2, 37, 136], dt), sc = rand([2, 136], dt), nw = rand([136], dt)
+            check("fast rmsNorm+modulate", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: g(sc, d)) }
+            check("fast rmsNorm (no scale)", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: nil) }
+            check("fast rmsNorm+gate+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: g(sc, d)) }
+            check("fast rmsNorm+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: nil) }
+            check("fast swiglu", dt) { d in g(xs, d).swiglu(g(ys, d)) }
+            let qkvIn = rand([2, 37, 10 * 96], dt), qn = rand([96], dt), kn = rand([96], dt)
+            let cosT = rand([1, 37, 48]), sinT = rand([1, 37, 48])
+            for (i, name) in ["q", "k", "v"].enumerated() {
+                check("fast qkv norm rope \(name) d96", dt) { d in
+                    let r = g(qkvIn, d).qkvNormRope(heads: 6, kvHeads: 2, qNorm: g(qn, d), kNorm: g(kn, d), eps: 1e-5,
+                                                    cos: g(cosT, d), sin: g(sinT, d), layout: .interleaved)
+                    return [r.q, r.k, r.v][i]
+                }
+            }
+        }
+        do { try checkModels(seed: seed) { name, dt, err in
+            let tol = dt == .f32 ? 1e-5 : 1e-2
+            if !(err <= tol) { failures += 1 }
+            rows.append((name, dt.rawValue, err, tol))
+        } } catch {
+            print("models: FAIL (\(error))")
+            failures += 1
+        }
+
         print(pad("op", 28) + pad("dtype", 7) + pad("rel. L2", 12, left: true) + pad("limit", 9, left: true) + "  result")
         for (name, dt, err, tol) in rows {
             print(pad(name, 28) + pad(dt, 7) + pad(String(format: "%.2e", err), 12, left: true)
@@ -134,5 +166,43 @@ struct GPUCheckCommand: ParsableCommand {
         }
         print("\(rows.count - failures) passed, \(failures) failed")
         if failures > 0 { throw ExitCode(1) }
+    }
+
+    /// The tiny random NewBie (written to a temporary folder) through each stage on the CPU and on
+    /// the GPU: Gemma hidden states, the Jina pooled vector, the latent after two guided midpoint
+    /// steps (four DiT calls) and the decoded image.
+    func checkModels(seed: UInt64, report: (String, DType, Double) -> Void) throws {
+        guard let toks = TinyModel.defaultTokenizers() else {
+            print("models: SKIP (the tokenizers in Tests/Fixtures were not found; run from the repository root)")
+            return
+        }
+        let dir = NSTemporaryDirectory() + "newbie-gpu-check-\(getpid())"
+        try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let paths = try ModelPaths.resolve(root: dir)
+        var settings = SamplingSettings(width: 64, height: 48, steps: 3, sampler: .midpoint, shift: 6,
+                                        cfg: CFGOptions(scale: 4.5), seed: seed, rng: .torch)
+        settings.seed = seed
+        for dt in [DType.f32, .bf16] {
+            func run(_ device: Device) throws -> (EncodedPrompt, Tensor, Tensor) {
+                let options = StageOptions(dtype: dt, device: device)
+                let text = try TextStage(paths: paths, options: options)
+                let e = try text.encode(prompt: "<character_1><n>girl</n><hair>silver</hair></character_1> a quiet street at dusk",
+                                        negativePrompt: "blurry", systemPrompt: "You are an assistant designed to generate anime images.")
+                let latent = try DenoiseStage(paths: paths, options: options).run(e, settings: settings)
+                let image = try DecodeStage(paths: paths, options: options).vae.decode(latent.to(dt))
+                return (e, latent, image.to(.f32, device: .cpu))
+            }
+            let (ce, cl, ci) = try run(.cpu)
+            let (ge, gl, gi) = try run(.cuda(0))
+            func err(_ a: Tensor, _ b: Tensor) -> Double {
+                a.shape == b.shape ? Numerics.relativeL2(a.to(device: .cpu).toFloats(), b.to(device: .cpu).toFloats()) : .infinity
+            }
+            report("model gemma hidden (cond)", dt, err(ge.cond.capFeats, ce.cond.capFeats))
+            report("model gemma hidden (uncond)", dt, err(ge.uncond.capFeats, ce.uncond.capFeats))
+            if let g = ge.cond.clipPooled, let c = ce.cond.clipPooled { report("model jina pooled", dt, err(g, c)) }
+            report("model dit 2 midpoint steps", dt, err(gl, cl))
+            report("model vae decode", dt, err(gi, ci))
+        }
     }
 }

@@ -149,12 +149,20 @@ public final class NextDiT: @unchecked Sendable {
 
     /// The forward pass, output in the compute dtype.
     func forwardRaw(_ x: Tensor, t: [Float], capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) throws -> Tensor {
+        try forwardRaw(x, t: Tensor(t, shape: [t.count]), capFeats: capFeats, capMask: capMask, clipPooled: clipPooled)
+    }
+
+    /// The forward pass with the times as a Float32 tensor [B] on any device, output in the compute
+    /// dtype. With x, t, the caption features and the pooled vector already on the model's device and
+    /// the mask on the CPU, it queues device work only (no upload, no wait), so it can be recorded
+    /// (`Backend.record`) and replayed with new x and t.
+    func forwardRaw(_ x: Tensor, t: Tensor, capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) throws -> Tensor {
         let cfg = config, p = cfg.patchSize
         guard x.rank == 4, x.shape[1] == cfg.inChannels, x.shape[2] % p == 0, x.shape[3] % p == 0, x.shape[2] > 0, x.shape[3] > 0 else {
             throw DiTError("NextDiT: latent \(x.shape) should be [B, \(cfg.inChannels), H, W] with H, W positive multiples of \(p)")
         }
         let b = x.shape[0], h = x.shape[2], w = x.shape[3]
-        guard t.count == b else { throw DiTError("NextDiT: \(t.count) times for a batch of \(b)") }
+        guard t.shape == [b] else { throw DiTError("NextDiT: \(t.count) times for a batch of \(b)") }
         guard capFeats.rank == 3, capFeats.shape[0] == b, capFeats.shape[2] == cfg.capFeatDim else {
             throw DiTError("NextDiT: caption features \(capFeats.shape) should be [\(b), L, \(cfg.capFeatDim)]")
         }
@@ -183,8 +191,9 @@ public final class NextDiT: @unchecked Sendable {
             .permute([0, 2, 4, 3, 5, 1]).reshape([b, n, cfg.patchDim])
         var img = xEmbedder(patches)
 
-        let (capRope, imgRope, jointRope) = try ropeTables(layout)
-        let capKeyMask = capLens.allSatisfy({ $0 == l }) ? nil : NextDiT.prefixMask(capLens, length: l)
+        let tables = try layoutTables(layout)
+        let (capRope, imgRope, jointRope) = (tables.capRope, tables.imgRope, tables.jointRope)
+        let capKeyMask = tables.capKeyMask
 
         let hook = moduleHook
         try hook?("cap_embedder", cap)
@@ -208,7 +217,7 @@ public final class NextDiT: @unchecked Sendable {
             rows.append(Tensor.concat(parts, axis: 0).unsqueeze(0))
         }
         var hs = Tensor.concat(rows, axis: 0)
-        let jointMask = Set(layout.seqLens).count == 1 ? nil : NextDiT.prefixMask(layout.seqLens, length: s)
+        let jointMask = tables.jointMask
 
         for (i, blk) in layers.enumerated() {
             hs = runBlock(blk, hs, mask: jointMask, rope: jointRope, cSilu: cSilu)
@@ -232,22 +241,22 @@ public final class NextDiT: @unchecked Sendable {
     }
 
     /// t_embedder: [cos(t f_k), sin(t f_k)] with f_k = exp(-ln(1e4) k / half) in Float32, cast to the
-    /// compute dtype, Linear -> SiLU -> Linear.
-    func timestepEmbedding(_ t: [Float]) -> Tensor {
-        let size = config.frequencySize, half = size / 2
-        var v = [Float](repeating: 0, count: t.count * size)
-        let lnMax = Float(Foundation.log(10000.0))
-        for (i, ti) in t.enumerated() {
-            for k in 0..<half {
-                let f = Foundation.exp(-lnMax * Float(k) / Float(half))
-                let a = ti * f
-                v[i * size + k] = Foundation.cos(a)
-                v[i * size + half + k] = Foundation.sin(a)
-            }
-        }
-        let emb = Tensor(v, shape: [t.count, size], dtype: dtype, device: device)
+    /// compute dtype, Linear -> SiLU -> Linear. `t` is [B] Float32 on any device.
+    func timestepEmbedding(_ t: Tensor) -> Tensor {
+        let size = config.frequencySize, b = t.count
+        let a = t.to(.f32, device: device).reshape([b, 1]) * timestepFrequencies  // [B, half], t f_k in Float32
+        var parts = [a.apply(.cos), a.apply(.sin)]
+        if size % 2 == 1 { parts.append(Tensor.zeros([b, 1], device: device)) }
+        let emb = Tensor.concat(parts, axis: 1).to(dtype)
         return tMLP2(tMLP0(emb).silu())
     }
+
+    /// f_k = exp(-ln(1e4) k / half), [1, half] Float32 on the model's device.
+    private(set) lazy var timestepFrequencies: Tensor = {
+        let half = config.frequencySize / 2
+        let lnMax = Float(Foundation.log(10000.0))
+        return Tensor((0..<half).map { k in Foundation.exp(-lnMax * Float(k) / Float(half)) }, shape: [1, half], device: device)
+    }()
 
     /// One JointTransformerBlock (spec 1.3), modulated when `cSilu` (SiLU of the adaLN input) is given.
     /// The fused ops round where the unfused composition would (see `Backend`).
@@ -275,20 +284,30 @@ public final class NextDiT: @unchecked Sendable {
     // MARK: helpers
 
     typealias RoPETables = (cos: Tensor, sin: Tensor)
-    private var ropeCache: [DiTSequenceLayout: (RoPETables, RoPETables, RoPETables)] = [:]
-    private let ropeLock = NSLock()
+    /// What a sequence layout fixes: the caption, image and joint RoPE tables and the key padding
+    /// masks of the caption refiner and the joint layers (nil where no sample is padded).
+    struct LayoutTables {
+        let capRope: RoPETables, imgRope: RoPETables, jointRope: RoPETables
+        let capKeyMask: Tensor?, jointMask: Tensor?
+    }
+    private var layoutCache: [DiTSequenceLayout: LayoutTables] = [:]
+    private let layoutLock = NSLock()
 
-    /// Caption, image and joint RoPE tables for a layout, on the model's device. Every step of a
-    /// sampling run has the same layout, so they are built and uploaded once (a few recent
-    /// layouts are kept).
-    func ropeTables(_ layout: DiTSequenceLayout) throws -> (RoPETables, RoPETables, RoPETables) {
-        ropeLock.lock(); defer { ropeLock.unlock() }
-        if let t = ropeCache[layout] { return t }
+    /// The layout's tables, on the model's device. Every step of a sampling run has the same layout,
+    /// so they are built and uploaded once (a few recent layouts are kept); a recorded forward pass
+    /// then finds them without uploading.
+    func layoutTables(_ layout: DiTSequenceLayout) throws -> LayoutTables {
+        layoutLock.lock(); defer { layoutLock.unlock() }
+        if let t = layoutCache[layout] { return t }
         func onDevice(_ t: RoPETables) -> RoPETables { (t.cos.to(device: device), t.sin.to(device: device)) }
-        let t = (onDevice(try rope.tables(layout.captionPositions())), onDevice(try rope.tables(layout.imagePositions())),
-                 onDevice(try rope.tables(layout.jointPositions())))
-        if ropeCache.count >= 4 { ropeCache.removeAll() }
-        ropeCache[layout] = t
+        let l = layout.capPadded
+        let t = LayoutTables(
+            capRope: onDevice(try rope.tables(layout.captionPositions())), imgRope: onDevice(try rope.tables(layout.imagePositions())),
+            jointRope: onDevice(try rope.tables(layout.jointPositions())),
+            capKeyMask: layout.capLens.allSatisfy({ $0 == l }) ? nil : NextDiT.prefixMask(layout.capLens, length: l).to(device: device),
+            jointMask: Set(layout.seqLens).count == 1 ? nil : NextDiT.prefixMask(layout.seqLens, length: layout.maxSeq).to(device: device))
+        if layoutCache.count >= 4 { layoutCache.removeAll() }
+        layoutCache[layout] = t
         return t
     }
 

@@ -338,6 +338,8 @@ enum CPUMath {
         case .exp: for i in 0..<n { t[i] = Foundation.exp(t[i]) }
         case .log: for i in 0..<n { t[i] = Foundation.log(t[i]) }
         case .tanh: for i in 0..<n { t[i] = Foundation.tanh(t[i]) }
+        case .sin: for i in 0..<n { t[i] = Foundation.sin(t[i]) }
+        case .cos: for i in 0..<n { t[i] = Foundation.cos(t[i]) }
         case .sigmoid: for i in 0..<n { t[i] = 1 / (1 + Foundation.exp(-t[i])) }
         case .relu: for i in 0..<n { t[i] = t[i] > 0 ? t[i] : (t[i].isNaN ? t[i] : 0) }
         case .silu: nb_silu_f32(t, n)

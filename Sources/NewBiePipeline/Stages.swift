@@ -97,8 +97,8 @@ public enum MetadataKey {
     public static func model(_ slot: ModelSlot) -> String { "newbie:\(slot.rawValue)" }
 }
 
-/// Options every stage shares: precision and device. The VAE runs on the CPU (its loader has no
-/// device yet); the text encoders and the DiT run on `device`.
+/// Options every stage shares: precision and device. Every model (text encoders, DiT, VAE) runs
+/// on `device`; the values between stages are Float32 on the CPU.
 public struct StageOptions: Sendable, Equatable {
     public var dtype: DType
     public var device: Device
@@ -267,7 +267,7 @@ public final class DenoiseStage {
 public final class ImageEncodeStage {
     public let vae: AutoencoderKL
     public init(paths: ModelPaths, options: StageOptions) throws {
-        vae = try AutoencoderKL.load(path: try paths.require(.vae), dtype: options.dtype, parts: .encoder)
+        vae = try AutoencoderKL.load(path: try paths.require(.vae), dtype: options.dtype, device: options.device, parts: .encoder)
     }
 
     /// Reads a PNG of exactly `width` x `height` and encodes it.
@@ -277,13 +277,14 @@ public final class ImageEncodeStage {
         guard d.image.width == width, d.image.height == height else {
             throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
         }
-        return vae.encode(d.image.tensor()).to(.f32)
+        return vae.encode(d.image.tensor()).to(.f32, device: .cpu)
     }
 }
 
 // MARK: - stage 3: decoding
 
-/// The FLUX VAE decoder with NewBie's scaling (x / 0.3611 + 0.1159), on the CPU.
+/// The FLUX VAE decoder with NewBie's scaling (x / 0.3611 + 0.1159), on the stage's device; the
+/// image comes back to the CPU.
 public final class DecodeStage {
     public let vae: AutoencoderKL
     public let path: String
@@ -293,7 +294,7 @@ public final class DecodeStage {
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.vae)
-        vae = try AutoencoderKL.load(path: path, dtype: options.dtype, parts: .decoder)
+        vae = try AutoencoderKL.load(path: path, dtype: options.dtype, device: options.device, parts: .decoder)
         tiling = options.vaeTiling
     }
 
@@ -312,7 +313,7 @@ public final class DecodeStage {
             }
         }
         defer { vae.moduleHook = nil }
-        let img = vae.decode(x, tiling: tiling)
+        let img = vae.decode(x, tiling: tiling).to(device: .cpu)
         if let e = traceError { throw e }
         try tracer?.report("vae.decoder", img)
         let v = img.toFloats()

@@ -41,7 +41,7 @@ struct ModelOptions: ParsableArguments {
 
 /// Precision and device.
 struct DeviceOptions: ParsableArguments {
-    @Option(help: "Where the text encoders and the DiT run: cpu, cuda or cuda:N (the VAE runs on the CPU).")
+    @Option(help: "Where the models run (text encoders, DiT, VAE): cpu, cuda or cuda:N.")
     var device = "cpu"
 
     @Option(help: "Compute precision: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.")

@@ -229,6 +229,53 @@ final class PipelineRunTests: XCTestCase {
         XCTAssertGreaterThan(relativeL2(other, latent), 1e-3)
     }
 
+    /// The VAE stages run on the stage's device (the test support's emulated one) and hand back CPU
+    /// values close to the CPU run's (attention there goes through matrix products), tiled or not.
+    func testVAEStagesOnTheStageDevice() throws {
+        let dev = EmulatedDevice.shared.device
+        var g = TorchGenerator(seed: 3)
+        let latent = g.randn([1, 16, 6, 4])
+        let out = tempDir("vae-device")
+        for tiling in [VAETiling.never, VAETiling(mode: .always, tileLatent: 4, overlapLatent: 2, blendLatent: 2)] {
+            var cpuOptions = StageOptions(), devOptions = StageOptions(device: dev)
+            cpuOptions.vaeTiling = tiling; devOptions.vaeTiling = tiling
+            let onDevice = try DecodeStage(paths: Tiny.paths, options: devOptions)
+            XCTAssertEqual(onDevice.vae.device, dev)
+            let want = try DecodeStage(paths: Tiny.paths, options: cpuOptions).run(latent)
+            EmulatedDevice.shared.resetCounts()
+            let got = try onDevice.run(latent.to(device: dev))
+            XCTAssertEqual(EmulatedDevice.shared.attentionCalls, [16], "the mid-block attention ran on the device")
+            XCTAssertEqual([got.width, got.height], [32, 48])
+            let off = zip(got.pixels, want.pixels).map { abs(Int($0) - Int($1)) }
+            XCTAssertLessThanOrEqual(off.max() ?? 0, 1, "tiling \(tiling.mode)")
+            XCTAssertLessThanOrEqual(off.filter { $0 > 0 }.count, off.count / 100, "tiling \(tiling.mode)")
+
+            try PNG.write(want, to: out + "/image.png")
+            let encoder = try ImageEncodeStage(paths: Tiny.paths, options: devOptions)
+            XCTAssertEqual(encoder.vae.device, dev)
+            let z = try encoder.run(png: out + "/image.png", width: 32, height: 48)
+            XCTAssertEqual(z.device, .cpu)
+            XCTAssertEqual(z.dtype, .f32)
+            let zCPU = try ImageEncodeStage(paths: Tiny.paths, options: cpuOptions).run(png: out + "/image.png", width: 32, height: 48)
+            XCTAssertLessThanOrEqual(relativeL2(z, zCPU), 1e-5)
+        }
+    }
+
+    /// `--device` moves every model: the whole pipeline on the emulated device writes the CPU's picture.
+    func testWholePipelineOnTheStageDevice() throws {
+        let out = tempDir("device-e2e")
+        for (name, dev) in [("cpu", Device.cpu), ("device", EmulatedDevice.shared.device)] {
+            _ = try Pipeline.generate([GenerationRequest(prompt: "1girl, red eyes", settings: Tiny.settings(), output: out + "/\(name).png")],
+                                      paths: Tiny.paths, options: StageOptions(device: dev))
+        }
+        let want = try PNG.read(out + "/cpu.png"), got = try PNG.read(out + "/device.png")
+        XCTAssertEqual(got.textValue(MetadataKey.device), EmulatedDevice.shared.device.description)
+        let off = zip(got.image.pixels, want.image.pixels).map { abs(Int($0) - Int($1)) }
+        XCTAssertEqual(off.count, 32 * 48 * 3)
+        XCTAssertLessThanOrEqual(off.max() ?? 0, 1)
+        XCTAssertLessThanOrEqual(off.filter { $0 > 0 }.count, off.count / 100)
+    }
+
     func testOutputPathPattern() {
         XCTAssertEqual(Pipeline.outputPaths(pattern: "out/{prompt}-{seed}.png", seeds: [5, 6], promptIndices: [0, 0]),
                        ["out/0-5.png", "out/0-6.png"])

@@ -4,14 +4,14 @@ import NewBieWeights
 
 // The FLUX.1-dev AutoencoderKL (spec section 6): decoder (latent -> image) and encoder
 // (image -> latent mean). Internal tensor names are diffusers'; `VAENaming` maps other namings.
-// Weights are cast once, at load, to the compute dtype; activations stay in that dtype and every
-// op rounds its result to it.
+// Weights are cast once, at load, to the compute dtype and moved to the model's device; inputs
+// move there on entry, activations stay in that dtype and every op rounds its result to it.
 
 struct VAEGroupNorm {
     let weight: Tensor, bias: Tensor
     let groups: Int, eps: Float
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
-        weight = try w.tensor("weight").to(dtype); bias = try w.tensor("bias").to(dtype)
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
+        weight = try w.tensor("weight").to(dtype, device: device); bias = try w.tensor("bias").to(dtype, device: device)
         groups = c.normNumGroups; eps = c.normEps
     }
     func callAsFunction(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
@@ -30,8 +30,8 @@ protocol VAENormHook: AnyObject {
 struct VAEConv {
     let weight: Tensor, bias: Tensor
     let options: Conv2dOptions
-    init(_ w: ScopedWeights, _ dtype: DType, options: Conv2dOptions? = nil) throws {
-        weight = try w.tensor("weight").to(dtype); bias = try w.tensor("bias").to(dtype)
+    init(_ w: ScopedWeights, _ dtype: DType, _ device: Device, options: Conv2dOptions? = nil) throws {
+        weight = try w.tensor("weight").to(dtype, device: device); bias = try w.tensor("bias").to(dtype, device: device)
         let k = weight.shape[2]
         self.options = options ?? Conv2dOptions(stride: 1, padding: k / 2)
     }
@@ -43,12 +43,12 @@ struct VAEConv {
 struct VAEResnet {
     let norm1: VAEGroupNorm, conv1: VAEConv, norm2: VAEGroupNorm, conv2: VAEConv
     let shortcut: VAEConv?
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
-        norm1 = try VAEGroupNorm(w.scope("norm1"), c, dtype)
-        conv1 = try VAEConv(w.scope("conv1"), dtype)
-        norm2 = try VAEGroupNorm(w.scope("norm2"), c, dtype)
-        conv2 = try VAEConv(w.scope("conv2"), dtype)
-        shortcut = w.weights.specs[w.path + ".conv_shortcut.weight"] == nil ? nil : try VAEConv(w.scope("conv_shortcut"), dtype)
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
+        norm1 = try VAEGroupNorm(w.scope("norm1"), c, dtype, device)
+        conv1 = try VAEConv(w.scope("conv1"), dtype, device)
+        norm2 = try VAEGroupNorm(w.scope("norm2"), c, dtype, device)
+        conv2 = try VAEConv(w.scope("conv2"), dtype, device)
+        shortcut = w.weights.specs[w.path + ".conv_shortcut.weight"] == nil ? nil : try VAEConv(w.scope("conv_shortcut"), dtype, device)
     }
     func callAsFunction(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
         var h = norm1(x, hook).silu()
@@ -65,10 +65,10 @@ struct VAEResnet {
 struct VAEAttention {
     let norm: VAEGroupNorm
     let q: (Tensor, Tensor), k: (Tensor, Tensor), v: (Tensor, Tensor), out: (Tensor, Tensor)
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
-        norm = try VAEGroupNorm(w.scope("group_norm"), c, dtype)
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
+        norm = try VAEGroupNorm(w.scope("group_norm"), c, dtype, device)
         func lin(_ n: String) throws -> (Tensor, Tensor) {
-            (try w.scope(n).tensor("weight").to(dtype), try w.scope(n).tensor("bias").to(dtype))
+            (try w.scope(n).tensor("weight").to(dtype, device: device), try w.scope(n).tensor("bias").to(dtype, device: device))
         }
         q = try lin("to_q"); k = try lin("to_k"); v = try lin("to_v"); out = try lin("to_out.0")
     }
@@ -87,10 +87,10 @@ struct VAEAttention {
 
 struct VAEMidBlock {
     let resnet0: VAEResnet, attention: VAEAttention?, resnet1: VAEResnet
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
-        resnet0 = try VAEResnet(w.scope("resnets.0"), c, dtype)
-        attention = c.midBlockAddAttention ? try VAEAttention(w.scope("attentions.0"), c, dtype) : nil
-        resnet1 = try VAEResnet(w.scope("resnets.1"), c, dtype)
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
+        resnet0 = try VAEResnet(w.scope("resnets.0"), c, dtype, device)
+        attention = c.midBlockAddAttention ? try VAEAttention(w.scope("attentions.0"), c, dtype, device) : nil
+        resnet1 = try VAEResnet(w.scope("resnets.1"), c, dtype, device)
     }
     func callAsFunction(_ x: Tensor) -> Tensor {
         var h = resnet0(x)
@@ -107,19 +107,21 @@ public struct VAEDecoder {
     let normOut: VAEGroupNorm
     let convOut: VAEConv
     public let dtype: DType
+    public let device: Device
 
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
         self.dtype = dtype
-        convIn = try VAEConv(w.scope("conv_in"), dtype)
-        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype)
+        self.device = device
+        convIn = try VAEConv(w.scope("conv_in"), dtype, device)
+        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype, device)
         up = try (0..<c.levels).map { j in
             let s = w.scope("up_blocks.\(j)")
-            let resnets = try (0...c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype) }
-            let upsample = j < c.levels - 1 ? try VAEConv(s.scope("upsamplers.0.conv"), dtype) : nil
+            let resnets = try (0...c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype, device) }
+            let upsample = j < c.levels - 1 ? try VAEConv(s.scope("upsamplers.0.conv"), dtype, device) : nil
             return (resnets, upsample)
         }
-        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype)
-        convOut = try VAEConv(w.scope("conv_out"), dtype)
+        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype, device)
+        convOut = try VAEConv(w.scope("conv_out"), dtype, device)
     }
 
     public func callAsFunction(_ z: Tensor) -> Tensor {
@@ -128,7 +130,7 @@ public struct VAEDecoder {
 
     /// The same decoder, reporting each module's output to `hook` (for tracing).
     func callAsFunction(_ z: Tensor, hook: (_ path: String, _ output: Tensor) -> Void) -> Tensor {
-        var h = convIn(z.to(dtype))
+        var h = convIn(z.to(dtype, device: device))
         hook("decoder.conv_in", h)
         h = mid(h)
         hook("decoder.mid_block", h)
@@ -146,7 +148,7 @@ public struct VAEDecoder {
 
     /// conv_in and the mid block (with its global attention), at latent resolution.
     func lower(_ z: Tensor) -> Tensor {
-        mid(convIn(z.to(dtype)))
+        mid(convIn(z.to(dtype, device: device)))
     }
 
     /// The up levels, output norm and conv_out: everything at and above latent resolution
@@ -174,24 +176,26 @@ public struct VAEEncoder {
     let normOut: VAEGroupNorm
     let convOut: VAEConv
     public let dtype: DType
+    public let device: Device
 
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType) throws {
+    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
         self.dtype = dtype
-        convIn = try VAEConv(w.scope("conv_in"), dtype)
+        self.device = device
+        convIn = try VAEConv(w.scope("conv_in"), dtype, device)
         down = try (0..<c.levels).map { i in
             let s = w.scope("down_blocks.\(i)")
-            let resnets = try (0..<c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype) }
+            let resnets = try (0..<c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype, device) }
             let downsample = i < c.levels - 1
-                ? try VAEConv(s.scope("downsamplers.0.conv"), dtype, options: .downsampleAsymmetric) : nil
+                ? try VAEConv(s.scope("downsamplers.0.conv"), dtype, device, options: .downsampleAsymmetric) : nil
             return (resnets, downsample)
         }
-        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype)
-        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype)
-        convOut = try VAEConv(w.scope("conv_out"), dtype)
+        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype, device)
+        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype, device)
+        convOut = try VAEConv(w.scope("conv_out"), dtype, device)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = convIn(x.to(dtype))
+        var h = convIn(x.to(dtype, device: device))
         for level in down {
             for r in level.resnets { h = r(h) }
             if let d = level.downsample { h = d(h) }
@@ -210,25 +214,30 @@ public final class AutoencoderKL {
     public var moduleHook: ((_ path: String, _ output: Tensor) -> Void)?
     public let config: VAEConfig
     public let dtype: DType
+    /// Where the weights live and every decode and encode runs; inputs may come from any device.
+    public let device: Device
     public let decoder: VAEDecoder?
     public let encoder: VAEEncoder?
 
-    /// Builds from validated weights (`ModelWeights` over `VAENaming.expectedTensors(config, parts:)`).
-    public init(weights: ModelWeights, config: VAEConfig, dtype: DType = .f32, parts: VAEParts = .all) throws {
+    /// Builds from validated weights (`ModelWeights` over `VAENaming.expectedTensors(config, parts:)`),
+    /// cast to `dtype` and moved to `device` once.
+    public init(weights: ModelWeights, config: VAEConfig, dtype: DType = .f32, device: Device = .cpu, parts: VAEParts = .all) throws {
         guard dtype.isFloatingPoint, dtype != .f64 else { throw WeightsError("VAE compute dtype must be f32, bf16 or f16, not \(dtype)") }
         self.config = config
         self.dtype = dtype
+        self.device = device
         let root = weights.scope("")
-        decoder = parts.contains(.decoder) ? try VAEDecoder(root.scope("decoder"), config, dtype) : nil
-        encoder = parts.contains(.encoder) ? try VAEEncoder(root.scope("encoder"), config, dtype) : nil
+        decoder = parts.contains(.decoder) ? try VAEDecoder(root.scope("decoder"), config, dtype, device) : nil
+        encoder = parts.contains(.encoder) ? try VAEEncoder(root.scope("encoder"), config, dtype, device) : nil
     }
 
     /// Loads a VAE from a safetensors file (diffusers or `ae.safetensors` naming, detected) or a
     /// diffusers folder (`vae/` or the model root). The configuration comes from `config`, else
     /// a `config.json` beside the weights, else the tensor shapes (with `normGroups` groups).
-    /// Every expected tensor is checked for presence and shape before anything is built.
-    public static func load(path: String, config: VAEConfig? = nil, dtype: DType = .f32, parts: VAEParts = .all,
-                            normGroups: Int = 32) throws -> AutoencoderKL {
+    /// Every expected tensor is checked for presence and shape before anything is built. The
+    /// weights are cast to `dtype` and moved to `device` once; decode and encode run there.
+    public static func load(path: String, config: VAEConfig? = nil, dtype: DType = .f32, device: Device = .cpu,
+                            parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
         let weightsPath = try resolveWeightsPath(path)
         let file = try SafeTensorsFile(path: weightsPath)
         var cfg = config
@@ -238,12 +247,12 @@ public final class AutoencoderKL {
                 cfg = try VAEConfig(configJSON: json)
             }
         }
-        return try load(source: file, config: cfg, dtype: dtype, parts: parts, normGroups: normGroups)
+        return try load(source: file, config: cfg, dtype: dtype, device: device, parts: parts, normGroups: normGroups)
     }
 
     /// Loads from any weight source; `config` nil infers it from the shapes.
-    public static func load(source: WeightSource, config: VAEConfig? = nil, dtype: DType = .f32, parts: VAEParts = .all,
-                            normGroups: Int = 32) throws -> AutoencoderKL {
+    public static func load(source: WeightSource, config: VAEConfig? = nil, dtype: DType = .f32, device: Device = .cpu,
+                            parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
         let layout = try VAENaming.detect(source)
         var missingParts: [String] = []
         if parts.contains(.decoder) && !layout.hasDecoder { missingParts.append("decoder") }
@@ -257,7 +266,7 @@ public final class AutoencoderKL {
                                        naming: VAENaming.naming(layout.format, config: cfg, parts: parts),
                                        prefixes: [layout.prefix].filter { !$0.isEmpty },
                                        anchor: parts.contains(.decoder) ? "decoder.conv_in.weight" : "encoder.conv_in.weight")
-        return try AutoencoderKL(weights: weights, config: cfg, dtype: dtype, parts: parts)
+        return try AutoencoderKL(weights: weights, config: cfg, dtype: dtype, device: device, parts: parts)
     }
 
     static func resolveWeightsPath(_ path: String) throws -> String {
@@ -289,26 +298,29 @@ public final class AutoencoderKL {
                      "VAE decode: latent must be [B, \(config.latentChannels), h, w], got \(z.shape)")
     }
 
-    /// VAE latent (already unscaled) -> image in about [-1, 1], in the compute dtype.
+    /// VAE latent (already unscaled, any device) -> image in about [-1, 1], in the compute dtype,
+    /// on the model's device.
     public func decodeRaw(_ z: Tensor) -> Tensor {
         checkLatent(z)
         if let hook = moduleHook { return requireDecoder()(z, hook: hook) }
         return requireDecoder()(z)
     }
 
-    /// NewBie latent -> image in about [-1, 1]: decoder(x / scaling + shift).
+    /// NewBie latent (any device) -> image in about [-1, 1] on the model's device: decoder(x / scaling + shift).
     public func decode(_ x: Tensor) -> Tensor {
         decodeRaw(unscale(x))
     }
 
-    /// NewBie latent -> VAE latent, in the compute dtype: `x / scaling`, rounded, then `+ shift`,
-    /// rounded (the reference's two operations, so reduced-precision runs round where it does).
+    /// NewBie latent -> VAE latent, in the compute dtype on the model's device: `x / scaling`,
+    /// rounded, then `+ shift`, rounded (the reference's two operations, so reduced-precision runs
+    /// round where it does).
     public func unscale(_ x: Tensor) -> Tensor {
-        let s = Tensor([config.scalingFactor], shape: [1], device: x.device)
-        return x.to(dtype).binary(.div, s) + config.shiftFactor
+        let s = Tensor([config.scalingFactor], shape: [1], device: device)
+        return x.to(dtype, device: device).binary(.div, s) + config.shiftFactor
     }
 
-    /// Image [B, 3, H, W] in [-1, 1] -> encoder moments [B, 2*latent, ...] (mean | logvar).
+    /// Image [B, 3, H, W] in [-1, 1] (any device) -> encoder moments [B, 2*latent, ...] (mean | logvar)
+    /// on the model's device.
     public func encodeMoments(_ image: Tensor) -> Tensor {
         precondition(image.rank == 4 && image.shape[1] == config.inChannels,
                      "VAE encode: image must be [B, \(config.inChannels), H, W], got \(image.shape)")

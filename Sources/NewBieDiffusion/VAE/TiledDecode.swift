@@ -20,8 +20,8 @@ import NewBieTensor
 /// Without it each window normalises itself (one pass, as diffusers' `tiled_decode` does),
 /// which is fast but lets windows of smooth content drift apart in tone.
 ///
-/// Working memory: one window's decode, plus the latent-resolution bottom, the output image and one
-/// Float of blend weight per output pixel, whatever the image size.
+/// Working memory, on the model's device: one window's decode, plus the latent-resolution bottom,
+/// the output image and one Float of blend weight per output pixel, whatever the image size.
 public struct VAETiling: Sendable, Equatable {
     public enum Mode: String, Sendable { case auto, always, never }
     public var mode: Mode
@@ -159,12 +159,13 @@ final class TileStatistics: VAENormHook {
 }
 
 extension AutoencoderKL {
-    /// NewBie latent -> image in about [-1, 1] (Float32), tiled or not as `tiling` decides.
+    /// NewBie latent -> image in about [-1, 1] (Float32, on the model's device), tiled or not as
+    /// `tiling` decides.
     public func decode(_ x: Tensor, tiling: VAETiling) -> Tensor {
         decodeRaw(unscale(x), tiling: tiling)
     }
 
-    /// VAE latent -> image (Float32), tiled or not as `tiling` decides.
+    /// VAE latent -> image (Float32, on the model's device), tiled or not as `tiling` decides.
     public func decodeRaw(_ z: Tensor, tiling: VAETiling) -> Tensor {
         checkLatent(z)
         guard tiling.tiles(latentHeight: z.shape[2], latentWidth: z.shape[3]) else { return decodeRaw(z).to(.f32) }
@@ -218,30 +219,21 @@ extension AutoencoderKL {
             }
         }
 
-        let out = Tensor.zeros([b, cout, oh, ow], dtype: .f32, device: .cpu)
-        var weightSum = [Float](repeating: 0, count: oh * ow)
-        let op = out.hostPointer.assumingMemoryBound(to: Float.self)
+        // The weighted sum and the weights accumulate on the model's device, window by window.
+        let out = Tensor.zeros([b, cout, oh, ow], dtype: .f32, device: device)
+        let weightSum = Tensor.zeros([1, 1, oh, ow], dtype: .f32, device: device)
         run(final) { ty, tx, tileOut in
-            let tile = tileOut.to(.f32, device: .cpu)
             let (py, px, ph, pw) = (ty.start * f, tx.start * f, ty.length * f, tx.length * f)
-            let wy = axisWeights(ty, total: h), wx = axisWeights(tx, total: w)
-            let tp = tile.hostPointer.assumingMemoryBound(to: Float.self)
-            for yy in 0..<ph where wy[yy] > 0 {
-                for xx in 0..<pw { weightSum[(py + yy) * ow + px + xx] += wy[yy] * wx[xx] }
+            let wy = Tensor(axisWeights(ty, total: h), shape: [ph, 1], device: device)
+            let wx = Tensor(axisWeights(tx, total: w), shape: [1, pw], device: device)
+            let weight = (wy * wx).reshape([1, 1, ph, pw])
+            func accumulate(_ sum: Tensor, _ value: Tensor) {
+                let region = sum.narrow(2, start: py, length: ph).narrow(3, start: px, length: pw)
+                region.backend.copy(region + value, into: region)
             }
-            for plane in 0..<(b * cout) {
-                let src = tp + plane * ph * pw, dst = op + plane * oh * ow
-                for yy in 0..<ph where wy[yy] > 0 {
-                    let s = src + yy * pw, d = dst + (py + yy) * ow + px
-                    let wyy = wy[yy]
-                    for xx in 0..<pw { d[xx] += wyy * wx[xx] * s[xx] }
-                }
-            }
+            accumulate(weightSum, weight)
+            accumulate(out, weight * tileOut.to(.f32))
         }
-        for plane in 0..<(b * cout) {
-            let d = op + plane * oh * ow
-            for i in 0..<(oh * ow) { d[i] /= weightSum[i] }
-        }
-        return out
+        return out / weightSum
     }
 }

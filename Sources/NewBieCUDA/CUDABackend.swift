@@ -477,6 +477,15 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func attention(_ q: Tensor, _ k: Tensor, _ v: Tensor, options: AttentionOptions) -> Tensor {
         let (b, lq, hq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
         let (lk, hkv, dv) = (k.shape[1], k.shape[2], v.shape[3])
+        let aligned = [ptr(q), ptr(k), ptr(v)].allSatisfy { $0 % 16 == 0 }
+        let flash = (q.dtype == .bf16 || q.dtype == .f16) && k.dtype == q.dtype && v.dtype == q.dtype && d == dv
+            && [64, 96, 128].contains(d) && aligned && !forceReferenceAttention
+        // Head dims the flash kernels do not cover (the VAE's 512, Gemma's 256) and large Float32
+        // problems go through matrix products (cuBLASLt) with chunked Float32 scores; the
+        // one-warp-per-row reference kernel is left for small shapes.
+        if !flash && !forceReferenceAttention && (Swift.max(d, dv) > 128 || lq * lk >= 1 << 16) {
+            return attentionByMatmul(q, k, v, options: options)
+        }
         precondition(d <= 256 && dv <= 256, "CUDA attention supports head dims up to 256")
         let out = empty([b, lq, hq, dv], q.dtype)
         if b * lq * hq == 0 { return out }
@@ -493,8 +502,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         p.biasB = Int64(bias?.shape[0] ?? 1)
         p.biasH = Int64(bias?.shape[1] ?? 1)
         let bytes = q.dtype.byteSize
-        let aligned = [ptr(q), ptr(kk), ptr(vv)].allSatisfy { $0 % 16 == 0 }
-        if (q.dtype == .bf16 || q.dtype == .f16) && d == dv && [64, 96, 128].contains(d) && aligned && !forceReferenceAttention {
+        if flash {
             var f: [UInt8] = []
             func put<T>(_ v: T) { withUnsafeBytes(of: v) { f.append(contentsOf: $0) } }
             for v in [b, lq, lk, hq, hkv] { put(Int64(v)) }

@@ -41,6 +41,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --dit: compute dtype (bf16, fp16, fp32).")
     var dtype: String = "bf16"
 
+    @Flag(help: "With --dit --dtype fp32: TF32 tensor-core GEMMs (PyTorch's allow_tf32) instead of strict fp32.")
+    var tf32 = false
+
     func run() throws {
         if device != "cpu" { return try runCUDA() }
         let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
@@ -157,6 +160,7 @@ struct BenchCommand: ParsableCommand {
     func runCUDADiT() throws {
         let cuda = try CUDABackend.load()
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        cuda.allowTF32 = tf32
         let config = NextDiTConfig.newBieExp01
         let t0 = DispatchTime.now().uptimeNanoseconds
         let model = try NextDiT(config: config, dtype: dt, device: .cuda(0), tensor: randomDiTWeights(config, seed: 7))
@@ -184,9 +188,36 @@ struct BenchCommand: ParsableCommand {
         for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
         let finite = out.allSatisfy { $0.isFinite }
         let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
-        print("NewBie DiT on \(cuda.name): \(dt), batch 2, \(size)x\(size), \(cap) caption tokens")
+        let peak = cuda.memoryStats.peakBytes
+        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : ""), batch 2, \(size)x\(size), \(cap) caption tokens")
         print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
-                     ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(cuda.memoryStats.peakBytes), finite ? "yes" : "NO"))
+                     ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
+
+        // A sampler's guided step as the pipeline calls it (state on the CPU, cond + uncond batch,
+        // CFG combination), eager and replayed as a CUDA graph; the two must agree exactly.
+        let state = randomTensor([1, 16, lat, lat], seed: 14)
+        let cond = DiTConditioning(capFeats: capFeats.narrow(0, start: 0, length: 1).contiguous(), capMask: capMask.narrow(0, start: 0, length: 1),
+                                   clipPooled: clip.narrow(0, start: 0, length: 1).contiguous())
+        let uncond = DiTConditioning(capFeats: capFeats.narrow(0, start: 1, length: 1).contiguous(), capMask: capMask.narrow(0, start: 1, length: 1),
+                                     clipPooled: clip.narrow(0, start: 1, length: 1).contiguous())
+        let cfg = CFGOptions(scale: 5, truncation: 100, renorm: 0)
+        var results: [Bool: [Float]] = [:]
+        var stepMs: [Bool: Double] = [:]
+        for graphs in [false, true] {
+            model.useRecordedSteps = graphs
+            cuda.resetPeakMemory()
+            for _ in 0..<2 { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) }
+            stepMs[graphs] = cuda.time(runs: repeats) {
+                do { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) } catch { failure = error }
+            }
+            if let e = failure { throw e }
+            results[graphs] = try model.guidedVelocity(state, t: 0.35, cond: cond, uncond: uncond, options: cfg).toFloats()
+            print(String(format: "  guided step (batch 2 forward + CFG), %@: %.1f ms (median of %d); peak %@", graphs ? "CUDA graph replay" : "eager",
+                         stepMs[graphs]!, repeats, formatBytes(cuda.memoryStats.peakBytes)))
+        }
+        let same = results[false]! == results[true]!
+        print(String(format: "  CUDA graph / eager: %.3f; replays: %d; graph output identical to eager: %@",
+                     stepMs[true]! / stepMs[false]!, model.recordedReplays, same ? "yes" : "NO"))
     }
 
     func report(_ name: String, _ seconds: Double, _ gflops: Double, _ ceiling: Double) {

@@ -87,6 +87,13 @@ struct GPUCheckCommand: ParsableCommand {
             check("attention causal window", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(causal: true, slidingWindow: 16)) }
             let bias = rand([1, 6, 37, 45])
             check("attention bias", dt) { d in g(q, d).attention(k: g(k, d), v: g(v, d), options: AttentionOptions(bias: g(bias, d))) }
+            // the matrix-product path: head dims above 128 and large problems the flash kernel does not take
+            let q5 = rand([2, 40, 4, 256], dt), k5 = rand([2, 50, 2, 256], dt), v5 = rand([2, 50, 2, 256], dt)
+            let m5 = Tensor((0..<100).map { Float(($0 % 50) < ($0 < 50 ? 50 : 21) ? 1 : 0) }, shape: [2, 50])
+            check("attention d256 (matmul) mask", dt) { d in g(q5, d).attention(k: g(k5, d), v: g(v5, d), options: AttentionOptions(keyPaddingMask: g(m5, d))) }
+            check("attention d256 (matmul) causal", dt) { d in g(q5, d).attention(k: g(k5, d), v: g(v5, d), options: AttentionOptions(causal: true, slidingWindow: 9)) }
+            let q6 = rand([1, 300, 1, 512], dt), k6 = rand([1, 300, 1, 512], dt), v6 = rand([1, 300, 1, 512], dt)
+            check("attention d512 1 head (matmul)", dt) { d in g(q6, d).attention(k: g(k6, d), v: g(v6, d)) }
             for warps in ["w4", "w8"] where dt != .f32 {
                 cuda.flashVariant = warps
                 // the flash kernel (head dims 64/96/128) against the CPU, past one 64-row tile and one 64-key tile

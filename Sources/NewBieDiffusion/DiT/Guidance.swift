@@ -74,6 +74,7 @@ extension NextDiT {
         guard cond.capFeats.rank == 3, uncond.capFeats.rank == 3, cond.capFeats.shape[0] == n, uncond.capFeats.shape[0] == n else {
             throw DiTError("guidedVelocity: conditioning batches \(cond.capFeats.shape), \(uncond.capFeats.shape) do not match the state \(x.shape)")
         }
+        if let v = try recordedVelocity(x, t: t, cond: cond, uncond: uncond, options: options) { return v }
         let l = max(cond.capFeats.shape[1], uncond.capFeats.shape[1])
         let c = cond.padded(to: l), u = uncond.padded(to: l)
         var clip: Tensor? = nil

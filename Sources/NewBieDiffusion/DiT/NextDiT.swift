@@ -19,6 +19,12 @@ public final class NextDiT: @unchecked Sendable {
     /// path ("cap_embedder", "x_embedder", "context_refiner.0", "noise_refiner.0", "layers.N",
     /// "final_layer"); an error it throws stops the forward. Nil costs nothing.
     public var moduleHook: ((_ path: String, _ output: Tensor) throws -> Void)?
+    /// Replay guided steps as recorded device work (CUDA graphs) where the backend can record; on by
+    /// default, NEWBIE_CUDA_GRAPHS=0 or setting it false runs every step eagerly.
+    public var useRecordedSteps = ProcessInfo.processInfo.environment["NEWBIE_CUDA_GRAPHS"] != "0"
+    /// Replays of the current recorded step (for reports and tests).
+    public internal(set) var recordedReplays = 0
+    var stepGraph: StepGraph?
 
     struct Linear {
         let w: Tensor

@@ -9,6 +9,7 @@ struct NewBie: ParsableCommand {
         subcommands: [
             BenchCommand.self,
             BenchDiTCommand.self,
+            BenchPipelineCommand.self,
             EncodeTextCommand.self,
             GenerateCommand.self, EncodeCommand.self, DenoiseCommand.self, DecodeCommand.self, MakeTinyModelCommand.self,
             GPUCheckCommand.self,

@@ -71,9 +71,10 @@ final class CUBLASLt: @unchecked Sendable {
 
     /// Row-major, batched: for each batch i, C_i[m, n] = A_i[m, k] * (transposeB ? B_i[n, k]^T : B_i[k, n]) (+ bias[n]).
     /// A, B, C share `type`; accumulation in fp32 (tf32 only when `allowTF32` and type is fp32).
+    /// `accumulate`: C += A B, added in fp32 before C is rounded (once) to `type`.
     func gemm(m: Int, n: Int, k: Int, batch: Int, type: Int32, a: CUdeviceptr, strideA: Int,
               b: CUdeviceptr, strideB: Int, transposeB: Bool, c: CUdeviceptr, strideC: Int,
-              bias: CUdeviceptr?, allowTF32: Bool, stream: OpaquePointer?) throws {
+              bias: CUdeviceptr?, allowTF32: Bool, accumulate: Bool = false, stream: OpaquePointer?) throws {
         let key = "\(m),\(n),\(k),\(batch),\(type),\(strideA),\(strideB),\(transposeB),\(strideC),\(bias != nil),\(allowTF32)"
         lock.lock(); defer { lock.unlock() }
         let plan: Plan
@@ -86,7 +87,7 @@ final class CUBLASLt: @unchecked Sendable {
             var p = bp
             try ok(descSet(plan.desc, CUBLASLt.DESC_BIAS_POINTER, &p, 8), "set bias pointer")
         }
-        var alpha: Float = 1, beta: Float = 0
+        var alpha: Float = 1, beta: Float = accumulate ? 1 : 0
         // Column-major view: D^T (n x m) = op(B)^T (n x k) * A^T (k x m); "A" operand is B.
         let rc = plan.algo.withUnsafeBytes { algo in
             matmul(handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c, plan.c,

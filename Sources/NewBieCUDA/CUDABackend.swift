@@ -74,7 +74,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static let modules: [(String, [String])] = [
         ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                 "nb_channel_bias", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
+                 "nb_channel_bias", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_groupnorm_partial", "nb_groupnorm_stats", "nb_groupnorm_apply", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
@@ -171,6 +171,19 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         profiled(name) {
             args.withPointers { ptrs in
                 driver.must(driver.cuLaunchKernel(fn, g, 1, 1, UInt32(block), 1, 1, UInt32(shared), stream, ptrs, nil), "launch \(name)")
+            }
+        }
+    }
+
+    /// A launch over a 2-D grid (x, y) of `block`-thread blocks.
+    func launch2D(_ name: String, grid: (Int, Int), block: Int = 256, _ args: KernelArgs) {
+        guard let fn = functions[name] else { fatalError("CUDA kernel \(name) is not loaded") }
+        setCurrent()
+        precondition(grid.0 < Int(Int32.max) && grid.1 < 65536, "\(name): grid \(grid) is too large")
+        profiled(name) {
+            args.withPointers { ptrs in
+                driver.must(driver.cuLaunchKernel(fn, UInt32(Swift.max(1, grid.0)), UInt32(Swift.max(1, grid.1)), 1, UInt32(block), 1, 1, 0,
+                                                  stream, ptrs, nil), "launch \(name)")
             }
         }
     }
@@ -410,6 +423,22 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let c = x.shape[1], s = x.shape.dropFirst(2).reduce(1, *)
         let wdt = weight?.dtype ?? bias?.dtype ?? .f32
         let b = bias.map { $0.dtype == wdt ? $0 : $0.to(wdt) }
+        let batch = x.shape[0], n = (c / groups) * s
+        if n >= 1 << 15 {
+            // large groups (the VAE's): statistics from many blocks, then a plane-parallel pass
+            let chunks = Swift.min(1024, n / (1 << 14)), groupsTotal = batch * groups
+            let part = empty([groupsTotal * chunks], .f32), mean = empty([groupsTotal], .f32), rstd = empty([groupsTotal], .f32)
+            for (stat, center) in [(mean, nil), (rstd, Optional(mean))] {
+                launch2D("nb_groupnorm_partial", grid: (chunks, groupsTotal), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype))
+                    .i64(x.offset).ptr(ptr(part)).ptr(center.map(ptr) ?? 0).i64(n).i32(Int32(chunks)))
+                launch("nb_groupnorm_stats", grid: (groupsTotal + 255) / 256, KernelArgs().ptr(ptr(part)).ptr(ptr(stat)).i64(groupsTotal)
+                    .i64(n).i32(Int32(chunks)).i32(center == nil ? 0 : 1).f32(eps))
+            }
+            launch2D("nb_groupnorm_apply", grid: (Swift.min((s + 255) / 256, 1024), batch * c), KernelArgs().ptr(base(x))
+                .i32(Self.dtypeCode(x.dtype)).i64(x.offset).ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt))
+                .ptr(ptr(out)).ptr(ptr(mean)).ptr(ptr(rstd)).i64(c).i64(s).i32(Int32(groups)))
+            return out
+        }
         launch("nb_groupnorm", grid: x.shape[0] * groups, KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype)).i64(x.offset)
             .ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt)).ptr(ptr(out)).i64(c).i64(s).i32(Int32(groups)).f32(eps))
         return out
@@ -546,22 +575,32 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let kdim = cin * kh * kw, p = oh * ow
         let col = empty([kdim, p], x.dtype)
         setCurrent()
+        // the bias goes in first and the product is added to it in fp32 (cuBLASLt's beta = 1): one
+        // rounding of (W col + bias), as the CPU and cuDNN's fused bias do
+        if let bias = bias {
+            launch("nb_channel_fill", grid: blocks(out.count), KernelArgs().ptr(ptr(out)).i32(Self.dtypeCode(out.dtype))
+                .ptr(ptr(bias)).i32(Self.dtypeCode(bias.dtype)).i64(cout).i64(p).i64(out.count))
+        }
         for bi in 0..<batch {
-            launch("nb_im2col", grid: blocks(kdim * p), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype))
-                .i64(x.offset + bi * cin * h * w).ptr(ptr(col)).i32(Self.dtypeCode(x.dtype)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))
-                .i32(Int32(kh)).i32(Int32(kw)).i32(Int32(o.strideH)).i32(Int32(o.strideW)).i32(Int32(o.padTop)).i32(Int32(o.padLeft))
-                .i32(Int32(oh)).i32(Int32(ow)))
+            let xb = x.dtype.byteSize
+            if cin < 65536 && (xb == 2 || xb == 4) {
+                // x and col share the dtype: a raw copy
+                launch2D(xb == 2 ? "nb_im2col_u16" : "nb_im2col_u32", grid: ((p + 1023) / 1024, cin),
+                         KernelArgs().ptr(ptr(x) + UInt64(bi * cin * h * w * xb)).ptr(ptr(col)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))
+                    .i32(Int32(kh)).i32(Int32(kw)).i32(Int32(o.strideH)).i32(Int32(o.strideW)).i32(Int32(o.padTop)).i32(Int32(o.padLeft))
+                    .i32(Int32(oh)).i32(Int32(ow)))
+            } else {
+                launch("nb_im2col", grid: blocks(kdim * p), KernelArgs().ptr(base(x)).i32(Self.dtypeCode(x.dtype))
+                    .i64(x.offset + bi * cin * h * w).ptr(ptr(col)).i32(Self.dtypeCode(x.dtype)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))
+                    .i32(Int32(kh)).i32(Int32(kw)).i32(Int32(o.strideH)).i32(Int32(o.strideW)).i32(Int32(o.padTop)).i32(Int32(o.padLeft))
+                    .i32(Int32(oh)).i32(Int32(ow)))
+            }
             // out_b [cout, p] = W [cout, kdim] x col [kdim, p]
-            do {
+            profiled("cublasLt conv") { do {
                 try blas.gemm(m: cout, n: p, k: kdim, batch: 1, type: type, a: ptr(wt), strideA: 0, b: ptr(col), strideB: 0,
                               transposeB: false, c: ptr(out) + UInt64(bi * cout * p * x.dtype.byteSize), strideC: 0,
-                              bias: nil, allowTF32: allowTF32, stream: stream)
-            } catch { fatalError("\(error)") }
-        }
-        if let bias = bias {
-            let n = out.count
-            launch("nb_channel_bias", grid: blocks(n), KernelArgs().ptr(ptr(out)).i32(Self.dtypeCode(out.dtype))
-                .ptr(ptr(bias)).i32(Self.dtypeCode(bias.dtype)).i64(cout).i64(p).i64(n))
+                              bias: nil, allowTF32: allowTF32, accumulate: bias != nil, stream: stream)
+            } catch { fatalError("\(error)") } }
         }
         return out
     }

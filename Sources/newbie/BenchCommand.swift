@@ -41,6 +41,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --dit: compute dtype (bf16, fp16, fp32).")
     var dtype: String = "bf16"
 
+    @Option(help: "With --device cuda: time the VAE decoder of this model (folder or file) at --size x --size instead of single ops.")
+    var vae: String?
+
     @Flag(help: "With --dit --dtype fp32: TF32 tensor-core GEMMs (PyTorch's allow_tf32) instead of strict fp32.")
     var tf32 = false
 
@@ -124,6 +127,7 @@ struct BenchCommand: ParsableCommand {
     /// GPU: the DiT's GEMM shapes and attention at 1024x1024 (batch 2), timed with CUDA events.
     func runCUDA() throws {
         if dit { return try runCUDADiT() }
+        if let v = vae { return try runCUDAVAE(v) }
         let cuda = try CUDABackend.load()
         let dev = Device.cuda(0)
         print("CUDA benchmark on \(cuda.name) (sm_\(cuda.computeCapability)), median of \(repeats) runs")
@@ -218,6 +222,28 @@ struct BenchCommand: ParsableCommand {
         let same = results[false]! == results[true]!
         print(String(format: "  CUDA graph / eager: %.3f; replays: %d; graph output identical to eager: %@",
                      stepMs[true]! / stepMs[false]!, model.recordedReplays, same ? "yes" : "NO"))
+    }
+
+    /// The VAE decoder on the GPU: one `size` x `size` image from a random latent, timed with CUDA
+    /// events, then one decode profiled by kernel.
+    func runCUDAVAE(_ path: String) throws {
+        let cuda = try CUDABackend.load()
+        guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        cuda.allowTF32 = tf32
+        let model = try AutoencoderKL.load(path: path, dtype: dt, device: .cuda(0), parts: .decoder)
+        let z = randomTensor([1, model.config.latentChannels, size / 8, size / 8], seed: 21).to(dt, device: .cuda(0))
+        cuda.resetPeakMemory()
+        let ms = cuda.time(runs: repeats) { _ = model.decode(z) }
+        let peak = cuda.memoryStats.peakBytes
+        cuda.profiling = true
+        let img = model.decode(z).toFloats()
+        cuda.profiling = false
+        let prof = cuda.profileReport()
+        let total = prof.reduce(0) { $0 + $1.ms }
+        print("  one decode, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
+        for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
+        print(String(format: "VAE decode on %@: %@, %dx%d: %.1f ms (median of %d); peak %@; output finite: %@", cuda.name, dt.description, size, size,
+                     ms, repeats, formatBytes(peak), img.allSatisfy { $0.isFinite } ? "yes" : "NO"))
     }
 
     func report(_ name: String, _ seconds: Double, _ gflops: Double, _ ceiling: Double) {

@@ -74,7 +74,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static let modules: [(String, [String])] = [
         ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
                  "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                 "nb_channel_bias", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_groupnorm_partial", "nb_groupnorm_stats", "nb_groupnorm_apply", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
+                 "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_groupnorm_partial", "nb_groupnorm_stats", "nb_groupnorm_apply", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
@@ -139,7 +139,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// graph keeps, downloads and waits are errors.
     private(set) var capturing: CUDAGraph?
 
-    public func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? {
+    public func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? {
         setCurrent()
         let memory = pool.beginRecording()
         let graph = CUDAGraph(backend: self, memory: memory)

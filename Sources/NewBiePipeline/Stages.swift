@@ -109,6 +109,8 @@ public struct StageOptions: Sendable, Equatable {
     /// Jina head size (jina-clip-v2: 64).
     public var jinaHeadDim: Int = 64
     public var vaeTiling: VAETiling = .auto
+    /// Replay the guided DiT steps as CUDA graphs (`NextDiT.useRecordedSteps`).
+    public var cudaGraphs = false
 
     public init(dtype: DType = .f32, device: Device = .cpu) { self.dtype = dtype; self.device = device }
 }
@@ -200,6 +202,7 @@ public final class DenoiseStage {
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
         dit = try NextDiT.load(path: path, dtype: options.dtype, device: options.device)
+        if options.cudaGraphs { dit.useRecordedSteps = true }
     }
 
     public init(dit: NextDiT, path: String) { self.dit = dit; self.path = path }

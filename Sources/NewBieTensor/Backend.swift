@@ -75,7 +75,7 @@ public protocol Backend: AnyObject, Sendable {
     /// same buffers (CUDA graphs); nil where the backend cannot (the CPU). `body` must only queue
     /// device work: no upload of data that changes between replays, no download, no wait. The
     /// returned output tensor is rewritten by each replay.
-    func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)?
+    func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)?
 }
 
 /// Device work recorded once by `Backend.record` and queued again by `replay()`.
@@ -84,7 +84,7 @@ public protocol RecordedWork: AnyObject {
 }
 
 extension Backend {
-    public func record(_ body: () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? { nil }
+    public func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? { nil }
 
     public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
         let h = x.rmsNorm(weight: weight, eps: eps)

@@ -47,6 +47,9 @@ struct DeviceOptions: ParsableArguments {
     @Option(help: "Compute precision: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.")
     var dtype = "auto"
 
+    @Flag(name: .customLong("cuda-graphs"), help: "With --device cuda: replay each guided DiT step as a CUDA graph once shapes are fixed (same pixels; holds the step's intermediate buffers, about 1 GiB at 1024x1024).")
+    var cudaGraphs = false
+
     func stageOptions() throws -> StageOptions {
         guard let dev = Device(device) else { throw PipelineError("--device \(device): use cpu, cuda or cuda:N") }
         let dt: DType
@@ -57,7 +60,9 @@ struct DeviceOptions: ParsableArguments {
             dt = d
         }
         if case .cuda(let index) = dev { _ = try CUDABackend.load(index: index) }
-        return StageOptions(dtype: dt, device: dev)
+        var o = StageOptions(dtype: dt, device: dev)
+        o.cudaGraphs = cudaGraphs
+        return o
     }
 }
 

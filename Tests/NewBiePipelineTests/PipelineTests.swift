@@ -276,6 +276,39 @@ final class PipelineRunTests: XCTestCase {
         XCTAssertLessThanOrEqual(off.filter { $0 > 0 }.count, off.count / 100)
     }
 
+    /// `--cuda-graphs`: guided steps replayed from fixed input buffers give exactly the eager run's
+    /// latent, with guidance switching off midway (a second recording) and every later step a replay.
+    /// The emulated device records as a CUDA graph behaves (nothing computed until a replay).
+    func testRecordedStepsGiveTheEagerLatent() throws {
+        let dev = EmulatedDevice.shared.device
+        EmulatedDevice.shared.emulateRecording = true
+        defer { EmulatedDevice.shared.emulateRecording = false }
+        let e = try TextStage(paths: Tiny.paths, options: StageOptions()).encode(prompt: "1girl, red eyes", negativePrompt: "blurry",
+                                                                                systemPrompt: "")
+        var settings = Tiny.settings(sampler: .euler, steps: 7)
+        var options = StageOptions(device: dev)
+        // guidance stops between the third and the fourth call
+        var ts: [Float] = []
+        _ = try DenoiseStage(paths: Tiny.paths, options: options).run(e, settings: settings, onEvaluation: { ts.append($0.t) })
+        XCTAssertEqual(ts.count, 6)
+        settings.cfg = CFGOptions(scale: 4, truncation: (ts[2] + ts[3]) / 2, renorm: 0)
+        let eager = try DenoiseStage(paths: Tiny.paths, options: options).run(e, settings: settings)
+        options.cudaGraphs = true
+        let stage = try DenoiseStage(paths: Tiny.paths, options: options)
+        XCTAssertTrue(stage.dit.useRecordedSteps)
+        var replays: [Int] = []
+        let replayed = try stage.run(e, settings: settings, onEvaluation: { _ in replays.append(stage.dit.recordedReplays) })
+        XCTAssertEqual(replayed.toFloats(), eager.toFloats())
+        XCTAssertTrue(replayed.toFloats().allSatisfy { $0.isFinite })
+        // 6 model calls: guided at t < 0.5 (calls 1-3: eager, recorded + replayed, replayed), then
+        // conditional only (calls 4-6: eager, recorded + replayed, replayed)
+        XCTAssertEqual(replays, [0, 1, 2, 2, 1, 2])
+        // renorm decides on the host: such steps run eagerly
+        settings.cfg = CFGOptions(scale: 4, truncation: 100, renorm: 1)
+        let renormed = try DenoiseStage(paths: Tiny.paths, options: options).run(e, settings: settings)
+        XCTAssertEqual(renormed.toFloats(), try DenoiseStage(paths: Tiny.paths, options: StageOptions(device: dev)).run(e, settings: settings).toFloats())
+    }
+
     func testOutputPathPattern() {
         XCTAssertEqual(Pipeline.outputPaths(pattern: "out/{prompt}-{seed}.png", seeds: [5, 6], promptIndices: [0, 0]),
                        ["out/0-5.png", "out/0-6.png"])

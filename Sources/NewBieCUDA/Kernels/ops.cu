@@ -462,14 +462,6 @@ extern "C" __global__ void nb_channel_fill(void* out, int dt, const void* bias, 
     GRID_STRIDE(i, total) { st(out, dt, i, ld(bias, bdt, (i / S) % C)); }
 }
 
-// out [B, C, S] += bias[C] (in place, dtype dt)
-extern "C" __global__ void nb_channel_bias(void* out, int dt, const void* bias, int bdt, i64 C, i64 S, i64 total) {
-    GRID_STRIDE(i, total) {
-        i64 c = (i / S) % C;
-        st(out, dt, i, ld(out, dt, i) + ld(bias, bdt, c));
-    }
-}
-
 extern "C" __global__ void nb_upsample2x(const void* x, int dt, i64 xoff, void* out, i64 planes, i64 H, i64 W) {
     const i64 total = planes * 4 * H * W;
     GRID_STRIDE(i, total) {

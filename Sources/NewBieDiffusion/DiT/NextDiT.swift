@@ -19,9 +19,11 @@ public final class NextDiT: @unchecked Sendable {
     /// path ("cap_embedder", "x_embedder", "context_refiner.0", "noise_refiner.0", "layers.N",
     /// "final_layer"); an error it throws stops the forward. Nil costs nothing.
     public var moduleHook: ((_ path: String, _ output: Tensor) throws -> Void)?
-    /// Replay guided steps as recorded device work (CUDA graphs) where the backend can record; on by
-    /// default, NEWBIE_CUDA_GRAPHS=0 or setting it false runs every step eagerly.
-    public var useRecordedSteps = ProcessInfo.processInfo.environment["NEWBIE_CUDA_GRAPHS"] != "0"
+    /// Replay guided steps as recorded device work (CUDA graphs) where the backend can record. Off by
+    /// default (`--cuda-graphs` or NEWBIE_CUDA_GRAPHS=1 turn it on): on the H200 it saved 0.2-1.3% of
+    /// a step while the graph holds the forward pass's intermediate buffers (about 1 GiB at
+    /// 1024x1024) between steps; see docs/BENCHMARKS.md.
+    public var useRecordedSteps = ProcessInfo.processInfo.environment["NEWBIE_CUDA_GRAPHS"] == "1"
     /// Replays of the current recorded step (for reports and tests).
     public internal(set) var recordedReplays = 0
     var stepGraph: StepGraph?

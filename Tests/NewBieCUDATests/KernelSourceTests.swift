@@ -1,0 +1,68 @@
+import Foundation
+import XCTest
+
+/// The CUDA kernels are compiled by NVRTC on the GPU machine only; this syntax-checks them
+/// everywhere (CI included) with the toolchain's clang in CUDA device mode, so a stray brace or
+/// an undeclared name fails here rather than at the first run on a GPU. The prelude declares what
+/// NVRTC provides without headers.
+final class KernelSourceTests: XCTestCase {
+    static let prelude = """
+    #define __device__ __attribute__((device))
+    #define __global__ __attribute__((global))
+    #define __shared__ __attribute__((shared))
+    #define __forceinline__ __inline__ __attribute__((always_inline))
+    #define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
+    #define __align__(n) __attribute__((aligned(n)))
+    #include "__clang_cuda_builtin_vars.h"
+    typedef __SIZE_TYPE__ size_t;
+    __device__ float __int_as_float(int);
+    __device__ float __uint_as_float(unsigned);
+    __device__ unsigned __float_as_uint(float);
+    __device__ int __float_as_int(float);
+    __device__ void __syncthreads();
+    __device__ float __shfl_xor_sync(unsigned, float, int);
+    __device__ int __all_sync(unsigned, int);
+    __device__ int __any_sync(unsigned, int);
+    __device__ float rsqrtf(float); __device__ float sqrtf(float); __device__ float expf(float); __device__ float exp2f(float);
+    __device__ float logf(float); __device__ float tanhf(float); __device__ float erff(float); __device__ float sinf(float);
+    __device__ float cosf(float); __device__ float fmaxf(float, float); __device__ float fminf(float, float);
+    __device__ float fabsf(float); __device__ float fmaf(float, float, float);
+
+    """
+
+    func clang() throws -> String {
+        let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin"
+        for dir in path.split(separator: ":") {
+            let c = "\(dir)/clang++"
+            if FileManager.default.isExecutableFile(atPath: c) { return c }
+        }
+        throw XCTSkip("no clang++ on PATH: the kernel sources are only checked by NVRTC on a GPU machine")
+    }
+
+    func testKernelSourcesParseAsCUDA() throws {
+        let clang = try clang()
+        let kernels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
+        let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
+        XCTAssertEqual(sources, ["flash.cu", "ops.cu"])
+        let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
+        try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: prelude) }
+        for name in sources {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: clang)
+            p.arguments = ["-x", "cuda", "--cuda-gpu-arch=sm_90", "--cuda-device-only", "-nocudainc", "-nocudalib", "-fsyntax-only",
+                           "-std=c++17", "-include", prelude, kernels.appendingPathComponent(name).path]
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = Pipe()
+            try p.run()
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            if text.contains("unknown target CPU") || text.contains("cannot find CUDA") {
+                throw XCTSkip("this clang cannot check CUDA sources: \(text.prefix(200))")
+            }
+            XCTAssertEqual(p.terminationStatus, 0, "\(name) does not parse:\n\(text)")
+        }
+    }
+}

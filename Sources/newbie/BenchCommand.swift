@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieCUDA
 import NewBieDiffusion
+import NewBiePipeline
 import NewBieTensor
 #if canImport(Glibc)
 import Glibc
@@ -93,13 +94,13 @@ struct BenchCommand: ParsableCommand {
             let outputBytes = l * heads * d * 4
             let before = backend.memoryStats.currentBytes
             backend.resetPeakMemory()
-            let rssBefore = peakRSS()
+            let rssBefore = PipelineBench.peakRSS()
             let t = median(Swift.max(1, repeats / 2)) { _ = q.attention(k: kk, v: v) }
             let peakExtra = backend.memoryStats.peakBytes - before - outputBytes
             let flops = 4.0 * Double(l) * Double(l) * Double(d) * Double(heads)
             report("attention 1x\(heads)h(\(kvHeads)kv)x\(d), L=\(l), f32", t, flops / t / 1e9, ceiling)
             let lxl = l * l * 4
-            print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs and output (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(peakRSS()))")
+            print("  attention working memory: peak \(formatBytes(peakExtra)) above inputs and output (one LxL f32 score matrix per head would be \(formatBytes(lxl)), all heads \(formatBytes(lxl * heads))); process peak RSS \(formatBytes(rssBefore)) -> \(formatBytes(PipelineBench.peakRSS()))")
         }
 
         if which.contains("unary") {
@@ -267,13 +268,6 @@ func median(_ runs: Int, _ body: () -> Void) -> Double {
     }
     times.sort()
     return times[times.count / 2]
-}
-
-/// Peak resident set size of this process (Linux reports ru_maxrss in KiB).
-func peakRSS() -> Int {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Int(usage.ru_maxrss) * 1024
 }
 
 struct SplitMix {

@@ -189,9 +189,8 @@ struct GPUCheckCommand: ParsableCommand {
         try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let paths = try ModelPaths.resolve(root: dir)
-        var settings = SamplingSettings(width: 64, height: 48, steps: 3, sampler: .midpoint, shift: 6,
+        let settings = SamplingSettings(width: 64, height: 48, steps: 3, sampler: .midpoint, shift: 6,
                                         cfg: CFGOptions(scale: 4.5, renorm: 0), seed: seed, rng: .torch)
-        settings.seed = seed
         let prompt = "<character_1><n>girl</n><hair>silver</hair></character_1> a quiet street at dusk"
         let system = "You are an assistant designed to generate anime images."
         func err(_ a: Tensor, _ b: Tensor) -> Double {

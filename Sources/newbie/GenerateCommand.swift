@@ -209,7 +209,7 @@ final class ProgressReporter {
         }
         for (name, t) in stageTimes { lines.append(row(name, t)) }
         lines.append(row("total", stageTimes.reduce(0) { $0 + $1.1 }))
-        lines.append("peak memory: process RSS \(formatBytes(peakRSS())), CPU tensors \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes))"
+        lines.append("peak memory: process RSS \(formatBytes(PipelineBench.peakRSS())), CPU tensors \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes))"
                      + (device == .cpu ? "" : ", \(device) tensors \(formatBytes(Backends.backend(for: device).memoryStats.peakBytes))"))
         FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }

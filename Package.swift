@@ -34,12 +34,14 @@ let package = Package(
         // Images: PNG in and out, pixel <-> tensor conversion.
         .target(name: "NewBieImage", dependencies: ["NewBieTensor", "CPNG"]),
         // The end-to-end pipeline (prompt -> text encoders -> DiT sampling -> VAE -> image) as
-        // stages with plain values, model slots and the tiny random model.
-        .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage"]),
+        // stages with plain values, model slots, the placement policy and device opening.
+        .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA"]),
+        // What is not the product: random and tiny model writers, the whole-pipeline benchmark.
+        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline"]),
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.
@@ -51,7 +53,7 @@ let package = Package(
         .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
-        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

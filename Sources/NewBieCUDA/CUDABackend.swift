@@ -16,8 +16,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
     /// Flash-attention block: "w4" or "w8" warps of 16 query rows each (w4 measured a little faster
-    /// for the DiT on the H200). NEWBIE_FLASH overrides.
-    public var flashVariant = ProcessInfo.processInfo.environment["NEWBIE_FLASH"] ?? "w4"
+    /// for the DiT on the H200); set from the command line (`--flash`).
+    public var flashVariant = "w4"
 
     let driver: CUDADriver
     let context: OpaquePointer?
@@ -188,10 +188,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         }
     }
 
-    // MARK: profiling (NEWBIE_CUDA_PROFILE=1): device time per kernel, from events around each launch
+    // MARK: profiling (`--cuda-profile`): device time per kernel, from events around each launch
 
     private var profile: [(String, OpaquePointer?, OpaquePointer?)] = []
-    public var profiling = ProcessInfo.processInfo.environment["NEWBIE_CUDA_PROFILE"] != nil
+    public var profiling = false
 
     func profiled(_ name: String, _ body: () -> Void) {
         guard profiling, capturing == nil else { body(); return }

@@ -48,7 +48,7 @@ public enum GenerationMetadata {
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
-        [MetadataKey.dtype: o.dtype.description, MetadataKey.device: "\(o.device)"]
+        [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
     }
 
     public static func models(_ p: ModelPaths) -> [String: String] {
@@ -76,7 +76,7 @@ public enum GenerationMetadata {
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
                      MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
-                     MetadataKey.initImage, MetadataKey.dtype,
+                     MetadataKey.initImage, MetadataKey.precision,
                      MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
         for k in order { if let v = m[k] { out.append((k, v)) } }
@@ -96,6 +96,8 @@ public enum Pipeline {
         for r in requests { try r.settings.validate() }
         // every part is checked before the first one is loaded, so a wrong slot fails at once
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
+        // and precision rules naming modules of the DiT or VAE are checked against their plans
+        try options.placement.checkRules(paths: paths)
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         func timed<T>(_ stage: String, _ body: () throws -> T) rethrows -> T {
             let t0 = clock()

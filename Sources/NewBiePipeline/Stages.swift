@@ -91,17 +91,18 @@ public enum MetadataKey {
     public static let rng = "newbie:rng"
     public static let strength = "newbie:strength"
     public static let initImage = "newbie:init_image"
-    public static let dtype = "newbie:dtype"
+    /// The resolved precision policy (`--precision` form).
+    public static let precision = "newbie:precision"
     public static let device = "newbie:device"
     public static let command = "newbie:command"
     public static func model(_ slot: ModelSlot) -> String { "newbie:\(slot.rawValue)" }
 }
 
-/// Options every stage shares: precision and device. Every model (text encoders, DiT, VAE) runs
-/// on `device`; the values between stages are Float32 on the CPU.
+/// Options every stage shares: where each model runs and in which precision (the placement
+/// policy), and the CUDA settings. The values between stages are Float32 on the CPU.
 public struct StageOptions: Sendable, Equatable {
-    public var dtype: DType
-    public var device: Device
+    public var placement: PlacementPolicy
+    public var cuda = CUDAOptions()
     /// Gemma truncation, including <bos> (official 512).
     public var gemmaMaxLength: Int = 512
     /// Jina truncation, including <s> and </s> (official 2048 in NewBie's code).
@@ -109,10 +110,19 @@ public struct StageOptions: Sendable, Equatable {
     /// Jina head size (jina-clip-v2: 64).
     public var jinaHeadDim: Int = 64
     public var vaeTiling: VAETiling = .auto
-    /// Replay the guided DiT steps as CUDA graphs (`NextDiT.useRecordedSteps`).
-    public var cudaGraphs = false
 
-    public init(dtype: DType = .f32, device: Device = .cpu) { self.dtype = dtype; self.device = device }
+    /// Every model on `device` in `dtype` (nil: auto for the device, bf16 on CUDA, fp32 on the CPU).
+    public init(dtype: DType? = .f32, device: Device = .cpu) { placement = PlacementPolicy(device: device, dtype: dtype) }
+    public init(placement: PlacementPolicy, cuda: CUDAOptions = CUDAOptions()) { self.placement = placement; self.cuda = cuda }
+
+    /// The device every model runs on, when they share one (else the DiT's).
+    public var device: Device { placement.singleDevice ?? placement.device(.dit) }
+
+    /// Opens the slot's device (with the CUDA options) and returns what its model is built with.
+    public func open(_ slot: ModelSlot) throws -> ModelPlacement {
+        try DeviceSupport.open(placement.device(slot), cuda: cuda)
+        return placement.placement(slot)
+    }
 }
 
 // MARK: - stage 1: text
@@ -132,12 +142,13 @@ public final class TextStage {
         let g = try paths.require(.gemma), j = try paths.require(.jina)
         let gt = try paths.gemmaTokenizerPath(gemma: g), jt = try paths.jinaTokenizerPath(jina: j)
         self.options = options
+        let gemmaPlacement = try options.open(.gemma), jinaPlacement = try options.open(.jina)
         gemmaTokenizer = try SentencePieceBPETokenizer.load(gt)
-        gemma = try GemmaTextEncoder.load(path: g, dtype: options.dtype, device: options.device)
+        gemma = try GemmaTextEncoder.load(path: g, placement: gemmaPlacement)
         jinaTokenizer = try UnigramTokenizer(path: jt)
         let source = try openWeights(path: j)
         let config = try JinaLayout.detect(source).inferConfig(source, headDim: options.jinaHeadDim)
-        jina = try JinaTextTower(source: source, config: config, dtype: options.dtype, device: options.device)
+        jina = try JinaTextTower(source: source, config: config, placement: jinaPlacement)
         guard gemmaTokenizer.vocabSize <= gemma.config.vocabSize else {
             throw PipelineError("--gemma-tokenizer \(gt): \(gemmaTokenizer.vocabSize) tokens, but the Gemma checkpoint's vocabulary has \(gemma.config.vocabSize): tokenizer and checkpoint do not match")
         }
@@ -201,8 +212,8 @@ public final class DenoiseStage {
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
-        dit = try NextDiT.load(path: path, dtype: options.dtype, device: options.device)
-        if options.cudaGraphs { dit.useRecordedSteps = true }
+        dit = try NextDiT.load(path: path, placement: try options.open(.dit))
+        dit.useRecordedSteps = options.cuda.graphs
     }
 
     public init(dit: NextDiT, path: String) { self.dit = dit; self.path = path }
@@ -270,7 +281,7 @@ public final class DenoiseStage {
 public final class ImageEncodeStage {
     public let vae: AutoencoderKL
     public init(paths: ModelPaths, options: StageOptions) throws {
-        vae = try AutoencoderKL.load(path: try paths.require(.vae), dtype: options.dtype, device: options.device, parts: .encoder)
+        vae = try AutoencoderKL.load(path: try paths.require(.vae), placement: try options.open(.vae), parts: .encoder)
     }
 
     /// Reads a PNG of exactly `width` x `height` and encodes it.
@@ -297,7 +308,7 @@ public final class DecodeStage {
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.vae)
-        vae = try AutoencoderKL.load(path: path, dtype: options.dtype, device: options.device, parts: .decoder)
+        vae = try AutoencoderKL.load(path: path, placement: try options.open(.vae), parts: .decoder)
         tiling = options.vaeTiling
     }
 

@@ -76,6 +76,14 @@ public protocol Backend: AnyObject, Sendable {
     /// device work: no upload of data that changes between replays, no download, no wait. The
     /// returned output tensor is rewritten by each replay.
     func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)?
+
+    // MARK: errors
+
+    /// Throws (and clears) the first failure since the last call. Device backends queue work
+    /// without waiting, so a failed launch, library call or allocation is kept ("sticky"), later
+    /// work is skipped, and the failure surfaces here, at the next synchronisation point (a
+    /// download, the end of a model's forward pass).
+    func checkErrors() throws
 }
 
 /// Device work recorded once by `Backend.record` and queued again by `replay()`.
@@ -84,6 +92,8 @@ public protocol RecordedWork: AnyObject {
 }
 
 extension Backend {
+    public func checkErrors() throws {}
+
     public func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? { nil }
 
     public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {

@@ -5,11 +5,24 @@ import Foundation
 public enum Device: Hashable, Sendable, CustomStringConvertible {
     case cpu
     case cuda(Int)
+    /// A stand-in accelerator for tests on machines without one (host memory that only its own
+    /// backend reads); never parsed from user input.
+    case emulated(Int)
 
     public var description: String {
         switch self {
         case .cpu: return "cpu"
         case .cuda(let i): return "cuda:\(i)"
+        case .emulated(let i): return "emulated:\(i)"
+        }
+    }
+
+    /// The backend family: "cpu", "cuda", "emulated" (the key of `Backends.registerOpener`).
+    public var kind: String {
+        switch self {
+        case .cpu: return "cpu"
+        case .cuda: return "cuda"
+        case .emulated: return "emulated"
         }
     }
 
@@ -56,17 +69,65 @@ public struct TensorError: Error, CustomStringConvertible, LocalizedError {
     public var errorDescription: String? { message }
 }
 
-/// Maps devices to the backends that run them. The CPU backend is always present; a CUDA
-/// backend registers itself when its libraries load.
+/// A device that cannot be opened (no driver, no library, no such GPU) or that failed while
+/// working (a kernel launch, a library call, out of memory). The message names the device, the op
+/// and the reason.
+public struct DeviceError: Error, CustomStringConvertible, LocalizedError {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+    public var errorDescription: String? { message }
+}
+
+/// Maps devices to the backends that run them. A device opens itself on first use: the CPU
+/// backend is built in, other kinds are opened by the opener registered for their kind (the CUDA
+/// module registers one for "cuda"). `open` throws with the reason when that fails; tensor ops
+/// then never meet an unopened device, because every model opens its device before it moves a
+/// weight there.
 public enum Backends {
+    public typealias Opener = @Sendable (Device) throws -> Backend
     private static let lock = NSLock()
     nonisolated(unsafe) private static var table: [Device: Backend] = [:]
+    nonisolated(unsafe) private static var openers: [String: Opener] = [:]
 
     public static func register(_ backend: Backend) {
         lock.lock(); defer { lock.unlock() }
         table[backend.device] = backend
     }
 
+    /// How to open devices of a kind ("cuda"); replaces an earlier opener of that kind.
+    public static func registerOpener(kind: String, _ opener: @escaping Opener) {
+        lock.lock(); defer { lock.unlock() }
+        openers[kind] = opener
+    }
+
+    /// The device's backend, opened now if it is not yet: throws a `DeviceError` naming the device
+    /// and the reason (no BLAS library for the CPU, no driver or no such GPU for CUDA).
+    @discardableResult
+    public static func open(_ device: Device) throws -> Backend {
+        lock.lock()
+        if let b = table[device] { lock.unlock(); return b }
+        let opener = openers[device.kind]
+        lock.unlock()
+        if device == .cpu {
+            guard BLAS.shared != nil else { throw DeviceError("cpu: \(BLAS.loadError)") }
+            let cpu = CPUBackend.shared
+            register(cpu)
+            return cpu
+        }
+        guard let open = opener else {
+            throw DeviceError("\(device): this build cannot open \(device.kind) devices (no \(device.kind) support registered)")
+        }
+        let b: Backend
+        do { b = try open(device) } catch let e as DeviceError { throw e } catch {
+            throw DeviceError("\(device): \(error)")
+        }
+        register(b)
+        return b
+    }
+
+    /// The backend of an open device. Ops reach devices only through tensors that were put there,
+    /// which `open` did first; the CPU is always usable this way.
     public static func backend(for device: Device) -> Backend {
         lock.lock()
         if let b = table[device] { lock.unlock(); return b }
@@ -76,12 +137,22 @@ public enum Backends {
             register(cpu)
             return cpu
         }
-        fatalError("no backend is registered for device \(device); load it first (e.g. --device cuda needs the CUDA libraries)")
+        do { return try open(device) } catch {
+            // unreachable through the library's entry points, which open their devices first
+            fatalError("\(error) (open the device with Backends.open before putting tensors on it)")
+        }
     }
 
     public static func isAvailable(_ device: Device) -> Bool {
-        if device == .cpu { return true }
+        if device == .cpu { return BLAS.shared != nil }
         lock.lock(); defer { lock.unlock() }
         return table[device] != nil
+    }
+
+    /// Throws the first error the device met since the last check (a failed launch or library
+    /// call, out of memory), naming the op; nothing for a device that is not open.
+    public static func check(_ device: Device) throws {
+        lock.lock(); let b = table[device]; lock.unlock()
+        try b?.checkErrors()
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieCUDA
 import NewBieDiffusion
+import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
 #if canImport(Glibc)
@@ -168,7 +169,7 @@ struct BenchCommand: ParsableCommand {
         cuda.allowTF32 = tf32
         let config = NextDiTConfig.newBieExp01
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0), tensor: randomDiTWeights(config, seed: 7))
+        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0), tensor: try randomDiTWeights(config, seed: 7))
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes

@@ -58,7 +58,7 @@ struct BenchDiTCommand: ParsableCommand {
         print(String(format: "  raw sgemm %dx%dx%d before: %.1f GFLOP/s", m, n, k, before))
 
         // random weights (norm weights around 1, linear weights ~ 1/sqrt(fan_in))
-        let model = try NextDiT(config: cfg, dtype: dt, tensor: randomDiTWeights(cfg, seed: 2))
+        let model = try NextDiT(config: cfg, dtype: dt, tensor: try randomDiTWeights(cfg, seed: 2))
         var ir = SplitMix(seed: 3)
         let x = Tensor((0..<(batch * 16 * latent * latent)).map { _ in ir.uniform() }, shape: [batch, 16, latent, latent])
         let cap = Tensor((0..<(batch * caption * cfg.capFeatDim)).map { _ in ir.uniform() }, shape: [batch, caption, cfg.capFeatDim])
@@ -87,9 +87,9 @@ struct BenchDiTCommand: ParsableCommand {
 
 /// Random weights for a NextDiT, by internal name: norm weights around 1, linear weights uniform
 /// with scale 1/sqrt(fan_in), other vectors (biases) small. Shared by both DiT benchmarks.
-func randomDiTWeights(_ cfg: NextDiTConfig, seed: UInt64) -> (String) throws -> Tensor {
+func randomDiTWeights(_ cfg: NextDiTConfig, seed: UInt64) throws -> (String) throws -> Tensor {
     var rng = SplitMix(seed: seed)
-    let shapes = Dictionary(uniqueKeysWithValues: cfg.expectedTensors().map { ($0.name, $0.shape) })
+    let shapes = Dictionary(uniqueKeysWithValues: try cfg.expectedTensors().map { ($0.name, $0.shape) })
     return { name in
         guard let s = shapes[name] else { throw ValidationError("no tensor \(name) in this NextDiT") }
         let isNorm = s.count == 1 && !name.hasSuffix(".bias")

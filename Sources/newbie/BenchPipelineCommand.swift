@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NewBieCUDA
+import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
 

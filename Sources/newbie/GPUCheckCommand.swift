@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieCUDA
 import NewBieDiffusion
+import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
 

@@ -3,6 +3,7 @@ import Foundation
 import NewBieCUDA
 import NewBieDiffusion
 import NewBieImage
+import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
 import NewBieWeights
@@ -39,29 +40,52 @@ struct ModelOptions: ParsableArguments {
     }
 }
 
-/// Precision and device.
+/// Where the models run and in which precision, and the CUDA settings: one parser for every
+/// command that runs a model. The environment only seeds defaults (NEWBIE_DEVICE,
+/// NEWBIE_PRECISION, NEWBIE_CUDA_GRAPHS=1, NEWBIE_TF32=1, NEWBIE_FLASH, NEWBIE_CUDA_PROFILE=1).
 struct DeviceOptions: ParsableArguments {
-    @Option(help: "Where the models run (text encoders, DiT, VAE): cpu, cuda or cuda:N.")
-    var device = "cpu"
+    static let env = ProcessInfo.processInfo.environment
 
-    @Option(help: "Compute precision: auto (fp32 on the CPU, bf16 on CUDA), fp32, bf16 or fp16.")
-    var dtype = "auto"
+    @Option(help: "Where the models run: cpu, cuda or cuda:N, optionally per model (\"cuda,vae=cpu\"; models gemma, jina, dit, vae).")
+    var device = DeviceOptions.env["NEWBIE_DEVICE"] ?? "cpu"
 
-    @Flag(name: .customLong("cuda-graphs"), help: "With --device cuda: replay each guided DiT step as a CUDA graph once shapes are fixed (same pixels; holds the step's intermediate buffers, about 1 GiB at 1024x1024).")
-    var cudaGraphs = false
+    @Option(help: ArgumentHelp("Precision per model and per module: a default dtype (fp32, bf16, fp16, or auto = bf16 on CUDA and fp32 on the CPU), then overrides MODEL=DTYPE or MODEL.MODULE_PATH=DTYPE, where * matches within a path component. Examples: bf16; \"fp16,vae=fp32\"; \"bf16,vae.decoder.conv_out=fp32,dit.final_layer=fp32\"; \"fp16,dit.layers.*.attention=fp32\".", valueName: "spec"))
+    var precision = DeviceOptions.env["NEWBIE_PRECISION"] ?? "auto"
 
-    func stageOptions() throws -> StageOptions {
-        guard let dev = Device(device) else { throw PipelineError("--device \(device): use cpu, cuda or cuda:N") }
-        let dt: DType
-        if dtype == "auto" { dt = dev == .cpu ? .f32 : .bf16 } else {
-            guard let d = DType(userName: dtype), [.f32, .bf16, .f16].contains(d) else {
-                throw PipelineError("--dtype \(dtype): use auto, fp32, bf16 or fp16")
-            }
-            dt = d
+    @Option(help: "Shorthand for the default of --precision (fp32, bf16, fp16, auto); --precision items come after it.")
+    var dtype: String?
+
+    @Flag(name: .customLong("cuda-graphs"), inversion: .prefixedNo, help: "With CUDA: replay each guided DiT step as a CUDA graph once shapes are fixed (same pixels; holds the step's intermediate buffers, about 1 GiB at 1024x1024).")
+    var cudaGraphs = DeviceOptions.env["NEWBIE_CUDA_GRAPHS"] == "1"
+
+    @Flag(name: .customLong("tf32"), inversion: .prefixedNo, help: "With CUDA: fp32 matrix products on the tensor cores in TF32 (faster, about 1e-3 relative error).")
+    var tf32 = DeviceOptions.env["NEWBIE_TF32"] == "1"
+
+    @Option(name: .customLong("flash"), help: "With CUDA: flash-attention block variant, w4 or w8 (warps of 16 query rows).")
+    var flash = DeviceOptions.env["NEWBIE_FLASH"] ?? "w4"
+
+    @Flag(name: .customLong("cuda-profile"), help: "With CUDA: time every kernel family and print the profile at the end.")
+    var cudaProfile = DeviceOptions.env["NEWBIE_CUDA_PROFILE"] == "1"
+
+    /// The precision spec with --dtype in front.
+    var precisionSpec: String { [dtype, precision].compactMap { $0 }.joined(separator: ",") }
+
+    func cudaOptions() throws -> CUDAOptions {
+        guard CUDAOptions.flashVariants.contains(flash) else {
+            throw PipelineError("--flash \(flash): use \(CUDAOptions.flashVariants.joined(separator: " or "))")
         }
-        if case .cuda(let index) = dev { _ = try CUDABackend.load(index: index) }
-        var o = StageOptions(dtype: dt, device: dev)
-        o.cudaGraphs = cudaGraphs
+        return CUDAOptions(graphs: cudaGraphs, tf32: tf32, flashVariant: flash, profile: cudaProfile)
+    }
+
+    func placement() throws -> PlacementPolicy {
+        try PlacementPolicy.parse(precision: precisionSpec, device: device)
+    }
+
+    /// The stage options; every device the policy names is opened now, so a missing driver or BLAS
+    /// library fails before any file is read.
+    func stageOptions() throws -> StageOptions {
+        let o = StageOptions(placement: try placement(), cuda: try cudaOptions())
+        for d in o.placement.usedDevices { try DeviceSupport.open(d, cuda: o.cuda) }
         return o
     }
 }
@@ -151,7 +175,7 @@ struct ReportOptions: ParsableArguments {
     var detectOverflow = false
 
     func tracer(_ options: StageOptions) -> PipelineTracer? {
-        trace || detectOverflow ? PipelineTracer(trace: trace, detectOverflow: detectOverflow, computeDType: options.dtype) : nil
+        trace || detectOverflow ? PipelineTracer(trace: trace, detectOverflow: detectOverflow, computeDType: options.placement.precision(.dit).base) : nil
     }
 }
 
@@ -304,7 +328,7 @@ struct GenerateCommand: ParsableCommand {
         a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : shellQuote(system)]
         a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
-              "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--dtype", options.dtype.description, "--device", "\(options.device)"]
+              "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", options.placement.precisionSpec, "--device", options.placement.deviceSpec]
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
         return a.joined(separator: " ")
     }

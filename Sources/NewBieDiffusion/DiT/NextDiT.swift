@@ -20,21 +20,19 @@ public final class NextDiT: @unchecked Sendable {
     /// "final_layer"); an error it throws stops the forward. Nil costs nothing.
     public var moduleHook: ((_ path: String, _ output: Tensor) throws -> Void)?
     /// Replay guided steps as recorded device work (CUDA graphs) where the backend can record. Off by
-    /// default (`--cuda-graphs` or NEWBIE_CUDA_GRAPHS=1 turn it on): on the H200 it saved 0.2-1.3% of
-    /// a step while the graph holds the forward pass's intermediate buffers (about 1 GiB at
-    /// 1024x1024) between steps; see docs/BENCHMARKS.md.
-    public var useRecordedSteps = ProcessInfo.processInfo.environment["NEWBIE_CUDA_GRAPHS"] == "1"
+    /// default (the pipeline sets it from `CUDAOptions.graphs`, `--cuda-graphs`): on the H200 it
+    /// saved 0.2-1.3% of a step while the graph holds the forward pass's intermediate buffers
+    /// (about 1 GiB at 1024x1024) between steps; see docs/BENCHMARKS.md.
+    public var useRecordedSteps = false
     /// Replays of the current recorded step (for reports and tests).
     public internal(set) var recordedReplays = 0
     var stepGraph: StepGraph?
 
-    struct Linear {
-        let w: Tensor
-        let b: Tensor?
-        func callAsFunction(_ x: Tensor) -> Tensor { x.linear(w, bias: b) }
-    }
-
+    /// One JointTransformerBlock. `dtype` is the block's compute dtype; its attention and
+    /// feed-forward may compute in another (precision rules), with one cast in and out each.
     struct Block {
+        let dtype: DType
+        let attnDType: DType, ffnDType: DType
         let qkv: Linear, out: Linear
         let qNorm: Tensor, kNorm: Tensor
         let w1: Linear, w2: Linear, w3: Linear
@@ -43,68 +41,116 @@ public final class NextDiT: @unchecked Sendable {
         let adaLN: Linear?
     }
 
-    let xEmbedder: Linear
-    let tMLP0: Linear, tMLP2: Linear
-    let capNorm: Tensor, capLinear: Linear
-    let clipNorm: Tensor?, clipLinear: Linear?
-    let timeText: Linear?
-    let contextRefiner: [Block], noiseRefiner: [Block], layers: [Block]
-    let finalAdaLN: Linear, finalLinear: Linear
-
-    /// Builds the model from tensors handed out by internal (official) name; each is moved to
-    /// `device` and cast to `dtype`.
-    public init(config: NextDiTConfig, dtype: DType, device: Device = .cpu, tensor: (String) throws -> Tensor) throws {
-        guard [.f32, .bf16, .f16].contains(dtype) else { throw DiTError("NextDiT computes in f32, bf16 or f16, not \(dtype)") }
-        try config.validate()
-        self.config = config
-        self.dtype = dtype
-        self.device = device
-        rope = RoPE3D(axesDims: config.axesDims, axesLens: config.axesLens, theta: config.ropeTheta)
-        func t(_ n: String) throws -> Tensor { try tensor(n).to(dtype, device: device) }
-        func lin(_ n: String, bias: Bool = true) throws -> Linear {
-            Linear(w: try t(n + ".weight"), b: bias ? try t(n + ".bias") : nil)
-        }
-        func block(_ p: String, modulated: Bool) throws -> Block {
-            Block(qkv: try lin("\(p).attention.qkv", bias: false), out: try lin("\(p).attention.out", bias: false),
-                  qNorm: try t("\(p).attention.q_norm.weight"), kNorm: try t("\(p).attention.k_norm.weight"),
-                  w1: try lin("\(p).feed_forward.w1", bias: false), w2: try lin("\(p).feed_forward.w2", bias: false),
-                  w3: try lin("\(p).feed_forward.w3", bias: false),
-                  attnNorm1: try t("\(p).attention_norm1.weight"), attnNorm2: try t("\(p).attention_norm2.weight"),
-                  ffnNorm1: try t("\(p).ffn_norm1.weight"), ffnNorm2: try t("\(p).ffn_norm2.weight"),
-                  adaLN: modulated ? try lin("\(p).adaLN_modulation.1") : nil)
-        }
-        xEmbedder = try lin("x_embedder")
-        tMLP0 = try lin("t_embedder.mlp.0")
-        tMLP2 = try lin("t_embedder.mlp.2")
-        capNorm = try t("cap_embedder.0.weight")
-        capLinear = try lin("cap_embedder.1")
-        if config.clipTextDim != nil {
-            clipNorm = try t("clip_text_pooled_proj.0.weight")
-            clipLinear = try lin("clip_text_pooled_proj.1")
-            timeText = try lin("time_text_embed.1")
-        } else {
-            clipNorm = nil; clipLinear = nil; timeText = nil
-        }
-        contextRefiner = try (0..<config.nContextRefiner).map { try block("context_refiner.\($0)", modulated: false) }
-        noiseRefiner = try (0..<config.nNoiseRefiner).map { try block("noise_refiner.\($0)", modulated: true) }
-        layers = try (0..<config.nLayers).map { try block("layers.\($0)", modulated: true) }
-        finalAdaLN = try lin("final_layer.adaLN_modulation.1")
-        finalLinear = try lin("final_layer.linear")
+    /// A module that computes in its own dtype: an RMSNorm weight and a linear layer (the caption
+    /// and pooled-text embedders), or a linear layer alone.
+    struct NormLinear {
+        let dtype: DType
+        let norm: Tensor
+        let linear: Linear
     }
 
-    /// Checked weights (every expected tensor present with its shape, nothing unexpected).
+    let xEmbedder: Linear
+    let tMLP0: Linear, tMLP2: Linear, tDType: DType
+    let capEmbedder: NormLinear
+    let clipProj: NormLinear?
+    let timeText: Linear?
+    let contextRefiner: [Block], noiseRefiner: [Block], layers: [Block]
+    let finalDType: DType
+    let finalAdaLN: Linear, finalLinear: Linear
+    /// Every module path with its compute dtype (what `--trace` shows, what precision rules name).
+    public let moduleDTypes: [String: DType]
+
+    /// Builds the modules from `root` (official internal names). The same code plans the model
+    /// (every tensor name and shape, see `plan`) and loads it.
+    init(config: NextDiTConfig, root: ModuleScope) throws {
+        guard [.f32, .bf16, .f16].contains(root.dtype) else { throw DiTError("NextDiT computes in fp32, bf16 or fp16, not \(root.dtype)") }
+        try config.validate()
+        self.config = config
+        self.dtype = root.dtype
+        self.device = root.device
+        rope = RoPE3D(axesDims: config.axesDims, axesLens: config.axesLens, theta: config.ropeTheta)
+        let d = config.dim, hd = config.headDim, ada = config.adaLNDim
+        func block(_ s: ModuleScope, modulated: Bool) throws -> Block {
+            let a = s.scope("attention"), f = s.scope("feed_forward")
+            return Block(dtype: s.dtype, attnDType: a.dtype, ffnDType: f.dtype,
+                         qkv: try a.linear("qkv", in: d, out: (config.nHeads + 2 * config.nKVHeads) * hd, bias: false),
+                         out: try a.linear("out", in: config.nHeads * hd, out: d, bias: false),
+                         qNorm: try a.tensor("q_norm.weight", shape: [hd]), kNorm: try a.tensor("k_norm.weight", shape: [hd]),
+                         w1: try f.linear("w1", in: d, out: config.ffnHidden, bias: false),
+                         w2: try f.linear("w2", in: config.ffnHidden, out: d, bias: false),
+                         w3: try f.linear("w3", in: d, out: config.ffnHidden, bias: false),
+                         attnNorm1: try s.tensor("attention_norm1.weight", shape: [d]),
+                         attnNorm2: try s.tensor("attention_norm2.weight", shape: [d]),
+                         ffnNorm1: try s.tensor("ffn_norm1.weight", shape: [d]),
+                         ffnNorm2: try s.tensor("ffn_norm2.weight", shape: [d]),
+                         adaLN: modulated ? try s.scope("adaLN_modulation").linear("1", in: ada, out: 4 * d, bias: true) : nil)
+        }
+        func normLinear(_ s: ModuleScope, width: Int, out: Int) throws -> NormLinear {
+            NormLinear(dtype: s.dtype, norm: try s.tensor("0.weight", shape: [width]), linear: try s.linear("1", in: width, out: out, bias: true))
+        }
+        xEmbedder = try root.linear("x_embedder", in: config.patchDim, out: d, bias: true)
+        let te = root.scope("t_embedder"), mlp = te.scope("mlp")
+        tDType = te.dtype
+        tMLP0 = try mlp.linear("0", in: config.frequencySize, out: ada, bias: true)
+        tMLP2 = try mlp.linear("2", in: ada, out: ada, bias: true)
+        capEmbedder = try normLinear(root.scope("cap_embedder"), width: config.capFeatDim, out: d)
+        if let c = config.clipTextDim {
+            clipProj = try normLinear(root.scope("clip_text_pooled_proj"), width: c, out: c)
+            timeText = try root.scope("time_text_embed").linear("1", in: ada + c, out: ada, bias: true)
+        } else {
+            clipProj = nil; timeText = nil
+        }
+        contextRefiner = try (0..<config.nContextRefiner).map { try block(root.scope("context_refiner.\($0)"), modulated: false) }
+        noiseRefiner = try (0..<config.nNoiseRefiner).map { try block(root.scope("noise_refiner.\($0)"), modulated: true) }
+        layers = try (0..<config.nLayers).map { try block(root.scope("layers.\($0)"), modulated: true) }
+        let fl = root.scope("final_layer")
+        finalDType = fl.dtype
+        finalAdaLN = try fl.scope("adaLN_modulation").linear("1", in: ada, out: d, bias: true)
+        finalLinear = try fl.linear("linear", in: d, out: config.outPatchDim, bias: true)
+        moduleDTypes = root.loader.modules
+    }
+
+    /// The model's tensors (internal names, shapes) and module paths, from the modules themselves.
+    public static func plan(_ config: NextDiTConfig, precision: ModulePrecision = .uniform(.f32)) throws -> WeightLoader {
+        let loader = WeightLoader(planning: precision)
+        _ = try NextDiT(config: config, root: loader.root)
+        return loader
+    }
+
+    /// Builds the model from tensors handed out by internal (official) name, every module in
+    /// `dtype`.
+    public convenience init(config: NextDiTConfig, dtype: DType, device: Device = .cpu, tensor: @escaping (String) throws -> Tensor) throws {
+        let specs = try NextDiT.plan(config).requested
+        let weights = try ModelWeights(source: ClosureWeightSource(specs: specs, tensor: tensor), expected: specs, naming: .identity())
+        try self.init(weights: weights, config: config, placement: ModelPlacement(device: device, precision: .uniform(dtype)))
+    }
+
+    /// Checked weights (every expected tensor present with its shape, nothing unexpected), placed
+    /// on `placement.device` with each module in its dtype; precision rules that name no module
+    /// are an error listing the modules.
+    public convenience init(weights: ModelWeights, config: NextDiTConfig, placement: ModelPlacement) throws {
+        // rules first, on the plan: a misspelt module path fails before anything is read
+        try NextDiT.plan(config, precision: placement.precision).checkRules(model: placement.name)
+        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device)
+        try self.init(config: config, root: loader.root)
+    }
+
     public convenience init(weights: ModelWeights, config: NextDiTConfig, dtype: DType, device: Device = .cpu) throws {
-        try self.init(config: config, dtype: dtype, device: device, tensor: { try weights.tensor($0) })
+        try self.init(weights: weights, config: config, placement: ModelPlacement(device: device, precision: .uniform(dtype)))
     }
 
     /// Opens a checkpoint in any published naming (official / ComfyUI with or without
     /// `model.diffusion_model.` or `inner_model.` prefix, diffusers), reads its configuration
     /// (`config.json` beside the file or inside the folder, else the tensor shapes), validates every
     /// tensor, and casts the weights to `dtype`.
-    public static func load(path: String, dtype: DType, device: Device = .cpu, configPath: String? = nil) throws -> NextDiT {
+    public static func load(path: String, placement: ModelPlacement, configPath: String? = nil) throws -> NextDiT {
         let (source, json) = try openCheckpoint(path: path, configPath: configPath)
         let (weights, config) = try checkedWeights(source: source, json: json)
-        return try NextDiT(weights: weights, config: config, dtype: dtype, device: device)
+        return try NextDiT(weights: weights, config: config, placement: placement)
+    }
+
+    public static func load(path: String, dtype: DType, device: Device = .cpu, configPath: String? = nil) throws -> NextDiT {
+        try load(path: path, placement: ModelPlacement(device: device, precision: .uniform(dtype)), configPath: configPath)
     }
 
     /// The configuration and validated weights of a weight source.
@@ -120,7 +166,7 @@ public final class NextDiT: @unchecked Sendable {
 
     /// The weights at `path` (a safetensors file, a sharded folder or its index, a GGUF file: see
     /// `openWeights`) and the parsed config.json in that folder / beside that file, if any.
-    static func openCheckpoint(path: String, configPath: String?) throws -> (WeightSource, [String: Any]?) {
+    public static func openCheckpoint(path: String, configPath: String?) throws -> (WeightSource, [String: Any]?) {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw DiTError("\(path): no such file or folder")
@@ -187,17 +233,17 @@ public final class NextDiT: @unchecked Sendable {
 
         // 1-4: conditioning (adaLN input c) and caption embedding
         var c = timestepEmbedding(t)
-        if let clipNorm = clipNorm, let clipLinear = clipLinear, let timeText = timeText, let clip = clipPooled {
-            let clipEmb = clipLinear(clip.to(dtype, device: device).rmsNorm(weight: clipNorm, eps: cfg.clipNormEps))
+        if let proj = clipProj, let timeText = timeText, let clip = clipPooled {
+            let clipEmb = embed(clip, proj, eps: cfg.clipNormEps)
             c = timeText(Tensor.concat([c, clipEmb], axis: 1).silu())
         }
         let cSilu = c.silu()
-        var cap = capLinear(capFeats.to(dtype, device: device).rmsNorm(weight: capNorm, eps: cfg.normEps))
+        var cap = embed(capFeats, capEmbedder, eps: cfg.normEps)
 
         // 5: patchify ([ph][pw][c] per token, row-major tokens) and embed
-        let patches = x.to(dtype, device: device).reshape([b, cfg.inChannels, h / p, p, w / p, p])
+        let patches = x.to(xEmbedder.dtype, device: device).reshape([b, cfg.inChannels, h / p, p, w / p, p])
             .permute([0, 2, 4, 3, 5, 1]).reshape([b, n, cfg.patchDim])
-        var img = xEmbedder(patches)
+        var img = xEmbedder(patches).to(dtype)
 
         let tables = try layoutTables(layout)
         let (capRope, imgRope, jointRope) = (tables.capRope, tables.imgRope, tables.jointRope)
@@ -233,9 +279,10 @@ public final class NextDiT: @unchecked Sendable {
         }
 
         // 7: final layer
-        let scale = finalAdaLN(cSilu) + 1
-        hs = hs.layerNorm(weight: nil, bias: nil, eps: cfg.finalNormEps) * scale.unsqueeze(1)
-        hs = finalLinear(hs)
+        hs = computed(in: finalDType, hs) { h in
+            let scale = finalAdaLN(cSilu.to(finalDType)) + 1
+            return finalLinear(h.layerNorm(weight: nil, bias: nil, eps: cfg.finalNormEps) * scale.unsqueeze(1))
+        }
         try hook?("final_layer", hs)
 
         // 8: unpatchify
@@ -255,8 +302,14 @@ public final class NextDiT: @unchecked Sendable {
         let a = t.to(.f32, device: device).reshape([b, 1]) * timestepFrequencies  // [B, half], t f_k in Float32
         var parts = [a.apply(.cos), a.apply(.sin)]
         if size % 2 == 1 { parts.append(Tensor.zeros([b, 1], device: device)) }
-        let emb = Tensor.concat(parts, axis: 1).to(dtype)
-        return tMLP2(tMLP0(emb).silu())
+        let emb = Tensor.concat(parts, axis: 1).to(tDType)
+        return tMLP2(tMLP0(emb).silu()).to(dtype)
+    }
+
+    /// RMSNorm then linear in the module's dtype (input cast there from any dtype and device),
+    /// result in the model's dtype.
+    func embed(_ x: Tensor, _ m: NormLinear, eps: Float) -> Tensor {
+        m.linear(x.to(m.dtype, device: device).rmsNorm(weight: m.norm, eps: eps)).to(dtype)
     }
 
     /// f_k = exp(-ln(1e4) k / half), [1, half] Float32 on the model's device.
@@ -268,17 +321,20 @@ public final class NextDiT: @unchecked Sendable {
 
     /// One JointTransformerBlock (spec 1.3), modulated when `cSilu` (SiLU of the adaLN input) is given.
     /// The fused ops round where the unfused composition would (see `Backend`).
-    func runBlock(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor), cSilu: Tensor?) -> Tensor {
-        let eps = config.normEps
-        var mod: [Tensor]? = nil
-        if let ada = blk.adaLN, let cs = cSilu {
-            mod = ada(cs).chunk(4, axis: 1)  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, D]
+    func runBlock(_ blk: Block, _ input: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor), cSilu: Tensor?) -> Tensor {
+        computed(in: blk.dtype, input) { x in
+            let eps = config.normEps
+            var mod: [Tensor]? = nil
+            if let ada = blk.adaLN, let cs = cSilu {
+                mod = ada(cs.to(blk.dtype)).chunk(4, axis: 1)  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, D]
+            }
+            let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
+            let a = computed(in: blk.attnDType, h) { attention(blk, $0, mask: mask, rope: rope) }
+            let out = x.rmsNormGatedResidual(a, weight: blk.attnNorm2, eps: eps, gate: mod?[1])
+            let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
+            let f = computed(in: blk.ffnDType, h2) { h2 in blk.w2(blk.w1(h2).swiglu(blk.w3(h2))) }
+            return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
         }
-        let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
-        let out = x.rmsNormGatedResidual(attention(blk, h, mask: mask, rope: rope), weight: blk.attnNorm2, eps: eps, gate: mod?[1])
-        let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
-        let f = blk.w2(blk.w1(h2).swiglu(blk.w3(h2)))
-        return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
     }
 
     func attention(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {

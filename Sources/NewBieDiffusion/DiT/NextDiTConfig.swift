@@ -63,54 +63,12 @@ public struct NextDiTConfig: Sendable, Equatable, CustomStringConvertible {
 
     // MARK: expected tensors (official = internal naming, spec 2.2)
 
-    /// Every tensor the model uses, under the official names, with shapes.
-    public func expectedTensors() -> [TensorSpec] {
-        var s: [TensorSpec] = []
-        let d = dim, hd = headDim
-        func block(_ p: String, modulated: Bool) {
-            s.append(TensorSpec("\(p).attention.qkv.weight", [(nHeads + 2 * nKVHeads) * hd, d]))
-            s.append(TensorSpec("\(p).attention.out.weight", [d, nHeads * hd]))
-            s.append(TensorSpec("\(p).attention.q_norm.weight", [hd]))
-            s.append(TensorSpec("\(p).attention.k_norm.weight", [hd]))
-            s.append(TensorSpec("\(p).feed_forward.w1.weight", [ffnHidden, d]))
-            s.append(TensorSpec("\(p).feed_forward.w2.weight", [d, ffnHidden]))
-            s.append(TensorSpec("\(p).feed_forward.w3.weight", [ffnHidden, d]))
-            for n in ["attention_norm1", "attention_norm2", "ffn_norm1", "ffn_norm2"] {
-                s.append(TensorSpec("\(p).\(n).weight", [d]))
-            }
-            if modulated {
-                s.append(TensorSpec("\(p).adaLN_modulation.1.weight", [4 * d, adaLNDim]))
-                s.append(TensorSpec("\(p).adaLN_modulation.1.bias", [4 * d]))
-            }
-        }
-        s.append(TensorSpec("x_embedder.weight", [d, patchDim]))
-        s.append(TensorSpec("x_embedder.bias", [d]))
-        s.append(TensorSpec("t_embedder.mlp.0.weight", [adaLNDim, frequencySize]))
-        s.append(TensorSpec("t_embedder.mlp.0.bias", [adaLNDim]))
-        s.append(TensorSpec("t_embedder.mlp.2.weight", [adaLNDim, adaLNDim]))
-        s.append(TensorSpec("t_embedder.mlp.2.bias", [adaLNDim]))
-        s.append(TensorSpec("cap_embedder.0.weight", [capFeatDim]))
-        s.append(TensorSpec("cap_embedder.1.weight", [d, capFeatDim]))
-        s.append(TensorSpec("cap_embedder.1.bias", [d]))
-        if let c = clipTextDim {
-            s.append(TensorSpec("clip_text_pooled_proj.0.weight", [c]))
-            s.append(TensorSpec("clip_text_pooled_proj.1.weight", [c, c]))
-            s.append(TensorSpec("clip_text_pooled_proj.1.bias", [c]))
-            s.append(TensorSpec("time_text_embed.1.weight", [adaLNDim, adaLNDim + c]))
-            s.append(TensorSpec("time_text_embed.1.bias", [adaLNDim]))
-        }
-        for j in 0..<nContextRefiner { block("context_refiner.\(j)", modulated: false) }
-        for j in 0..<nNoiseRefiner { block("noise_refiner.\(j)", modulated: true) }
-        for i in 0..<nLayers { block("layers.\(i)", modulated: true) }
-        s.append(TensorSpec("final_layer.linear.weight", [outPatchDim, d]))
-        s.append(TensorSpec("final_layer.linear.bias", [outPatchDim]))
-        s.append(TensorSpec("final_layer.adaLN_modulation.1.weight", [d, adaLNDim]))
-        s.append(TensorSpec("final_layer.adaLN_modulation.1.bias", [d]))
-        return s
-    }
+    /// Every tensor the model uses, under the official names, with shapes: what the modules ask
+    /// for when the model is planned (so the list and the model cannot disagree).
+    public func expectedTensors() throws -> [TensorSpec] { try NextDiT.plan(self).requested }
 
     /// Parameters the model uses (norm_final, present in official checkpoints, not included).
-    public var parameterCount: Int { expectedTensors().reduce(0) { $0 + $1.shape.reduce(1, *) } }
+    public var parameterCount: Int { ((try? expectedTensors()) ?? []).reduce(0) { $0 + $1.shape.reduce(1, *) } }
 
     // MARK: work
 

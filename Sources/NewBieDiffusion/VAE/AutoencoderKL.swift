@@ -10,13 +10,16 @@ import NewBieWeights
 struct VAEGroupNorm {
     let weight: Tensor, bias: Tensor
     let groups: Int, eps: Float
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        weight = try w.tensor("weight").to(dtype, device: device); bias = try w.tensor("bias").to(dtype, device: device)
-        groups = c.normNumGroups; eps = c.normEps
+    let dtype: DType
+    init(_ s: ModuleScope, _ c: VAEConfig, channels: Int) throws {
+        weight = try s.tensor("weight", shape: [channels]); bias = try s.tensor("bias", shape: [channels])
+        groups = c.normNumGroups; eps = c.normEps; dtype = s.dtype
     }
     func callAsFunction(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
-        if let h = hook { return h.normalize(x, self) }
-        return x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps)
+        computed(in: dtype, x) { x in
+            if let h = hook { return h.normalize(x, self) }
+            return x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps)
+        }
     }
 }
 
@@ -27,101 +30,115 @@ protocol VAENormHook: AnyObject {
     var finished: Bool { get }
 }
 
-struct VAEConv {
-    let weight: Tensor, bias: Tensor
-    let options: Conv2dOptions
-    init(_ w: ScopedWeights, _ dtype: DType, _ device: Device, options: Conv2dOptions? = nil) throws {
-        weight = try w.tensor("weight").to(dtype, device: device); bias = try w.tensor("bias").to(dtype, device: device)
-        let k = weight.shape[2]
-        self.options = options ?? Conv2dOptions(stride: 1, padding: k / 2)
-    }
-    func callAsFunction(_ x: Tensor) -> Tensor { x.conv2d(weight, bias: bias, options: options) }
-}
-
 /// GN -> SiLU -> conv3x3 -> GN -> SiLU -> conv3x3, plus the input (through a 1x1 conv when the
 /// channel count changes).
 struct VAEResnet {
-    let norm1: VAEGroupNorm, conv1: VAEConv, norm2: VAEGroupNorm, conv2: VAEConv
-    let shortcut: VAEConv?
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        norm1 = try VAEGroupNorm(w.scope("norm1"), c, dtype, device)
-        conv1 = try VAEConv(w.scope("conv1"), dtype, device)
-        norm2 = try VAEGroupNorm(w.scope("norm2"), c, dtype, device)
-        conv2 = try VAEConv(w.scope("conv2"), dtype, device)
-        shortcut = w.weights.specs[w.path + ".conv_shortcut.weight"] == nil ? nil : try VAEConv(w.scope("conv_shortcut"), dtype, device)
+    let dtype: DType
+    let norm1: VAEGroupNorm, conv1: Conv2d, norm2: VAEGroupNorm, conv2: Conv2d
+    let shortcut: Conv2d?
+    init(_ s: ModuleScope, _ c: VAEConfig, in i: Int, out o: Int) throws {
+        dtype = s.dtype
+        norm1 = try VAEGroupNorm(s.scope("norm1"), c, channels: i)
+        conv1 = try s.conv2d("conv1", in: i, out: o, kernel: 3)
+        norm2 = try VAEGroupNorm(s.scope("norm2"), c, channels: o)
+        conv2 = try s.conv2d("conv2", in: o, out: o, kernel: 3)
+        shortcut = i == o ? nil : try s.conv2d("conv_shortcut", in: i, out: o, kernel: 1)
     }
-    func callAsFunction(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
-        var h = norm1(x, hook).silu()
-        if hook?.finished == true { return x }
-        h = conv1(h)
-        h = norm2(h, hook).silu()
-        if hook?.finished == true { return x }
-        h = conv2(h)
-        return (shortcut.map { $0(x) } ?? x) + h
+    func callAsFunction(_ input: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
+        computed(in: dtype, input) { x in
+            var h = norm1(x, hook).silu()
+            if hook?.finished == true { return x }
+            h = conv1(h)
+            h = norm2(h, hook).silu()
+            if hook?.finished == true { return x }
+            h = conv2(h)
+            return (shortcut.map { $0(x) } ?? x) + h
+        }
     }
 }
 
 /// Single-head self-attention over the H*W positions, GroupNorm first, residual added.
 struct VAEAttention {
+    let dtype: DType
     let norm: VAEGroupNorm
-    let q: (Tensor, Tensor), k: (Tensor, Tensor), v: (Tensor, Tensor), out: (Tensor, Tensor)
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        norm = try VAEGroupNorm(w.scope("group_norm"), c, dtype, device)
-        func lin(_ n: String) throws -> (Tensor, Tensor) {
-            (try w.scope(n).tensor("weight").to(dtype, device: device), try w.scope(n).tensor("bias").to(dtype, device: device))
-        }
-        q = try lin("to_q"); k = try lin("to_k"); v = try lin("to_v"); out = try lin("to_out.0")
+    let q: Linear, k: Linear, v: Linear, out: Linear
+    init(_ s: ModuleScope, _ c: VAEConfig, channels ch: Int) throws {
+        dtype = s.dtype
+        norm = try VAEGroupNorm(s.scope("group_norm"), c, channels: ch)
+        q = try s.linear("to_q", in: ch, out: ch, bias: true); k = try s.linear("to_k", in: ch, out: ch, bias: true)
+        v = try s.linear("to_v", in: ch, out: ch, bias: true); out = try s.scope("to_out").linear("0", in: ch, out: ch, bias: true)
     }
-    func callAsFunction(_ x: Tensor) -> Tensor {
-        let (b, ch, hh, ww) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let l = hh * ww
-        // [B, C, H, W] -> [B, HW, C]
-        let tokens = norm(x).reshape([b, ch, l]).permute([0, 2, 1]).contiguous()
-        let qs = tokens.linear(q.0, bias: q.1).reshape([b, l, 1, ch])
-        let ks = tokens.linear(k.0, bias: k.1).reshape([b, l, 1, ch])
-        let vs = tokens.linear(v.0, bias: v.1).reshape([b, l, 1, ch])
-        let a = qs.attention(k: ks, v: vs).reshape([b, l, ch]).linear(out.0, bias: out.1)
-        return a.permute([0, 2, 1]).reshape([b, ch, hh, ww]) + x
+    func callAsFunction(_ input: Tensor) -> Tensor {
+        computed(in: dtype, input) { x in
+            let (b, ch, hh, ww) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            let l = hh * ww
+            // [B, C, H, W] -> [B, HW, C]
+            let tokens = norm(x).reshape([b, ch, l]).permute([0, 2, 1]).contiguous()
+            let qs = q(tokens).reshape([b, l, 1, ch])
+            let ks = k(tokens).reshape([b, l, 1, ch])
+            let vs = v(tokens).reshape([b, l, 1, ch])
+            let a = out(qs.attention(k: ks, v: vs).reshape([b, l, ch]))
+            return a.permute([0, 2, 1]).reshape([b, ch, hh, ww]) + x
+        }
     }
 }
 
 struct VAEMidBlock {
+    let dtype: DType
     let resnet0: VAEResnet, attention: VAEAttention?, resnet1: VAEResnet
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        resnet0 = try VAEResnet(w.scope("resnets.0"), c, dtype, device)
-        attention = c.midBlockAddAttention ? try VAEAttention(w.scope("attentions.0"), c, dtype, device) : nil
-        resnet1 = try VAEResnet(w.scope("resnets.1"), c, dtype, device)
+    init(_ s: ModuleScope, _ c: VAEConfig, channels ch: Int) throws {
+        dtype = s.dtype
+        resnet0 = try VAEResnet(s.scope("resnets.0"), c, in: ch, out: ch)
+        attention = c.midBlockAddAttention ? try VAEAttention(s.scope("attentions.0"), c, channels: ch) : nil
+        resnet1 = try VAEResnet(s.scope("resnets.1"), c, in: ch, out: ch)
     }
     func callAsFunction(_ x: Tensor) -> Tensor {
-        var h = resnet0(x)
-        if let a = attention { h = a(h) }
-        return resnet1(h)
+        computed(in: dtype, x) { x in
+            var h = resnet0(x)
+            if let a = attention { h = a(h) }
+            return resnet1(h)
+        }
     }
+}
+
+/// One up level of the decoder: ResNets, then (all but the last level) nearest x2 and a conv.
+struct VAEUpBlock {
+    let dtype: DType
+    let resnets: [VAEResnet]
+    let upsample: Conv2d?
 }
 
 /// Latent [B, latent, h, w] -> image [B, out, h*2^(n-1), w*2^(n-1)] (roughly [-1, 1]).
 public struct VAEDecoder {
-    let convIn: VAEConv
+    let convIn: Conv2d
     let mid: VAEMidBlock
-    let up: [(resnets: [VAEResnet], upsample: VAEConv?)]
+    let up: [VAEUpBlock]
     let normOut: VAEGroupNorm
-    let convOut: VAEConv
+    let convOut: Conv2d
+    /// The decoder's dtype (what its input is cast to, what it returns).
     public let dtype: DType
     public let device: Device
 
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        self.dtype = dtype
-        self.device = device
-        convIn = try VAEConv(w.scope("conv_in"), dtype, device)
-        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype, device)
-        up = try (0..<c.levels).map { j in
-            let s = w.scope("up_blocks.\(j)")
-            let resnets = try (0...c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype, device) }
-            let upsample = j < c.levels - 1 ? try VAEConv(s.scope("upsamplers.0.conv"), dtype, device) : nil
-            return (resnets, upsample)
+    init(_ s: ModuleScope, _ c: VAEConfig) throws {
+        dtype = s.dtype
+        device = s.device
+        let ch = c.blockOutChannels, n = ch.count
+        let rev = Array(ch.reversed())
+        convIn = try s.conv2d("conv_in", in: c.latentChannels, out: rev[0], kernel: 3)
+        mid = try VAEMidBlock(s.scope("mid_block"), c, channels: rev[0])
+        var prev = rev[0]
+        up = try (0..<n).map { j in
+            let b = s.scope("up_blocks.\(j)")
+            let resnets = try (0...c.layersPerBlock).map { r -> VAEResnet in
+                let block = try VAEResnet(b.scope("resnets.\(r)"), c, in: r == 0 ? prev : rev[j], out: rev[j])
+                return block
+            }
+            prev = rev[j]
+            let upsample = j < n - 1 ? try b.scope("upsamplers.0").conv2d("conv", in: rev[j], out: rev[j], kernel: 3) : nil
+            return VAEUpBlock(dtype: b.dtype, resnets: resnets, upsample: upsample)
         }
-        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype, device)
-        convOut = try VAEConv(w.scope("conv_out"), dtype, device)
+        normOut = try VAEGroupNorm(s.scope("conv_norm_out"), c, channels: ch[0])
+        convOut = try s.conv2d("conv_out", in: ch[0], out: c.outChannels, kernel: 3)
     }
 
     public func callAsFunction(_ z: Tensor) -> Tensor {
@@ -135,8 +152,12 @@ public struct VAEDecoder {
         h = mid(h)
         hook("decoder.mid_block", h)
         for (j, level) in up.enumerated() {
-            for r in level.resnets { h = r(h, nil) }
-            if let u = level.upsample { h = u(h.upsampleNearest2x()) }
+            h = computed(in: level.dtype, h) { x in
+                var h = x
+                for r in level.resnets { h = r(h, nil) }
+                if let u = level.upsample { h = u(h.upsampleNearest2x()) }
+                return h
+            }
             hook("decoder.up_blocks.\(j)", h)
         }
         h = normOut(h, nil).silu()
@@ -156,11 +177,17 @@ public struct VAEDecoder {
     func upper(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
         var h = x
         for level in up {
-            for r in level.resnets {
-                h = r(h, hook)
-                if hook?.finished == true { return h }
+            var done = false
+            h = computed(in: level.dtype, h) { x in
+                var h = x
+                for r in level.resnets {
+                    h = r(h, hook)
+                    if hook?.finished == true { done = true; return h }
+                }
+                if let u = level.upsample { h = u(h.upsampleNearest2x()) }
+                return h
             }
-            if let u = level.upsample { h = u(h.upsampleNearest2x()) }
+            if done { return h }
         }
         h = normOut(h, hook).silu()
         if hook?.finished == true { return h }
@@ -170,35 +197,44 @@ public struct VAEDecoder {
 
 /// Image [B, in, H, W] -> moments [B, 2*latent, ceil(H/2^(n-1)), ...] (mean | logvar).
 public struct VAEEncoder {
-    let convIn: VAEConv
-    let down: [(resnets: [VAEResnet], downsample: VAEConv?)]
+    let convIn: Conv2d
+    let down: [(dtype: DType, resnets: [VAEResnet], downsample: Conv2d?)]
     let mid: VAEMidBlock
     let normOut: VAEGroupNorm
-    let convOut: VAEConv
+    let convOut: Conv2d
     public let dtype: DType
     public let device: Device
 
-    init(_ w: ScopedWeights, _ c: VAEConfig, _ dtype: DType, _ device: Device) throws {
-        self.dtype = dtype
-        self.device = device
-        convIn = try VAEConv(w.scope("conv_in"), dtype, device)
-        down = try (0..<c.levels).map { i in
-            let s = w.scope("down_blocks.\(i)")
-            let resnets = try (0..<c.layersPerBlock).map { try VAEResnet(s.scope("resnets.\($0)"), c, dtype, device) }
-            let downsample = i < c.levels - 1
-                ? try VAEConv(s.scope("downsamplers.0.conv"), dtype, device, options: .downsampleAsymmetric) : nil
-            return (resnets, downsample)
+    init(_ s: ModuleScope, _ c: VAEConfig) throws {
+        dtype = s.dtype
+        device = s.device
+        let ch = c.blockOutChannels, n = ch.count
+        convIn = try s.conv2d("conv_in", in: c.inChannels, out: ch[0], kernel: 3)
+        var prev = ch[0]
+        down = try (0..<n).map { i in
+            let b = s.scope("down_blocks.\(i)")
+            let resnets = try (0..<c.layersPerBlock).map { j in
+                try VAEResnet(b.scope("resnets.\(j)"), c, in: j == 0 ? prev : ch[i], out: ch[i])
+            }
+            prev = ch[i]
+            let downsample = i < n - 1
+                ? try b.scope("downsamplers.0").conv2d("conv", in: ch[i], out: ch[i], kernel: 3, options: .downsampleAsymmetric) : nil
+            return (b.dtype, resnets, downsample)
         }
-        mid = try VAEMidBlock(w.scope("mid_block"), c, dtype, device)
-        normOut = try VAEGroupNorm(w.scope("conv_norm_out"), c, dtype, device)
-        convOut = try VAEConv(w.scope("conv_out"), dtype, device)
+        mid = try VAEMidBlock(s.scope("mid_block"), c, channels: ch[n - 1])
+        normOut = try VAEGroupNorm(s.scope("conv_norm_out"), c, channels: ch[n - 1])
+        convOut = try s.conv2d("conv_out", in: ch[n - 1], out: 2 * c.latentChannels, kernel: 3)
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = convIn(x.to(dtype, device: device))
         for level in down {
-            for r in level.resnets { h = r(h) }
-            if let d = level.downsample { h = d(h) }
+            h = computed(in: level.dtype, h) { x in
+                var h = x
+                for r in level.resnets { h = r(h) }
+                if let d = level.downsample { h = d(h) }
+                return h
+            }
         }
         h = mid(h)
         h = normOut(h).silu()
@@ -219,16 +255,38 @@ public final class AutoencoderKL {
     public let decoder: VAEDecoder?
     public let encoder: VAEEncoder?
 
-    /// Builds from validated weights (`ModelWeights` over `VAENaming.expectedTensors(config, parts:)`),
-    /// cast to `dtype` and moved to `device` once.
-    public init(weights: ModelWeights, config: VAEConfig, dtype: DType = .f32, device: Device = .cpu, parts: VAEParts = .all) throws {
-        guard dtype.isFloatingPoint, dtype != .f64 else { throw WeightsError("VAE compute dtype must be f32, bf16 or f16, not \(dtype)") }
+    /// Every module path with its compute dtype.
+    public let moduleDTypes: [String: DType]
+
+    /// Builds the modules from `root` (internal diffusers names); the same code plans and loads.
+    init(root: ModuleScope, config: VAEConfig, parts: VAEParts) throws {
+        guard [.f32, .bf16, .f16].contains(root.dtype) else { throw WeightsError("VAE compute dtype must be fp32, bf16 or fp16, not \(root.dtype)") }
         self.config = config
-        self.dtype = dtype
-        self.device = device
-        let root = weights.scope("")
-        decoder = parts.contains(.decoder) ? try VAEDecoder(root.scope("decoder"), config, dtype, device) : nil
-        encoder = parts.contains(.encoder) ? try VAEEncoder(root.scope("encoder"), config, dtype, device) : nil
+        self.dtype = root.dtype
+        self.device = root.device
+        decoder = parts.contains(.decoder) ? try VAEDecoder(root.scope("decoder"), config) : nil
+        encoder = parts.contains(.encoder) ? try VAEEncoder(root.scope("encoder"), config) : nil
+        moduleDTypes = root.loader.modules
+    }
+
+    /// The tensors (internal names, shapes) and module paths of `parts`, from the modules themselves.
+    public static func plan(_ config: VAEConfig, parts: VAEParts, precision: ModulePrecision = .uniform(.f32)) throws -> WeightLoader {
+        let loader = WeightLoader(planning: precision)
+        _ = try AutoencoderKL(root: loader.root, config: config, parts: parts)
+        return loader
+    }
+
+    /// Builds from validated weights, each module in its dtype (precision rules that name no
+    /// module are an error listing them), moved to the placement's device once.
+    public convenience init(weights: ModelWeights, config: VAEConfig, placement: ModelPlacement, parts: VAEParts = .all) throws {
+        // rules may name encoder or decoder modules whichever part this run loads
+        try AutoencoderKL.plan(config, parts: .all, precision: placement.precision).checkRules(model: placement.name)
+        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device)
+        try self.init(root: loader.root, config: config, parts: parts)
+    }
+
+    public convenience init(weights: ModelWeights, config: VAEConfig, dtype: DType = .f32, device: Device = .cpu, parts: VAEParts = .all) throws {
+        try self.init(weights: weights, config: config, placement: ModelPlacement(name: "vae", device: device, precision: .uniform(dtype)), parts: parts)
     }
 
     /// Loads a VAE from a safetensors file (diffusers or `ae.safetensors` naming, detected) or a
@@ -238,6 +296,18 @@ public final class AutoencoderKL {
     /// weights are cast to `dtype` and moved to `device` once; decode and encode run there.
     public static func load(path: String, config: VAEConfig? = nil, dtype: DType = .f32, device: Device = .cpu,
                             parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
+        try load(path: path, config: config, placement: ModelPlacement(name: "vae", device: device, precision: .uniform(dtype)),
+                 parts: parts, normGroups: normGroups)
+    }
+
+    public static func load(path: String, config: VAEConfig? = nil, placement: ModelPlacement,
+                            parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
+        let (file, cfg) = try open(path: path, config: config)
+        return try load(source: file, config: cfg, placement: placement, parts: parts, normGroups: normGroups)
+    }
+
+    /// The weights file of a VAE path and its config.json configuration, if any.
+    static func open(path: String, config: VAEConfig?) throws -> (SafeTensorsFile, VAEConfig?) {
         let weightsPath = try resolveWeightsPath(path)
         let file = try SafeTensorsFile(path: weightsPath)
         var cfg = config
@@ -247,11 +317,25 @@ public final class AutoencoderKL {
                 cfg = try VAEConfig(configJSON: json)
             }
         }
-        return try load(source: file, config: cfg, dtype: dtype, device: device, parts: parts, normGroups: normGroups)
+        return (file, cfg)
+    }
+
+    /// The configuration of the VAE at `path` (config.json, else the tensor shapes), without
+    /// reading any weight.
+    public static func readConfig(path: String, normGroups: Int = 32) throws -> VAEConfig {
+        let (file, cfg) = try open(path: path, config: nil)
+        if let c = cfg { return c }
+        return try VAENaming.inferConfig(file, layout: try VAENaming.detect(file), normGroups: normGroups)
     }
 
     /// Loads from any weight source; `config` nil infers it from the shapes.
     public static func load(source: WeightSource, config: VAEConfig? = nil, dtype: DType = .f32, device: Device = .cpu,
+                            parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
+        try load(source: source, config: config, placement: ModelPlacement(name: "vae", device: device, precision: .uniform(dtype)),
+                 parts: parts, normGroups: normGroups)
+    }
+
+    public static func load(source: WeightSource, config: VAEConfig? = nil, placement: ModelPlacement,
                             parts: VAEParts = .all, normGroups: Int = 32) throws -> AutoencoderKL {
         let layout = try VAENaming.detect(source)
         var missingParts: [String] = []
@@ -262,11 +346,11 @@ public final class AutoencoderKL {
         }
         let cfg = try config ?? VAENaming.inferConfig(source, layout: layout, normGroups: normGroups)
         try cfg.validate(source: source.sourceDescription)
-        let weights = try ModelWeights(source: source, expected: VAENaming.expectedTensors(cfg, parts: parts),
+        let weights = try ModelWeights(source: source, expected: try VAENaming.expectedTensors(cfg, parts: parts),
                                        naming: VAENaming.naming(layout.format, config: cfg, parts: parts),
                                        prefixes: [layout.prefix].filter { !$0.isEmpty },
                                        anchor: parts.contains(.decoder) ? "decoder.conv_in.weight" : "encoder.conv_in.weight")
-        return try AutoencoderKL(weights: weights, config: cfg, dtype: dtype, device: device, parts: parts)
+        return try AutoencoderKL(weights: weights, config: cfg, placement: placement, parts: parts)
     }
 
     static func resolveWeightsPath(_ path: String) throws -> String {

@@ -35,62 +35,10 @@ public enum VAENaming {
     /// File-level prefixes under which single-file checkpoints keep the VAE.
     public static let prefixes = ["", "vae.", "first_stage_model."]
 
-    /// Every tensor the model expects for `parts`, under internal (diffusers) names.
-    public static func expectedTensors(_ c: VAEConfig, parts: VAEParts) -> [TensorSpec] {
-        var specs: [TensorSpec] = []
-        func conv(_ p: String, _ o: Int, _ i: Int, _ k: Int) {
-            specs.append(TensorSpec("\(p).weight", [o, i, k, k])); specs.append(TensorSpec("\(p).bias", [o]))
-        }
-        func norm(_ p: String, _ ch: Int) {
-            specs.append(TensorSpec("\(p).weight", [ch])); specs.append(TensorSpec("\(p).bias", [ch]))
-        }
-        func resnet(_ p: String, _ i: Int, _ o: Int) {
-            norm("\(p).norm1", i); conv("\(p).conv1", o, i, 3)
-            norm("\(p).norm2", o); conv("\(p).conv2", o, o, 3)
-            if i != o { conv("\(p).conv_shortcut", o, i, 1) }
-        }
-        func mid(_ p: String, _ ch: Int) {
-            resnet("\(p).mid_block.resnets.0", ch, ch)
-            if c.midBlockAddAttention {
-                let a = "\(p).mid_block.attentions.0"
-                norm("\(a).group_norm", ch)
-                for l in ["to_q", "to_k", "to_v", "to_out.0"] {
-                    specs.append(TensorSpec("\(a).\(l).weight", [ch, ch])); specs.append(TensorSpec("\(a).\(l).bias", [ch]))
-                }
-            }
-            resnet("\(p).mid_block.resnets.1", ch, ch)
-        }
-        let ch = c.blockOutChannels, n = ch.count, top = ch[n - 1]
-        if parts.contains(.encoder) {
-            conv("encoder.conv_in", ch[0], c.inChannels, 3)
-            var prev = ch[0]
-            for i in 0..<n {
-                for j in 0..<c.layersPerBlock {
-                    resnet("encoder.down_blocks.\(i).resnets.\(j)", j == 0 ? prev : ch[i], ch[i])
-                }
-                if i < n - 1 { conv("encoder.down_blocks.\(i).downsamplers.0.conv", ch[i], ch[i], 3) }
-                prev = ch[i]
-            }
-            mid("encoder", top)
-            norm("encoder.conv_norm_out", top)
-            conv("encoder.conv_out", 2 * c.latentChannels, top, 3)
-        }
-        if parts.contains(.decoder) {
-            conv("decoder.conv_in", top, c.latentChannels, 3)
-            mid("decoder", top)
-            let rev = Array(ch.reversed())
-            var prev = rev[0]
-            for j in 0..<n {
-                for r in 0...c.layersPerBlock {
-                    resnet("decoder.up_blocks.\(j).resnets.\(r)", r == 0 ? prev : rev[j], rev[j])
-                }
-                if j < n - 1 { conv("decoder.up_blocks.\(j).upsamplers.0.conv", rev[j], rev[j], 3) }
-                prev = rev[j]
-            }
-            norm("decoder.conv_norm_out", rev[n - 1])
-            conv("decoder.conv_out", c.outChannels, rev[n - 1], 3)
-        }
-        return specs
+    /// Every tensor the model expects for `parts`, under internal (diffusers) names: what its
+    /// modules ask for when planned.
+    public static func expectedTensors(_ c: VAEConfig, parts: VAEParts) throws -> [TensorSpec] {
+        try AutoencoderKL.plan(c, parts: parts).requested
     }
 
     /// The `ae.safetensors` naming as a table of (internal prefix, published prefix) pairs, longest
@@ -141,7 +89,7 @@ public enum VAENaming {
 
     /// The naming (recipes over published names) for a configuration, loading `parts`.
     public static func naming(_ format: VAECheckpointFormat, config c: VAEConfig, parts: VAEParts) -> Naming {
-        let specs = expectedTensors(c, parts: parts)
+        let specs = (try? expectedTensors(c, parts: parts)) ?? []
         let table = aeTable(levels: c.levels, layersPerBlock: c.layersPerBlock)
         var recipes: [String: WeightRecipe] = [:]
         for s in specs {

@@ -31,7 +31,8 @@ public final class BLAS: @unchecked Sendable {
         "no BLAS library found: install OpenBLAS (Debian: apt-get install libopenblas0) or set NEWBIE_BLAS to a library that exports cblas_sgemm"
     }
 
-    /// The shared instance, or a clear fatal error when none can be loaded.
+    /// The shared instance. `Backends.open(.cpu)` throws the load error first, so the CPU ops that
+    /// use this never run without a library.
     public static var required: BLAS {
         guard let b = shared else { fatalError(loadError) }
         return b

@@ -40,30 +40,10 @@ public enum GemmaNaming {
     ]
 
     /// The tensors needed to compute `hidden_states[k]`: the embedding, layers 0..<min(k, N), and
-    /// the final norm only when k == N.
-    public static func expected(_ c: Gemma3TextConfig, layers: Int, finalNorm: Bool) -> [TensorSpec] {
-        let h = c.hiddenSize, q = c.numAttentionHeads * c.headDim, kv = c.numKeyValueHeads * c.headDim
-        var specs = [TensorSpec("embed_tokens.weight", [c.vocabSize, h])]
-        for i in 0..<layers {
-            let p = "layers.\(i)."
-            specs += [
-                TensorSpec(p + "input_layernorm.weight", [h]),
-                TensorSpec(p + "post_attention_layernorm.weight", [h]),
-                TensorSpec(p + "pre_feedforward_layernorm.weight", [h]),
-                TensorSpec(p + "post_feedforward_layernorm.weight", [h]),
-                TensorSpec(p + "self_attn.q_proj.weight", [q, h]),
-                TensorSpec(p + "self_attn.k_proj.weight", [kv, h]),
-                TensorSpec(p + "self_attn.v_proj.weight", [kv, h]),
-                TensorSpec(p + "self_attn.o_proj.weight", [h, q]),
-                TensorSpec(p + "self_attn.q_norm.weight", [c.headDim]),
-                TensorSpec(p + "self_attn.k_norm.weight", [c.headDim]),
-                TensorSpec(p + "mlp.gate_proj.weight", [c.intermediateSize, h]),
-                TensorSpec(p + "mlp.up_proj.weight", [c.intermediateSize, h]),
-                TensorSpec(p + "mlp.down_proj.weight", [h, c.intermediateSize]),
-            ]
-        }
-        if finalNorm { specs.append(TensorSpec("norm.weight", [h])) }
-        return specs
+    /// the final norm only when k == N (what the encoder's modules ask for when planned).
+    public static func expected(_ c: Gemma3TextConfig, layers: Int, finalNorm: Bool) throws -> [TensorSpec] {
+        let k = finalNorm ? c.numHiddenLayers : layers
+        return try GemmaTextEncoder.plan(c, hiddenState: k).requested
     }
 
     /// Layer index of an internal or GGUF name ("layers.3." / "blk.3."), if any.

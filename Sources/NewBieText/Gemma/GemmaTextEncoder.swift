@@ -22,10 +22,11 @@ public final class GemmaTextEncoder: @unchecked Sendable {
     public let device: Device
 
     struct Layer {
+        let dtype: DType, attnDType: DType, mlpDType: DType
         let inputNorm, postAttnNorm, preFFNorm, postFFNorm: Tensor
-        let q, k, v, o: Tensor
+        let q, k, v, o: Linear
         let qNorm, kNorm: Tensor
-        let gate, up, down: Tensor
+        let gate, up, down: Linear
         let sliding: Bool
     }
 
@@ -38,81 +39,110 @@ public final class GemmaTextEncoder: @unchecked Sendable {
     let embedding: Embedding
     let layers: [Layer]
     let finalNorm: Tensor?
+    /// Every module path with its compute dtype.
+    public let moduleDTypes: [String: DType]
     /// Decoder layers this encoder runs (min(k, N) for hidden_states[k]).
     public var layersRun: Int { layers.count }
 
-    /// - Parameters:
-    ///   - hiddenState: which `hidden_states` entry to return; negative counts from the end (-2).
-    public init(weights source: WeightSource, config: Gemma3TextConfig, dtype: DType = .f32,
-                hiddenState: Int = -2, device: Device = .cpu) throws {
-        try config.validate(source: source.sourceDescription)
+    /// Builds the modules from `root` (Hugging Face internal names); the same code plans the model
+    /// and loads it. `gguf`: the file when the weights are llama.cpp's (norms stored as 1 + w).
+    init(root: ModuleScope, config: Gemma3TextConfig, hiddenState k: Int, gguf: GGUFFile?) throws {
+        guard [.f32, .bf16, .f16].contains(root.dtype) else { throw WeightsError("Gemma computes in fp32, bf16 or fp16, not \(root.dtype)") }
+        self.config = config
+        self.dtype = root.dtype
+        self.hiddenStateIndex = k
+        self.device = root.device
+        let n = config.numHiddenLayers
+        let layerCount = Swift.min(k, n)
+        let h = config.hiddenSize, hd = config.headDim
+        let q = config.numAttentionHeads * hd, kv = config.numKeyValueHeads * hd, ff = config.intermediateSize
+        // GGUF files store Gemma norm weights as 1 + w (llama.cpp's converter); undo it.
+        func norm(_ s: ModuleScope, _ name: String, _ width: Int) throws -> Tensor {
+            guard gguf != nil else { return try s.tensor(name, shape: [width]) }
+            let t = try s.stored(name, shape: [width])
+            return s.isPlanning ? t : s.place(Tensor(t.toFloats().map { $0 - 1 }, shape: t.shape))
+        }
+        var layers: [Layer] = []
+        for i in 0..<layerCount {
+            let s = root.scope("layers.\(i)"), a = s.scope("self_attn"), m = s.scope("mlp")
+            layers.append(Layer(
+                dtype: s.dtype, attnDType: a.dtype, mlpDType: m.dtype,
+                inputNorm: try norm(s, "input_layernorm.weight", h),
+                postAttnNorm: try norm(s, "post_attention_layernorm.weight", h),
+                preFFNorm: try norm(s, "pre_feedforward_layernorm.weight", h),
+                postFFNorm: try norm(s, "post_feedforward_layernorm.weight", h),
+                q: try a.linear("q_proj", in: h, out: q, bias: false),
+                k: try a.linear("k_proj", in: h, out: kv, bias: false),
+                v: try a.linear("v_proj", in: h, out: kv, bias: false),
+                o: try a.linear("o_proj", in: q, out: h, bias: false),
+                qNorm: try norm(a, "q_norm.weight", hd),
+                kNorm: try norm(a, "k_norm.weight", hd),
+                gate: try m.linear("gate_proj", in: h, out: ff, bias: false),
+                up: try m.linear("up_proj", in: h, out: ff, bias: false),
+                down: try m.linear("down_proj", in: ff, out: h, bias: false),
+                sliding: config.layerTypes[i] == .sliding))
+        }
+        self.layers = layers
+        finalNorm = k == n ? try norm(root, "norm.weight", h) : nil
+        let e = root.scope("embed_tokens")
+        if let g = gguf, let info = g.tensors["token_embd.weight"], info.type.blockSize > 1, !root.isPlanning {
+            e.declare("weight", shape: [config.vocabSize, h])
+            embedding = .ggufRows(g, "token_embd.weight")
+        } else {
+            embedding = .table(try e.tensor("weight", shape: [config.vocabSize, h]))
+        }
+        moduleDTypes = root.loader.modules
+    }
+
+    /// The tensors needed for `hidden_states[k]` (internal names, shapes) and the module paths.
+    public static func plan(_ config: Gemma3TextConfig, hiddenState: Int = -2, precision: ModulePrecision = .uniform(.f32)) throws -> WeightLoader {
+        let loader = WeightLoader(planning: precision, widenAtUse: true)
+        _ = try GemmaTextEncoder(root: loader.root, config: config, hiddenState: try resolveHiddenState(hiddenState, config), gguf: nil)
+        return loader
+    }
+
+    static func resolveHiddenState(_ hiddenState: Int, _ config: Gemma3TextConfig) throws -> Int {
         let n = config.numHiddenLayers
         let k = hiddenState < 0 ? n + 1 + hiddenState : hiddenState
         guard k >= 0 && k <= n else {
             throw WeightsError("hidden state \(hiddenState) is outside 0...\(n) for a \(n)-layer model")
         }
-        guard dtype == .f32 || dtype == .bf16 || dtype == .f16 else { throw WeightsError("compute dtype \(dtype) is not a float type") }
-        self.config = config
-        self.dtype = dtype
-        self.hiddenStateIndex = k
-        self.device = device
-        let layerCount = Swift.min(k, n)
-        let useFinalNorm = k == n
-        let specs = GemmaNaming.expected(config, layers: layerCount, finalNorm: useFinalNorm)
+        return k
+    }
 
+    /// - Parameters:
+    ///   - hiddenState: which `hidden_states` entry to return; negative counts from the end (-2).
+    public convenience init(weights source: WeightSource, config: Gemma3TextConfig, dtype: DType = .f32,
+                            hiddenState: Int = -2, device: Device = .cpu) throws {
+        try self.init(weights: source, config: config, placement: ModelPlacement(name: "gemma", device: device, precision: .uniform(dtype)),
+                      hiddenState: hiddenState)
+    }
+
+    /// Each module in its dtype (precision rules that name no module are an error listing them).
+    /// With a Float32 compute dtype the stored fp16/bf16 weights are kept and widened exactly in
+    /// each op (half the memory of a Float32 copy).
+    public convenience init(weights source: WeightSource, config: Gemma3TextConfig, placement: ModelPlacement,
+                            hiddenState: Int = -2) throws {
+        try config.validate(source: source.sourceDescription)
+        let k = try GemmaTextEncoder.resolveHiddenState(hiddenState, config)
+        let planned = try GemmaTextEncoder.plan(config, hiddenState: k, precision: placement.precision)
+        try planned.checkRules(model: placement.name)
+        let n = config.numHiddenLayers, layerCount = Swift.min(k, n), useFinalNorm = k == n
         let gguf = source as? GGUFFile
         let weights: ModelWeights
         if gguf != nil {
-            weights = try ModelWeights(source: source, expected: specs,
+            weights = try ModelWeights(source: source, expected: planned.requested,
                                        naming: GemmaNaming.gguf(layers: layerCount, finalNorm: useFinalNorm))
         } else {
             let prefix = GemmaNaming.huggingFacePrefixes.first { source.tensorInfo($0 + "embed_tokens.weight") != nil } ?? ""
             // other towers of a multimodal checkpoint live outside the prefix: hide them
             let view = prefix.isEmpty ? source : PrefixView(source, prefix: prefix)
-            weights = try ModelWeights(source: view, expected: specs,
+            weights = try ModelWeights(source: view, expected: planned.requested,
                                        naming: GemmaNaming.huggingFace(layers: layerCount, finalNorm: useFinalNorm),
                                        prefixes: prefix.isEmpty ? [] : [prefix])
         }
-
-        // Reduced-precision runs use weights rounded to the compute dtype (as a model cast with
-        // `.to(dtype)`); Float32 runs use the stored values as they are (exact widening).
-        func prepare(_ t: Tensor) -> Tensor {
-            let c = (dtype != .f32 && t.dtype != dtype) ? t.to(dtype) : t
-            return c.to(device: device)
-        }
-        // GGUF files store Gemma norm weights as 1 + w (llama.cpp's converter); undo it.
-        func norm(_ name: String) throws -> Tensor {
-            let t = try weights.tensor(name)
-            guard gguf != nil else { return prepare(t) }
-            return prepare(Tensor(t.toFloats().map { $0 - 1 }, shape: t.shape))
-        }
-        var layers: [Layer] = []
-        for i in 0..<layerCount {
-            let s = weights.scope("layers.\(i)")
-            let p = "layers.\(i)."
-            layers.append(Layer(
-                inputNorm: try norm(p + "input_layernorm.weight"),
-                postAttnNorm: try norm(p + "post_attention_layernorm.weight"),
-                preFFNorm: try norm(p + "pre_feedforward_layernorm.weight"),
-                postFFNorm: try norm(p + "post_feedforward_layernorm.weight"),
-                q: prepare(try s.tensor("self_attn.q_proj.weight")),
-                k: prepare(try s.tensor("self_attn.k_proj.weight")),
-                v: prepare(try s.tensor("self_attn.v_proj.weight")),
-                o: prepare(try s.tensor("self_attn.o_proj.weight")),
-                qNorm: try norm(p + "self_attn.q_norm.weight"),
-                kNorm: try norm(p + "self_attn.k_norm.weight"),
-                gate: prepare(try s.tensor("mlp.gate_proj.weight")),
-                up: prepare(try s.tensor("mlp.up_proj.weight")),
-                down: prepare(try s.tensor("mlp.down_proj.weight")),
-                sliding: config.layerTypes[i] == .sliding))
-        }
-        self.layers = layers
-        finalNorm = useFinalNorm ? try norm("norm.weight") : nil
-        if let g = gguf, let info = g.tensors["token_embd.weight"], info.type.blockSize > 1 {
-            embedding = .ggufRows(g, "token_embd.weight")
-        } else {
-            embedding = .table(prepare(try weights.tensor("embed_tokens.weight")))
-        }
+        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device, widenAtUse: true)
+        try self.init(root: loader.root, config: config, hiddenState: k, gguf: gguf)
     }
 
     /// Loads from a path: a Hugging Face folder (config.json + safetensors, sharded or not), a
@@ -120,13 +150,17 @@ public final class GemmaTextEncoder: @unchecked Sendable {
     /// a `.gguf` file.
     public static func load(path: String, dtype: DType = .f32, hiddenState: Int = -2,
                             device: Device = .cpu) throws -> GemmaTextEncoder {
+        try load(path: path, placement: ModelPlacement(name: "gemma", device: device, precision: .uniform(dtype)), hiddenState: hiddenState)
+    }
+
+    public static func load(path: String, placement: ModelPlacement, hiddenState: Int = -2) throws -> GemmaTextEncoder {
         let source = try openWeights(path: path)
         let config: Gemma3TextConfig
         if let g = source as? GGUFFile {
             config = try Gemma3TextConfig(gguf: g)
             // reduced-precision runs round the weights to their dtype anyway: dequantize straight
             // to it and never hold a Float32 copy of the model
-            if dtype != .f32 { g.quantizedOutput = dtype }
+            if placement.precision.isUniform && placement.dtype != .f32 { g.quantizedOutput = placement.dtype }
         } else {
             var isDir: ObjCBool = false
             _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
@@ -139,7 +173,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
                 config = try Gemma3TextConfig(inferringFrom: source, prefix: prefix)
             }
         }
-        return try GemmaTextEncoder(weights: source, config: config, dtype: dtype, hiddenState: hiddenState, device: device)
+        return try GemmaTextEncoder(weights: source, config: config, placement: placement, hiddenState: hiddenState)
     }
 
     // MARK: - forward
@@ -198,21 +232,25 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let eps = config.rmsNormEps
         let scale = 1 / config.queryPreAttnScalar.squareRoot()
         for (index, layer) in layers.enumerated() {
-            let x = h.rmsNorm(weight: layer.inputNorm, eps: eps, style: .gemmaOnePlusWeight)
-            var q = x.linear(layer.q).reshape([b, l, hq, d]).rmsNorm(weight: layer.qNorm, eps: eps, style: .gemmaOnePlusWeight)
-            var k = x.linear(layer.k).reshape([b, l, hkv, d]).rmsNorm(weight: layer.kNorm, eps: eps, style: .gemmaOnePlusWeight)
-            let v = x.linear(layer.v).reshape([b, l, hkv, d])
-            let (cos, sin) = layer.sliding ? local : global
-            q = q.rope(cos: cos, sin: sin, layout: .rotateHalf)
-            k = k.rope(cos: cos, sin: sin, layout: .rotateHalf)
-            let att = q.attention(k: k, v: v, options: AttentionOptions(
-                scale: scale, causal: true, slidingWindow: layer.sliding ? config.slidingWindow : nil,
-                keyPaddingMask: keyMask))
-            let attnOut = att.reshape([b, l, hq * d]).linear(layer.o)
-            h = h + attnOut.rmsNorm(weight: layer.postAttnNorm, eps: eps, style: .gemmaOnePlusWeight)
-            let y = h.rmsNorm(weight: layer.preFFNorm, eps: eps, style: .gemmaOnePlusWeight)
-            let mlp = (y.linear(layer.gate).gelu(approximate: true) * y.linear(layer.up)).linear(layer.down)
-            h = h + mlp.rmsNorm(weight: layer.postFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+            h = computed(in: layer.dtype, h) { h in
+                let x = h.rmsNorm(weight: layer.inputNorm, eps: eps, style: .gemmaOnePlusWeight)
+                let attnOut = computed(in: layer.attnDType, x) { x in
+                    var q = layer.q(x).reshape([b, l, hq, d]).rmsNorm(weight: layer.qNorm, eps: eps, style: .gemmaOnePlusWeight)
+                    var k = layer.k(x).reshape([b, l, hkv, d]).rmsNorm(weight: layer.kNorm, eps: eps, style: .gemmaOnePlusWeight)
+                    let v = layer.v(x).reshape([b, l, hkv, d])
+                    let (cos, sin) = layer.sliding ? local : global
+                    q = q.rope(cos: cos, sin: sin, layout: .rotateHalf)
+                    k = k.rope(cos: cos, sin: sin, layout: .rotateHalf)
+                    let att = q.attention(k: k, v: v, options: AttentionOptions(
+                        scale: scale, causal: true, slidingWindow: layer.sliding ? config.slidingWindow : nil,
+                        keyPaddingMask: keyMask))
+                    return layer.o(att.reshape([b, l, hq * d]))
+                }
+                let h1 = h + attnOut.rmsNorm(weight: layer.postAttnNorm, eps: eps, style: .gemmaOnePlusWeight)
+                let y = h1.rmsNorm(weight: layer.preFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+                let mlp = computed(in: layer.mlpDType, y) { y in layer.down(layer.gate(y).gelu(approximate: true) * layer.up(y)) }
+                return h1 + mlp.rmsNorm(weight: layer.postFFNorm, eps: eps, style: .gemmaOnePlusWeight)
+            }
             try hook?("layers.\(index)", h)
         }
         if let n = finalNorm {

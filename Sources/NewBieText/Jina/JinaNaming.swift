@@ -32,37 +32,10 @@ public enum JinaLayout: String, Sendable, CaseIterable {
     static let linears = ["mixer.Wqkv", "mixer.out_proj", "mlp.fc1", "mlp.fc2"]
     static let embeddings = ["embeddings.word_embeddings", "embeddings.token_type_embeddings"]
 
-    /// Every tensor the tower expects under this layout, with its shape.
-    public func expected(_ c: JinaConfig) -> [TensorSpec] {
-        var s: [TensorSpec] = []
-        let (h, n, r) = (c.hidden, c.loraAdaptations, c.loraRank)
-        func emb(_ name: String, _ rows: Int) {
-            s.append(TensorSpec("\(name).weight", [rows, h]))
-            if hasLoRA {
-                s.append(TensorSpec("\(name).lora_A", [n, rows, r]))
-                s.append(TensorSpec("\(name).lora_B", [n, r, h]))
-            }
-        }
-        emb("embeddings.word_embeddings", c.vocabSize)
-        emb("embeddings.token_type_embeddings", c.typeVocabSize)
-        s.append(TensorSpec("emb_ln.weight", [h])); s.append(TensorSpec("emb_ln.bias", [h]))
-        let dims = ["mixer.Wqkv": (3 * h, h), "mixer.out_proj": (h, h), "mlp.fc1": (c.intermediate, h), "mlp.fc2": (h, c.intermediate)]
-        for i in 0..<c.layers {
-            let p = "encoder.layers.\(i)."
-            for name in JinaLayout.linears {
-                let (o, k) = dims[name]!
-                s.append(TensorSpec(p + name + ".weight", [o, k]))
-                s.append(TensorSpec(p + name + ".bias", [o]))
-                if hasLoRA {
-                    s.append(TensorSpec(p + name + ".lora_A", [n, r, k]))
-                    s.append(TensorSpec(p + name + ".lora_B", [n, o, r]))
-                }
-            }
-            for ln in ["norm1", "norm2"] {
-                s.append(TensorSpec(p + ln + ".weight", [h])); s.append(TensorSpec(p + ln + ".bias", [h]))
-            }
-        }
-        return s
+    /// Every tensor the tower expects under this layout, with its shape (what its modules ask for
+    /// when planned).
+    public func expected(_ c: JinaConfig) throws -> [TensorSpec] {
+        try JinaTextTower.plan(c, layout: self).requested
     }
 
     /// Internal name -> published name.

@@ -16,13 +16,16 @@ public final class JinaTextTower: @unchecked Sendable {
     public let device: Device
 
     struct Layer {
-        let wqkv: Tensor, bqkv: Tensor, wo: Tensor, bo: Tensor
-        let n1w: Tensor, n1b: Tensor, fc1: Tensor, b1: Tensor, fc2: Tensor, b2: Tensor, n2w: Tensor, n2b: Tensor
+        let dtype: DType, mixerDType: DType, mlpDType: DType
+        let wqkv: Linear, wo: Linear
+        let n1w: Tensor, n1b: Tensor, fc1: Linear, fc2: Linear, n2w: Tensor, n2b: Tensor
     }
     let wordEmbeddings: Tensor
     let tokenType0: Tensor
     let embLNw: Tensor, embLNb: Tensor
     let layers: [Layer]
+    /// Every module path with its compute dtype.
+    public let moduleDTypes: [String: DType]
 
     /// Rows of a weight merged with its LoRA delta at a time (bounds the fp32 working memory).
     nonisolated(unsafe) static var mergeRowBlock = 8192
@@ -33,60 +36,85 @@ public final class JinaTextTower: @unchecked Sendable {
         try self.init(source: file, config: config, dtype: dtype, device: device)
     }
 
-    public init(source: WeightSource, config: JinaConfig? = nil, dtype: DType = .f32, device: Device = .cpu) throws {
-        guard dtype.isFloatingPoint && dtype != .f64 else { throw WeightsError("Jina text tower: unsupported compute dtype \(dtype)") }
+    public convenience init(source: WeightSource, config: JinaConfig? = nil, dtype: DType = .f32, device: Device = .cpu) throws {
+        try self.init(source: source, config: config, placement: ModelPlacement(name: "jina", device: device, precision: .uniform(dtype)))
+    }
+
+    /// Each module in its dtype (precision rules that name no module are an error listing them).
+    public convenience init(source: WeightSource, config: JinaConfig? = nil, placement: ModelPlacement) throws {
         let layout = try JinaLayout.detect(source)
         let cfg = try config ?? layout.inferConfig(source)
         guard cfg.loraTask >= 0 && cfg.loraTask < cfg.loraAdaptations else {
             throw WeightsError("Jina text tower: LoRA task \(cfg.loraTask) outside the \(cfg.loraAdaptations) adapters")
         }
-        let weights = try ModelWeights(source: source, expected: layout.expected(cfg), naming: layout.naming)
-        self.config = cfg
-        self.dtype = dtype
-        self.layout = layout
-        self.device = device
+        let planned = try JinaTextTower.plan(cfg, layout: layout, precision: placement.precision)
+        try planned.checkRules(model: placement.name)
+        let weights = try ModelWeights(source: source, expected: planned.requested, naming: layout.naming)
+        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device)
+        try self.init(root: loader.root, config: cfg, layout: layout)
+    }
 
-        /// The effective weight of a linear ([out, in]) or embedding ([rows, dim]) module.
-        func effective(_ module: String, embedding: Bool) throws -> Tensor {
-            let w = try weights.tensor(module + ".weight")
-            guard layout.hasLoRA else { return w.to(dtype, device: device) }
-            let a = try weights.tensor(module + ".lora_A").select(0, cfg.loraTask).to(.f32)
-            let b = try weights.tensor(module + ".lora_B").select(0, cfg.loraTask).to(.f32)
+    /// The tensors of a layout (internal names, shapes) and the module paths, from the modules.
+    public static func plan(_ config: JinaConfig, layout: JinaLayout, precision: ModulePrecision = .uniform(.f32)) throws -> WeightLoader {
+        let loader = WeightLoader(planning: precision)
+        _ = try JinaTextTower(root: loader.root, config: config, layout: layout)
+        return loader
+    }
+
+    /// Builds the modules from `root` (internal names); the same code plans and loads.
+    init(root: ModuleScope, config cfg: JinaConfig, layout: JinaLayout) throws {
+        guard [.f32, .bf16, .f16].contains(root.dtype) else { throw WeightsError("Jina text tower: unsupported compute dtype \(root.dtype)") }
+        self.config = cfg
+        self.dtype = root.dtype
+        self.layout = layout
+        self.device = root.device
+        let (h, n, r) = (cfg.hidden, cfg.loraAdaptations, cfg.loraRank)
+
+        /// The effective weight [out, in] (linear) or [rows, dim] (embedding) of a module: the
+        /// stored weight, plus its LoRA delta where the layout carries one.
+        func effective(_ s: ModuleScope, rows: Int, cols: Int, embedding: Bool) throws -> Tensor {
+            guard layout.hasLoRA else { return try s.tensor("weight", shape: [rows, cols]) }
+            let w = try s.stored("weight", shape: [rows, cols])
+            let aFull = try s.stored("lora_A", shape: embedding ? [n, rows, r] : [n, r, cols])
+            let bFull = try s.stored("lora_B", shape: embedding ? [n, r, cols] : [n, rows, r])
+            if s.isPlanning { return w }
+            let a = aFull.select(0, cfg.loraTask).to(.f32), b = bFull.select(0, cfg.loraTask).to(.f32)
             // LoRAParametrization: linear W + B[t] @ A[t]; embedding (swapped layout) W + A[t] @ B[t].
             // Both are "rows of W + (rows of the left factor) @ right factor", merged in fp32 and
             // rounded once, in blocks of rows so the 250k x 1024 word table never exists in fp32 whole.
             let (left, right) = embedding ? (a, b) : (b, a)
-            guard left.shape == [w.shape[0], cfg.loraRank], right.shape == [cfg.loraRank, w.shape[1]] else {
-                throw WeightsError("Jina text tower: LoRA factors \(left.shape) x \(right.shape) do not fit \(module) \(w.shape)")
-            }
-            let rows = w.shape[0], block = JinaTextTower.mergeRowBlock
+            let block = JinaTextTower.mergeRowBlock
             var parts: [Tensor] = []
             var start = 0
             while start < rows {
-                let n = min(block, rows - start)
-                let delta = left.narrow(0, start: start, length: n).matmul(right)
-                parts.append((w.narrow(0, start: start, length: n).to(.f32) + delta * cfg.loraScale).to(dtype))
-                start += n
+                let m = min(block, rows - start)
+                let delta = left.narrow(0, start: start, length: m).matmul(right)
+                parts.append((w.narrow(0, start: start, length: m).to(.f32) + delta * cfg.loraScale).to(s.dtype))
+                start += m
             }
-            return (parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0)).to(device: device)
+            return s.place(parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0))
         }
-        func t(_ n: String) throws -> Tensor { try weights.tensor(n).to(dtype, device: device) }
+        func linear(_ s: ModuleScope, out: Int, in k: Int) throws -> Linear {
+            Linear(weight: try effective(s, rows: out, cols: k, embedding: false), bias: try s.tensor("bias", shape: [out]), dtype: s.dtype)
+        }
 
-        wordEmbeddings = try effective("embeddings.word_embeddings", embedding: true)
-        tokenType0 = try effective("embeddings.token_type_embeddings", embedding: true).select(0, 0).contiguous()
-        embLNw = try t("emb_ln.weight"); embLNb = try t("emb_ln.bias")
+        let emb = root.scope("embeddings")
+        wordEmbeddings = try effective(emb.scope("word_embeddings"), rows: cfg.vocabSize, cols: h, embedding: true)
+        tokenType0 = try effective(emb.scope("token_type_embeddings"), rows: cfg.typeVocabSize, cols: h, embedding: true).select(0, 0).contiguous()
+        let ln = root.scope("emb_ln")
+        embLNw = try ln.tensor("weight", shape: [h]); embLNb = try ln.tensor("bias", shape: [h])
         var ls: [Layer] = []
         for i in 0..<cfg.layers {
-            let p = "encoder.layers.\(i)."
+            let s = root.scope("encoder.layers.\(i)"), mixer = s.scope("mixer"), mlp = s.scope("mlp")
             ls.append(Layer(
-                wqkv: try effective(p + "mixer.Wqkv", embedding: false), bqkv: try t(p + "mixer.Wqkv.bias"),
-                wo: try effective(p + "mixer.out_proj", embedding: false), bo: try t(p + "mixer.out_proj.bias"),
-                n1w: try t(p + "norm1.weight"), n1b: try t(p + "norm1.bias"),
-                fc1: try effective(p + "mlp.fc1", embedding: false), b1: try t(p + "mlp.fc1.bias"),
-                fc2: try effective(p + "mlp.fc2", embedding: false), b2: try t(p + "mlp.fc2.bias"),
-                n2w: try t(p + "norm2.weight"), n2b: try t(p + "norm2.bias")))
+                dtype: s.dtype, mixerDType: mixer.dtype, mlpDType: mlp.dtype,
+                wqkv: try linear(mixer.scope("Wqkv"), out: 3 * h, in: h), wo: try linear(mixer.scope("out_proj"), out: h, in: h),
+                n1w: try s.tensor("norm1.weight", shape: [h]), n1b: try s.tensor("norm1.bias", shape: [h]),
+                fc1: try linear(mlp.scope("fc1"), out: cfg.intermediate, in: h), fc2: try linear(mlp.scope("fc2"), out: h, in: cfg.intermediate),
+                n2w: try s.tensor("norm2.weight", shape: [h]), n2b: try s.tensor("norm2.bias", shape: [h])))
         }
         layers = ls
+        moduleDTypes = root.loader.modules
     }
 
     /// cos/sin [1, L, D/2] of the rotate-half rotary table (positions 0..<L, base `ropeBase`).
@@ -119,15 +147,19 @@ public final class JinaTextTower: @unchecked Sendable {
         let (cos, sin) = ropeTables(l)
         let opts = AttentionOptions(scale: 1 / Float(d).squareRoot(), keyPaddingMask: keep)
         for (index, layer) in layers.enumerated() {
-            defer { hook?("layers.\(index)", x) }
-            let qkv = x.linear(layer.wqkv, bias: layer.bqkv).reshape([b, l, 3, nh, d])
-            let q = qkv.select(2, 0).rope(cos: cos, sin: sin, layout: .rotateHalf)
-            let k = qkv.select(2, 1).rope(cos: cos, sin: sin, layout: .rotateHalf)
-            let v = qkv.select(2, 2)
-            let a = q.attention(k: k, v: v, options: opts).reshape([b, l, h]).linear(layer.wo, bias: layer.bo)
-            x = (x + a).layerNorm(weight: layer.n1w, bias: layer.n1b, eps: config.layerNormEps)
-            let m = x.linear(layer.fc1, bias: layer.b1).gelu(approximate: false).linear(layer.fc2, bias: layer.b2)
-            x = (x + m).layerNorm(weight: layer.n2w, bias: layer.n2b, eps: config.layerNormEps)
+            x = computed(in: layer.dtype, x) { x in
+                let a = computed(in: layer.mixerDType, x) { x in
+                    let qkv = layer.wqkv(x).reshape([b, l, 3, nh, d])
+                    let q = qkv.select(2, 0).rope(cos: cos, sin: sin, layout: .rotateHalf)
+                    let k = qkv.select(2, 1).rope(cos: cos, sin: sin, layout: .rotateHalf)
+                    let v = qkv.select(2, 2)
+                    return layer.wo(q.attention(k: k, v: v, options: opts).reshape([b, l, h]))
+                }
+                let x1 = (x + a).layerNorm(weight: layer.n1w, bias: layer.n1b, eps: config.layerNormEps)
+                let m = computed(in: layer.mlpDType, x1) { layer.fc2(layer.fc1($0).gelu(approximate: false)) }
+                return (x1 + m).layerNorm(weight: layer.n2w, bias: layer.n2b, eps: config.layerNormEps)
+            }
+            hook?("layers.\(index)", x)
         }
         return x
     }

@@ -1,5 +1,6 @@
 import Foundation
 import NewBieDiffusion
+import NewBiePipeline
 import NewBieImage
 import NewBieTensor
 import NewBieText
@@ -302,7 +303,7 @@ public enum PipelineBench {
                     log(String(format: "  step %d/%d: %.3f s (t %.4f -> %.4f)", s.index + 1, s.count, steps.last!, s.from, s.to))
                 })
             let tracer = config.checkFinite
-                ? PipelineTracer(trace: false, detectOverflow: true, computeDType: config.options.dtype, sink: { _ in }) : nil
+                ? PipelineTracer(trace: false, detectOverflow: true, computeDType: config.options.placement.precision(.dit).base, sink: { _ in }) : nil
             let request = GenerationRequest(prompt: config.prompt, negativePrompt: config.negativePrompt,
                                             systemPrompt: config.systemPrompt, settings: config.settings, output: config.output)
             let t0 = clock()
@@ -324,7 +325,7 @@ public enum PipelineBench {
         let png = try PNG.read(config.output)
         return PipelineBenchReport(
             scale: spec.scale.rawValue + (spec.maxLayers.map { ", at most \($0) layers per stack" } ?? ""),
-            model: spec.summary, device: config.deviceName, dtype: config.options.dtype.description,
+            model: spec.summary, device: config.deviceName, dtype: config.options.placement.precisionSpec,
             width: config.width, height: config.height, steps: config.steps, gridPoints: config.steps + 1,
             cfg: config.cfg, cfgTrunc: config.cfgTrunc, seed: config.seed, prompt: config.prompt, tokens: tokens,
             weights: weights, runs: runs, peakRSSBytes: peakRSS(), image: config.output,

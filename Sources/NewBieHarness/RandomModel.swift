@@ -1,5 +1,6 @@
 import Foundation
 import NewBieDiffusion
+import NewBiePipeline
 import NewBieTensor
 import NewBieText
 import NewBieWeights
@@ -95,11 +96,12 @@ public struct RandomModelSpec: Sendable, Equatable {
     }
 
     /// Parameters written per part (the DiT's unused norm_final and Gemma's last layer included).
+    /// (A configuration that cannot be planned counts 0; `RandomModel.write` reports why.)
     public var parameters: (dit: Int, gemma: Int, jina: Int, vae: Int, vaeDecoder: Int) {
-        func count(_ t: [RandomModel.PlannedTensor]) -> Int { t.reduce(0) { $0 + $1.count } }
-        let decoder = VAENaming.expectedTensors(vae, parts: .decoder).reduce(0) { $0 + $1.shape.reduce(1, *) }
-        return (count(RandomModel.ditTensors(self)), count(RandomModel.gemmaTensors(self)),
-                count(RandomModel.jinaTensors(self)), count(RandomModel.vaeTensors(self)), decoder)
+        func count(_ t: [RandomModel.PlannedTensor]?) -> Int { (t ?? []).reduce(0) { $0 + $1.count } }
+        let decoder = ((try? VAENaming.expectedTensors(vae, parts: .decoder)) ?? []).reduce(0) { $0 + $1.shape.reduce(1, *) }
+        return (count(try? RandomModel.ditTensors(self)), count(try? RandomModel.gemmaTensors(self)),
+                count(try? RandomModel.jinaTensors(self)), count(try? RandomModel.vaeTensors(self)), decoder)
     }
 }
 
@@ -223,26 +225,26 @@ public enum RandomModel {
     }
 
     /// transformer/: official names, no prefix, with the unused norm_final the checkpoint carries.
-    static func ditTensors(_ s: RandomModelSpec) -> [PlannedTensor] {
-        planned(s.dit.expectedTensors() + [TensorSpec("norm_final.weight", [s.dit.dim])], normCenter: 1)
+    static func ditTensors(_ s: RandomModelSpec) throws -> [PlannedTensor] {
+        planned(try s.dit.expectedTensors() + [TensorSpec("norm_final.weight", [s.dit.dim])], normCenter: 1)
     }
 
     /// text_encoder/: the whole Gemma 3 text model as Gemma3ForConditionalGeneration saves it
     /// (`language_model.model.*`), every layer and the final norm (NewBie skips the last two).
-    static func gemmaTensors(_ s: RandomModelSpec) -> [PlannedTensor] {
-        planned(GemmaNaming.expected(s.gemma, layers: s.gemma.numHiddenLayers, finalNorm: true), normCenter: 0) {
+    static func gemmaTensors(_ s: RandomModelSpec) throws -> [PlannedTensor] {
+        planned(try GemmaNaming.expected(s.gemma, layers: s.gemma.numHiddenLayers, finalNorm: true), normCenter: 0) {
             "language_model.model." + $0
         }
     }
 
     /// clip_model/: the jina-clip-v2 text tower with its retrieval.query LoRA (official naming).
-    static func jinaTensors(_ s: RandomModelSpec) -> [PlannedTensor] {
-        planned(JinaLayout.official.expected(s.jina), normCenter: 1) { JinaLayout.publishedName($0, layout: .official) }
+    static func jinaTensors(_ s: RandomModelSpec) throws -> [PlannedTensor] {
+        planned(try JinaLayout.official.expected(s.jina), normCenter: 1) { JinaLayout.publishedName($0, layout: .official) }
     }
 
     /// vae/: diffusers AutoencoderKL, encoder and decoder (the decoding stage loads the decoder).
-    static func vaeTensors(_ s: RandomModelSpec) -> [PlannedTensor] {
-        planned(VAENaming.expectedTensors(s.vae, parts: .all), normCenter: 1)
+    static func vaeTensors(_ s: RandomModelSpec) throws -> [PlannedTensor] {
+        planned(try VAENaming.expectedTensors(s.vae, parts: .all), normCenter: 1)
     }
 
     /// The file that marks a folder as a random model this code wrote (and when it is complete).
@@ -344,23 +346,23 @@ public enum RandomModel {
             bytes += b; files += n
             log(String(format: "  %@/: %d tensors, %@ in %d file%@, %.1f s", folder, plan.count, formatBytes(b), n, n == 1 ? "" : "s", clock() - t))
         }
-        try component(ditTensors(spec), "transformer", "diffusion_pytorch_model", shard: true)
+        try component(try ditTensors(spec), "transformer", "diffusion_pytorch_model", shard: true)
         try writeJSON(ditConfigJSON(spec), root.appendingPathComponent("transformer/config.json"))
 
-        try component(gemmaTensors(spec), "text_encoder", "model", shard: true)
+        try component(try gemmaTensors(spec), "text_encoder", "model", shard: true)
         try writeJSON(gemmaConfigJSON(spec), root.appendingPathComponent("text_encoder/config.json"))
         let gtok = try spec.gemmaTokenizerSize.map { try synthesizeGemmaTokenizer(from: toks.gemma, size: $0) }
             ?? Data(contentsOf: URL(fileURLWithPath: toks.gemma))
         try gtok.write(to: root.appendingPathComponent("text_encoder/tokenizer.json"))
 
-        try component(jinaTensors(spec), "clip_model", "model", shard: true)
+        try component(try jinaTensors(spec), "clip_model", "model", shard: true)
         try writeJSON(jinaConfigJSON(spec), root.appendingPathComponent("clip_model/config.json"))
         let jtok = try spec.jinaTokenizerSize.map { try synthesizeJinaTokenizer(from: toks.jina, size: $0) }
             ?? Data(contentsOf: URL(fileURLWithPath: toks.jina))
         try jtok.write(to: root.appendingPathComponent("clip_model/tokenizer.json"))
 
         // the VAE loader reads one file (diffusion_pytorch_model.safetensors)
-        try component(vaeTensors(spec), "vae", "diffusion_pytorch_model", shard: false)
+        try component(try vaeTensors(spec), "vae", "diffusion_pytorch_model", shard: false)
         try writeJSON(vaeConfigJSON(spec), root.appendingPathComponent("vae/config.json"))
 
         try writeJSON(["_class_name": "NewbiePipeline", "_note": note(spec, seed: seed),

@@ -1,5 +1,6 @@
 import Foundation
 import NewBieDiffusion
+import NewBiePipeline
 import NewBieTensor
 import NewBieText
 import NewBieWeights
@@ -77,7 +78,7 @@ public enum TinyModel {
 
         // transformer/: official names, no prefix
         let dc = ditConfig
-        let dit = dc.expectedTensors().map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        let dit = try dc.expectedTensors().map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(dit, metadata: ["note": note],
                                     to: root.appendingPathComponent("transformer/diffusion_pytorch_model.safetensors"))
         try writeJSON(["_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
@@ -91,7 +92,7 @@ public enum TinyModel {
         var gc = Gemma3TextConfig()
         gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
-        let gemma = GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
+        let gemma = try GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
             ("language_model.model." + $0.name, random($0.name, $0.shape, oneCentredNorms: false))
         }
         try SafeTensorsWriter.write(gemma, metadata: ["note": note], to: root.appendingPathComponent("text_encoder/model.safetensors"))
@@ -108,7 +109,7 @@ public enum TinyModel {
 
         // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
         let jc = JinaConfig(vocabSize: jinaVocab, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
-        let jina = JinaLayout.official.expected(jc).map {
+        let jina = try JinaLayout.official.expected(jc).map {
             (JinaLayout.publishedName($0.name, layout: .official), random($0.name, $0.shape, oneCentredNorms: true))
         }
         try SafeTensorsWriter.write(jina, metadata: ["note": note], to: root.appendingPathComponent("clip_model/model.safetensors"))
@@ -121,7 +122,7 @@ public enum TinyModel {
 
         // vae/: diffusers AutoencoderKL
         let vc = vaeConfig
-        let vae = VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        let vae = try VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(vae, metadata: ["note": note], to: root.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
         try writeJSON(["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": vc.blockOutChannels,
                        "down_block_types": Array(repeating: "DownEncoderBlock2D", count: vc.levels),

@@ -1,0 +1,223 @@
+import Foundation
+import NewBieCUDA
+import NewBieDiffusion
+import NewBieTensor
+import NewBieWeights
+
+/// Where each of the four models runs and in which precision, module by module: the one value a
+/// command's `--device` / `--precision` / `--dtype` become, resolved once and handed to every stage.
+///
+/// Precision spec: comma-separated items, applied in order.
+/// - `DTYPE` (no `=`): the default for every model (`fp32`, `bf16`, `fp16` or `auto`: bf16 on
+///   CUDA, fp32 on the CPU);
+/// - `SLOT=DTYPE`: one model's default (`vae=fp32`), slots `gemma`, `jina`, `dit`, `vae`;
+/// - `SLOT.PATH=DTYPE`: the modules at that path inside one model and everything inside them
+///   (`dit.final_layer=fp32`, `dit.layers.*.attention=fp32`, `vae.decoder.conv_out=fp32`); `*`
+///   stands for any text inside one path component. The most specific rule covering a module wins.
+/// Device spec: the same grammar with devices (`cuda`, `cuda:1`, `cpu`, `cuda,vae=cpu`).
+public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
+    public var devices: [ModelSlot: Device]
+    public var precisions: [ModelSlot: ModulePrecision]
+
+    /// Every model on `device` in `dtype` (nil = auto for the device).
+    public init(device: Device = .cpu, dtype: DType? = nil) {
+        var d: [ModelSlot: Device] = [:], p: [ModelSlot: ModulePrecision] = [:]
+        for s in ModelSlot.allCases {
+            d[s] = device
+            p[s] = .uniform(dtype ?? PlacementPolicy.autoDType(device))
+        }
+        devices = d; precisions = p
+    }
+
+    /// What `auto` means on a device: bf16 on CUDA (the published weights' type, the fast path),
+    /// fp32 on the CPU (no faster there, and exact).
+    public static func autoDType(_ device: Device) -> DType {
+        device == .cpu ? .f32 : .bf16
+    }
+
+    public static let dtypeNames = "fp32, bf16, fp16 or auto"
+
+    /// Parses the command-line forms (see the type's comment).
+    public static func parse(precision: String, device: String = "cpu") throws -> PlacementPolicy {
+        // devices first: `auto` resolves per slot's device
+        var devices: [ModelSlot: Device] = [:]
+        var defaultDevice: Device = .cpu
+        var slotDevices: [(ModelSlot, Device)] = []
+        for item in items(device) {
+            if let (key, value) = split(item) {
+                guard let slot = ModelSlot(rawValue: key) else {
+                    throw PipelineError("--device \(device): unknown model \"\(key)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                slotDevices.append((slot, try parseDevice(value, spec: device)))
+            } else {
+                defaultDevice = try parseDevice(item, spec: device)
+            }
+        }
+        for s in ModelSlot.allCases { devices[s] = defaultDevice }
+        for (s, d) in slotDevices { devices[s] = d }
+
+        var defaultType: DType? = nil   // nil = auto
+        var slotTypes: [ModelSlot: DType?] = [:]
+        var rules: [ModelSlot: [PrecisionRule]] = [:]
+        for item in items(precision) {
+            guard let (key, value) = split(item) else {
+                defaultType = try parseDType(item, spec: precision)
+                continue
+            }
+            let dot = key.firstIndex(of: ".")
+            let slotName = dot.map { String(key[..<$0]) } ?? key
+            guard let slot = ModelSlot(rawValue: slotName) else {
+                throw PipelineError("--precision \(precision): unknown model \"\(slotName)\" in \"\(item)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", ")) (e.g. vae=fp32, dit.final_layer=fp32)")
+            }
+            let dtype = try parseDType(value, spec: precision)
+            if let d = dot {
+                let path = String(key[key.index(after: d)...])
+                guard !path.isEmpty, !path.split(separator: ".", omittingEmptySubsequences: false).contains(where: \.isEmpty) else {
+                    throw PipelineError("--precision \(precision): \"\(item)\" has an empty module path component")
+                }
+                guard let dt = dtype else {
+                    throw PipelineError("--precision \(precision): \"\(item)\": a module takes fp32, bf16 or fp16, not auto")
+                }
+                rules[slot, default: []].append(PrecisionRule(pattern: path, dtype: dt))
+            } else {
+                slotTypes.updateValue(dtype, forKey: slot)
+            }
+        }
+        var p = PlacementPolicy()
+        p.devices = devices
+        for s in ModelSlot.allCases {
+            let device = devices[s] ?? .cpu
+            let chosen: DType? = slotTypes[s] ?? defaultType
+            p.precisions[s] = ModulePrecision(base: chosen ?? autoDType(device), rules: rules[s] ?? [])
+        }
+        return p
+    }
+
+    static func items(_ spec: String) -> [String] {
+        spec.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    static func split(_ item: String) -> (String, String)? {
+        guard let eq = item.firstIndex(of: "=") else { return nil }
+        return (String(item[..<eq]).trimmingCharacters(in: .whitespaces).lowercased(),
+                String(item[item.index(after: eq)...]).trimmingCharacters(in: .whitespaces))
+    }
+
+    /// nil for `auto`.
+    static func parseDType(_ text: String, spec: String) throws -> DType? {
+        if text.lowercased() == "auto" { return nil }
+        guard let d = DType(userName: text), [.f32, .bf16, .f16].contains(d) else {
+            throw PipelineError("--precision \(spec): unknown dtype \"\(text)\"; use \(dtypeNames)")
+        }
+        return d
+    }
+
+    static func parseDevice(_ text: String, spec: String) throws -> Device {
+        guard let d = Device(text) else {
+            throw PipelineError("--device \(spec): unknown device \"\(text)\"; use cpu, cuda or cuda:N (optionally per model: cuda,vae=cpu)")
+        }
+        return d
+    }
+
+    public func device(_ slot: ModelSlot) -> Device { devices[slot] ?? .cpu }
+    public func precision(_ slot: ModelSlot) -> ModulePrecision { precisions[slot] ?? .uniform(.f32) }
+
+    /// The part of the policy one model is built with.
+    public func placement(_ slot: ModelSlot) -> ModelPlacement {
+        ModelPlacement(name: slot.rawValue, device: device(slot), precision: precision(slot))
+    }
+
+    /// The devices the policy uses (each opened before its models load).
+    public var usedDevices: [Device] { Array(Set(devices.values)).sorted { $0.description < $1.description } }
+
+    /// One device for every model, if so.
+    public var singleDevice: Device? { Set(devices.values).count == 1 ? devices.values.first : nil }
+
+    /// The precision in the policy's own spec form, resolved (no `auto`), as recorded in PNGs and
+    /// given back to `--precision`: the common default first, then what differs per model.
+    public var precisionSpec: String {
+        let bases = ModelSlot.allCases.map { precision($0).base }
+        let common = Dictionary(grouping: bases, by: { $0 }).max { $0.value.count < $1.value.count }?.key ?? .f32
+        var items = [common.userName]
+        for s in ModelSlot.allCases {
+            let p = precision(s)
+            if p.base != common { items.append("\(s.rawValue)=\(p.base.userName)") }
+            items += p.rules.map { "\(s.rawValue).\($0.pattern)=\($0.dtype.userName)" }
+        }
+        return items.joined(separator: ",")
+    }
+
+    /// The devices in spec form (`cuda:0`, `cuda:0,vae=cpu`).
+    public var deviceSpec: String {
+        let all = ModelSlot.allCases.map(device)
+        let common = Dictionary(grouping: all, by: { $0 }).max { $0.value.count < $1.value.count }?.key ?? .cpu
+        return ([common.description] + ModelSlot.allCases.filter { device($0) != common }.map { "\($0.rawValue)=\(device($0))" })
+            .joined(separator: ",")
+    }
+
+    public var description: String { "precision \(precisionSpec), device \(deviceSpec)" }
+}
+
+extension PlacementPolicy {
+    /// Checks the precision rules of the DiT and the VAE against the modules their checkpoints
+    /// would build (headers and configs only, no weights), so that a misspelt module path fails
+    /// before the text encoders run. The text encoders' rules are checked when they load (first).
+    public func checkRules(paths: ModelPaths) throws {
+        if !precision(.dit).rules.isEmpty, let p = paths.path(.dit) {
+            let (source, json) = try NextDiT.openCheckpoint(path: p, configPath: nil)
+            let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
+            try NextDiT.plan(config, precision: precision(.dit)).checkRules(model: "dit")
+        }
+        if !precision(.vae).rules.isEmpty, let p = paths.path(.vae) {
+            let config = try AutoencoderKL.readConfig(path: p)
+            try AutoencoderKL.plan(config, parts: .all, precision: precision(.vae)).checkRules(model: "vae")
+        }
+    }
+}
+
+/// CUDA settings chosen on the command line (environment variables only seed their defaults).
+/// They travel with the stage options and are applied to each CUDA device when it opens.
+public struct CUDAOptions: Sendable, Equatable {
+    /// Replay each guided DiT step as a CUDA graph once shapes are fixed.
+    public var graphs = false
+    /// fp32 GEMMs on the tensor cores in TF32.
+    public var tf32 = false
+    /// Flash-attention block variant ("w4" or "w8").
+    public var flashVariant = "w4"
+    /// Time each kernel family (prints a profile).
+    public var profile = false
+    public init(graphs: Bool = false, tf32: Bool = false, flashVariant: String = "w4", profile: Bool = false) {
+        self.graphs = graphs; self.tf32 = tf32; self.flashVariant = flashVariant; self.profile = profile
+    }
+    public static let flashVariants = ["w4", "w8"]
+}
+
+/// Opens devices for the pipeline: makes CUDA devices openable (through the driver, loaded on
+/// first use) and applies the CUDA options to each. Opening fails with a `DeviceError` that says
+/// why (no driver, no such GPU, no BLAS library for the CPU), before any weight is read.
+public enum DeviceSupport {
+    private static let installed: Void = {
+        Backends.registerOpener(kind: "cuda") { device in
+            guard case .cuda(let index) = device else { throw DeviceError("\(device) is not a CUDA device") }
+            do { return try CUDABackend.load(index: index) } catch {
+                throw DeviceError("\(device): cannot open the GPU: \(error)")
+            }
+        }
+    }()
+
+    /// Registers the device kinds this build supports (idempotent).
+    public static func install() { _ = installed }
+
+    /// Opens `device` and applies `cuda` to it when it is a GPU.
+    @discardableResult
+    public static func open(_ device: Device, cuda: CUDAOptions = CUDAOptions()) throws -> Backend {
+        install()
+        let b = try Backends.open(device)
+        if let c = b as? CUDABackend {
+            c.allowTF32 = cuda.tf32
+            c.flashVariant = cuda.flashVariant
+            c.profiling = cuda.profile
+        }
+        return b
+    }
+}

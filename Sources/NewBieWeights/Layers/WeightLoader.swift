@@ -1,0 +1,209 @@
+import NewBieTensor
+
+/// Builds one model's layers: hands each module its weights by name, already on the model's device
+/// and in the module's compute dtype (from a `ModulePrecision`), and records what the modules ask
+/// for. The module tree is the weight schema: the same construction code runs twice, first in
+/// plan mode (no file: each weight is a placeholder of the right shape, and every name, shape and
+/// module path is recorded), then against checkpoint weights checked against that plan before any
+/// byte is read. So each tensor name is written once, in the module that uses it.
+public final class WeightLoader {
+    enum Mode { case plan, load(ModelWeights) }
+    let mode: Mode
+    public let device: Device
+    public let precision: ModulePrecision
+    /// With a Float32 compute dtype, keep weights stored as fp16/bf16 as they are: every op widens
+    /// them exactly, and the model holds half the memory (the Gemma encoder's choice).
+    public let widenAtUse: Bool
+    /// The tensors the modules asked for, in order (internal names).
+    public internal(set) var requested: [TensorSpec] = []
+    /// Every module built (a compute boundary) with its compute dtype.
+    public private(set) var modules: [String: DType] = [:]
+
+    /// A planning loader: placeholders, no file.
+    public init(planning precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false) {
+        mode = .plan; self.precision = precision; self.device = device; self.widenAtUse = widenAtUse
+    }
+
+    /// A loader over checked weights; opens `device` first (a missing driver or BLAS library is a
+    /// thrown `DeviceError` here, before anything is read).
+    public init(weights: ModelWeights, precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false) throws {
+        try Backends.open(device)
+        mode = .load(weights); self.precision = precision; self.device = device; self.widenAtUse = widenAtUse
+    }
+
+    public var isPlanning: Bool { if case .plan = mode { return true }; return false }
+    /// The model itself ("" path), in the model's dtype.
+    public var root: ModuleScope { ModuleScope(loader: self, path: "", dtype: precision.dtype(for: "")) }
+
+    func register(_ path: String, _ dtype: DType) { modules[path] = dtype }
+
+    func fetch(_ name: String, shape: [Int], dtype: DType) throws -> Tensor {
+        requested.append(TensorSpec(name, shape))
+        switch mode {
+        case .plan:
+            // one element broadcast to the shape: no memory, any view op works on it
+            return Tensor.zeros([1], dtype: dtype).reshape([Int](repeating: 1, count: shape.count)).expand(shape)
+        case .load(let weights):
+            let t = try weights.tensor(name)
+            guard t.shape == shape else {
+                throw WeightsError("\(weights.source.sourceDescription): \(name) has shape \(t.shape), the model expects \(shape)")
+            }
+            let keep = widenAtUse && dtype == .f32 && (t.dtype == .bf16 || t.dtype == .f16)
+            return keep ? t.to(device: device) : t.to(dtype, device: device)
+        }
+    }
+
+    /// Raw checkpoint access for weights that need work before use (a LoRA merge, an offset
+    /// undone): the stored tensor on the CPU, recorded like any other; a placeholder when planning.
+    func fetchStored(_ name: String, shape: [Int]) throws -> Tensor {
+        requested.append(TensorSpec(name, shape))
+        switch mode {
+        case .plan:
+            return Tensor.zeros([1]).reshape([Int](repeating: 1, count: shape.count)).expand(shape)
+        case .load(let weights):
+            let t = try weights.tensor(name)
+            guard t.shape == shape else {
+                throw WeightsError("\(weights.source.sourceDescription): \(name) has shape \(t.shape), the model expects \(shape)")
+            }
+            return t
+        }
+    }
+
+    /// The rules of `precision` that name no module this model built, as one error listing the
+    /// module paths that exist (call after building; `model` names the slot, e.g. "dit").
+    public func checkRules(model: String) throws {
+        let bad = precision.unmatchedRules(modules: Set(modules.keys))
+        guard !bad.isEmpty else { return }
+        let known = modulePathSummary(Set(modules.keys))
+        throw WeightsError("--precision: \(bad.map { "\(model).\($0)" }.joined(separator: ", ")) names no module of the \(model) model; its modules are: \(known.map { "\(model).\($0)" }.joined(separator: ", "))")
+    }
+}
+
+/// A module's place in the tree: its path, its compute dtype, and access to its weights.
+public struct ModuleScope {
+    public let loader: WeightLoader
+    /// Dotted internal path ("layers.3.attention"); "" for the model itself.
+    public let path: String
+    /// The dtype this module computes in (and its weights are stored in).
+    public let dtype: DType
+
+    init(loader: WeightLoader, path: String, dtype: DType) {
+        self.loader = loader; self.path = path; self.dtype = dtype
+        loader.register(path, dtype)
+    }
+
+    public var isPlanning: Bool { loader.isPlanning }
+    public var device: Device { loader.device }
+
+    func name(_ n: String) -> String { path.isEmpty ? n : "\(path).\(n)" }
+
+    /// A sub-module: a compute boundary with its own dtype (from the precision rules).
+    public func scope(_ sub: String) -> ModuleScope {
+        let p = name(sub)
+        return ModuleScope(loader: loader, path: p, dtype: loader.precision.dtype(for: p))
+    }
+
+    /// A weight of this module (`name` may be dotted: "attention_norm1.weight"), in this module's
+    /// dtype, on the model's device.
+    public func tensor(_ n: String, shape: [Int]) throws -> Tensor {
+        try loader.fetch(name(n), shape: shape, dtype: dtype)
+    }
+
+    /// A weight kept in `dtype` whatever the module computes in.
+    public func tensor(_ n: String, shape: [Int], dtype: DType) throws -> Tensor {
+        try loader.fetch(name(n), shape: shape, dtype: dtype)
+    }
+
+    /// The stored tensor on the CPU, for weights the model transforms before use; a placeholder
+    /// when planning (check `isPlanning` before computing with it).
+    public func stored(_ n: String, shape: [Int]) throws -> Tensor {
+        try loader.fetchStored(name(n), shape: shape)
+    }
+
+    /// Declares a weight the model reads another way (rows on demand from a quantised table), so
+    /// that it is checked and listed like the others.
+    public func declare(_ n: String, shape: [Int]) {
+        loader.requested.append(TensorSpec(name(n), shape))
+    }
+
+    /// Finishes a weight the model transformed itself: this module's dtype, the model's device.
+    public func place(_ t: Tensor) -> Tensor {
+        loader.isPlanning ? t : t.to(dtype, device: loader.device)
+    }
+
+    public func linear(_ sub: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Linear {
+        let s = scope(sub)
+        return Linear(weight: try s.tensor("weight", shape: [outFeatures, inFeatures]),
+                      bias: bias ? try s.tensor("bias", shape: [outFeatures]) : nil, dtype: s.dtype)
+    }
+
+    public func conv2d(_ sub: String, in inChannels: Int, out outChannels: Int, kernel: Int,
+                       options: Conv2dOptions? = nil) throws -> Conv2d {
+        let s = scope(sub)
+        return Conv2d(weight: try s.tensor("weight", shape: [outChannels, inChannels, kernel, kernel]),
+                      bias: try s.tensor("bias", shape: [outChannels]),
+                      options: options ?? Conv2dOptions(stride: 1, padding: kernel / 2), dtype: s.dtype)
+    }
+}
+
+/// Runs `body` in `dtype`: the input is cast there and the output back to the input's dtype, once
+/// each, on the device; no cast at all when the dtypes agree (a uniform precision costs nothing).
+@inline(__always)
+public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Tensor) rethrows -> Tensor {
+    if x.dtype == dtype { return try body(x) }
+    return try body(x.to(dtype)).to(x.dtype)
+}
+
+/// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
+/// result cast back).
+public struct Linear {
+    public let weight: Tensor
+    public let bias: Tensor?
+    public let dtype: DType
+    public init(weight: Tensor, bias: Tensor?, dtype: DType) { self.weight = weight; self.bias = bias; self.dtype = dtype }
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        computed(in: dtype, x) { $0.linear(weight, bias: bias) }
+    }
+}
+
+/// A 2-D convolution (NCHW) computing in the layer's dtype.
+public struct Conv2d {
+    public let weight: Tensor
+    public let bias: Tensor
+    public let options: Conv2dOptions
+    public let dtype: DType
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        computed(in: dtype, x) { $0.conv2d(weight, bias: bias, options: options) }
+    }
+}
+
+/// Where one model runs and in which precision: the part of the pipeline's placement policy that
+/// concerns it. `name` is the model's slot ("dit", "vae", "gemma", "jina"), used in messages.
+public struct ModelPlacement: Sendable, Equatable {
+    public var name: String
+    public var device: Device
+    public var precision: ModulePrecision
+    public init(name: String = "model", device: Device = .cpu, precision: ModulePrecision) {
+        self.name = name; self.device = device; self.precision = precision
+    }
+    /// The model's own dtype (its root module's).
+    public var dtype: DType { precision.dtype(for: "") }
+}
+
+/// Tensors handed out by a closure, declared by specs (for models built from tensors in memory).
+public final class ClosureWeightSource: WeightSource, @unchecked Sendable {
+    let specs: [String: TensorSpec]
+    let order: [String]
+    let body: (String) throws -> Tensor
+    public init(specs: [TensorSpec], tensor: @escaping (String) throws -> Tensor) {
+        var d: [String: TensorSpec] = [:]
+        for s in specs { d[s.name] = s }
+        self.specs = d; order = specs.map(\.name); body = tensor
+    }
+    public var sourceDescription: String { "tensors in memory" }
+    public var tensorNames: [String] { order }
+    public func tensorInfo(_ name: String) -> TensorInfo? {
+        specs[name].map { TensorInfo(name: name, dtype: .f32, shape: $0.shape, dataBegin: 0, dataEnd: 0) }
+    }
+    public func loadTensor(_ name: String) throws -> Tensor { try body(name) }
+}

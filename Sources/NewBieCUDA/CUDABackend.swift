@@ -102,6 +102,12 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     func setCurrent() { driver.must(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent") }
 
+    /// Throws the first failure since the last check (a launch, a cuBLASLt call, an allocation:
+    /// out of memory names the size asked for and the bytes in use), naming the op.
+    public func checkErrors() throws {
+        if let f = driver.takeFailure() { throw DeviceError("\(device) (\(name)): \(f)") }
+    }
+
     /// Waits for every queued op.
     public func synchronize() {
         setCurrent()
@@ -164,7 +170,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     // MARK: launching
 
     func launch(_ name: String, grid: Int, block: Int = 256, shared: Int = 0, _ args: KernelArgs) {
-        guard let fn = functions[name] else { fatalError("CUDA kernel \(name) is not loaded") }
+        guard !driver.failed else { return }  // an earlier failure: skip the work, report at the next check
+        guard let fn = functions[name] else { driver.fail("CUDA kernel \(name) is not loaded"); return }
         setCurrent()
         precondition(grid < Int(Int32.max), "\(name): grid of \(grid) blocks is too large")
         let g = UInt32(Swift.max(1, grid))
@@ -177,7 +184,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     /// A launch over a 2-D grid (x, y) of `block`-thread blocks.
     func launch2D(_ name: String, grid: (Int, Int), block: Int = 256, _ args: KernelArgs) {
-        guard let fn = functions[name] else { fatalError("CUDA kernel \(name) is not loaded") }
+        guard !driver.failed else { return }
+        guard let fn = functions[name] else { driver.fail("CUDA kernel \(name) is not loaded"); return }
         setCurrent()
         precondition(grid.0 < Int(Int32.max) && grid.1 < 65536, "\(name): grid \(grid) is too large")
         profiled(name) {
@@ -230,12 +238,14 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public func allocate(byteCount: Int) -> Buffer {
         setCurrent()
         let (ptr, size) = pool.take(Swift.max(byteCount, 1))
+        // out of memory (recorded by the pool): a buffer at address 0 that no launch will touch
+        guard ptr != 0 else { return Buffer(device: device, byteCount: byteCount, host: nil, deviceAddress: 0) }
         if poisonAllocations { driver.must(driver.cuMemsetD8Async(ptr, 0xFF, size, stream), "poison") }
         return Buffer(device: device, byteCount: byteCount, host: nil, deviceAddress: ptr, release: { [pool] in pool.give(ptr, size) })
     }
 
     public func upload(_ bytes: UnsafeRawBufferPointer, to buffer: Buffer, byteOffset: Int) {
-        guard bytes.count > 0 else { return }
+        guard bytes.count > 0, !driver.failed, buffer.deviceAddress != 0 else { return }
         setCurrent()
         if let g = capturing {
             // recorded: a pinned copy the graph keeps, so each replay uploads these same bytes
@@ -265,6 +275,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
 
     public func download(_ buffer: Buffer, byteOffset: Int, into bytes: UnsafeMutableRawBufferPointer) {
         guard bytes.count > 0 else { return }
+        // after a failure the data is meaningless: zeros (never read as a result: the next check throws)
+        guard !driver.failed, buffer.deviceAddress != 0 else { bytes.initializeMemory(as: UInt8.self, repeating: 0); return }
         setCurrent()
         precondition(capturing == nil, "a download while recording device work (the recorded body must not read results)")
         driver.must(driver.cuMemcpyDtoHAsync(bytes.baseAddress, buffer.deviceAddress + UInt64(byteOffset), bytes.count, stream), "download")
@@ -460,7 +472,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let m = x.count / Swift.max(k, 1)
         let out = empty(Array(x.shape.dropLast()) + [n], x.dtype)
         if m == 0 || n == 0 { return out }
-        guard let type = Self.blasType(x.dtype) else { fatalError("linear: unsupported dtype \(x.dtype) on CUDA") }
+        guard let type = Self.blasType(x.dtype) else { driver.fail("linear: unsupported dtype \(x.dtype) on CUDA"); return out }
+        guard !driver.failed else { return out }
         let w = weight.dtype == x.dtype ? weight : weight.to(x.dtype)
         let b = bias.map { $0.dtype == x.dtype ? $0 : $0.to(x.dtype) }
         if k == 0 { fill(out, value: 0); return b.map { out + $0 } ?? out }
@@ -469,7 +482,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             do {
                 try blas.gemm(m: m, n: n, k: k, batch: 1, type: type, a: ptr(x), strideA: 0, b: ptr(w), strideB: 0, transposeB: true,
                               c: ptr(out), strideC: 0, bias: b.map(ptr), allowTF32: allowTF32, stream: stream)
-            } catch { fatalError("\(error)") }
+            } catch { driver.fail("linear [\(m) x \(k)] x [\(n) x \(k)]^T (\(x.dtype)): \(error)") }
         }
         return out
     }
@@ -479,14 +492,15 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let n = transposeB ? b.shape[1] : b.shape[2]
         let out = empty([batch, m, n], a.dtype)
         if batch * m * n == 0 { return out }
-        guard let type = Self.blasType(a.dtype) else { fatalError("matmul: unsupported dtype \(a.dtype) on CUDA") }
+        guard let type = Self.blasType(a.dtype) else { driver.fail("matmul: unsupported dtype \(a.dtype) on CUDA"); return out }
+        guard !driver.failed else { return out }
         let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
         if k == 0 { fill(out, value: 0); return out }
         setCurrent()
         do {
             try blas.gemm(m: m, n: n, k: k, batch: batch, type: type, a: ptr(a), strideA: m * k, b: ptr(bb), strideB: k * n,
                           transposeB: transposeB, c: ptr(out), strideC: m * n, bias: nil, allowTF32: allowTF32, stream: stream)
-        } catch { fatalError("\(error)") }
+        } catch { driver.fail("matmul \(batch) x [\(m) x \(k)] x [\(k) x \(n)] (\(a.dtype)): \(error)") }
         return out
     }
 
@@ -570,7 +584,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         let oh = (h + o.padTop + o.padBottom - kh) / o.strideH + 1
         let ow = (w + o.padLeft + o.padRight - kw) / o.strideW + 1
         let out = empty([batch, cout, oh, ow], x.dtype)
-        guard let type = Self.blasType(x.dtype) else { fatalError("conv2d: unsupported dtype \(x.dtype) on CUDA") }
+        guard let type = Self.blasType(x.dtype) else { driver.fail("conv2d: unsupported dtype \(x.dtype) on CUDA"); return out }
+        guard !driver.failed else { return out }
         let wt = weight.dtype == x.dtype ? weight : weight.to(x.dtype)
         let kdim = cin * kh * kw, p = oh * ow
         let col = empty([kdim, p], x.dtype)
@@ -600,7 +615,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                 try blas.gemm(m: cout, n: p, k: kdim, batch: 1, type: type, a: ptr(wt), strideA: 0, b: ptr(col), strideB: 0,
                               transposeB: false, c: ptr(out) + UInt64(bi * cout * p * x.dtype.byteSize), strideC: 0,
                               bias: nil, allowTF32: allowTF32, accumulate: bias != nil, stream: stream)
-            } catch { fatalError("\(error)") } }
+            } catch { driver.fail("conv2d \(x.shape) * \(weight.shape) (\(x.dtype)): \(error)") } }
         }
         return out
     }
@@ -820,7 +835,10 @@ final class MemoryPool: @unchecked Sendable {
             reserved = current - size
             rc = driver.cuMemAlloc(&p, size)
         }
-        driver.must(rc, "cuMemAlloc(\(size) bytes; \(current - size) bytes in use)")
+        guard driver.must(rc, "out of device memory: cuMemAlloc of \(formatBytes(size)) with \(formatBytes(current - size)) in use") else {
+            current -= size
+            return 0
+        }
         reserved += size
         return p
     }

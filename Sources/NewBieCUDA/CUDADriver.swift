@@ -159,8 +159,35 @@ final class CUDADriver: @unchecked Sendable {
         if r != 0 { throw CUDAError("\(what()) failed: \(errorString(r)) (\(r))") }
     }
 
-    /// Like `check`, for calls on the hot path where an error means the device state is lost.
-    func must(_ r: CUresult, _ what: @autoclosure () -> String) {
-        if r != 0 { fatalError("CUDA: \(what()) failed: \(errorString(r)) (\(r))") }
+    /// The first failure of a hot-path call, kept until `takeFailure` reads it ("sticky"): ops
+    /// cannot throw, so they record it, later work is skipped, and the backend's `checkErrors`
+    /// throws it at the next synchronisation point.
+    private var failure: String?
+    private let failureLock = NSLock()
+
+    /// Like `check`, for calls on the hot path: records the first failure instead of throwing.
+    /// Returns whether the call succeeded.
+    @discardableResult
+    func must(_ r: CUresult, _ what: @autoclosure () -> String) -> Bool {
+        guard r != 0 else { return true }
+        fail("\(what()) failed: \(errorString(r)) (\(r))")
+        return false
+    }
+
+    /// Records a failure (the first one wins).
+    func fail(_ message: String) {
+        failureLock.lock(); defer { failureLock.unlock() }
+        if failure == nil { failure = message }
+    }
+
+    /// True once something failed and was not yet reported.
+    var failed: Bool { failureLock.lock(); defer { failureLock.unlock() }; return failure != nil }
+
+    /// The recorded failure, cleared.
+    func takeFailure() -> String? {
+        failureLock.lock(); defer { failureLock.unlock() }
+        let f = failure
+        failure = nil
+        return f
     }
 }

@@ -92,6 +92,7 @@ public enum TinyModel {
         var gc = Gemma3TextConfig()
         gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
+        gc.layerTypes = Gemma3TextConfig.layerTypes(count: gemmaLayers, pattern: 2)
         let gemma = try GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
             ("language_model.model." + $0.name, random($0.name, $0.shape, oneCentredNorms: false))
         }

@@ -165,6 +165,8 @@ public final class TextStage {
         // tracer error is kept and thrown once the forward returns
         var jinaTraceError: Error? = nil
         if let tr = tracer {
+            tr.registerModules("gemma", gemma.moduleDTypes)
+            tr.registerModules("jina", jina.moduleDTypes)
             gemma.moduleHook = { path, out in try tr.report("gemma." + path, out) }
             jina.moduleHook = { path, out in
                 guard jinaTraceError == nil else { return }
@@ -175,6 +177,8 @@ public final class TextStage {
         let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
         let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
         let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
+        try Backends.check(gemma.device)
+        try Backends.check(jina.device)
         if let e = jinaTraceError { throw e }
         if let tr = tracer {
             try tr.report("gemma.hidden_states[-2]", hidden)
@@ -259,6 +263,7 @@ public final class DenoiseStage {
         var currentT: Float = 0
         let tracer = self.tracer
         if let tr = tracer {
+            tr.registerModules("dit", dit.moduleDTypes)
             // module outputs inside the DiT (the guided batch: [cond | uncond] while guidance runs)
             dit.moduleHook = { path, out in try tr.report("dit." + path, step: evaluations, t: currentT, out) }
         }
@@ -268,6 +273,7 @@ public final class DenoiseStage {
             try tracer?.report("dit.input", step: evaluations, t: t, x)
             // the state stays on the CPU in Float32; the DiT moves what it needs to its device
             let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            try Backends.check(dit.device)
             try tracer?.report("dit.velocity", step: evaluations, t: t, v)
             onEvaluation?(ModelEvaluation(index: evaluations, t: t, x: x, velocity: v))
             evaluations += 1
@@ -291,7 +297,9 @@ public final class ImageEncodeStage {
         guard d.image.width == width, d.image.height == height else {
             throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
         }
-        return vae.encode(d.image.tensor()).to(.f32, device: .cpu)
+        let latent = vae.encode(d.image.tensor()).to(.f32, device: .cpu)
+        try Backends.check(vae.device)
+        return latent
     }
 }
 
@@ -321,6 +329,7 @@ public final class DecodeStage {
         }
         var traceError: Error? = nil
         if let tr = tracer {
+            tr.registerModules("vae", vae.moduleDTypes)
             vae.moduleHook = { path, out in
                 guard traceError == nil else { return }
                 do { try tr.report("vae." + path, out) } catch { traceError = error }
@@ -328,6 +337,7 @@ public final class DecodeStage {
         }
         defer { vae.moduleHook = nil }
         let img = vae.decode(x, tiling: tiling).to(device: .cpu)
+        try Backends.check(vae.device)
         if let e = traceError { throw e }
         try tracer?.report("vae.decoder", img)
         let v = img.toFloats()

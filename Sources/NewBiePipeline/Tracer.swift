@@ -1,5 +1,6 @@
 import Foundation
 import NewBieTensor
+import NewBieWeights
 
 /// Summary of a tensor for tracing: shape, dtype, min / max / mean over the finite values, and
 /// the count of NaN and infinite values.
@@ -43,7 +44,7 @@ public struct OverflowError: Error, CustomStringConvertible, LocalizedError {
         if let s = step { at += " at step \(s)" }
         if let t = t { at += String(format: " (t = %.4f)", t) }
         return "non-finite values in \(at), compute dtype \(computeDType): \(summary.nanCount) NaN, \(summary.infCount) Inf in \(summary.shape)"
-            + (computeDType == .f16 ? " (fp16 overflows above 65504; try --dtype bf16 or fp32)" : "")
+            + (computeDType == .f16 ? " (fp16 overflows above 65504; compute this module in fp32 with --precision \"fp16,\(path)=fp32\", or use bf16)" : "")
     }
     public var errorDescription: String? { description }
 }
@@ -56,6 +57,9 @@ public final class PipelineTracer {
     public let detectOverflow: Bool
     public let computeDType: DType
     let sink: (String) -> Void
+    /// Compute dtype of every module of the loaded models, by traced path ("dit.layers.3"); shown
+    /// beside each module's summary and named by the overflow error.
+    public private(set) var moduleDTypes: [String: DType] = [:]
     /// Every summary reported, in order (kept for tests and tools).
     public private(set) var records: [(path: String, step: Int?, summary: TensorSummary)] = []
 
@@ -64,19 +68,27 @@ public final class PipelineTracer {
         self.trace = trace; self.detectOverflow = detectOverflow; self.computeDType = computeDType; self.sink = sink
     }
 
+    /// Records the compute dtype of a model's modules under `prefix` ("dit", "vae", ...).
+    public func registerModules(_ prefix: String, _ dtypes: [String: DType]) {
+        for (path, d) in dtypes { moduleDTypes[path.isEmpty ? prefix : "\(prefix).\(path)"] = d }
+    }
+
+    /// The compute dtype of a traced path (its module's), else the tracer's default.
+    public func computeDType(of path: String) -> DType { moduleDTypes[path] ?? computeDType }
+
     /// Reports `tensor` as the output of `path` (e.g. "dit.velocity") at an optional sampler step
     /// and time; throws `OverflowError` for a non-finite tensor when detecting.
     public func report(_ path: String, step: Int? = nil, t: Float? = nil, _ tensor: Tensor) throws {
         let s = TensorSummary(tensor)
         records.append((path, step, s))
         if trace {
-            var at = path
+            var at = path + (moduleDTypes[path].map { " (computes in \($0.userName))" } ?? "")
             if let st = step { at += " step \(st)" }
             if let tt = t { at += String(format: " t=%.4f", tt) }
             sink("trace \(at): \(s)")
         }
         if detectOverflow && !s.isFinite {
-            throw OverflowError(path: path, step: step, t: t, computeDType: computeDType, summary: s)
+            throw OverflowError(path: path, step: step, t: t, computeDType: computeDType(of: path), summary: s)
         }
     }
 }

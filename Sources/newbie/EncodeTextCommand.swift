@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NewBieCUDA
+import NewBiePipeline
 import NewBieTensor
 import NewBieText
 import NewBieWeights
@@ -49,11 +50,7 @@ struct EncodeTextCommand: ParsableCommand {
     @Option(help: "Truncate each prompt to this many tokens including <s> and </s> (NewBie official: 2048).")
     var maxLength = 2048
 
-    @Option(help: "Compute precision: fp32, bf16 or fp16.")
-    var dtype = "fp32"
-
-    @Option(help: "Where the encoders run: cpu, cuda or cuda:N.")
-    var device = "cpu"
+    @OptionGroup var deviceOptions: DeviceOptions
 
     @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors: gemma_hidden [B, L, hidden] (fp32), gemma_input_ids and gemma_mask [B, L] (i32); jina_pooled [B, hidden] (fp32) and jina_input_ids.")
     var output: String
@@ -62,9 +59,8 @@ struct EncodeTextCommand: ParsableCommand {
         guard gemmaPath != nil || jinaPath != nil else {
             throw ValidationError("nothing to encode: give --gemma PATH and/or --jina PATH")
         }
-        guard let dt = DType(userName: dtype), dt != .f64 else { throw ValidationError("--dtype \(dtype): use fp32, bf16 or fp16") }
-        guard let dev = Device(device) else { throw ValidationError("--device \(device): use cpu, cuda or cuda:N") }
-        if case .cuda(let index) = dev { try CUDABackend.load(index: index) }
+        let options = try deviceOptions.stageOptions()
+        let gemmaPlacement = try options.open(.gemma), jinaPlacement = try options.open(.jina)
         var texts = prompts
         if let f = promptFile {
             guard let s = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read --prompt-file \(f)") }
@@ -75,14 +71,14 @@ struct EncodeTextCommand: ParsableCommand {
 
         var tensors: [(String, Tensor)] = []
         var metadata = ["prompts": String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self),
-                        "dtype": dt.description]
+                        "precision": options.placement.precisionSpec]
         if let gemma = gemmaPath {
-            let (t, m) = try encodeGemma(gemma, texts: texts, dtype: dt, device: dev)
+            let (t, m) = try encodeGemma(gemma, texts: texts, placement: gemmaPlacement)
             tensors += t
             metadata.merge(m) { $1 }
         }
         if let jina = jinaPath {
-            let (t, m) = try encodeJina(jina, texts: texts, dtype: dt, device: dev)
+            let (t, m) = try encodeJina(jina, texts: texts, placement: jinaPlacement)
             tensors += t
             metadata.merge(m) { $1 }
         }
@@ -95,7 +91,7 @@ struct EncodeTextCommand: ParsableCommand {
         "text": "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> ",
     ]
 
-    func encodeGemma(_ path: String, texts: [String], dtype dt: DType, device dev: Device) throws -> ([(String, Tensor)], [String: String]) {
+    func encodeGemma(_ path: String, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
         guard gemmaMaxLength >= 1 else { throw ValidationError("--gemma-max-length must be at least 1") }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ValidationError("--gemma \(path): no such file or folder") }
@@ -118,11 +114,11 @@ struct EncodeTextCommand: ParsableCommand {
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         var t0 = clock()
         let tokenizer = try SentencePieceBPETokenizer.load(tokPath)
-        let encoder = try GemmaTextEncoder.load(path: path, dtype: dt, device: dev)
+        let encoder = try GemmaTextEncoder.load(path: path, placement: placement)
         let c = encoder.config
         log(String(format: "gemma: %d layers (running %d), hidden %d, %d/%d heads, vocab %d, %@; loaded in %.2f s (tokenizer %@)",
                    c.numHiddenLayers, encoder.hiddenStateIndex, c.hiddenSize, c.numAttentionHeads, c.numKeyValueHeads,
-                   c.vocabSize, dt.description, clock() - t0, tokPath))
+                   c.vocabSize, placement.precision.description, clock() - t0, tokPath))
         t0 = clock()
         let batch = tokenizer.encodeBatch(inputs, maxLength: gemmaMaxLength, padToMultipleOf: 8)
         let tTok = clock() - t0
@@ -151,7 +147,7 @@ struct EncodeTextCommand: ParsableCommand {
                 ["gemma_system_prompt": system, "gemma_hidden_state": "\(encoder.hiddenStateIndex - c.numHiddenLayers - 1)"])
     }
 
-    func encodeJina(_ jina: String, texts: [String], dtype dt: DType, device dev: Device) throws -> ([(String, Tensor)], [String: String]) {
+    func encodeJina(_ jina: String, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
         var isDir: ObjCBool = false
         let exists = FileManager.default.fileExists(atPath: jina, isDirectory: &isDir)
         let folder = isDir.boolValue ? jina : URL(fileURLWithPath: jina).deletingLastPathComponent().path
@@ -171,11 +167,11 @@ struct EncodeTextCommand: ParsableCommand {
         let tokenizer = try UnigramTokenizer(path: tokPath)
         let source = try openWeights(path: jina)
         let config = try JinaLayout.detect(source).inferConfig(source, headDim: jinaHeadDim)
-        let tower = try JinaTextTower(source: source, config: config, dtype: dt, device: dev)
+        let tower = try JinaTextTower(source: source, config: config, placement: placement)
         let c = tower.config
         log(String(format: "jina: %@ layout, %d layers, hidden %d, %d heads, vocab %d, LoRA rank %d x %d (merged), %@; loaded in %.2f s",
                    tower.layout.rawValue, c.layers, c.hidden, c.heads, c.vocabSize, c.loraRank, c.loraAdaptations,
-                   dt.description, clock() - t0))
+                   placement.precision.description, clock() - t0))
         guard tokenizer.pieces.count <= c.vocabSize else {
             throw ValidationError("tokenizer has \(tokenizer.pieces.count) pieces but the checkpoint's vocabulary is \(c.vocabSize)")
         }

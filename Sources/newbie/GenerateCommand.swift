@@ -49,8 +49,8 @@ struct DeviceOptions: ParsableArguments {
     @Option(help: "Where the models run: cpu, cuda or cuda:N, optionally per model (\"cuda,vae=cpu\"; models gemma, jina, dit, vae).")
     var device = DeviceOptions.env["NEWBIE_DEVICE"] ?? "cpu"
 
-    @Option(help: ArgumentHelp("Precision per model and per module: a default dtype (fp32, bf16, fp16, or auto = bf16 on CUDA and fp32 on the CPU), then overrides MODEL=DTYPE or MODEL.MODULE_PATH=DTYPE, where * matches within a path component. Examples: bf16; \"fp16,vae=fp32\"; \"bf16,vae.decoder.conv_out=fp32,dit.final_layer=fp32\"; \"fp16,dit.layers.*.attention=fp32\".", valueName: "spec"))
-    var precision = DeviceOptions.env["NEWBIE_PRECISION"] ?? "auto"
+    @Option(help: ArgumentHelp("Precision per model and per module: a default dtype (fp32, bf16, fp16, or auto = bf16 on CUDA and fp32 on the CPU), then overrides MODEL=DTYPE or MODEL.MODULE_PATH=DTYPE, where * matches within a path component. Default: auto. Examples: bf16; \"fp16,vae=fp32\"; \"bf16,vae.decoder.conv_out=fp32,dit.final_layer=fp32\"; \"fp16,dit.layers.*.attention=fp32\".", valueName: "spec"))
+    var precision: String? = DeviceOptions.env["NEWBIE_PRECISION"]
 
     @Option(help: "Shorthand for the default of --precision (fp32, bf16, fp16, auto); --precision items come after it.")
     var dtype: String?
@@ -67,8 +67,8 @@ struct DeviceOptions: ParsableArguments {
     @Flag(name: .customLong("cuda-profile"), help: "With CUDA: time every kernel family and print the profile at the end.")
     var cudaProfile = DeviceOptions.env["NEWBIE_CUDA_PROFILE"] == "1"
 
-    /// The precision spec with --dtype in front.
-    var precisionSpec: String { [dtype, precision].compactMap { $0 }.joined(separator: ",") }
+    /// The precision spec with --dtype in front (auto when neither is given).
+    var precisionSpec: String { [dtype ?? (precision == nil ? "auto" : nil), precision].compactMap { $0 }.joined(separator: ",") }
 
     func cudaOptions() throws -> CUDAOptions {
         guard CUDAOptions.flashVariants.contains(flash) else {

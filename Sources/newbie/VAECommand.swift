@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieDiffusion
 import NewBieImage
+import NewBiePipeline
 import NewBieTensor
 import NewBieWeights
 
@@ -10,16 +11,18 @@ struct VAEOptions: ParsableArguments {
     @Option(name: .customLong("vae"), help: "FLUX VAE: diffusers vae/ folder or diffusion_pytorch_model.safetensors (config.json beside it is used), or BFL/ComfyUI ae.safetensors.")
     var path: String
 
-    @Option(help: "Compute precision: fp32, bf16 or fp16.")
-    var dtype = "fp32"
+    @OptionGroup var deviceOptions: DeviceOptions
 
     @Option(name: .customLong("norm-groups"), help: "GroupNorm groups when the configuration is inferred from the shapes (FLUX: 32).")
     var normGroups = 32
 
     func load(_ parts: VAEParts) throws -> AutoencoderKL {
-        guard let dt = DType(userName: dtype), dt != .f64 else { throw ValidationError("--dtype \(dtype): use fp32, bf16 or fp16") }
-        return try AutoencoderKL.load(path: path, dtype: dt, parts: parts, normGroups: normGroups)
+        let options = try deviceOptions.stageOptions()
+        return try AutoencoderKL.load(path: path, placement: try options.open(.vae), parts: parts, normGroups: normGroups)
     }
+
+    /// The VAE's precision as given back to --precision.
+    var dtype: String { (try? deviceOptions.placement().precision(.vae).description) ?? "?" }
 }
 
 struct TilingOptions: ParsableArguments {

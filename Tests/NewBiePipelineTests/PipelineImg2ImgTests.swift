@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import NewBieDiffusion
+import NewBieHarness
 import NewBieImage
 @testable import NewBiePipeline
 import NewBieTensor

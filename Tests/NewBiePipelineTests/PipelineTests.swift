@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import NewBieDiffusion
+import NewBieHarness
 import NewBieImage
 @testable import NewBiePipeline
 import NewBieTensor
@@ -198,7 +199,7 @@ final class PipelineRunTests: XCTestCase {
             MetadataKey.prompt: "1girl, red eyes", MetadataKey.negativePrompt: "lowres", MetadataKey.systemPrompt: SystemPrompt.text,
             MetadataKey.width: "32", MetadataKey.height: "48", MetadataKey.steps: "3", MetadataKey.sampler: "midpoint",
             MetadataKey.shift: "6.0", MetadataKey.cfg: "4.0", MetadataKey.cfgTrunc: "100.0", MetadataKey.renorm: "1.0",
-            MetadataKey.seed: "7", MetadataKey.rng: "torch", MetadataKey.dtype: "f32", MetadataKey.device: "cpu",
+            MetadataKey.seed: "7", MetadataKey.rng: "torch", MetadataKey.precision: "fp32", MetadataKey.device: "cpu",
             MetadataKey.model(.dit): Tiny.dir + "/transformer", MetadataKey.model(.vae): Tiny.dir + "/vae",
             MetadataKey.command: "newbie generate test", "Software": "newbie generate",
         ]
@@ -293,7 +294,7 @@ final class PipelineRunTests: XCTestCase {
         XCTAssertEqual(ts.count, 6)
         settings.cfg = CFGOptions(scale: 4, truncation: (ts[2] + ts[3]) / 2, renorm: 0)
         let eager = try DenoiseStage(paths: Tiny.paths, options: options).run(e, settings: settings)
-        options.cudaGraphs = true
+        options.cuda.graphs = true
         let stage = try DenoiseStage(paths: Tiny.paths, options: options)
         XCTAssertTrue(stage.dit.useRecordedSteps)
         var replays: [Int] = []

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import NewBieDiffusion
+import NewBieHarness
 @testable import NewBiePipeline
 import NewBieTensor
 import NewBieTestSupport
@@ -53,8 +54,8 @@ final class PipelineTraceTests: XCTestCase {
         XCTAssertEqual(tracer.records[velocity].summary.shape, [1, 16, 4, 4])
         XCTAssertEqual(lines.count, paths.count)
         XCTAssertTrue(lines[velocity].hasPrefix("trace dit.velocity step 0 t=0.0000: [1, 16, 4, 4] min "), lines[velocity])
-        XCTAssertTrue(lines[firstDiT + 1].hasPrefix("trace dit.x_embedder step 0 t=0.0000: [2, 4, 48]"), lines[firstDiT + 1])
-        XCTAssertTrue(lines[1].hasPrefix("trace gemma.layers.0: [2, "), lines[1])
+        XCTAssertTrue(lines[firstDiT + 1].hasPrefix("trace dit.x_embedder (computes in fp32) step 0 t=0.0000: [2, 4, 48]"), lines[firstDiT + 1])
+        XCTAssertTrue(lines[1].hasPrefix("trace gemma.layers.0 (computes in fp32): [2, "), lines[1])
     }
 
     func testDetectOverflowNamesPathStepAndDType() throws {

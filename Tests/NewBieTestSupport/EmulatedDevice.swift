@@ -16,8 +16,8 @@ public final class EmulatedDevice: Backend, @unchecked Sendable {
         return b
     }()
 
-    /// `cuda:63`: the enum has no other kind of device, and no real GPU has this index.
-    public let device = Device.cuda(63)
+    /// The emulated device (its own kind, never a GPU index).
+    public let device = Device.emulated(0)
     let cpu = CPUBackend.shared
     private let lock = NSLock()
     private var attentionHeadDims: [Int] = []

@@ -198,7 +198,9 @@ public final class NextDiT: @unchecked Sendable {
     ///   - clipPooled: [B, clip_text_dim] (required when the model has the CLIP pathway).
     /// - Returns: the velocity [B, C_out, H, W] in Float32.
     public func forward(_ x: Tensor, t: [Float], capFeats: Tensor, capMask: Tensor, clipPooled: Tensor?) throws -> Tensor {
-        try forwardRaw(x, t: t, capFeats: capFeats, capMask: capMask, clipPooled: clipPooled).to(.f32)
+        let v = try forwardRaw(x, t: t, capFeats: capFeats, capMask: capMask, clipPooled: clipPooled).to(.f32)
+        try Backends.check(device)
+        return v
     }
 
     /// The forward pass, output in the compute dtype.

@@ -80,7 +80,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
                 gate: try m.linear("gate_proj", in: h, out: ff, bias: false),
                 up: try m.linear("up_proj", in: h, out: ff, bias: false),
                 down: try m.linear("down_proj", in: ff, out: h, bias: false),
-                sliding: config.layerTypes[i] == .sliding))
+                sliding: i < config.layerTypes.count && config.layerTypes[i] == .sliding))
         }
         self.layers = layers
         finalNorm = k == n ? try norm(root, "norm.weight", h) : nil
@@ -96,6 +96,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
 
     /// The tensors needed for `hidden_states[k]` (internal names, shapes) and the module paths.
     public static func plan(_ config: Gemma3TextConfig, hiddenState: Int = -2, precision: ModulePrecision = .uniform(.f32)) throws -> WeightLoader {
+        try config.validate(source: "Gemma 3 configuration")
         let loader = WeightLoader(planning: precision, widenAtUse: true)
         _ = try GemmaTextEncoder(root: loader.root, config: config, hiddenState: try resolveHiddenState(hiddenState, config), gguf: nil)
         return loader
@@ -257,6 +258,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
             h = h.rmsNorm(weight: n, eps: eps, style: .gemmaOnePlusWeight)
             try hook?("norm", h)
         }
+        try Backends.check(device)
         return h
     }
 

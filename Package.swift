@@ -37,7 +37,7 @@ let package = Package(
         // stages with plain values, model slots, the placement policy and device opening.
         .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA"]),
         // What is not the product: random and tiny model writers, the whole-pipeline benchmark.
-        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline"]),
+        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA"]),
         .executableTarget(
             name: "newbie",
             dependencies: [

@@ -51,12 +51,13 @@ public enum TinyModel {
         for slot in ModelSlot.allCases {
             try fm.createDirectory(at: root.appendingPathComponent(slot.folder), withIntermediateDirectories: true)
         }
-        var rng = TorchGenerator(seed: seed)
-
         /// Random tensor for a parameter, by its role: matrices ~ N(0, 1/fan_in), biases and LoRA
-        /// factors small, norm weights around 1 (Gemma's (1 + w) norms around 0).
-        func random(_ name: String, _ shape: [Int], oneCentredNorms: Bool) -> Tensor {
+        /// factors small, norm weights around 1 (Gemma's (1 + w) norms around 0). Each tensor has
+        /// its own generator, seeded from the model seed and the tensor's slot and name, so the
+        /// weights do not depend on the order in which the modules list their tensors.
+        func random(_ slot: ModelSlot, _ name: String, _ shape: [Int], oneCentredNorms: Bool) -> Tensor {
             let n = shape.reduce(1, *)
+            var rng = TorchGenerator(seed: tensorSeed(seed, slot.folder + "/" + name))
             var v = rng.randn(count: n)
             if name.contains("lora_") {
                 for i in 0..<n { v[i] *= 0.02 }
@@ -78,7 +79,7 @@ public enum TinyModel {
 
         // transformer/: official names, no prefix
         let dc = ditConfig
-        let dit = try dc.expectedTensors().map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        let dit = try dc.expectedTensors().map { ($0.name, random(.dit, $0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(dit, metadata: ["note": note],
                                     to: root.appendingPathComponent("transformer/diffusion_pytorch_model.safetensors"))
         try writeJSON(["_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
@@ -94,7 +95,7 @@ public enum TinyModel {
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
         gc.layerTypes = Gemma3TextConfig.layerTypes(count: gemmaLayers, pattern: 2)
         let gemma = try GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
-            ("language_model.model." + $0.name, random($0.name, $0.shape, oneCentredNorms: false))
+            ("language_model.model." + $0.name, random(.gemma, $0.name, $0.shape, oneCentredNorms: false))
         }
         try SafeTensorsWriter.write(gemma, metadata: ["note": note], to: root.appendingPathComponent("text_encoder/model.safetensors"))
         try writeJSON(["architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "_note": note,
@@ -111,7 +112,7 @@ public enum TinyModel {
         // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
         let jc = JinaConfig(vocabSize: jinaVocab, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
         let jina = try JinaLayout.official.expected(jc).map {
-            (JinaLayout.publishedName($0.name, layout: .official), random($0.name, $0.shape, oneCentredNorms: true))
+            (JinaLayout.publishedName($0.name, layout: .official), random(.jina, $0.name, $0.shape, oneCentredNorms: true))
         }
         try SafeTensorsWriter.write(jina, metadata: ["note": note], to: root.appendingPathComponent("clip_model/model.safetensors"))
         try writeJSON(["architectures": ["JinaCLIPModel"], "_note": note,
@@ -123,7 +124,7 @@ public enum TinyModel {
 
         // vae/: diffusers AutoencoderKL
         let vc = vaeConfig
-        let vae = try VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random($0.name, $0.shape, oneCentredNorms: true)) }
+        let vae = try VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random(.vae, $0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(vae, metadata: ["note": note], to: root.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
         try writeJSON(["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": vc.blockOutChannels,
                        "down_block_types": Array(repeating: "DownEncoderBlock2D", count: vc.levels),
@@ -145,5 +146,12 @@ public enum TinyModel {
         let fm = FileManager.default
         if fm.fileExists(atPath: to.path) { try fm.removeItem(at: to) }
         try fm.copyItem(atPath: from, toPath: to.path)
+    }
+
+    /// FNV-1a of `key` mixed into `seed` (stable across runs and platforms).
+    static func tensorSeed(_ seed: UInt64, _ key: String) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in key.utf8 { h = (h ^ UInt64(b)) &* 0x0000_0100_0000_01b3 }
+        return (seed &* 0x9e37_79b9_7f4a_7c15) ^ h
     }
 }

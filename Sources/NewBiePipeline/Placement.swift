@@ -134,15 +134,15 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
     public var singleDevice: Device? { Set(devices.values).count == 1 ? devices.values.first : nil }
 
     /// The precision in the policy's own spec form, resolved (no `auto`), as recorded in PNGs and
-    /// given back to `--precision`: the common default first, then what differs per model.
+    /// given back to `--precision`: the common default first, then each model's own default where it
+    /// differs, then the per-module rules.
     public var precisionSpec: String {
         let bases = ModelSlot.allCases.map { precision($0).base }
         let common = Dictionary(grouping: bases, by: { $0 }).max { $0.value.count < $1.value.count }?.key ?? .f32
         var items = [common.userName]
+        for s in ModelSlot.allCases where precision(s).base != common { items.append("\(s.rawValue)=\(precision(s).base.userName)") }
         for s in ModelSlot.allCases {
-            let p = precision(s)
-            if p.base != common { items.append("\(s.rawValue)=\(p.base.userName)") }
-            items += p.rules.map { "\(s.rawValue).\($0.pattern)=\($0.dtype.userName)" }
+            items += precision(s).rules.map { "\(s.rawValue).\($0.pattern)=\($0.dtype.userName)" }
         }
         return items.joined(separator: ",")
     }
@@ -218,6 +218,13 @@ public enum DeviceSupport {
             c.flashVariant = cuda.flashVariant
             c.profiling = cuda.profile
         }
+        return b
+    }
+
+    /// Opens GPU `index` as the CUDA backend itself (for the checks and benchmarks that drive it
+    /// directly).
+    public static func openCUDA(_ index: Int = 0, cuda: CUDAOptions = CUDAOptions()) throws -> CUDABackend {
+        guard let b = try open(.cuda(index), cuda: cuda) as? CUDABackend else { throw DeviceError("cuda:\(index) did not open as a CUDA backend") }
         return b
     }
 }

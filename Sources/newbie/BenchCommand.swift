@@ -130,7 +130,7 @@ struct BenchCommand: ParsableCommand {
     func runCUDA() throws {
         if dit { return try runCUDADiT() }
         if let v = vae { return try runCUDAVAE(v) }
-        let cuda = try CUDABackend.load()
+        let cuda = try DeviceSupport.openCUDA(0)
         let dev = Device.cuda(0)
         print("CUDA benchmark on \(cuda.name) (sm_\(cuda.computeCapability)), median of \(repeats) runs")
         print(pad("work", 60) + pad("median", 12, left: true) + pad("TFLOP/s", 10, left: true))
@@ -164,7 +164,7 @@ struct BenchCommand: ParsableCommand {
     /// The full-size DiT (3.49 B parameters, random weights) on the GPU: batch 2 (cond + uncond),
     /// `size` x `size` pixels, `cap` caption tokens, timed with CUDA events.
     func runCUDADiT() throws {
-        let cuda = try CUDABackend.load()
+        let cuda = try DeviceSupport.openCUDA(0)
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         cuda.allowTF32 = tf32
         let config = NextDiTConfig.newBieExp01
@@ -229,7 +229,7 @@ struct BenchCommand: ParsableCommand {
     /// The VAE decoder on the GPU: one `size` x `size` image from a random latent, timed with CUDA
     /// events, then one decode profiled by kernel.
     func runCUDAVAE(_ path: String) throws {
-        let cuda = try CUDABackend.load()
+        let cuda = try DeviceSupport.openCUDA(0)
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         cuda.allowTF32 = tf32
         let model = try AutoencoderKL.load(path: path, dtype: dt, device: .cuda(0), parts: .decoder)
@@ -269,19 +269,6 @@ func median(_ runs: Int, _ body: () -> Void) -> Double {
     }
     times.sort()
     return times[times.count / 2]
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-    mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
 }
 
 func randomTensor(_ shape: [Int], seed: UInt64, dtype: DType = .f32, scale: Float = 1) -> Tensor {

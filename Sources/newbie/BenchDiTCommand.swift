@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NewBieDiffusion
+import NewBieHarness
 import NewBieTensor
 
 /// `newbie bench-dit`: one NextDiT forward pass of a configurable (by default mid-size) model with

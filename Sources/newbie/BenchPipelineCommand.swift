@@ -119,7 +119,7 @@ struct BenchPipelineCommand: ParsableCommand {
         }
         let options = try deviceOptions.stageOptions()
         var deviceName = "\(options.device)"
-        if case .cuda(let i) = options.device, let cuda = try? CUDABackend.load(index: i) {
+        if case .cuda(let i) = options.device, let cuda = try? DeviceSupport.openCUDA(i) {
             deviceName += " (\(cuda.name), sm_\(cuda.computeCapability))"
         } else if options.device == .cpu {
             deviceName += " (\(ProcessInfo.processInfo.activeProcessorCount) cores)"

@@ -29,7 +29,7 @@ final class VAEDeviceTests: XCTestCase {
         XCTAssertEqual(vae.decoder?.device, dev)
         XCTAssertEqual(vae.encoder?.device, dev)
         let d = try XCTUnwrap(vae.decoder)
-        for t in [d.convIn.weight, d.convOut.bias, d.normOut.weight, d.mid.attention!.q.0, d.up[0].resnets[0].conv1.weight] {
+        for t in [d.convIn.weight, d.convOut.bias, d.normOut.weight, d.mid.attention!.q.weight, d.up[0].resnets[0].conv1.weight] {
             XCTAssertEqual(t.device, dev)
             XCTAssertEqual(t.dtype, .bf16)
         }

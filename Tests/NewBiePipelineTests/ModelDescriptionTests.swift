@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import NewBiePipeline
+import NewBieHarness
 import NewBieTestSupport
 import NewBieWeights
 

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import NewBieDiffusion
-import NewBieHarness
+@testable import NewBieHarness
 import NewBieImage
 @testable import NewBiePipeline
 import NewBieTensor
@@ -163,11 +163,11 @@ final class PipelineBenchTests: XCTestCase {
     }
 
     /// The full-size configuration is the published one.
-    func testFullSpec() {
+    func testFullSpec() throws {
         let s = RandomModelSpec(scale: .full)
         let p = s.parameters
         XCTAssertEqual(p.dit, 3_486_636_096)  // spec 1.2, norm_final included
-        XCTAssertEqual(RandomModel.ditTensors(s).count, 535)  // the checkpoint's tensor count
+        XCTAssertEqual(try RandomModel.ditTensors(s).count, 535)  // the checkpoint's tensor count
         XCTAssertEqual(s.gemma, .gemma3_4B)
         XCTAssertEqual(s.gemma.vocabSize, 262_208)
         XCTAssertEqual(p.gemma, 262_208 * 2560 + 34 * 94_382_592 + 2560)  // spec 4.1: 3.88 B
@@ -175,12 +175,12 @@ final class PipelineBenchTests: XCTestCase {
         XCTAssertEqual(s.vae, .flux1Dev)
         XCTAssertEqual(s.gemmaTokenizerSize, 262_144)
         XCTAssertEqual(s.jinaTokenizerSize, 250_002)
-        let names = RandomModel.gemmaTensors(s).map(\.name)
+        let names = try RandomModel.gemmaTensors(s).map(\.name)
         XCTAssertTrue(names.contains("language_model.model.layers.33.mlp.down_proj.weight"))
         XCTAssertTrue(names.contains("language_model.model.norm.weight"))
-        XCTAssertEqual(RandomModel.gemmaTensors(s).first { $0.name.hasSuffix("input_layernorm.weight") }?.role, .norm(center: 0))
-        XCTAssertEqual(RandomModel.ditTensors(s).first { $0.name.hasSuffix("attention_norm1.weight") }?.role, .norm(center: 1))
-        XCTAssertTrue(RandomModel.jinaTensors(s).contains { $0.name.hasSuffix("mixer.Wqkv.parametrizations.weight.0.lora_A") && $0.role == .lora })
+        XCTAssertEqual(try RandomModel.gemmaTensors(s).first { $0.name.hasSuffix("input_layernorm.weight") }?.role, .norm(center: 0))
+        XCTAssertEqual(try RandomModel.ditTensors(s).first { $0.name.hasSuffix("attention_norm1.weight") }?.role, .norm(center: 1))
+        XCTAssertTrue(try RandomModel.jinaTensors(s).contains { $0.name.hasSuffix("mixer.Wqkv.parametrizations.weight.0.lora_A") && $0.role == .lora })
 
         let one = s.cappingDepth(1)
         XCTAssertEqual([one.dit.nLayers, one.dit.nNoiseRefiner, one.dit.nContextRefiner, one.jina.layers], [1, 1, 1, 1])

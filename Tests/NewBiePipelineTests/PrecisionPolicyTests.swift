@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-import NewBieDiffusion
+@testable import NewBieDiffusion
 import NewBieHarness
 @testable import NewBiePipeline
 import NewBieTensor
@@ -49,7 +49,7 @@ final class PrecisionPolicyTests: XCTestCase {
             do { _ = try PlacementPolicy.parse(precision: precision, device: device); return "" } catch { return "\(error)" }
         }
         XCTAssertTrue(message("bf16,unet=fp32").contains("unknown model \"unet\""), message("bf16,unet=fp32"))
-        XCTAssertTrue(message("bf16,unet=fp32").contains("gemma, jina, dit, vae"))
+        XCTAssertTrue(message("bf16,unet=fp32").contains("dit, gemma, jina, vae"))
         XCTAssertTrue(message("fp8").contains("unknown dtype \"fp8\""))
         XCTAssertTrue(message("bf16,dit..x=fp32").contains("empty module path component"))
         XCTAssertTrue(message("bf16,dit.layers=auto").contains("not auto"))

@@ -106,7 +106,7 @@ final class JinaTextTowerTests: XCTestCase {
     /// The full jina-clip-v2 tower: every expected tensor and its published name (spec §5.6).
     func testFullSizeNamings() throws {
         let c = JinaConfig.clipV2
-        let official = JinaLayout.official.expected(c)
+        let official = try JinaLayout.official.expected(c)
         XCTAssertEqual(official.count, 2 * 3 + 2 + 24 * (4 * 4 + 4))
         let byName = Dictionary(uniqueKeysWithValues: official.map { (JinaLayout.publishedName($0.name, layout: .official), $0.shape) })
         let p = "text_model.transformer.roberta."
@@ -122,7 +122,7 @@ final class JinaTextTowerTests: XCTestCase {
         XCTAssertEqual(byName[p + "encoder.layers.5.mlp.fc1.parametrizations.weight.original"], [4096, 1024])
         XCTAssertEqual(byName[p + "encoder.layers.5.mlp.fc2.parametrizations.weight.0.lora_A"], [1, 4, 4096])
         XCTAssertEqual(byName[p + "encoder.layers.7.norm2.bias"], [1024])
-        let comfy = JinaLayout.comfy.expected(c)
+        let comfy = try JinaLayout.comfy.expected(c)
         XCTAssertEqual(comfy.count, 2 + 2 + 24 * (4 * 2 + 4))
         let comfyNames = Set(comfy.map { JinaLayout.publishedName($0.name, layout: .comfy) })
         XCTAssertTrue(comfyNames.contains("model.embeddings.word_embeddings.weight"))

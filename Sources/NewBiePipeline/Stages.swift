@@ -139,22 +139,14 @@ public final class TextStage {
     public var tracer: PipelineTracer?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
-        let g = try paths.require(.gemma), j = try paths.require(.jina)
-        let gt = try paths.gemmaTokenizerPath(gemma: g), jt = try paths.jinaTokenizerPath(jina: j)
+        // every missing part or tokenizer is named before the first (long) load
+        _ = try paths.gemmaTokenizerPath(gemma: try paths.require(.gemma))
+        _ = try paths.jinaTokenizerPath(jina: try paths.require(.jina))
         self.options = options
-        let gemmaPlacement = try options.open(.gemma), jinaPlacement = try options.open(.jina)
-        gemmaTokenizer = try SentencePieceBPETokenizer.load(gt)
-        gemma = try GemmaTextEncoder.load(path: g, placement: gemmaPlacement)
-        jinaTokenizer = try UnigramTokenizer(path: jt)
-        let source = try openWeights(path: j)
-        let config = try JinaLayout.detect(source).inferConfig(source, headDim: options.jinaHeadDim)
-        jina = try JinaTextTower(source: source, config: config, placement: jinaPlacement)
-        guard gemmaTokenizer.vocabSize <= gemma.config.vocabSize else {
-            throw PipelineError("--gemma-tokenizer \(gt): \(gemmaTokenizer.vocabSize) tokens, but the Gemma checkpoint's vocabulary has \(gemma.config.vocabSize): tokenizer and checkpoint do not match")
-        }
-        guard jinaTokenizer.pieces.count <= config.vocabSize else {
-            throw PipelineError("--jina-tokenizer \(jt): \(jinaTokenizer.pieces.count) pieces, but the Jina checkpoint's vocabulary has \(config.vocabSize): tokenizer and checkpoint do not match")
-        }
+        let g = try GemmaComponent.load(paths: paths, placement: try options.open(.gemma))
+        let j = try JinaComponent.load(paths: paths, placement: try options.open(.jina), headDim: options.jinaHeadDim)
+        gemma = g.encoder; gemmaTokenizer = g.tokenizer
+        jina = j.tower; jinaTokenizer = j.tokenizer
     }
 
     /// Encodes one prompt and its negative.

@@ -7,11 +7,12 @@ import NewBieText
 import NewBieWeights
 
 /// `newbie encode-text`: runs the text encoders alone and writes their outputs as safetensors.
-/// `--gemma PATH`: the Gemma 3 text encoder (hidden_states[-2], spec §4), fed the system prompt
-/// (if any) + each prompt, tokenized like the official code (<bos>, right padding to a multiple
-/// of 8, truncation at 512).
-/// `--jina PATH`: the Jina CLIP v2 text tower (pooled (B, 1024) features, spec §5), fed the raw
-/// prompts (no system prompt, spec §3.5).
+/// `--gemma PATH`: the Gemma 3 text encoder (its second-to-last hidden state, what the DiT
+/// reads), fed the system prompt (if any) + each prompt, tokenized like the official code (<bos>,
+/// right padding to a multiple of 8, truncation at 512).
+/// `--jina PATH`: the Jina CLIP v2 text tower (pooled (B, 1024) features), fed the raw prompts
+/// (the official pipeline gives Jina no system prompt).
+/// Both load through the same components as the text stage of `generate`.
 struct EncodeTextCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encode-text",
@@ -23,7 +24,7 @@ struct EncodeTextCommand: ParsableCommand {
     @Option(name: [.customLong("gemma-tokenizer"), .customLong("tokenizer")], help: "Gemma tokenizer.json, or a .gguf whose vocabulary to use (default: tokenizer.json beside the checkpoint or in ../tokenizer/, else the GGUF's own).")
     var gemmaTokenizer: String?
 
-    @Option(name: .customLong("system-prompt"), help: "Prepended to every non-empty Gemma prompt: none, xml, text (the training prefixes, spec §3.5) or a literal string.")
+    @Option(name: .customLong("system-prompt"), help: "Prepended to every non-empty Gemma prompt: none, xml, text (the prefixes the model was trained with) or a literal string.")
     var systemPrompt = "none"
 
     @Option(name: .customLong("gemma-max-length"), help: "Gemma: truncate to this many tokens including <bos> (official: 512).")
@@ -60,7 +61,10 @@ struct EncodeTextCommand: ParsableCommand {
             throw ValidationError("nothing to encode: give --gemma PATH and/or --jina PATH")
         }
         let options = try deviceOptions.stageOptions()
-        let gemmaPlacement = try options.open(.gemma), jinaPlacement = try options.open(.jina)
+        let paths = ModelPaths(gemma: gemmaPath, gemmaTokenizer: gemmaTokenizer, jina: jinaPath, jinaTokenizer: jinaTokenizer)
+        // every missing file is named before the first (long) load
+        if gemmaPath != nil { _ = try paths.gemmaTokenizerPath(gemma: try paths.require(.gemma)) }
+        if jinaPath != nil { _ = try paths.jinaTokenizerPath(jina: try paths.require(.jina)) }
         var texts = prompts
         if let f = promptFile {
             guard let s = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read --prompt-file \(f)") }
@@ -72,13 +76,13 @@ struct EncodeTextCommand: ParsableCommand {
         var tensors: [(String, Tensor)] = []
         var metadata = ["prompts": String(decoding: try JSONSerialization.data(withJSONObject: texts), as: UTF8.self),
                         "precision": options.placement.precisionSpec]
-        if let gemma = gemmaPath {
-            let (t, m) = try encodeGemma(gemma, texts: texts, placement: gemmaPlacement)
+        if gemmaPath != nil {
+            let (t, m) = try encodeGemma(paths, texts: texts, placement: try options.open(.gemma))
             tensors += t
             metadata.merge(m) { $1 }
         }
-        if let jina = jinaPath {
-            let (t, m) = try encodeJina(jina, texts: texts, placement: jinaPlacement)
+        if jinaPath != nil {
+            let (t, m) = try encodeJina(paths, texts: texts, placement: try options.open(.jina))
             tensors += t
             metadata.merge(m) { $1 }
         }
@@ -86,35 +90,21 @@ struct EncodeTextCommand: ParsableCommand {
         log("wrote \(output): " + tensors.map { "\($0.0) \($0.1.shape)" }.joined(separator: ", "))
     }
 
-    static let systemPrompts = [
-        "xml": "You are an assistant designed to generate high-quality anime images based on xml format prompts. <Prompt Start> ",
-        "text": "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> ",
-    ]
-
-    func encodeGemma(_ path: String, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
+    func encodeGemma(_ paths: ModelPaths, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
         guard gemmaMaxLength >= 1 else { throw ValidationError("--gemma-max-length must be at least 1") }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ValidationError("--gemma \(path): no such file or folder") }
-        let folder = isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
-        // a GGUF carries its own vocabulary; otherwise look beside the checkpoint
-        let candidates = path.hasSuffix(".gguf") ? [path] : [
-            (folder as NSString).appendingPathComponent("tokenizer.json"),
-            ((folder as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
-        ]
-        guard let tokPath = gemmaTokenizer ?? candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
-            throw ValidationError("no Gemma tokenizer found (looked for \(candidates.joined(separator: ", "))); give --gemma-tokenizer PATH (tokenizer.json or a Gemma .gguf)")
-        }
         let system: String
         switch systemPrompt {
         case "none", "": system = ""
-        default: system = EncodeTextCommand.systemPrompts[systemPrompt] ?? systemPrompt
+        case "xml": system = SystemPrompt.xml
+        case "text": system = SystemPrompt.text
+        default: system = systemPrompt
         }
         let inputs = texts.map { $0.isEmpty ? "" : system + $0 }
 
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         var t0 = clock()
-        let tokenizer = try SentencePieceBPETokenizer.load(tokPath)
-        let encoder = try GemmaTextEncoder.load(path: path, placement: placement)
+        let gemma = try GemmaComponent.load(paths: paths, placement: placement)
+        let tokenizer = gemma.tokenizer, encoder = gemma.encoder, tokPath = gemma.tokenizerPath
         let c = encoder.config
         log(String(format: "gemma: %d layers (running %d), hidden %d, %d/%d heads, vocab %d, %@; loaded in %.2f s (tokenizer %@)",
                    c.numHiddenLayers, encoder.hiddenStateIndex, c.hiddenSize, c.numAttentionHeads, c.numKeyValueHeads,
@@ -147,16 +137,7 @@ struct EncodeTextCommand: ParsableCommand {
                 ["gemma_system_prompt": system, "gemma_hidden_state": "\(encoder.hiddenStateIndex - c.numHiddenLayers - 1)"])
     }
 
-    func encodeJina(_ jina: String, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
-        var isDir: ObjCBool = false
-        let exists = FileManager.default.fileExists(atPath: jina, isDirectory: &isDir)
-        let folder = isDir.boolValue ? jina : URL(fileURLWithPath: jina).deletingLastPathComponent().path
-        let tokPath = jinaTokenizer ?? (folder as NSString).appendingPathComponent("tokenizer.json")
-        guard exists else { throw ValidationError("--jina \(jina): no such file or folder") }
-        guard FileManager.default.fileExists(atPath: tokPath) else {
-            throw ValidationError("no XLM-R tokenizer at \(tokPath); give --jina-tokenizer PATH (jina-clip-v2's tokenizer.json)")
-        }
-
+    func encodeJina(_ paths: ModelPaths, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let cpuClock = { () -> Double in
             var ts = timespec()
@@ -164,17 +145,12 @@ struct EncodeTextCommand: ParsableCommand {
             return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
         }
         var t0 = clock()
-        let tokenizer = try UnigramTokenizer(path: tokPath)
-        let source = try openWeights(path: jina)
-        let config = try JinaLayout.detect(source).inferConfig(source, headDim: jinaHeadDim)
-        let tower = try JinaTextTower(source: source, config: config, placement: placement)
+        let jina = try JinaComponent.load(paths: paths, placement: placement, headDim: jinaHeadDim)
+        let tokenizer = jina.tokenizer, tower = jina.tower
         let c = tower.config
         log(String(format: "jina: %@ layout, %d layers, hidden %d, %d heads, vocab %d, LoRA rank %d x %d (merged), %@; loaded in %.2f s",
                    tower.layout.rawValue, c.layers, c.hidden, c.heads, c.vocabSize, c.loraRank, c.loraAdaptations,
                    placement.precision.description, clock() - t0))
-        guard tokenizer.pieces.count <= c.vocabSize else {
-            throw ValidationError("tokenizer has \(tokenizer.pieces.count) pieces but the checkpoint's vocabulary is \(c.vocabSize)")
-        }
         t0 = clock()
         let batch = tokenizer.encodeBatch(texts, maxLength: maxLength)
         let tTok = clock() - t0

@@ -262,7 +262,7 @@ public struct GPUCheck {
 
         // Mixed policies: the seed's recipes, same spec on both devices.
         let latent = try truthDiT.run(truthText, settings: settings, noise: noise)
-        for spec in ["bf16,vae=fp32", "fp16,dit.layers.*.attention=fp32,dit.final_layer=fp32", "fp16,vae.decoder.conv_out=fp32,vae.decoder.mid=fp32"] {
+        for spec in ["bf16,vae=fp32", "fp16,dit.layers.*.attention=fp32,dit.final_layer=fp32", "fp16,vae.decoder.conv_out=fp32,vae.decoder.mid_block=fp32"] {
             let cpu = StageOptions(placement: try PlacementPolicy.parse(precision: spec, device: "cpu"))
             let gpu = StageOptions(placement: try PlacementPolicy.parse(precision: spec, device: "cuda"))
             let cd = try DenoiseStage(paths: paths, options: cpu), gd = try DenoiseStage(paths: paths, options: gpu)

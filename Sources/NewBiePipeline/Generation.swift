@@ -51,6 +51,22 @@ public enum GenerationMetadata {
         [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
     }
 
+    /// The policy of a run made in stages (`encode`, `denoise`, `decode`): the models this stage
+    /// ran (`slots`) as `o` places them, the others as the input file recorded them. A missing or
+    /// unreadable record leaves `o` as it is.
+    public static func options(_ o: StageOptions, ran slots: Set<ModelSlot>, over recorded: [String: String]) -> [String: String] {
+        guard let spec = recorded[MetadataKey.precision],
+              let before = try? PlacementPolicy.parse(precision: spec, device: recorded[MetadataKey.device] ?? "cpu") else {
+            return options(o)
+        }
+        var merged = before
+        for s in slots {
+            merged.devices[s] = o.placement.device(s)
+            merged.precisions[s] = o.placement.precision(s)
+        }
+        return [MetadataKey.precision: merged.precisionSpec, MetadataKey.device: merged.deviceSpec]
+    }
+
     public static func models(_ p: ModelPaths) -> [String: String] {
         var m: [String: String] = [:]
         for slot in ModelSlot.allCases { if let v = p.path(slot) { m[MetadataKey.model(slot)] = v } }

@@ -106,7 +106,7 @@ struct DenoiseCommand: ParsableCommand {
             if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
             var md = inMeta.filter { $0.key.hasPrefix("newbie:") }
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
-            md.merge(GenerationMetadata.options(options)) { $1 }
+            md.merge(GenerationMetadata.options(options, ran: [.dit], over: inMeta)) { $1 }
             md[MetadataKey.model(.dit)] = stage.path
             try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
             if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
@@ -125,6 +125,7 @@ struct DecodeCommand: ParsableCommand {
     var latent: String
 
     @OptionGroup var models: ModelOptions
+    @OptionGroup var deviceOptions: DeviceOptions
 
     @Option(name: [.short, .long], help: "Output PNG.")
     var output: String
@@ -137,10 +138,13 @@ struct DecodeCommand: ParsableCommand {
                 throw PipelineError("--latent \(latent): no tensor \"latent\" (holds \(file.names.prefix(6).joined(separator: ", "))); expected a file written by newbie denoise")
             }
             let x = try file.tensor("latent").to(.f32)
+            let options = try deviceOptions.stageOptions()
             let paths = try models.paths()
-            let stage = try DecodeStage(paths: paths, options: StageOptions())
+            try options.placement.checkRules(paths: paths)
+            let stage = try DecodeStage(paths: paths, options: options)
             let image = try stage.run(x)
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
+            md.merge(GenerationMetadata.options(options, ran: [.vae], over: file.metadata)) { $1 }
             md[MetadataKey.model(.vae)] = stage.path
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
             print("wrote \(output) (\(image.width)x\(image.height))")

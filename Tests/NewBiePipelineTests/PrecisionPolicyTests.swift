@@ -34,6 +34,25 @@ final class PrecisionPolicyTests: XCTestCase {
         XCTAssertEqual(try PlacementPolicy.parse(precision: p.precisionSpec, device: p.deviceSpec), p)
     }
 
+    /// `encode`, `denoise` and `decode` each record the policy; the PNG of a staged run names each
+    /// model as the stage that ran it placed it.
+    func testStagedRunsRecordEachModelAsItsStageRanIt() throws {
+        let encodeMeta = GenerationMetadata.options(StageOptions(placement: try PlacementPolicy.parse(precision: "fp16,jina=fp32")))
+        let denoise = StageOptions(placement: try PlacementPolicy.parse(precision: "bf16,dit.final_layer=fp32", device: "cuda"))
+        let afterDenoise = GenerationMetadata.options(denoise, ran: [.dit], over: encodeMeta)
+        let decode = StageOptions(placement: try PlacementPolicy.parse(precision: "fp32"))
+        let afterDecode = GenerationMetadata.options(decode, ran: [.vae], over: afterDenoise)
+        let p = try PlacementPolicy.parse(precision: afterDecode[MetadataKey.precision]!, device: afterDecode[MetadataKey.device]!)
+        XCTAssertEqual(p.precision(.gemma), .uniform(.f16))
+        XCTAssertEqual(p.precision(.jina), .uniform(.f32))
+        XCTAssertEqual(p.precision(.dit), ModulePrecision(base: .bf16, rules: [PrecisionRule(pattern: "final_layer", dtype: .f32)]))
+        XCTAssertEqual(p.precision(.vae), .uniform(.f32))
+        XCTAssertEqual(p.device(.dit), .cuda(0))
+        XCTAssertEqual(p.device(.gemma), .cpu)
+        // no record (a file from elsewhere): the stage's own policy
+        XCTAssertEqual(GenerationMetadata.options(decode, ran: [.vae], over: [:]), GenerationMetadata.options(decode))
+    }
+
     func testAutoMeansBF16OnCUDAAndFP32OnTheCPU() throws {
         let p = try PlacementPolicy.parse(precision: "auto", device: "cuda:1,vae=cpu")
         XCTAssertEqual(p.device(.dit), .cuda(1))
@@ -74,8 +93,14 @@ final class PrecisionPolicyTests: XCTestCase {
         XCTAssertThrowsError(try plan.checkRules(model: "dit")) { e in
             let m = "\(e)"
             XCTAssertTrue(m.contains("dit.layers.*.atention=fp32 names no module"), m)
+            XCTAssertTrue(m.contains("did you mean dit.layers.*.attention?"), m)
             XCTAssertTrue(m.contains("dit.layers.*.attention"), m)
             XCTAssertTrue(m.contains("dit.final_layer"), m)
+        }
+        // a path cut short is completed: "mid" -> "mid_block"
+        let vae = try AutoencoderKL.plan(TinyModel.vaeConfig, parts: .all, precision: ModulePrecision(base: .f16, rules: [PrecisionRule(pattern: "decoder.mid", dtype: .f32)]))
+        XCTAssertThrowsError(try vae.checkRules(model: "vae")) { e in
+            XCTAssertTrue("\(e)".contains("did you mean vae.decoder.mid_block?"), "\(e)")
         }
         // and the pipeline refuses it before loading anything
         let options = StageOptions(placement: try PlacementPolicy.parse(precision: "fp16,dit.layers.*.atention=fp32"))

@@ -75,7 +75,30 @@ public final class WeightLoader {
         let bad = precision.unmatchedRules(modules: Set(modules.keys))
         guard !bad.isEmpty else { return }
         let known = modulePathSummary(Set(modules.keys))
-        throw WeightsError("--precision: \(bad.map { "\(model).\($0)" }.joined(separator: ", ")) names no module of the \(model) model; its modules are: \(known.map { "\(model).\($0)" }.joined(separator: ", "))")
+        let hints = bad.compactMap { rule in closestModulePath(to: rule.pattern, among: known).map { "\(model).\($0)" } }
+        let hint = hints.isEmpty ? "" : " (did you mean \(hints.joined(separator: " / "))?)"
+        throw WeightsError("--precision: \(bad.map { "\(model).\($0)" }.joined(separator: ", ")) names no module of the \(model) model\(hint); its modules are: \(known.map { "\(model).\($0)" }.joined(separator: ", "))")
+    }
+
+    /// The listed path a mistyped pattern most likely meant: the shortest one it is the start of
+    /// ("decoder.mid" -> "decoder.mid_block"), else the nearest by edit distance if that is close.
+    func closestModulePath(to pattern: String, among known: [String]) -> String? {
+        if let p = known.filter({ $0.hasPrefix(pattern) }).min(by: { $0.count < $1.count }) { return p }
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var row = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var prev = row[0]; row[0] = i
+                for j in 1...max(b.count, 1) where !b.isEmpty {
+                    let cur = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    prev = cur
+                }
+            }
+            return row[b.count]
+        }
+        let a = Array(pattern)
+        guard let best = known.map({ ($0, distance(a, Array($0))) }).min(by: { $0.1 < $1.1 }) else { return nil }
+        return best.1 <= max(2, pattern.count / 4) ? best.0 : nil
     }
 }
 

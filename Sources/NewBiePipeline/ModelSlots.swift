@@ -40,16 +40,9 @@ public enum ModelSlot: String, CaseIterable, Sendable {
     }
 
     /// What the tensors of a checkpoint are, judged by the anchor tensors of each model; nil when
-    /// none matches.
+    /// none matches. One loop over the formats (`CheckpointFormats.all`).
     public static func identify(_ source: WeightSource) -> ModelSlot? {
-        if NextDiTNaming.detect(source) != nil { return .dit }
-        if (try? VAENaming.detect(source)) != nil { return .vae }
-        if (try? JinaLayout.detect(source)) != nil { return .jina }
-        if source is GGUFFile, source.tensorInfo("token_embd.weight") != nil { return .gemma }
-        for p in GemmaNaming.huggingFacePrefixes + [""] where source.tensorInfo(p + "embed_tokens.weight") != nil {
-            if source.tensorInfo(p + "layers.0.self_attn.q_norm.weight") != nil { return .gemma }
-        }
-        return nil
+        CheckpointFormats.identify(source)?.slot
     }
 
     /// Opens `path` and checks that it holds this slot's model; the error names the slot, what it

@@ -39,9 +39,8 @@ for side in before after; do
     b="$dir/newbie"
     $b encode --model /tmp/ba-tiny "1girl, red eyes, <character_1>silver hair</character_1>" --device cuda -o /tmp/$side-cond.safetensors 2>&1 | tail -1
     $b denoise --cond /tmp/$side-cond.safetensors --model /tmp/ba-tiny --device cuda --width 256 --height 256 --steps 6 --seed 7 -o /tmp/$side-lat.safetensors 2>&1 | tail -1
-    $b decode --latent /tmp/$side-lat.safetensors --model /tmp/ba-tiny --device cuda -o /tmp/$side-dec.png 2>&1 | tail -1
     $b generate --model /tmp/ba-tiny "1girl, red eyes" --device cuda --width 256 --height 256 --steps 6 --seed 7 --output /tmp/$side-gen.png 2>&1 | tail -1
 done
-for f in -cond.safetensors -lat.safetensors -dec.png -gen.png; do
+for f in -cond.safetensors -lat.safetensors -gen.png; do
     python3 tools/bench/same_outputs.py /tmp/before$f /tmp/after$f | tee -a "$out/identity.txt"
 done

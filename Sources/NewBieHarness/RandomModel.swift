@@ -419,51 +419,10 @@ public enum RandomModel {
 
     // MARK: configs (the keys the published files have, read back by the loaders)
 
-    static func ditConfigJSON(_ s: RandomModelSpec) -> [String: Any] {
-        let c = s.dit
-        return ["_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
-                "patch_size": c.patchSize, "dim": c.dim, "n_layers": c.nLayers, "n_refiner_layers": c.nNoiseRefiner,
-                "n_heads": c.nHeads, "n_kv_heads": c.nKVHeads, "in_channels": c.inChannels,
-                "axes_dims": c.axesDims, "axes_lens": c.axesLens, "cap_feat_dim": c.capFeatDim,
-                "clip_text_dim": c.clipTextDim ?? 0, "clip_img_dim": c.clipTextDim ?? 0, "norm_eps": Double(c.normEps),
-                "_note": note(s, seed: 0)]
-    }
-
-    static func gemmaConfigJSON(_ s: RandomModelSpec) -> [String: Any] {
-        let c = s.gemma
-        let rs: Any = c.ropeScalingGlobal == 1 ? NSNull() : ["rope_type": "linear", "factor": c.ropeScalingGlobal] as [String: Any]
-        let text: [String: Any] = [
-            "model_type": "gemma3_text", "vocab_size": c.vocabSize, "hidden_size": c.hiddenSize,
-            "intermediate_size": c.intermediateSize, "num_hidden_layers": c.numHiddenLayers,
-            "num_attention_heads": c.numAttentionHeads, "num_key_value_heads": c.numKeyValueHeads, "head_dim": c.headDim,
-            "query_pre_attn_scalar": Double(c.queryPreAttnScalar), "sliding_window": c.slidingWindow,
-            "layer_types": c.layerTypes.map(\.rawValue), "rms_norm_eps": Double(c.rmsNormEps),
-            "rope_theta": c.ropeThetaGlobal, "rope_local_base_freq": c.ropeThetaLocal, "rope_scaling": rs,
-            "hidden_activation": c.hiddenActivation, "max_position_embeddings": 131_072]
-        return ["architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "_note": note(s, seed: 0),
-                "text_config": text, "vision_config": ["model_type": "siglip_vision_model"]] as [String: Any]
-    }
-
-    static func jinaConfigJSON(_ s: RandomModelSpec) -> [String: Any] {
-        let j = s.jina
-        return ["architectures": ["JinaCLIPModel"], "_note": note(s, seed: 0),
-                "text_config": ["hidden_size": j.hidden, "num_hidden_layers": j.layers, "num_attention_heads": j.heads,
-                                "intermediate_size": j.intermediate, "vocab_size": j.vocabSize, "lora_rank": j.loraRank,
-                                "lora_alpha": Double(j.loraAlpha), "lora_adaptations": ["retrieval.query"],
-                                "default_lora_task": "retrieval.query", "rotary_emb_base": j.ropeBase] as [String: Any]] as [String: Any]
-    }
-
-    static func vaeConfigJSON(_ s: RandomModelSpec) -> [String: Any] {
-        let v = s.vae
-        return ["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": v.blockOutChannels,
-                "down_block_types": Array(repeating: "DownEncoderBlock2D", count: v.levels),
-                "up_block_types": Array(repeating: "UpDecoderBlock2D", count: v.levels),
-                "in_channels": v.inChannels, "out_channels": v.outChannels, "latent_channels": v.latentChannels,
-                "layers_per_block": v.layersPerBlock, "norm_num_groups": v.normNumGroups,
-                "mid_block_add_attention": v.midBlockAddAttention, "scaling_factor": Double(v.scalingFactor),
-                "shift_factor": Double(v.shiftFactor), "use_quant_conv": false, "use_post_quant_conv": false,
-                "_note": note(s, seed: 0)]
-    }
+    static func ditConfigJSON(_ s: RandomModelSpec) -> [String: Any] { s.dit.officialConfigJSON(extra: ["_note": note(s, seed: 0)]) }
+    static func gemmaConfigJSON(_ s: RandomModelSpec) -> [String: Any] { s.gemma.huggingFaceConfigJSON(extra: ["_note": note(s, seed: 0)]) }
+    static func jinaConfigJSON(_ s: RandomModelSpec) -> [String: Any] { s.jina.huggingFaceConfigJSON(extra: ["_note": note(s, seed: 0)]) }
+    static func vaeConfigJSON(_ s: RandomModelSpec) -> [String: Any] { s.vae.diffusersConfigJSON(extra: ["_note": note(s, seed: 0)]) }
 
     // MARK: tokenizers
 

@@ -82,31 +82,19 @@ public enum TinyModel {
         let dit = try dc.expectedTensors().map { ($0.name, random(.dit, $0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(dit, metadata: ["note": note],
                                     to: root.appendingPathComponent("transformer/diffusion_pytorch_model.safetensors"))
-        try writeJSON(["_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
-                       "patch_size": dc.patchSize, "dim": dc.dim, "n_layers": dc.nLayers, "n_refiner_layers": dc.nNoiseRefiner,
-                       "n_heads": dc.nHeads, "n_kv_heads": dc.nKVHeads, "in_channels": dc.inChannels,
-                       "axes_dims": dc.axesDims, "axes_lens": dc.axesLens, "cap_feat_dim": dc.capFeatDim,
-                       "clip_text_dim": dc.clipTextDim ?? 0, "clip_img_dim": dc.clipTextDim ?? 0, "norm_eps": 1e-5,
-                       "_note": note] as [String: Any], "transformer/config.json")
+        try writeJSON(dc.officialConfigJSON(extra: ["_note": note]), "transformer/config.json")
 
         // text_encoder/: Gemma 3 as Gemma3ForConditionalGeneration saves it (language_model.model.*)
         var gc = Gemma3TextConfig()
         gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
         gc.layerTypes = Gemma3TextConfig.layerTypes(count: gemmaLayers, pattern: 2)
+        gc.queryPreAttnScalar = 16; gc.slidingWindow = 4; gc.ropeScalingGlobal = 8
         let gemma = try GemmaNaming.expected(gc, layers: gemmaLayers, finalNorm: true).map {
             ("language_model.model." + $0.name, random(.gemma, $0.name, $0.shape, oneCentredNorms: false))
         }
         try SafeTensorsWriter.write(gemma, metadata: ["note": note], to: root.appendingPathComponent("text_encoder/model.safetensors"))
-        try writeJSON(["architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "_note": note,
-                       "text_config": ["model_type": "gemma3_text", "vocab_size": gemmaVocab, "hidden_size": gemmaHidden,
-                                       "intermediate_size": 64, "num_hidden_layers": gemmaLayers, "num_attention_heads": 2,
-                                       "num_key_value_heads": 1, "head_dim": 16, "query_pre_attn_scalar": 16,
-                                       "sliding_window": 4, "sliding_window_pattern": 2, "rms_norm_eps": 1e-6,
-                                       "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
-                                       "rope_scaling": ["rope_type": "linear", "factor": 8.0],
-                                       "max_position_embeddings": 1024] as [String: Any],
-                       "vision_config": ["model_type": "siglip_vision_model"]] as [String: Any], "text_encoder/config.json")
+        try writeJSON(gc.huggingFaceConfigJSON(extra: ["_note": note]), "text_encoder/config.json")
         try copyReplacing(gemmaTokenizer, root.appendingPathComponent("text_encoder/tokenizer.json"))
 
         // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
@@ -115,24 +103,14 @@ public enum TinyModel {
             (JinaLayout.publishedName($0.name, layout: .official), random(.jina, $0.name, $0.shape, oneCentredNorms: true))
         }
         try SafeTensorsWriter.write(jina, metadata: ["note": note], to: root.appendingPathComponent("clip_model/model.safetensors"))
-        try writeJSON(["architectures": ["JinaCLIPModel"], "_note": note,
-                       "text_config": ["hidden_size": jinaHidden, "num_hidden_layers": jinaLayers, "num_attention_heads": jc.heads,
-                                       "vocab_size": jinaVocab, "lora_rank": 4, "lora_alpha": 4,
-                                       "lora_adaptations": ["retrieval.query"]] as [String: Any]] as [String: Any],
-                      "clip_model/config.json")
+        try writeJSON(jc.huggingFaceConfigJSON(extra: ["_note": note]), "clip_model/config.json")
         try copyReplacing(jinaTokenizer, root.appendingPathComponent("clip_model/tokenizer.json"))
 
         // vae/: diffusers AutoencoderKL
         let vc = vaeConfig
         let vae = try VAENaming.expectedTensors(vc, parts: .all).map { ($0.name, random(.vae, $0.name, $0.shape, oneCentredNorms: true)) }
         try SafeTensorsWriter.write(vae, metadata: ["note": note], to: root.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
-        try writeJSON(["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": vc.blockOutChannels,
-                       "down_block_types": Array(repeating: "DownEncoderBlock2D", count: vc.levels),
-                       "up_block_types": Array(repeating: "UpDecoderBlock2D", count: vc.levels),
-                       "in_channels": 3, "out_channels": 3, "latent_channels": vc.latentChannels,
-                       "layers_per_block": vc.layersPerBlock, "norm_num_groups": vc.normNumGroups,
-                       "mid_block_add_attention": true, "scaling_factor": vc.scalingFactor, "shift_factor": vc.shiftFactor,
-                       "use_quant_conv": false, "use_post_quant_conv": false, "_note": note] as [String: Any], "vae/config.json")
+        try writeJSON(vc.diffusersConfigJSON(extra: ["_note": note]), "vae/config.json")
 
         try writeJSON(["_class_name": "NewbiePipeline", "_note": note,
                        "transformer": ["transformer", "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP"],

@@ -1,5 +1,6 @@
 import Foundation
 import NewBieText
+import NewBieWeights
 
 /// The prompts of a `--prompt-file`: JSON lines (`{"prompt": ..., "negative_prompt": ..., "seed": ...}`)
 /// when every non-empty line starts with `{`; one XML prompt (the whole file, newlines kept) when
@@ -25,7 +26,7 @@ public enum PromptList {
                 }
                 var seed: UInt64? = nil
                 if let s = obj["seed"] {
-                    guard let n = s as? NSNumber, !(s is Bool), let v = UInt64(exactly: n.doubleValue) else {
+                    guard let n = s as? NSNumber, !JSONNumber.isBoolean(s), let v = UInt64(exactly: n.doubleValue) else {
                         throw PipelineError("--prompt-file \(source), line \(i + 1): \"seed\" must be an integer >= 0")
                     }
                     seed = v

@@ -334,3 +334,17 @@ enum JSONWriter {
         return out + "\""
     }
 }
+
+/// Numbers for JSON files we write.
+public enum JSONNumber {
+    /// A Float as the decimal it prints as (1e-06, 0.3611), not its binary expansion
+    /// (9.99999997e-07), so config files read the same to every reader.
+    public static func decimal(_ f: Float) -> Double { Double("\(f)") ?? Double(f) }
+
+    private static let booleanType = ObjectIdentifier(type(of: NSNumber(value: true) as Any))
+
+    /// Whether a JSONSerialization value is `true`/`false`. `value is Bool` cannot tell: it holds
+    /// for the numbers 0 and 1 too, so a config's `"shift_factor": 0` or a seed of 1 would be
+    /// taken for a boolean.
+    public static func isBoolean(_ value: Any) -> Bool { ObjectIdentifier(type(of: value)) == booleanType }
+}

@@ -17,6 +17,15 @@ final class PromptListTests: XCTestCase {
         XCTAssertEqual(e[0].prompt, xml.trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
+    /// Seeds 0 and 1 are numbers, not booleans (JSONSerialization on Linux bridges both to Bool).
+    func testSeedsZeroAndOneAreSeedsAndTrueIsNot() throws {
+        let e = try PromptList.parse("{\"prompt\": \"a\", \"seed\": 0}\n{\"prompt\": \"b\", \"seed\": 1}", source: "p.jsonl", negativePrompt: "")
+        XCTAssertEqual(e.map(\.seed), [0, 1])
+        XCTAssertThrowsError(try PromptList.parse("{\"prompt\": \"a\", \"seed\": true}", source: "p.jsonl", negativePrompt: "")) {
+            XCTAssertTrue("\($0)".contains("seed"), "\($0)")
+        }
+    }
+
     func testBadJSONLines() {
         XCTAssertThrowsError(try PromptList.parse("{\"text\": \"a\"}", source: "p.jsonl", negativePrompt: "")) {
             XCTAssertTrue("\($0)".contains("p.jsonl, line 1") && "\($0)".contains("\"prompt\""), "\($0)")

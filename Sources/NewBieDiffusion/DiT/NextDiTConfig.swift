@@ -98,6 +98,22 @@ public struct NextDiTConfig: Sendable, Equatable, CustomStringConvertible {
         return f
     }
 
+    // MARK: config.json
+
+    /// The official `transformer/config.json` keys for this configuration (what `resolve` reads
+    /// back). The official config has one refiner count for both refiners (the noise refiner's).
+    public func officialConfigJSON(extra: [String: Any] = [:]) -> [String: Any] {
+        var j: [String: Any] = [
+            "_class_name": "NextDiT_3B_GQA_patch2_Adaln_Refiner_WHIT_CLIP", "model_type": "nextdit_clip",
+            "patch_size": patchSize, "dim": dim, "n_layers": nLayers, "n_refiner_layers": nNoiseRefiner,
+            "n_heads": nHeads, "n_kv_heads": nKVHeads, "in_channels": inChannels, "axes_dims": axesDims,
+            "axes_lens": axesLens, "cap_feat_dim": capFeatDim, "norm_eps": JSONNumber.decimal(normEps)]
+        if outChannels != inChannels { j["out_channels"] = outChannels }
+        if ropeTheta != 10000 { j["rope_theta"] = ropeTheta }
+        if let c = clipTextDim { j["clip_text_dim"] = c; j["clip_img_dim"] = c }
+        return j.merging(extra) { $1 }
+    }
+
     // MARK: resolving from a checkpoint
 
     /// The configuration of a checkpoint: `json` (a parsed config.json, official or diffusers keys)
@@ -203,7 +219,7 @@ struct ConfigJSON {
     }
     func int(_ keys: String...) -> Int? {
         guard let v = value(keys) else { return nil }
-        if v is Bool { return nil }
+        if JSONNumber.isBoolean(v) { return nil }
         if let i = v as? Int { return i }
         if let x = v as? Double, x == x.rounded() { return Int(x) }
         return nil

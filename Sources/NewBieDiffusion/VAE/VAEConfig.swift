@@ -48,7 +48,7 @@ public struct VAEConfig: Sendable, Equatable {
         }
         func float(_ k: String) throws -> Float? {
             guard let v = obj[k], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber, !(v is Bool) else { throw WeightsError("\(url.path): \"\(k)\" should be a number, found \(v)") }
+            guard let n = v as? NSNumber, !JSONNumber.isBoolean(v) else { throw WeightsError("\(url.path): \"\(k)\" should be a number, found \(v)") }
             return n.floatValue
         }
         func bool(_ k: String) throws -> Bool? {
@@ -87,6 +87,18 @@ public struct VAEConfig: Sendable, Equatable {
         }
         try c.validate(source: url.path)
         self = c
+    }
+
+    /// diffusers' `config.json` for this configuration (what `init(configJSON:)` reads back).
+    public func diffusersConfigJSON(extra: [String: Any] = [:]) -> [String: Any] {
+        ["_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": blockOutChannels,
+         "down_block_types": Array(repeating: "DownEncoderBlock2D", count: levels),
+         "up_block_types": Array(repeating: "UpDecoderBlock2D", count: levels),
+         "in_channels": inChannels, "out_channels": outChannels, "latent_channels": latentChannels,
+         "layers_per_block": layersPerBlock, "norm_num_groups": normNumGroups,
+         "mid_block_add_attention": midBlockAddAttention, "scaling_factor": JSONNumber.decimal(scalingFactor),
+         "shift_factor": JSONNumber.decimal(shiftFactor), "use_quant_conv": useQuantConv,
+         "use_post_quant_conv": usePostQuantConv].merging(extra) { $1 }
     }
 
     /// Checks the configuration can be built (group counts divide channels, no quant convs ...).

@@ -76,6 +76,29 @@ public struct Gemma3TextConfig: Sendable, Equatable {
 
     // MARK: config.json
 
+    /// `config.json` as `Gemma3ForConditionalGeneration` saves it (the text model under
+    /// `text_config`), in the key style `init(configJSON:)` reads back; `extra` adds keys (a note).
+    public func huggingFaceConfigJSON(extra: [String: Any] = [:]) -> [String: Any] {
+        func scaling(_ f: Double) -> Any { f == 1 ? NSNull() : ["rope_type": "linear", "factor": f] as [String: Any] }
+        var text: [String: Any] = [
+            "model_type": "gemma3_text", "vocab_size": vocabSize, "hidden_size": hiddenSize,
+            "intermediate_size": intermediateSize, "num_hidden_layers": numHiddenLayers,
+            "num_attention_heads": numAttentionHeads, "num_key_value_heads": numKeyValueHeads, "head_dim": headDim,
+            "query_pre_attn_scalar": JSONNumber.decimal(queryPreAttnScalar), "sliding_window": slidingWindow,
+            "layer_types": layerTypes.map(\.rawValue), "rms_norm_eps": JSONNumber.decimal(rmsNormEps),
+            "rope_theta": ropeThetaGlobal, "rope_local_base_freq": ropeThetaLocal, "rope_scaling": scaling(ropeScalingGlobal),
+            "hidden_activation": hiddenActivation, "max_position_embeddings": 131_072]
+        if ropeScalingLocal != 1 {
+            // only the newer per-layer-type form can say that sliding layers are scaled too
+            text["rope_parameters"] = ["full_attention": ["rope_type": ropeScalingGlobal == 1 ? "default" : "linear", "factor": ropeScalingGlobal, "rope_theta": ropeThetaGlobal],
+                                       "sliding_attention": ["rope_type": "linear", "factor": ropeScalingLocal, "rope_theta": ropeThetaLocal]]
+        }
+        if let c = attnLogitSoftcapping { text["attn_logit_softcapping"] = c }
+        return ["architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": text,
+                "vision_config": ["model_type": "siglip_vision_model"]].merging(extra) { $1 }
+    }
+
+
     /// Reads `config.json` of `Gemma3TextModel`/`Gemma3ForCausalLM` or the multimodal
     /// `Gemma3ForConditionalGeneration` (its `text_config`), in the hub's older key style
     /// (`rope_scaling`, `rope_theta`, `rope_local_base_freq`, `sliding_window_pattern`) or the

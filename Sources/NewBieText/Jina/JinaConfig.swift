@@ -1,3 +1,5 @@
+import Foundation
+import NewBieWeights
 /// Hyper-parameters of the Jina CLIP v2 text tower (Jina XLM-RoBERTa with rotary positions, spec §5.1).
 public struct JinaConfig: Sendable, Equatable, Codable {
     public var vocabSize: Int
@@ -26,6 +28,17 @@ public struct JinaConfig: Sendable, Equatable, Codable {
         self.intermediate = intermediate; self.typeVocabSize = typeVocabSize; self.layerNormEps = layerNormEps
         self.ropeBase = ropeBase; self.padId = padId; self.loraAdaptations = loraAdaptations
         self.loraRank = loraRank; self.loraAlpha = loraAlpha; self.loraTask = loraTask
+    }
+
+    /// jina-clip-v2's `config.json` (the text tower's part; the loader itself reads the sizes from
+    /// the tensor shapes).
+    public func huggingFaceConfigJSON(extra: [String: Any] = [:]) -> [String: Any] {
+        ["architectures": ["JinaCLIPModel"],
+         "text_config": ["hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+                         "intermediate_size": intermediate, "vocab_size": vocabSize, "lora_rank": loraRank,
+                         "lora_alpha": JSONNumber.decimal(loraAlpha), "lora_adaptations": ["retrieval.query"],
+                         "default_lora_task": "retrieval.query", "rotary_emb_base": ropeBase] as [String: Any]]
+            .merging(extra) { $1 }
     }
 
     /// jina-clip-v2's text tower: XLM-R large shape, 250,002 tokens, LoRA rank 4 / alpha 4.

@@ -33,10 +33,8 @@ final class ConfigFileTests: XCTestCase {
     }
 
     func testDiTConfigRoundTripsThroughTheTinyModel() throws {
-        let dir = NSTemporaryDirectory() + "newbie-config-tiny-\(getpid())"
+        let dir = try TinyFixture.write("config-tiny", seed: 1)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        try TinyModel.write(to: dir, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                            jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
         let (source, json) = try NextDiT.openCheckpoint(path: dir + "/transformer", configPath: nil)
         let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
         XCTAssertEqual(config, TinyModel.ditConfig)

@@ -7,13 +7,7 @@ import NewBieWeights
 
 /// `newbie inspect`'s model lines: which model a checkpoint holds, its naming and its config.
 final class ModelDescriptionTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-describe-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("describe", seed: 1)
 
     func describe(_ sub: String) throws -> String {
         let path = (Self.dir as NSString).appendingPathComponent(sub)

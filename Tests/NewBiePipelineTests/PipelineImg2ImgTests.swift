@@ -8,13 +8,7 @@ import NewBieTensor
 import NewBieTestSupport
 
 final class PipelineImg2ImgTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-i2i-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 2, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("tiny-i2i", seed: 2)
     func settings(_ strength: Float, sampler: SamplerKind = .euler) -> SamplingSettings {
         var s = SamplingSettings(width: 32, height: 32, steps: 6, sampler: sampler, shift: 6,
                                  cfg: CFGOptions(scale: 5, truncation: 100, renorm: 0), seed: 11, rng: .torch)

@@ -15,10 +15,7 @@ final class PipelineReferenceTests: XCTestCase {
     func testTinyPipelineMatchesTheReference() throws {
         let ref = try SafeTensorsFile(path: Fixtures.path("pipeline/reference.safetensors"))
         let md = ref.metadata
-        let dir = NSTemporaryDirectory() + "newbie-tiny-ref-\(getpid())"
-        try? FileManager.default.removeItem(atPath: dir)
-        try TinyModel.write(to: dir, seed: UInt64(md["tiny_model_seed"]!)!, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                            jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
+        let dir = try TinyFixture.write("tiny-ref", seed: UInt64(md["tiny_model_seed"]!)!)
         let paths = try ModelPaths.resolve(root: dir)
         let prompt = md["prompt"]!, system = md["system_prompt"]!
         XCTAssertEqual(system, SystemPrompt.text)

@@ -10,13 +10,7 @@ import NewBieWeights
 
 /// The tiny random model, written once for the whole test class.
 private enum Tiny {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 0, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("tiny", seed: 0)
     static var paths: ModelPaths { try! ModelPaths.resolve(root: dir) }
     static func settings(seed: UInt64 = 7, sampler: SamplerKind = .midpoint, steps: Int = 3) -> SamplingSettings {
         SamplingSettings(width: 32, height: 48, steps: steps, sampler: sampler, shift: 6,

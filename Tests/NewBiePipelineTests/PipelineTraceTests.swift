@@ -7,13 +7,7 @@ import NewBieTensor
 import NewBieTestSupport
 
 final class PipelineTraceTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-trace-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("tiny-trace", seed: 1)
     let settings = SamplingSettings(width: 32, height: 32, steps: 3, sampler: .euler, shift: 6,
                                     cfg: CFGOptions(scale: 5, truncation: 0.25, renorm: 0), seed: 3, rng: .torch)
 

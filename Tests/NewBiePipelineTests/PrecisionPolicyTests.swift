@@ -10,13 +10,7 @@ import NewBieWeights
 /// The placement policy: one spec from the command line to every module, per-module dtypes
 /// visible in --trace, and the fp16 overflow that a per-module fp32 override fixes.
 final class PrecisionPolicyTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-precision-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 2, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("tiny-precision", seed: 2)
     let settings = SamplingSettings(width: 32, height: 32, steps: 3, sampler: .euler, shift: 6,
                                     cfg: CFGOptions(scale: 5, truncation: 100, renorm: 0), seed: 3, rng: .torch)
 

@@ -42,18 +42,5 @@ public func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Double {
     return m
 }
 
-/// Deterministic pseudo-random floats (SplitMix64 -> uniform in [-1, 1)) for tests that need
-/// fresh non-zero inputs without a fixture.
-public struct TestRandom {
-    var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E3779B97F4A7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58476D1CE4E5B9
-        z = (z ^ (z >> 27)) &* 0x94D049BB133111EB
-        return z ^ (z >> 31)
-    }
-    public mutating func uniform() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
-    public mutating func floats(_ n: Int) -> [Float] { (0..<n).map { _ in uniform() } }
-}
+/// Deterministic pseudo-random floats for tests that need fresh non-zero inputs without a fixture.
+public typealias TestRandom = SplitMix

@@ -12,8 +12,10 @@ import NewBieWeights
 /// commit (Tests/Fixtures/gemma/small_tokenizer.json, Tests/Fixtures/jina/tokenizer.json).
 public enum TinyModel {
     /// Toy sizes of each part.
-    public static let gemmaHidden = 32, gemmaVocab = 576, gemmaLayers = 3
-    public static let jinaHidden = 64, jinaVocab = 306, jinaLayers = 2
+    public static let gemmaHidden = 32, gemmaLayers = 3
+    public static let jinaHidden = 64, jinaLayers = 2
+    /// The vocabularies of the committed small tokenizers (the random model's configs use them).
+    public static let gemmaVocab = 576, jinaVocab = 306
     public static var ditConfig: NextDiTConfig {
         var c = NextDiTConfig()
         c.dim = 48; c.nHeads = 4; c.nKVHeads = 2; c.ffnHidden = 128
@@ -86,7 +88,8 @@ public enum TinyModel {
 
         // text_encoder/: Gemma 3 as Gemma3ForConditionalGeneration saves it (language_model.model.*)
         var gc = Gemma3TextConfig()
-        gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
+        // the vocabularies are the tokenizers' (576 and 306 for the committed small ones)
+        gc.vocabSize = try SentencePieceBPETokenizer.load(gemmaTokenizer).vocabSize; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
         gc.layerTypes = Gemma3TextConfig.layerTypes(count: gemmaLayers, pattern: 2)
         gc.queryPreAttnScalar = 16; gc.slidingWindow = 4; gc.ropeScalingGlobal = 8
@@ -98,7 +101,7 @@ public enum TinyModel {
         try copyReplacing(gemmaTokenizer, root.appendingPathComponent("text_encoder/tokenizer.json"))
 
         // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
-        let jc = JinaConfig(vocabSize: jinaVocab, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
+        let jc = JinaConfig(vocabSize: try UnigramTokenizer(path: jinaTokenizer).pieces.count, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
         let jina = try JinaLayout.official.expected(jc).map {
             (JinaLayout.publishedName($0.name, layout: .official), random(.jina, $0.name, $0.shape, oneCentredNorms: true))
         }

@@ -350,15 +350,24 @@ struct MakeTinyModelCommand: ParsableCommand {
     @Option(name: .customLong("fixtures"), help: "The repository's Tests/Fixtures folder (default: found from the source location or the working directory).")
     var fixtures: String?
 
+    @Option(name: .customLong("gemma-tokenizer"), help: "A Gemma tokenizer.json to use instead of the committed small one (the model's vocabulary follows it).")
+    var gemmaTokenizer: String?
+
+    @Option(name: .customLong("jina-tokenizer"), help: "An XLM-R tokenizer.json to use instead of the committed small one.")
+    var jinaTokenizer: String?
+
     func run() throws {
-        let toks: (gemma: String, jina: String)
-        if let f = fixtures {
+        var toks: (gemma: String, jina: String)
+        if let g = gemmaTokenizer, let j = jinaTokenizer {
+            toks = (g, j)
+        } else if let f = fixtures {
             toks = (f + "/gemma/small_tokenizer.json", f + "/jina/tokenizer.json")
         } else if let t = TinyModel.defaultTokenizers() {
             toks = t
         } else {
             throw ValidationError("cannot find Tests/Fixtures (the committed tokenizers); run from the repository root or give --fixtures PATH")
         }
+        toks = (gemmaTokenizer ?? toks.gemma, jinaTokenizer ?? toks.jina)
         do { try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina) }
         catch let e as PipelineError { throw e }
         print("wrote a tiny random NewBie to \(dir) (transformer/, text_encoder/, clip_model/, vae/): random weights, the images mean nothing")

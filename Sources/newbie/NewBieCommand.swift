@@ -14,6 +14,7 @@ struct NewBie: ParsableCommand {
             GenerateCommand.self, EncodeCommand.self, DenoiseCommand.self, DecodeCommand.self, MakeTinyModelCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
+            MiniEvalCommand.self,
             PromptCommand.self,
             VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])

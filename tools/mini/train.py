@@ -295,6 +295,8 @@ def main():
     ap.add_argument("--dit-seconds", type=float, default=330)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-batch", type=int, default=64)
+    ap.add_argument("--dit-batch", type=int, default=128)
     ap.add_argument("--work", help="scratch folder for the text features (default OUT/work)")
     ap.add_argument("--text-device", default="cpu", help="where the engine runs the text encoders (fp32 either way)")
     ap.add_argument("--check-scenes", type=int, default=96, help="held-out scenes sampled in the final check")
@@ -321,7 +323,7 @@ def main():
     log("text", xml_tokens_max=int(len_xml.max()), tags_tokens_max=int(len_tags.max()), empty_tokens=int(g_empty[0].shape[0]))
 
     images_t = torch.from_numpy(images).to(device)
-    vae = train_vae(images_t, device, a.vae_seconds, log)
+    vae = train_vae(images_t, device, a.vae_seconds, log, batch=a.vae_batch)
     raw = encode_latents(vae, images_t, device)
     shift_factor, scaling_factor = float(raw.mean()), float(1 / raw.std())
     vae.register_to_config(shift_factor=round(shift_factor, 4), scaling_factor=round(scaling_factor, 4))
@@ -335,7 +337,7 @@ def main():
     vae.save_pretrained(os.path.join(a.out, "vae"))
 
     dit = train_dit(latents, gemma_xml, len_xml, gemma_tags, len_tags, jina_xml, jina_tags, empty, device,
-                    a.dit_seconds, log)
+                    a.dit_seconds, log, batch=a.dit_batch)
     save_file({k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in dit.state_dict().items()},
               os.path.join(a.out, "transformer_diffusers.safetensors"))
     with open(os.path.join(a.out, "transformer_config.json"), "w") as f:
@@ -361,7 +363,7 @@ def main():
                 h, cl = S.read_scene_colours(im, c["position"])
                 ok[n][0] += (h == c["hair"]) + (cl == c["clothing"])
                 ok[n][1] += 2
-        results[form] = {f"{k}_characters": round(v[0] / v[1], 3) for k, v in ok.items()}
+        results[form] = {f"{k}_characters": round(v[0] / v[1], 3) for k, v in ok.items() if v[1]}
         if form == "xml":
             from PIL import Image
             rows = max(1, len(imgs) // 8)

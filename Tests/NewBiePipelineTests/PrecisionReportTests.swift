@@ -6,6 +6,8 @@ import NewBieImage
 import NewBieMetrics
 import NewBiePipeline
 import NewBieTestSupport
+import NewBieTensor
+import NewBieWeights
 
 /// `newbie precision-report` on the tiny model, on the CPU: fp32 (reference), bf16, fp32 again and
 /// a config that cannot run, one prompt, 64x64.
@@ -137,6 +139,52 @@ final class PrecisionReportTests: XCTestCase {
         XCTAssertEqual(numbers(again), numbers(r))
         try? FileManager.default.removeItem(atPath: out)
         try? FileManager.default.removeItem(atPath: out2)
+    }
+
+    /// A constructed fp16 overflow: the tiny model with layer 1's FFN input norm scaled by 1000,
+    /// so silu(w1 x) * w3 x passes 65504 inside the block while its normalised output stays
+    /// finite in fp32. fp16 fails in its row with the block and step named; fp16 with that block
+    /// in fp32 runs.
+    func testConstructedFP16OverflowIsLocated() throws {
+        let dir = NSTemporaryDirectory() + "newbie-tiny-overflow-\(getpid())"
+        try? FileManager.default.removeItem(atPath: dir)
+        try TinyModel.write(to: dir, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
+                            jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
+        try Self.scaleTensor(in: dir + "/transformer/diffusion_pytorch_model.safetensors", name: "layers.1.ffn_norm1.weight", by: 1000)
+        var c = try config(NSTemporaryDirectory() + "newbie-precision-overflow-\(getpid())")
+        try? FileManager.default.removeItem(atPath: c.output)
+        c.paths = try ModelPaths.resolve(root: dir)
+        c.configs = ["fp32", "fp16", "fp16,dit.layers.1=fp32"]
+        let r = try PrecisionReportRunner.run(c)
+        XCTAssertNil(r.configs[0].results[0].error)
+        let f16 = r.configs[1].results[0]
+        XCTAssertNotNil(f16.error, "fp16 must fail on the overflow")
+        let n = try XCTUnwrap(f16.firstNonFinite)
+        XCTAssertEqual(n.path, "dit.layers.1")
+        XCTAssertEqual(n.step, 0)
+        XCTAssertEqual(n.computeDType, "fp16")
+        XCTAssertNil(f16.metrics)
+        XCTAssertTrue(r.configs[1].layerErrors.flatMap(\.modules).contains { $0.path == "dit.layers.1" && !$0.relativeError.isFinite })
+        let fixed = r.configs[2].results[0]
+        XCTAssertNil(fixed.error)
+        XCTAssertNil(fixed.firstNonFinite)
+        XCTAssertTrue(try XCTUnwrap(fixed.metrics).psnr > 25, "\(String(describing: fixed.metrics))")
+        let md = try String(contentsOfFile: c.output + "/report.md", encoding: .utf8)
+        XCTAssertTrue(md.contains("dit.layers.1 step 0 (fp16)"), md)
+        try? FileManager.default.removeItem(atPath: dir)
+        try? FileManager.default.removeItem(atPath: c.output)
+    }
+
+    static func scaleTensor(in path: String, name: String, by k: Float) throws {
+        let f = try SafeTensorsFile(path: path)
+        var tensors: [(String, Tensor)] = []
+        for n in f.names {
+            let t = try f.tensor(n)
+            tensors.append((n, n == name ? Tensor(t.toFloats().map { $0 * k }, shape: t.shape).to(t.dtype) : t.contiguous()))
+        }
+        let md = f.metadata
+        try SafeTensorsWriter.write(tensors, metadata: md.isEmpty ? nil : md, to: URL(fileURLWithPath: path + ".tmp"))
+        XCTAssertEqual(rename(path + ".tmp", path), 0)
     }
 
     func testOutputFolderIsNotOverwrittenWithoutConsent() throws {

@@ -290,6 +290,12 @@ public enum PrecisionReportRunner {
                                 log("  case \(i + 1)/\(c.cases.count) step \(st.index + 1)/\(st.count) " + String(format: "%.3f s", results[i].stepSeconds.last!))
                             })
                             results[i].denoiseSeconds = clock() - t0
+                            let bad = latents[i]!.toFloats().reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+                            if bad > 0 {
+                                results[i].error = "the latent has \(bad) non-finite values (NaN/Inf); not decoded"
+                                results[i].latentRelativeL2 = .infinity
+                                latents[i] = nil
+                            }
                         } catch {
                             results[i].error = "DiT: \(describe(error))"
                         }

@@ -66,7 +66,9 @@ enum PrecisionReportGrid {
                 } else {
                     fill(x: x, y: iy, color: (70, 20, 20))
                     fill(x: x, y: iy + h + lineH, color: (70, 20, 20))
-                    for (l, line) in LabelFont.wrap("failed: " + (result?.error ?? "no image"), columns: columns).prefix(h / lineH).enumerated() {
+                    var why = "failed: " + (result?.error ?? "no image")
+                    if let n = result?.firstNonFinite { why = "NaN/Inf from \(n.path)" + (n.step.map { " step \($0)" } ?? "") }
+                    for (l, line) in LabelFont.wrap(why, columns: columns).prefix(h / lineH).enumerated() {
                         text(line, x: x, y: iy + l * lineH + scale, color: failedInk)
                     }
                 }

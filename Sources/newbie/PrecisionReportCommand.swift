@@ -33,14 +33,14 @@ struct CompareCommand: ParsableCommand {
 
     func run() throws {
         func load(_ p: String) throws -> RGBImage {
-            do { return try PNG.read(p).image } catch { throw ValidationError("\(p): cannot read it as a PNG image (\(error))") }
+            do { return try PNG.read(p).image } catch { throw PipelineError("\(error)") }
         }
         let a = try load(reference), b = try load(other)
         guard a.width == b.width, a.height == b.height else {
-            throw ValidationError("\(reference) is \(a.width)x\(a.height) but \(other) is \(b.width)x\(b.height); the metrics compare images of the same size")
+            throw PipelineError("\(reference) is \(a.width)x\(a.height) but \(other) is \(b.width)x\(b.height); the metrics compare images of the same size")
         }
         let m: ImageMetrics
-        do { m = try ImageMetrics(reference: a, image: b) } catch { throw ValidationError("\(error)") }
+        do { m = try ImageMetrics(reference: a, image: b) } catch { throw PipelineError("\(error)") }
         if json {
             func n(_ v: Double?) -> String {
                 guard let v = v else { return "null" }
@@ -142,7 +142,7 @@ struct PrecisionReportCommand: ParsableCommand {
     var quiet = false
 
     func run() throws {
-        do { try report() } catch let e as PipelineError { throw ValidationError(e.message) }
+        try report()
     }
 
     func report() throws {

@@ -106,22 +106,29 @@ public struct Plane: Sendable {
         precondition(ow > 0 && oh > 0, "a \(n)-tap window does not fit \(width)x\(height)")
         // rows first (every row, valid columns), then columns
         var rows = [Double](repeating: 0, count: height * ow)
-        values.withUnsafeBufferPointer { src in
-            for y in 0..<height {
-                let base = y * width
-                for x in 0..<ow {
-                    var s = 0.0
-                    for j in 0..<n { s += k[j] * src[base + x + j] }
-                    rows[y * ow + x] = s
+        var out = [Double](repeating: 0, count: oh * ow)
+        k.withUnsafeBufferPointer { kp in
+            values.withUnsafeBufferPointer { src in
+                rows.withUnsafeMutableBufferPointer { r in
+                    for y in 0..<height {
+                        let base = y * width
+                        for x in 0..<ow {
+                            var s = 0.0
+                            for j in 0..<n { s += kp[j] * src[base + x + j] }
+                            r[y * ow + x] = s
+                        }
+                    }
                 }
             }
-        }
-        var out = [Double](repeating: 0, count: oh * ow)
-        for y in 0..<oh {
-            for x in 0..<ow {
-                var s = 0.0
-                for j in 0..<n { s += k[j] * rows[(y + j) * ow + x] }
-                out[y * ow + x] = s
+            rows.withUnsafeBufferPointer { r in
+                out.withUnsafeMutableBufferPointer { o in
+                    for y in 0..<oh {
+                        for j in 0..<n {
+                            let w = kp[j], base = (y + j) * ow
+                            for x in 0..<ow { o[y * ow + x] += w * r[base + x] }
+                        }
+                    }
+                }
             }
         }
         return Plane(width: ow, height: oh, values: out)

@@ -35,6 +35,9 @@ public struct PrecisionReportConfig: Sendable {
     /// Trace every module output (first non-finite value, per-layer errors); off: the stage
     /// times are the pipeline's own, without the tracer's copies to the CPU.
     public var trace = true
+    /// With tracing: run each config twice, untraced for the times and memory, then traced for
+    /// the rest (the report says whether both passes made the same latent and image).
+    public var timingPass = false
     /// Gain of the difference maps in grid.png (|other - reference| times this).
     public var diffGain = 8
     /// The output folder.
@@ -101,6 +104,8 @@ public struct PrecisionReport: Codable, Sendable {
         public var latentRelativeL2: Double?
         /// PSNR / SSIM / VIF of the image against the reference config's image.
         public var metrics: ImageMetrics?
+        /// With a timing pass: whether its latent and image were the same as the traced pass's.
+        public var timingPassMatches: Bool?
     }
 
     public struct ModuleError: Codable, Sendable {
@@ -137,6 +142,8 @@ public struct PrecisionReport: Codable, Sendable {
         public var peakCPUTensorBytes: Int
         /// Peak bytes the GPU backend had allocated (nil on the CPU).
         public var peakDeviceBytes: Int?
+        /// Whether the times and memory come from a separate untraced pass.
+        public var timingPass: Bool?
         /// The `newbie generate` command that makes this config's first image.
         public var generateCommand: String
         public var results: [Result]
@@ -192,6 +199,47 @@ public enum PrecisionReportRunner {
         throw PipelineError("-o \(dir) is not empty (\(shown)); give an empty or new folder, or --force to write the report into it (its files of the same names are replaced)")
     }
 
+    /// One config's pass over every case.
+    struct Pass {
+        var row: PrecisionReport.Config
+        var results: [PrecisionReport.Result]
+        var latents: [Tensor?]
+        var images: [RGBImage?]
+    }
+
+    /// Where the per-layer comparison stands: the reference's chosen module outputs (case 0), in
+    /// the order they were reported, and the current config's errors against them.
+    final class LayerCompare {
+        var reference: [String: Tensor] = [:]
+        var order: [(path: String, step: Int)] = []
+        var errors: [String: Double] = [:]
+        static func key(_ path: String, _ step: Int) -> String { "\(step) \(path)" }
+
+        func observer(isReference: Bool, steps: [Int]) -> (String, Int?, Tensor) -> Void {
+            { [self] path, step, tensor in
+                guard let s = step, steps.contains(s), path.hasPrefix("dit."), path != "dit.input" else { return }
+                let k = LayerCompare.key(path, s)
+                if isReference {
+                    if reference[k] == nil { order.append((path, s)) }
+                    reference[k] = Tensor(tensor.toFloats(), shape: tensor.shape)
+                } else if let r = reference[k] {
+                    errors[k] = r.shape == tensor.shape ? Numerics.relativeL2(tensor.toFloats(), r.toFloats()) : .infinity
+                }
+            }
+        }
+
+        /// The current config's errors by evaluation, in the reference's module order (a module
+        /// the config never reported counts as +infinity); empty when nothing was compared.
+        func take(steps: [Int]) -> [PrecisionReport.LayerErrors] {
+            defer { errors = [:] }
+            guard !errors.isEmpty else { return [] }
+            return steps.compactMap { s in
+                let mods = order.filter { $0.step == s }.map { PrecisionReport.ModuleError(path: $0.path, relativeError: errors[LayerCompare.key($0.path, s)] ?? .infinity) }
+                return mods.isEmpty ? nil : PrecisionReport.LayerErrors(step: s, modules: mods)
+            }
+        }
+    }
+
     /// Runs every config on every case and writes the report; a config or case that fails is
     /// recorded and the run goes on. `log` gets the progress.
     @discardableResult
@@ -200,144 +248,62 @@ public enum PrecisionReportRunner {
         guard !c.configs.isEmpty else { throw PipelineError("no config: give --configs, e.g. \"fp32;bf16;fp16\"") }
         try c.settings.validate()
         for slot in ModelSlot.allCases { _ = try c.paths.require(slot) }
-        let fm = FileManager.default
-        try fm.createDirectory(atPath: c.output + "/images", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: c.output + "/images", withIntermediateDirectories: true)
 
         let evaluations = try c.settings.makeSampler().evaluationCount
         let layerSteps = Array(Set([0, evaluations / 2, max(evaluations - 1, 0)])).sorted()
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
-        let cpu = Backends.backend(for: .cpu)
-
+        let layers = LayerCompare()
         var configs: [PrecisionReport.Config] = []
         var refLatents: [Tensor?] = Array(repeating: nil, count: c.cases.count)
         var refImages: [RGBImage?] = Array(repeating: nil, count: c.cases.count)
-        var refKept: [PipelineTracer.TracedKey: Tensor] = [:]
-        var refOrder: [PipelineTracer.TracedKey] = []
         var images: [[RGBImage?]] = []
         let runStart = clock()
 
         for (ci, spec) in c.configs.enumerated() {
             let isRef = ci == 0
             log("config \(ci + 1)/\(c.configs.count): \(spec)" + (isRef ? " (reference)" : ""))
-            var row = PrecisionReport.Config(index: ci, spec: spec, precision: nil, device: nil, isReference: isRef, error: nil,
-                                             peakHostBytes: 0, peakHostIsPerConfig: false, peakCPUTensorBytes: 0, peakDeviceBytes: nil,
-                                             generateCommand: "", results: [], layerErrors: [])
-            var results = c.cases.indices.map { PrecisionReport.Result(caseIndex: $0, stepSeconds: []) }
-            var latents: [Tensor?] = Array(repeating: nil, count: c.cases.count)
-            var caseImages: [RGBImage?] = Array(repeating: nil, count: c.cases.count)
-            var tracers: [PipelineTracer?] = Array(repeating: nil, count: c.cases.count)
-            var deviceBackend: Backend? = nil
-            row.peakHostIsPerConfig = HostMemory.resetPeak()
-            cpu.resetPeakMemory()
-            do {
-                let policy = try PlacementPolicy.parse(precision: spec, device: c.device)
-                row.precision = policy.precisionSpec
-                row.device = policy.deviceSpec
-                let options = StageOptions(placement: policy, cuda: c.cuda)
-                row.generateCommand = generateCommand(c, case: c.cases[0], options: options)
-                for d in policy.usedDevices {
-                    _ = try DeviceSupport.open(d, cuda: c.cuda)
-                    if d != .cpu { deviceBackend = Backends.backend(for: d) }
+            var pass: Pass
+            if c.trace && c.timingPass {
+                log("  timing pass (untraced)")
+                let timed = runPass(c, index: ci, spec: spec, traced: false, observer: nil, log: log)
+                log("  traced pass")
+                pass = runPass(c, index: ci, spec: spec, traced: true,
+                               observer: layers.observer(isReference: isRef, steps: layerSteps), log: log)
+                // times and memory from the untraced pass, everything else from the traced one
+                pass.row.loadTextSeconds = timed.row.loadTextSeconds
+                pass.row.loadDiTSeconds = timed.row.loadDiTSeconds
+                pass.row.loadVAESeconds = timed.row.loadVAESeconds
+                pass.row.peakHostBytes = timed.row.peakHostBytes
+                pass.row.peakHostIsPerConfig = timed.row.peakHostIsPerConfig
+                pass.row.peakCPUTensorBytes = timed.row.peakCPUTensorBytes
+                pass.row.peakDeviceBytes = timed.row.peakDeviceBytes
+                pass.row.timingPass = true
+                for i in pass.results.indices {
+                    let t = timed.results[i]
+                    pass.results[i].encodeSeconds = t.encodeSeconds
+                    pass.results[i].denoiseSeconds = t.denoiseSeconds
+                    pass.results[i].stepSeconds = t.stepSeconds
+                    pass.results[i].decodeSeconds = t.decodeSeconds
+                    pass.results[i].timingPassMatches = timed.images[i] == pass.images[i]
+                        && (timed.latents[i]?.toFloats() ?? []) == (pass.latents[i]?.toFloats() ?? [])
+                    if let e = t.error, pass.results[i].error == nil { pass.results[i].error = "timing pass: \(e)" }
                 }
-                deviceBackend?.resetPeakMemory()
-                try policy.checkRules(paths: c.paths)
-                for i in c.cases.indices where c.trace {
-                    let tr = PipelineTracer(trace: false, detectOverflow: false, computeDType: policy.precision(.dit).base, sink: { _ in })
-                    if i == 0 {
-                        tr.keep = { path, step in
-                            guard let s = step, layerSteps.contains(s), path.hasPrefix("dit."), path != "dit.input" else { return false }
-                            return true
-                        }
-                    }
-                    tracers[i] = tr
-                }
-
-                // 1. text: every case, then the encoders are freed
-                var encoded: [EncodedPrompt?] = Array(repeating: nil, count: c.cases.count)
-                do {
-                    var t0 = clock()
-                    let text = try TextStage(paths: c.paths, options: options)
-                    row.loadTextSeconds = clock() - t0
-                    for (i, k) in c.cases.enumerated() {
-                        text.tracer = tracers[i]
-                        t0 = clock()
-                        do {
-                            encoded[i] = try text.encode(prompt: k.prompt, negativePrompt: k.negativePrompt,
-                                                         systemPrompt: SystemPrompt.resolve(k.systemPrompt, prompt: k.prompt))
-                            results[i].encodeSeconds = clock() - t0
-                        } catch {
-                            results[i].error = "text encoders: \(describe(error))"
-                        }
-                    }
-                }
-                // 2. the DiT
-                do {
-                    var t0 = clock()
-                    let den = try DenoiseStage(paths: c.paths, options: options)
-                    row.loadDiTSeconds = clock() - t0
-                    for (i, k) in c.cases.enumerated() {
-                        guard let e = encoded[i] else { continue }
-                        den.tracer = tracers[i]
-                        var s = c.settings
-                        s.seed = k.seed
-                        var mark = clock()
-                        t0 = mark
-                        do {
-                            latents[i] = try den.run(e, settings: s, onStep: { st in
-                                let now = clock()
-                                results[i].stepSeconds.append(now - mark)
-                                mark = now
-                                log("  case \(i + 1)/\(c.cases.count) step \(st.index + 1)/\(st.count) " + String(format: "%.3f s", results[i].stepSeconds.last!))
-                            })
-                            results[i].denoiseSeconds = clock() - t0
-                            let bad = latents[i]!.toFloats().reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
-                            if bad > 0 {
-                                results[i].error = "the latent has \(bad) non-finite values (NaN/Inf); not decoded"
-                                results[i].latentRelativeL2 = .infinity
-                                latents[i] = nil
-                            }
-                        } catch {
-                            results[i].error = "DiT: \(describe(error))"
-                        }
-                    }
-                }
-                // 3. the VAE
-                do {
-                    var t0 = clock()
-                    let dec = try DecodeStage(paths: c.paths, options: options)
-                    row.loadVAESeconds = clock() - t0
-                    for i in c.cases.indices {
-                        guard let z = latents[i] else { continue }
-                        dec.tracer = tracers[i]
-                        t0 = clock()
-                        do {
-                            caseImages[i] = try dec.run(z)
-                            results[i].decodeSeconds = clock() - t0
-                        } catch {
-                            results[i].error = "VAE: \(describe(error))"
-                        }
-                    }
-                }
-            } catch {
-                row.error = describe(error)
-                log("  failed: \(row.error!)")
-                for i in results.indices where results[i].error == nil { results[i].error = "config failed: \(row.error!)" }
+            } else {
+                pass = runPass(c, index: ci, spec: spec, traced: c.trace,
+                               observer: c.trace ? layers.observer(isReference: isRef, steps: layerSteps) : nil, log: log)
             }
-            row.peakHostBytes = HostMemory.peak()
-            row.peakCPUTensorBytes = cpu.memoryStats.peakBytes
-            row.peakDeviceBytes = deviceBackend?.memoryStats.peakBytes
+            var row = pass.row
+            var results = pass.results
+            if !isRef { row.layerErrors = layers.take(steps: layerSteps) }
 
             // measurements against the reference
             for i in c.cases.indices {
-                if let tr = tracers[i], let bad = tr.firstNonFinite {
-                    results[i].firstNonFinite = .init(path: bad.path, step: bad.step, computeDType: tr.computeDType(of: bad.path).userName,
-                                                      nanCount: bad.summary.nanCount, infCount: bad.summary.infCount)
-                }
-                if isRef { refLatents[i] = latents[i]; refImages[i] = caseImages[i] }
-                if let z = latents[i], let r = refLatents[i] {
+                if isRef { refLatents[i] = pass.latents[i]; refImages[i] = pass.images[i] }
+                if let z = pass.latents[i], let r = refLatents[i] {
                     results[i].latentRelativeL2 = z.shape == r.shape ? Numerics.relativeL2(z.toFloats(), r.toFloats()) : .infinity
                 }
-                if let im = caseImages[i] {
+                if let im = pass.images[i] {
                     let name = "images/\(ci)-\(slug(spec))-case\(i).png"
                     try PNG.write(im, to: c.output + "/" + name, text: [
                         ("Software", "newbie precision-report"), ("newbie:precision", row.precision ?? spec),
@@ -349,24 +315,7 @@ public enum PrecisionReportRunner {
                         }
                     }
                 }
-                if results[i].error == nil && caseImages[i] == nil { results[i].error = "no image" }
-            }
-            if let tr = tracers[0] {
-                if isRef {
-                    refKept = tr.kept
-                    refOrder = tr.records.map { PipelineTracer.TracedKey(path: $0.path, step: $0.step) }.filter { refKept[$0] != nil }
-                } else if !refKept.isEmpty {
-                    for s in layerSteps {
-                        let keys = refOrder.filter { $0.step == s }
-                        let mods = keys.map { k -> PrecisionReport.ModuleError in
-                            guard let a = tr.kept[k], let b = refKept[k], a.shape == b.shape else {
-                                return .init(path: k.path, relativeError: .infinity)
-                            }
-                            return .init(path: k.path, relativeError: Numerics.relativeL2(a.toFloats(), b.toFloats()))
-                        }
-                        if !mods.isEmpty && !tr.kept.isEmpty { row.layerErrors.append(.init(step: s, modules: mods)) }
-                    }
-                }
+                if results[i].error == nil && pass.images[i] == nil { results[i].error = "no image" }
             }
             for r in results {
                 var line = "  case \(r.caseIndex + 1): "
@@ -379,7 +328,7 @@ public enum PrecisionReportRunner {
             }
             row.results = results
             configs.append(row)
-            images.append(caseImages)
+            images.append(pass.images)
         }
         log(String(format: "all configs ran in %.1f s; writing the report", clock() - runStart))
 
@@ -399,6 +348,124 @@ public enum PrecisionReportRunner {
         let gridPNG = try Data(contentsOf: URL(fileURLWithPath: c.output + "/grid.png"))
         try Data(PrecisionReportText.html(report, gridPNG: gridPNG).utf8).write(to: URL(fileURLWithPath: c.output + "/report.html"))
         return report
+    }
+
+    /// Text encoders, DiT and VAE of one config over every case, stage by stage (each model is
+    /// freed before the next loads). Never throws: failures are recorded in the row or the case.
+    static func runPass(_ c: PrecisionReportConfig, index ci: Int, spec: String, traced: Bool,
+                        observer: ((String, Int?, Tensor) -> Void)?, log: @escaping (String) -> Void) -> Pass {
+        let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+        let cpu = Backends.backend(for: .cpu)
+        var row = PrecisionReport.Config(index: ci, spec: spec, precision: nil, device: nil, isReference: ci == 0, error: nil,
+                                         peakHostBytes: 0, peakHostIsPerConfig: false, peakCPUTensorBytes: 0, peakDeviceBytes: nil,
+                                         generateCommand: "", results: [], layerErrors: [])
+        var results = c.cases.indices.map { PrecisionReport.Result(caseIndex: $0, stepSeconds: []) }
+        var latents: [Tensor?] = Array(repeating: nil, count: c.cases.count)
+        var images: [RGBImage?] = Array(repeating: nil, count: c.cases.count)
+        var tracers: [PipelineTracer?] = Array(repeating: nil, count: c.cases.count)
+        var deviceBackend: Backend? = nil
+        row.peakHostIsPerConfig = HostMemory.resetPeak()
+        cpu.resetPeakMemory()
+        do {
+            let policy = try PlacementPolicy.parse(precision: spec, device: c.device)
+            row.precision = policy.precisionSpec
+            row.device = policy.deviceSpec
+            let options = StageOptions(placement: policy, cuda: c.cuda)
+            row.generateCommand = generateCommand(c, case: c.cases[0], options: options)
+            for d in policy.usedDevices {
+                _ = try DeviceSupport.open(d, cuda: c.cuda)
+                if d != .cpu { deviceBackend = Backends.backend(for: d) }
+            }
+            deviceBackend?.resetPeakMemory()
+            try policy.checkRules(paths: c.paths)
+            for i in c.cases.indices where traced {
+                let tr = PipelineTracer(trace: false, detectOverflow: false, computeDType: policy.precision(.dit).base, sink: { _ in })
+                if i == 0 { tr.observer = observer }
+                tracers[i] = tr
+            }
+
+            // 1. text: every case, then the encoders are freed
+            var encoded: [EncodedPrompt?] = Array(repeating: nil, count: c.cases.count)
+            do {
+                var t0 = clock()
+                let text = try TextStage(paths: c.paths, options: options)
+                row.loadTextSeconds = clock() - t0
+                for (i, k) in c.cases.enumerated() {
+                    text.tracer = tracers[i]
+                    t0 = clock()
+                    do {
+                        encoded[i] = try text.encode(prompt: k.prompt, negativePrompt: k.negativePrompt,
+                                                     systemPrompt: SystemPrompt.resolve(k.systemPrompt, prompt: k.prompt))
+                        results[i].encodeSeconds = clock() - t0
+                    } catch {
+                        results[i].error = "text encoders: \(describe(error))"
+                    }
+                }
+            }
+            // 2. the DiT
+            do {
+                var t0 = clock()
+                let den = try DenoiseStage(paths: c.paths, options: options)
+                row.loadDiTSeconds = clock() - t0
+                for (i, k) in c.cases.enumerated() {
+                    guard let e = encoded[i] else { continue }
+                    den.tracer = tracers[i]
+                    var s = c.settings
+                    s.seed = k.seed
+                    var mark = clock()
+                    t0 = mark
+                    do {
+                        let z = try den.run(e, settings: s, onStep: { st in
+                            let now = clock()
+                            results[i].stepSeconds.append(now - mark)
+                            mark = now
+                            log("  case \(i + 1)/\(c.cases.count) step \(st.index + 1)/\(st.count) " + String(format: "%.3f s", results[i].stepSeconds.last!))
+                        })
+                        results[i].denoiseSeconds = clock() - t0
+                        let bad = z.toFloats().reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+                        if bad > 0 {
+                            results[i].error = "the latent has \(bad) non-finite values (NaN/Inf); not decoded"
+                            results[i].latentRelativeL2 = .infinity
+                        } else {
+                            latents[i] = z
+                        }
+                    } catch {
+                        results[i].error = "DiT: \(describe(error))"
+                    }
+                }
+            }
+            // 3. the VAE
+            do {
+                var t0 = clock()
+                let dec = try DecodeStage(paths: c.paths, options: options)
+                row.loadVAESeconds = clock() - t0
+                for i in c.cases.indices {
+                    guard let z = latents[i] else { continue }
+                    dec.tracer = tracers[i]
+                    t0 = clock()
+                    do {
+                        images[i] = try dec.run(z)
+                        results[i].decodeSeconds = clock() - t0
+                    } catch {
+                        results[i].error = "VAE: \(describe(error))"
+                    }
+                }
+            }
+        } catch {
+            row.error = describe(error)
+            log("  failed: \(row.error!)")
+            for i in results.indices where results[i].error == nil { results[i].error = "config failed: \(row.error!)" }
+        }
+        row.peakHostBytes = HostMemory.peak()
+        row.peakCPUTensorBytes = cpu.memoryStats.peakBytes
+        row.peakDeviceBytes = deviceBackend?.memoryStats.peakBytes
+        for i in c.cases.indices {
+            if let tr = tracers[i], let bad = tr.firstNonFinite {
+                results[i].firstNonFinite = .init(path: bad.path, step: bad.step, computeDType: tr.computeDType(of: bad.path).userName,
+                                                  nanCount: bad.summary.nanCount, infCount: bad.summary.infCount)
+            }
+        }
+        return Pass(row: row, results: results, latents: latents, images: images)
     }
 
     static func describe(_ e: Error) -> String {

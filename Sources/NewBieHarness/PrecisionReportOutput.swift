@@ -135,7 +135,9 @@ enum PrecisionReportText {
             "- models: " + r.models.keys.sorted().map { "\($0) `\(r.models[$0]!)`" }.joined(separator: ", "),
             "- \(s.width)x\(s.height), \(s.sampler) with \(s.steps) grid points (\(s.evaluations) model evaluations), shift \(s.shift), CFG \(s.cfg) while t < \(s.cfgTrunc), renorm \(s.renorm), noise \(s.rng)",
             "- reference: config 0 (`\(r.configs.first?.spec ?? "-")`); every other config is measured against its latent and image",
-            r.traced ? "- traced: every module output was summarised (first non-finite value, per-layer errors); stage times include the tracer's copies to the CPU"
+            r.traced && r.configs.contains(where: { $0.timingPass == true })
+                ? "- traced: every module output was summarised (first non-finite value, per-layer errors); times and memory come from a separate untraced pass of each config"
+                : r.traced ? "- traced: every module output was summarised (first non-finite value, per-layer errors); stage times include the tracer's copies to the CPU"
                      : "- not traced: stage times are the pipeline's own; no first non-finite location and no per-layer errors",
         ]
     }

@@ -62,18 +62,10 @@ public final class PipelineTracer {
     public private(set) var moduleDTypes: [String: DType] = [:]
     /// Every summary reported, in order (kept for tests and tools).
     public private(set) var records: [(path: String, step: Int?, summary: TensorSummary)] = []
-    /// Which reported tensors to keep whole (as Float32 on the CPU), by path and step: for
-    /// comparing one run's module outputs with another's. nil: none are kept.
-    public var keep: ((_ path: String, _ step: Int?) -> Bool)?
-    /// The tensors `keep` chose, by path and step.
-    public private(set) var kept: [TracedKey: Tensor] = [:]
-
-    /// A traced tensor's place: module path and sampler step (model evaluation).
-    public struct TracedKey: Hashable, Sendable {
-        public var path: String
-        public var step: Int?
-        public init(path: String, step: Int?) { self.path = path; self.step = step }
-    }
+    /// Sees every reported tensor whole, with its path and step (after its summary is recorded),
+    /// e.g. to keep chosen module outputs for comparing one run with another. nil: nothing more
+    /// is done.
+    public var observer: ((_ path: String, _ step: Int?, _ tensor: Tensor) -> Void)?
 
     /// The first non-finite tensor reported (path, step, summary), if any.
     public var firstNonFinite: (path: String, step: Int?, summary: TensorSummary)? { records.first { !$0.summary.isFinite } }
@@ -96,7 +88,7 @@ public final class PipelineTracer {
     public func report(_ path: String, step: Int? = nil, t: Float? = nil, _ tensor: Tensor) throws {
         let s = TensorSummary(tensor)
         records.append((path, step, s))
-        if let k = keep, k(path, step) { kept[TracedKey(path: path, step: step)] = Tensor(tensor.toFloats(), shape: tensor.shape) }
+        observer?(path, step, tensor)
         if trace {
             var at = path + (moduleDTypes[path].map { " (computes in \($0.userName))" } ?? "")
             if let st = step { at += " step \(st)" }

@@ -81,8 +81,10 @@ struct PrecisionReportCommand: ParsableCommand {
         commands), grid.png (the images side by side with their labels, and under each one its difference from \
         the reference, amplified), report.html (self-contained: images inline, a sortable table, the per-layer \
         errors drawn as SVG) and images/ (each PNG). Numbers other than times and memory are the same from run to run.
-        Tracing copies every module output to the CPU, which slows the stages (notably on a GPU); --no-trace gives \
-        the pipeline's own times without the non-finite location and the per-layer errors.
+        Tracing copies every module output to the CPU, which slows the stages (notably on a GPU): --timing-pass \
+        runs each config once more untraced and takes the times and memory from that pass; --no-trace runs only \
+        untraced (no non-finite location, no per-layer errors). The per-layer comparison holds the reference's DiT \
+        module outputs at three model evaluations in host memory (about 10 GB at 1024x1024 for the full-size model).
         """)
 
     @OptionGroup var models: ModelOptions
@@ -128,6 +130,9 @@ struct PrecisionReportCommand: ParsableCommand {
 
     @Flag(name: .customLong("trace"), inversion: .prefixedNo, help: "Trace every module output: the first non-finite value's place and the per-layer errors (on by default; --no-trace for untraced stage times).")
     var trace = true
+
+    @Flag(name: .customLong("timing-pass"), help: "Run each config twice: untraced for the stage times and memory, then traced for the rest (the report says whether both passes made the same image).")
+    var timingPass = false
 
     @Option(name: .customLong("diff-gain"), help: "Gain of the difference maps in grid.png.")
     var diffGain = 8
@@ -186,6 +191,8 @@ struct PrecisionReportCommand: ParsableCommand {
         var config = PrecisionReportConfig(paths: try models.paths(), configs: configList, device: deviceOptions.device, cuda: cuda,
                                            cases: cases, settings: settings, output: output, command: command, deviceName: deviceName)
         config.trace = trace
+        config.timingPass = timingPass
+        if timingPass && !trace { throw PipelineError("--timing-pass separates the times from a traced pass; with --no-trace every pass is untraced already") }
         config.diffGain = diffGain
         let quiet = self.quiet
         try PrecisionReportRunner.run(config, log: { line in

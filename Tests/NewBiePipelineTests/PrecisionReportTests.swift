@@ -155,7 +155,12 @@ final class PrecisionReportTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: c.output)
         c.paths = try ModelPaths.resolve(root: dir)
         c.configs = ["fp32", "fp16", "fp16,dit.layers.1=fp32"]
+        c.timingPass = true
         let r = try PrecisionReportRunner.run(c)
+        // times from an untraced pass that made the same latents and images
+        XCTAssertEqual(r.configs.map(\.timingPass), [true, true, true])
+        XCTAssertEqual(r.configs.map { $0.results[0].timingPassMatches }, [true, true, true])
+        XCTAssertEqual(r.configs[2].results[0].stepSeconds.count, 3)
         XCTAssertNil(r.configs[0].results[0].error)
         let f16 = r.configs[1].results[0]
         XCTAssertNotNil(f16.error, "fp16 must fail on the overflow")

@@ -38,8 +38,9 @@ public struct PrecisionReportConfig: Sendable {
     /// With tracing: run each config twice, untraced for the times and memory, then traced for
     /// the rest (the report says whether both passes made the same latent and image).
     public var timingPass = false
-    /// Gain of the difference maps in grid.png (|other - reference| times this).
-    public var diffGain = 8
+    /// Gain of the difference maps in grid.png (|other - reference| times this); 0: chosen from
+    /// the differences (their 99th percentile shown at about half brightness).
+    public var diffGain = 0
     /// The output folder.
     public var output: String
     /// The command line, for the report.
@@ -339,9 +340,10 @@ public enum PrecisionReportRunner {
             models: Dictionary(uniqueKeysWithValues: ModelSlot.allCases.compactMap { sl in c.paths.path(sl).map { (sl.rawValue, $0) } }),
             settings: .init(width: s.width, height: s.height, steps: s.steps, sampler: s.sampler.rawValue, shift: s.shift, cfg: s.cfg.scale,
                             cfgTrunc: s.cfg.truncation, renorm: s.cfg.renorm, rng: s.rng.rawValue, evaluations: evaluations),
-            cases: c.cases, layerSteps: layerSteps, traced: c.trace, diffGain: c.diffGain, configs: configs)
+            cases: c.cases, layerSteps: layerSteps, traced: c.trace,
+            diffGain: c.diffGain > 0 ? c.diffGain : PrecisionReportGrid.autoGain(images: images), configs: configs)
 
-        let grid = PrecisionReportGrid.make(report: report, images: images, gain: c.diffGain)
+        let grid = PrecisionReportGrid.make(report: report, images: images, gain: report.diffGain)
         try PNG.write(grid, to: c.output + "/grid.png", text: [("Software", "newbie precision-report")])
         try report.json().write(to: URL(fileURLWithPath: c.output + "/report.json"))
         try Data(PrecisionReportText.markdown(report).utf8).write(to: URL(fileURLWithPath: c.output + "/report.md"))

@@ -9,6 +9,28 @@ enum PrecisionReportGrid {
     static let ink: (UInt8, UInt8, UInt8) = (235, 235, 235)
     static let failedInk: (UInt8, UInt8, UInt8) = (255, 110, 110)
 
+    /// A gain that maps the 99th percentile of |image - reference| over every non-reference image
+    /// to about 128 (1 ... 64; 8 when nothing differs).
+    static func autoGain(images: [[RGBImage?]]) -> Int {
+        guard let refs = images.first else { return 8 }
+        var hist = [Int](repeating: 0, count: 256)
+        var total = 0
+        for row in images.dropFirst() {
+            for (i, im) in row.enumerated() {
+                guard let im = im, let r = refs[i], r.pixels.count == im.pixels.count else { continue }
+                for k in im.pixels.indices { hist[abs(Int(im.pixels[k]) - Int(r.pixels[k]))] += 1 }
+                total += im.pixels.count
+            }
+        }
+        guard total > 0 else { return 8 }
+        var seen = 0, p99 = 0
+        for (d, n) in hist.enumerated() {
+            seen += n
+            if Double(seen) >= 0.99 * Double(total) { p99 = d; break }
+        }
+        return p99 == 0 ? 8 : max(1, min(64, 128 / p99))
+    }
+
     static func make(report: PrecisionReport, images: [[RGBImage?]], gain: Int) -> RGBImage {
         let w = report.settings.width, h = report.settings.height
         let n = report.configs.count
@@ -60,7 +82,7 @@ enum PrecisionReportGrid {
                             d[k] = UInt8(min(255, abs(Int(im.pixels[k]) - Int(r.pixels[k])) * gain))
                         }
                         blit(RGBImage(width: w, height: h, pixels: d), x: x, y: iy + h + lineH)
-                        label = c.isReference ? "diff x\(gain)" : "x\(gain) " + (result?.metrics.map { PrecisionReportRunner.fmtPSNR($0.psnr) + "dB" } ?? "")
+                        label = c.isReference ? "diff x\(gain)" : "x\(gain) " + (result?.metrics.map { ($0.psnr.isInfinite ? "inf" : String(format: "%.1f", $0.psnr)) + "dB" } ?? "")
                     }
                     text(String(label.prefix(columns)), x: x, y: iy + h + scale)
                 } else {

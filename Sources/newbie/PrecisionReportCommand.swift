@@ -134,8 +134,8 @@ struct PrecisionReportCommand: ParsableCommand {
     @Flag(name: .customLong("timing-pass"), help: "Run each config twice: untraced for the stage times and memory, then traced for the rest (the report says whether both passes made the same image).")
     var timingPass = false
 
-    @Option(name: .customLong("diff-gain"), help: "Gain of the difference maps in grid.png.")
-    var diffGain = 8
+    @Option(name: .customLong("diff-gain"), help: "Gain of the difference maps in grid.png: an integer >= 1, or auto (the 99th percentile of the differences at about half brightness, 1 to 64).")
+    var diffGain = "auto"
 
     @Option(name: [.short, .customLong("output")], help: "Folder for the report (created; must be empty unless --force).")
     var output: String
@@ -155,7 +155,10 @@ struct PrecisionReportCommand: ParsableCommand {
         if deviceOptions.dtype != nil || (deviceOptions.precision != nil && deviceOptions.precision != env["NEWBIE_PRECISION"]) {
             throw PipelineError("precision-report takes its precisions from --configs (\"fp32;bf16;fp16,vae=fp32\"), not --precision or --dtype")
         }
-        guard diffGain >= 1 else { throw PipelineError("--diff-gain \(diffGain): at least 1") }
+        let gain: Int
+        if diffGain == "auto" { gain = 0 } else if let g = Int(diffGain), g >= 1 { gain = g } else {
+            throw PipelineError("--diff-gain \(diffGain): an integer >= 1 or auto")
+        }
         let configList = try PrecisionReportConfig.parseConfigs(configs)
         try PrecisionReportRunner.checkOutput(output, force: force)
 
@@ -193,7 +196,7 @@ struct PrecisionReportCommand: ParsableCommand {
         config.trace = trace
         config.timingPass = timingPass
         if timingPass && !trace { throw PipelineError("--timing-pass separates the times from a traced pass; with --no-trace every pass is untraced already") }
-        config.diffGain = diffGain
+        config.diffGain = gain
         let quiet = self.quiet
         try PrecisionReportRunner.run(config, log: { line in
             if !quiet { FileHandle.standardError.write(Data((line + "\n").utf8)) }

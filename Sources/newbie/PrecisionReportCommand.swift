@@ -182,14 +182,16 @@ struct PrecisionReportCommand: ParsableCommand {
         let cuda = try deviceOptions.cudaOptions()
         // the device spec is checked here (a bad one fails before any model runs); precisions per config later
         let placement = try PlacementPolicy.parse(precision: "auto", device: deviceOptions.device)
-        var deviceName = placement.deviceSpec
+        var parts: [String] = []
         for d in placement.usedDevices {
             if case .cuda(let i) = d {
                 let g = try DeviceSupport.openCUDA(i, cuda: cuda)
-                deviceName += ", \(d): \(g.name), sm_\(g.computeCapability)"
+                parts.append("\(d): \(g.name), sm_\(g.computeCapability)")
+            } else {
+                parts.append("\(d): \(ProcessInfo.processInfo.activeProcessorCount) cores")
             }
         }
-        if placement.usedDevices.contains(.cpu) { deviceName += ", cpu: \(ProcessInfo.processInfo.activeProcessorCount) cores" }
+        let deviceName = parts.joined(separator: "; ")
         let command = CommandLine.arguments.enumerated().map { $0.offset == 0 ? "newbie" : shellQuote($0.element) }.joined(separator: " ")
         var config = PrecisionReportConfig(paths: try models.paths(), configs: configList, device: deviceOptions.device, cuda: cuda,
                                            cases: cases, settings: settings, output: output, command: command, deviceName: deviceName)

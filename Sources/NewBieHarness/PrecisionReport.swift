@@ -139,6 +139,9 @@ public struct PrecisionReport: Codable, Sendable {
         public var peakHostBytes: Int
         /// Whether peakHostBytes was reset for this config (false: the process peak so far).
         public var peakHostIsPerConfig: Bool
+        /// Host bytes the report itself held while this config ran (the reference's DiT module
+        /// outputs kept for the per-layer comparison); part of peakHostBytes.
+        public var heldByReportBytes: Int?
         /// Peak bytes of CPU-backend tensors (memory-mapped weights not counted).
         public var peakCPUTensorBytes: Int
         /// Peak bytes the GPU backend had allocated (nil on the CPU).
@@ -215,6 +218,7 @@ public enum PrecisionReportRunner {
         var order: [(path: String, step: Int)] = []
         var errors: [String: Double] = [:]
         static func key(_ path: String, _ step: Int) -> String { "\(step) \(path)" }
+        var heldBytes: Int { reference.values.reduce(0) { $0 + $1.shape.reduce(1, *) * 4 } }
 
         func observer(isReference: Bool, steps: [Int]) -> (String, Int?, Tensor) -> Void {
             { [self] path, step, tensor in
@@ -296,6 +300,7 @@ public enum PrecisionReportRunner {
             }
             var row = pass.row
             var results = pass.results
+            if !isRef { row.heldByReportBytes = layers.heldBytes }
             if !isRef { row.layerErrors = layers.take(steps: layerSteps) }
 
             // measurements against the reference

@@ -173,7 +173,8 @@ enum PrecisionReportText {
         for row in rows(r) {
             l.append("| " + cells(row).map { $0.text.replacingOccurrences(of: "|", with: "\\|") }.joined(separator: " | ") + " |")
         }
-        l += ["", "Peak memory is per config (all its cases). PSNR, SSIM (luminance Y and per channel) and VIF (pixel domain, on Y) compare each image with the reference config's image of the same case; inf / 1 / 1 is identical.", ""]
+        let held = r.configs.compactMap(\.heldByReportBytes).max() ?? 0
+        l += ["", "Peak memory is per config (all its cases)" + (held > 0 ? "; the peak host memory of every config after the reference includes \(formatBytesShort(held)) the report holds (the reference's DiT module outputs for the per-layer comparison)" : "") + ". PSNR, SSIM (luminance Y and per channel) and VIF (pixel domain, on Y) compare each image with the reference config's image of the same case; inf / 1 / 1 is identical.", ""]
         let withLayers = r.configs.filter { !$0.layerErrors.isEmpty }
         if !withLayers.isEmpty {
             l += ["## Where precision is lost", "",
@@ -287,6 +288,9 @@ enum PrecisionReportText {
             h += "</tr>\n"
         }
         h += "</tbody></table>\n"
+        let held = r.configs.compactMap(\.heldByReportBytes).max() ?? 0
+        h += "<p>Peak memory is per config (all its cases)" + (held > 0 ? "; the peak host memory of every config after the reference includes \(formatBytesShort(held)) the report holds for the per-layer comparison" : "")
+            + ". PSNR, SSIM and VIF compare each image with the reference config's image of the same case; inf / 1 / 1 is identical.</p>\n"
         if r.configs.contains(where: { !$0.layerErrors.isEmpty }) {
             h += "<h2>Where precision is lost</h2>\n<p>Relative L2 error of each DiT module output against the reference run, first case.</p>\n"
             for s in r.layerSteps { h += "<div>" + layerPlot(r, step: s) + "</div>\n" }

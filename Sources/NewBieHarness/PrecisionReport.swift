@@ -203,6 +203,23 @@ public enum PrecisionReportRunner {
         throw PipelineError("-o \(dir) is not empty (\(shown)); give an empty or new folder, or --force to write the report into it (its files of the same names are replaced)")
     }
 
+    /// Sampler steps of the whole run, done and to do, for the progress lines.
+    final class Progress {
+        let total: Int
+        var done = 0
+        let start = Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+        init(total: Int) { self.total = total }
+
+        /// Counts a step; "12/90 steps of the run, ETA 1m20s".
+        func step() -> String {
+            done += 1
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds) / 1e9 - start
+            let eta = elapsed / Double(done) * Double(max(total - done, 0))
+            let e = eta < 60 ? String(format: "%.0fs", eta) : String(format: "%dm%02ds", Int(eta) / 60, Int(eta) % 60)
+            return "\(done)/\(total) steps of the run, ETA \(e)"
+        }
+    }
+
     /// One config's pass over every case.
     struct Pass {
         var row: PrecisionReport.Config
@@ -259,6 +276,8 @@ public enum PrecisionReportRunner {
         let layerSteps = Array(Set([0, evaluations / 2, max(evaluations - 1, 0)])).sorted()
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let layers = LayerCompare()
+        let progress = Progress(total: c.configs.count * c.cases.count * (try c.settings.makeSampler().stepCount)
+                                       * (c.trace && c.timingPass ? 2 : 1))
         var configs: [PrecisionReport.Config] = []
         var refLatents: [Tensor?] = Array(repeating: nil, count: c.cases.count)
         var refImages: [RGBImage?] = Array(repeating: nil, count: c.cases.count)
@@ -271,10 +290,10 @@ public enum PrecisionReportRunner {
             var pass: Pass
             if c.trace && c.timingPass {
                 log("  timing pass (untraced)")
-                let timed = runPass(c, index: ci, spec: spec, traced: false, observer: nil, log: log)
+                let timed = runPass(c, index: ci, spec: spec, traced: false, observer: nil, progress: progress, log: log)
                 log("  traced pass")
                 pass = runPass(c, index: ci, spec: spec, traced: true,
-                               observer: layers.observer(isReference: isRef, steps: layerSteps), log: log)
+                               observer: layers.observer(isReference: isRef, steps: layerSteps), progress: progress, log: log)
                 // times and memory from the untraced pass, everything else from the traced one
                 pass.row.loadTextSeconds = timed.row.loadTextSeconds
                 pass.row.loadDiTSeconds = timed.row.loadDiTSeconds
@@ -296,7 +315,7 @@ public enum PrecisionReportRunner {
                 }
             } else {
                 pass = runPass(c, index: ci, spec: spec, traced: c.trace,
-                               observer: c.trace ? layers.observer(isReference: isRef, steps: layerSteps) : nil, log: log)
+                               observer: c.trace ? layers.observer(isReference: isRef, steps: layerSteps) : nil, progress: progress, log: log)
             }
             var row = pass.row
             var results = pass.results
@@ -360,7 +379,7 @@ public enum PrecisionReportRunner {
     /// Text encoders, DiT and VAE of one config over every case, stage by stage (each model is
     /// freed before the next loads). Never throws: failures are recorded in the row or the case.
     static func runPass(_ c: PrecisionReportConfig, index ci: Int, spec: String, traced: Bool,
-                        observer: ((String, Int?, Tensor) -> Void)?, log: @escaping (String) -> Void) -> Pass {
+                        observer: ((String, Int?, Tensor) -> Void)?, progress: Progress, log: @escaping (String) -> Void) -> Pass {
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         let cpu = Backends.backend(for: .cpu)
         var row = PrecisionReport.Config(index: ci, spec: spec, precision: nil, device: nil, isReference: ci == 0, error: nil,
@@ -426,7 +445,8 @@ public enum PrecisionReportRunner {
                             let now = clock()
                             results[i].stepSeconds.append(now - mark)
                             mark = now
-                            log("  case \(i + 1)/\(c.cases.count) step \(st.index + 1)/\(st.count) " + String(format: "%.3f s", results[i].stepSeconds.last!))
+                            log("  case \(i + 1)/\(c.cases.count) step \(st.index + 1)/\(st.count) " + String(format: "%.3f s", results[i].stepSeconds.last!)
+                                + " (\(progress.step()))")
                         })
                         results[i].denoiseSeconds = clock() - t0
                         let bad = z.toFloats().reduce(0) { $0 + ($1.isFinite ? 0 : 1) }

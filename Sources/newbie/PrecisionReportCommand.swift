@@ -69,7 +69,7 @@ struct PrecisionReportCommand: ParsableCommand {
         abstract: "Run the same prompts and seeds under several precisions and report time, memory and image quality against the first.",
         discussion: """
         Every config in --configs is a precision spec as --precision takes it (fp32, bf16, fp16, "bf16,vae=fp32", \
-        "fp16,dit.layers.*.attention=fp32", ...); the first is the reference. Each config runs the text encoders, \
+        "fp16,dit.layers.*.attention=fp32", ...); the first is the reference (--precision and --dtype do not apply here). Each config runs the text encoders, \
         the DiT sampling and the VAE on every prompt and seed with the same sampler and size. Per config and \
         prompt the report holds the wall time of each stage and DiT step, the peak host memory (and the GPU's), \
         the first module output with NaN or Inf (path and model evaluation), the latent's relative L2 error \
@@ -84,7 +84,7 @@ struct PrecisionReportCommand: ParsableCommand {
         Tracing copies every module output to the CPU, which slows the stages (notably on a GPU): --timing-pass \
         runs each config once more untraced and takes the times and memory from that pass; --no-trace runs only \
         untraced (no non-finite location, no per-layer errors). The per-layer comparison holds the reference's DiT \
-        module outputs at three model evaluations in host memory (about 10 GB at 1024x1024 for the full-size model).
+        module outputs at three model evaluations in host memory (up to about 10 GB at 1024x1024 for the full-size model).
         """)
 
     @OptionGroup var models: ModelOptions

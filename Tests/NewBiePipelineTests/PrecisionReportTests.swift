@@ -207,6 +207,16 @@ final class PrecisionReportTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
+    func testTracerObserverSeesEveryTensor() throws {
+        let tracer = PipelineTracer(trace: false, detectOverflow: false, computeDType: .f32, sink: { _ in })
+        var seen: [String] = []
+        tracer.observer = { path, step, t in seen.append("\(path)@\(step.map(String.init) ?? "-") \(t.shape)") }
+        try tracer.report("dit.layers.0", step: 2, Tensor([1, 2, 3, 4], shape: [2, 2]))
+        try tracer.report("vae.decoder", Tensor([.nan], shape: [1]))
+        XCTAssertEqual(seen, ["dit.layers.0@2 [2, 2]", "vae.decoder@- [1]"])
+        XCTAssertEqual(tracer.firstNonFinite?.path, "vae.decoder")
+    }
+
     func testConfigList() throws {
         XCTAssertEqual(try PrecisionReportConfig.parseConfigs("fp32; bf16;;fp16,dit.layers.*.attention=fp32 "),
                        ["fp32", "bf16", "fp16,dit.layers.*.attention=fp32"])

@@ -213,7 +213,7 @@ enum PrecisionReportText {
         let modules = first.1.map(\.path)
         let finite = series.flatMap { $0.1.map(\.relativeError) }.filter { $0.isFinite && $0 > 0 }
         let lo = floor(log10(finite.min() ?? 1e-8)), hi = max(ceil(log10(finite.max() ?? 1)), lo + 1)
-        let (W, H, left, right, top, bottom) = (900.0, 360.0, 60.0, 20.0, 20.0, 110.0)
+        let (W, H, left, right, top, bottom) = (900.0, 370.0, 60.0, 20.0, 30.0, 110.0)
         let pw = W - left - right, ph = H - top - bottom
         func x(_ i: Int) -> Double { left + (modules.count > 1 ? Double(i) / Double(modules.count - 1) : 0.5) * pw }
         func y(_ v: Double) -> Double {

@@ -372,7 +372,7 @@ public enum PrecisionReportRunner {
         try report.json().write(to: URL(fileURLWithPath: c.output + "/report.json"))
         try Data(PrecisionReportText.markdown(report).utf8).write(to: URL(fileURLWithPath: c.output + "/report.md"))
         let gridPNG = try Data(contentsOf: URL(fileURLWithPath: c.output + "/grid.png"))
-        try Data(PrecisionReportText.html(report, gridPNG: gridPNG).utf8).write(to: URL(fileURLWithPath: c.output + "/report.html"))
+        try Data(PrecisionReportText.html(report, gridPNG: gridPNG, gridWidth: grid.width).utf8).write(to: URL(fileURLWithPath: c.output + "/report.html"))
         return report
     }
 

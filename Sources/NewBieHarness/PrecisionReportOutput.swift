@@ -245,7 +245,8 @@ enum PrecisionReportText {
         return s
     }
 
-    static func html(_ r: PrecisionReport, gridPNG: Data) -> String {
+    /// `gridWidth`: the grid's width in pixels (small grids are shown enlarged, pixels kept sharp).
+    static func html(_ r: PrecisionReport, gridPNG: Data, gridWidth: Int) -> String {
         var h = """
         <!DOCTYPE html>
         <html lang="en"><head><meta charset="utf-8"><title>NewBie precision report</title>
@@ -296,7 +297,8 @@ enum PrecisionReportText {
             for s in r.layerSteps { h += "<div>" + layerPlot(r, step: s) + "</div>\n" }
         }
         h += "<h2>Images</h2>\n<p>Per case: each config's image under its label, and under it |image - reference| times \(r.diffGain).</p>\n"
-        h += "<img alt=\"grid\" src=\"data:image/png;base64,\(gridPNG.base64EncodedString())\">\n"
+        let shown = gridWidth * max(1, 700 / max(gridWidth, 1))
+        h += "<img alt=\"grid\" width=\"\(shown)\" src=\"data:image/png;base64,\(gridPNG.base64EncodedString())\">\n"
         h += "<h2>Commands</h2><ul>"
         for c in r.configs where !c.generateCommand.isEmpty { h += "<li>\(c.index) <code>\(esc(c.spec))</code>: <code>\(esc(c.generateCommand))</code></li>" }
         h += """

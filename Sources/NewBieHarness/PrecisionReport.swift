@@ -483,6 +483,13 @@ public enum PrecisionReportRunner {
             log("  failed: \(row.error!)")
             for i in results.indices where results[i].error == nil { results[i].error = "config failed: \(row.error!)" }
         }
+        // a device failure not yet thrown belongs to this config, not to the next one
+        if let b = deviceBackend {
+            do { try Backends.check(b.device) } catch {
+                if row.error == nil { row.error = "after the run: \(describe(error))" }
+                log("  device error after the run: \(describe(error))")
+            }
+        }
         row.peakHostBytes = HostMemory.peak()
         row.peakCPUTensorBytes = cpu.memoryStats.peakBytes
         row.peakDeviceBytes = deviceBackend?.memoryStats.peakBytes

@@ -33,15 +33,17 @@ let package = Package(
         .target(name: "NewBieDiffusion", dependencies: ["NewBieTensor", "NewBieWeights"]),
         // Images: PNG in and out, pixel <-> tensor conversion.
         .target(name: "NewBieImage", dependencies: ["NewBieTensor", "CPNG"]),
+        // Full-reference image metrics (PSNR, SSIM, pixel-domain VIF) on 8-bit RGB images.
+        .target(name: "NewBieMetrics", dependencies: ["NewBieImage"]),
         // The end-to-end pipeline (prompt -> text encoders -> DiT sampling -> VAE -> image) as
         // stages with plain values, model slots, the placement policy and device opening.
         .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA"]),
         // What is not the product: random and tiny model writers, the whole-pipeline benchmark.
-        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA"]),
+        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA", "NewBieMetrics"]),
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness", "NewBieMetrics",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.
@@ -52,8 +54,9 @@ let package = Package(
         .testTarget(name: "NewBieTextTests", dependencies: ["NewBieText", "NewBieTestSupport"]),
         .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieMetricsTests", dependencies: ["NewBieMetrics", "NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
-        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieMetrics", "NewBieWeights", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -10,11 +10,13 @@ struct NewBie: ParsableCommand {
             BenchCommand.self,
             BenchDiTCommand.self,
             BenchPipelineCommand.self,
+            CompareCommand.self,
             EncodeTextCommand.self,
             GenerateCommand.self, EncodeCommand.self, DenoiseCommand.self, DecodeCommand.self, MakeTinyModelCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
             MiniEvalCommand.self,
+            PrecisionReportCommand.self,
             PromptCommand.self,
             VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])

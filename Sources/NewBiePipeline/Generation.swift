@@ -31,9 +31,11 @@ public struct PipelineEvents {
     public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
     /// Image `image` was written to `path`.
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
+    /// Something the user should know (adapter files read, defaults taken, keys skipped).
+    public var note: ((String) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
-                wrote: ((String, Int) -> Void)? = nil) {
-        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote
+                wrote: ((String, Int) -> Void)? = nil, note: ((String) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.note = note
     }
 }
 
@@ -49,6 +51,7 @@ public enum GenerationMetadata {
 
     public static func options(_ o: StageOptions) -> [String: String] {
         [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
+            .merging(o.adapters.metadata) { $1 }
     }
 
     public static func models(_ p: ModelPaths) -> [String: String] {
@@ -77,7 +80,7 @@ public enum GenerationMetadata {
                      MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
                      MetadataKey.initImage, MetadataKey.precision,
-                     MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
+                     MetadataKey.device, MetadataKey.lora, MetadataKey.loraMode, MetadataKey.pixelRounding] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
         for k in order { if let v = m[k] { out.append((k, v)) } }
         for k in m.keys.sorted() where k.hasPrefix("newbie:") && !order.contains(k) { out.append((k, m[k]!)) }
@@ -98,6 +101,8 @@ public enum Pipeline {
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
         // and precision rules naming modules of the DiT or VAE are checked against their plans
         try options.placement.checkRules(paths: paths)
+        // and adapters are read and matched against the DiT's plan (their notes come when it loads)
+        _ = try options.adapters.check(paths: paths)
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         func timed<T>(_ stage: String, _ body: () throws -> T) rethrows -> T {
             let t0 = clock()
@@ -140,6 +145,7 @@ public enum Pipeline {
         var latents: [Tensor] = []
         do {
             let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+            for n in den.adapterNotes { events.note?(n) }
             den.tracer = tracer
             for e in encoded { try den.check(e) }
             try timed("denoise") {

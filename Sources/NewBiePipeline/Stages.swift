@@ -94,6 +94,11 @@ public enum MetadataKey {
     /// The resolved precision policy (`--precision` form).
     public static let precision = "newbie:precision"
     public static let device = "newbie:device"
+    /// The adapters (`file:strength;...`, in `--lora` order) and how they were applied.
+    public static let lora = "newbie:lora"
+    public static let loraMode = "newbie:lora_mode"
+    /// How the decoded image became 8-bit pixels (`truncate` or `round`).
+    public static let pixelRounding = "newbie:pixel_rounding"
     public static let command = "newbie:command"
     public static func model(_ slot: ModelSlot) -> String { "newbie:\(slot.rawValue)" }
 }
@@ -110,6 +115,8 @@ public struct StageOptions: Sendable, Equatable {
     /// Jina head size (jina-clip-v2: 64).
     public var jinaHeadDim: Int = 64
     public var vaeTiling: VAETiling = .auto
+    /// LoRA / LoKr adapters for the DiT (`--lora`, `--lora-mode`, `--lora-lenient`).
+    public var adapters = AdapterOptions()
 
     /// Every model on `device` in `dtype` (nil: auto for the device, bf16 on CUDA, fp32 on the CPU).
     public init(dtype: DType? = .f32, device: Device = .cpu) { placement = PlacementPolicy(device: device, dtype: dtype) }
@@ -214,9 +221,24 @@ public final class DenoiseStage {
     /// `--trace` / `--detect-overflow`: sees every model call's input state and guided velocity.
     public var tracer: PipelineTracer?
 
+    /// What loading the adapters said (files, scales, defaults taken, keys skipped); empty without
+    /// adapters.
+    public private(set) var adapterNotes: [String] = []
+
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
-        dit = try NextDiT.load(path: path, placement: try options.open(.dit))
+        var placement = try options.open(.dit)
+        if options.adapters.specs.isEmpty {
+            dit = try NextDiT.load(path: path, placement: placement)
+        } else {
+            // adapters are read and matched against the DiT's plan before any weight is read
+            let (source, json) = try NextDiT.openCheckpoint(path: path, configPath: nil)
+            let (weights, config) = try NextDiT.checkedWeights(source: source, json: json)
+            let adapters = try options.adapters.load(linears: NextDiT.plan(config, precision: placement.precision).linears)
+            placement.adapters = adapters
+            adapterNotes = adapters.notes
+            dit = try NextDiT(weights: weights, config: config, placement: placement)
+        }
         dit.useRecordedSteps = options.cuda.graphs
     }
 
@@ -344,5 +366,39 @@ public final class DecodeStage {
         let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
         if bad > 0 { throw PipelineError("the VAE produced \(bad) non-finite values (NaN/Inf); the latent or the VAE weights are broken") }
         return RGBImage(tensor: img)
+    }
+}
+
+
+// MARK: - adapters
+
+/// LoRA / LoKr adapters for the DiT as chosen on the command line.
+public struct AdapterOptions: Sendable, Equatable {
+    public var specs: [AdapterSpec]
+    public var mode: AdapterMode
+    /// Keys matching no module are a warning (skipped) instead of an error.
+    public var lenient: Bool
+    public init(specs: [AdapterSpec] = [], mode: AdapterMode = .merged, lenient: Bool = false) {
+        self.specs = specs; self.mode = mode; self.lenient = lenient
+    }
+
+    /// Reads the files and matches them against a model's linear layers (module path -> [out, in]).
+    public func load(linears: [String: [Int]]) throws -> ModelAdapters {
+        try ModelAdapters.load(specs, mode: mode, lenient: lenient, linears: linears, model: "dit")
+    }
+
+    /// Reads and matches the adapters against the DiT at `paths` (headers and config only, no
+    /// weights), so that a bad adapter fails before the text encoders run.
+    public func check(paths: ModelPaths) throws -> [String] {
+        guard !specs.isEmpty, let p = paths.path(.dit) else { return [] }
+        let (source, json) = try NextDiT.openCheckpoint(path: p, configPath: nil)
+        let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
+        return try load(linears: NextDiT.plan(config).linears).notes
+    }
+
+    /// The metadata recorded in stage files and PNGs (nothing without adapters).
+    public var metadata: [String: String] {
+        guard !specs.isEmpty else { return [:] }
+        return [MetadataKey.lora: specs.map { "\($0.path):\($0.strength)" }.joined(separator: ";"), MetadataKey.loraMode: mode.rawValue]
     }
 }

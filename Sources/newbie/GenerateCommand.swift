@@ -90,6 +90,27 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
+/// LoRA / LoKr adapters for the DiT (docs/LORA.md).
+struct LoRAOptions: ParsableArguments {
+    @Option(name: .customLong("lora"), help: ArgumentHelp("A LoRA or LoKr adapter for the DiT, FILE or FILE:STRENGTH (default strength 1), repeatable. Read: PEFT (the official trainer's adapter_model.safetensors, or its folder, with adapter_config.json beside it), kohya/ComfyUI (lora_unet_*, diffusion_model.*: lora_down/lora_up/alpha), LyCORIS LoKr (lycoris_*: lokr_w1/lokr_w2 or their _a/_b factors, alpha). Scale = strength x alpha / rank.", valueName: "file[:strength]"))
+    var lora: [String] = []
+
+    @Option(name: .customLong("lora-mode"), help: "merged (added into the weights at load, fp32 then cast; no cost per step) or unmerged (low-rank side products in each adapted linear layer; the base weights stay as they are).")
+    var loraMode = "merged"
+
+    @Flag(name: .customLong("lora-lenient"), help: "Adapter keys that match no module of the DiT are a warning (and skipped) instead of an error.")
+    var loraLenient = false
+
+    func options() throws -> AdapterOptions {
+        guard let mode = AdapterMode(rawValue: loraMode) else {
+            throw PipelineError("--lora-mode \(loraMode): use merged or unmerged")
+        }
+        do {
+            return AdapterOptions(specs: try lora.map(AdapterSpec.parse), mode: mode, lenient: loraLenient)
+        } catch let e as WeightsError { throw PipelineError(e.message) }
+    }
+}
+
 /// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3).
 struct SamplingOptions: ParsableArguments {
     @Option(help: "Image width in pixels, a multiple of 16.")
@@ -240,7 +261,14 @@ final class ProgressReporter {
 
     var events: PipelineEvents {
         PipelineEvents(stageEnded: { [self] in stage($0, $1) }, step: { [self] in step($0, image: $1, images: $2) },
-                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } })
+                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } },
+                       note: { [self] in note($0) })
+    }
+
+    /// Adapter notes: warnings always (stderr), the rest unless --quiet.
+    func note(_ s: String) {
+        if quiet && !s.hasPrefix("warning") { return }
+        FileHandle.standardError.write(Data((s + "\n").utf8))
     }
 }
 
@@ -268,6 +296,7 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var report: ReportOptions
 
     @Option(help: "Images per prompt (seeds seed, seed+1, ...).")
@@ -310,7 +339,8 @@ struct GenerateCommand: ParsableCommand {
         }
         let outs = Pipeline.outputPaths(pattern: output, seeds: requests.map(\.settings.seed), promptIndices: promptIndex)
         for i in requests.indices { requests[i].output = outs[i] }
-        let options = try deviceOptions.stageOptions()
+        var options = try deviceOptions.stageOptions()
+        options.adapters = try loraOptions.options()
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
@@ -330,6 +360,8 @@ struct GenerateCommand: ParsableCommand {
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
               "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", options.placement.precisionSpec, "--device", options.placement.deviceSpec]
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
+        for spec in options.adapters.specs { a += ["--lora", shellQuote("\(spec.path):\(spec.strength)")] }
+        if !options.adapters.specs.isEmpty && options.adapters.mode != .merged { a += ["--lora-mode", options.adapters.mode.rawValue] }
         return a.joined(separator: " ")
     }
 }

@@ -59,6 +59,7 @@ struct DenoiseCommand: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var report: ReportOptions
 
     @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors).")
@@ -74,11 +75,13 @@ struct DenoiseCommand: ParsableCommand {
         do {
             let (enc, inMeta) = try EncodedPrompt.read(cond)
             let settings = try sampling.settings(seed: try sampling.firstSeed())
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            options.adapters = try loraOptions.options()
             let paths = try models.paths()
             let progress = ProgressReporter(quiet: report.quiet)
             let t0 = ProgressReporter.now()
             let stage = try DenoiseStage(paths: paths, options: options)
+            for n in stage.adapterNotes { progress.note(n) }
             stage.tracer = report.tracer(options)
             progress.stage("load DiT", ProgressReporter.now() - t0)
             if let d = saveSteps { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }

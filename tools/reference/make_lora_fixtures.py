@@ -41,6 +41,9 @@ Writes Tests/Fixtures/lora/:
   comfy_noalpha.safetensors
         diffusion_model.<module>.lora_up.weight / lora_down.weight with no alpha (r 3: ComfyUI's
         scale 1 = PEFT with lora_alpha = r) on feed_forward.w1 / w2 / w3.
+  (LoKr "merged" references use the LoKr module's own forward, W + get_weight: lycoris-lora 4.1.3's
+  merge_to / get_merged_weight applies alpha / rank twice when it is not 1 - checked and noted here,
+  not followed; ComfyUI applies it once, as the training forward does.)
   lokr_full.safetensors
         LyCORIS LoKr as the trainer's lokr.toml makes it (rank 114514 = full factors lokr_w1 /
         lokr_w2, scale 1; factor 4), trainer metadata.
@@ -55,7 +58,8 @@ Writes Tests/Fixtures/lora/:
                             unmerged forward of that layer (PEFT LoRA layer forward, LyCORIS
                             bypass_forward)
       combined.merged       peft at strength 0.7 and lokr_lowrank at 1.3 on the same model
-                            (PEFT set_scale then merge, then LyCORIS multiplier 1.3 merge_to)
+                            (PEFT set_scale then merge_and_unload, then the LoKr forward at
+                            multiplier 1.3)
       combined.unmerged     the same through both libraries' unmerged forwards
       dit.<adapter>         the DiT forward (diffusers Lumina2 + CLIP pathway, fp32, inputs of the
                             DiT fixtures) with the merged weights: out [2,16,16,24]
@@ -204,6 +208,30 @@ def make_lokr(sd, name, rank, alpha, factor, decompose_both, multiplier=1.0, mod
     return model, net
 
 
+def linear_of(model, path):
+    m = dict(model.named_modules())[path]
+    m = m.org_module[0] if hasattr(m, "org_module") else m
+    return m.weight, m.bias
+
+
+def lokr_merged(loras, multiplier):
+    """W + multiplier * delta W, delta W = get_weight (LyCORIS: scale * kron(w1, w2), scale once)."""
+    out = {}
+    for p, l in loras.items():
+        w = l.org_module[0].weight.detach()
+        out[p] = w + l.get_weight(l.shape) * multiplier
+    return out
+
+
+def check_merge_to_double_scale(loras, merged):
+    """Documents the lycoris-lora 4.1.3 merge path: get_merged_weight's delta is scale x ours."""
+    for p, l in loras.items():
+        w0 = l.org_module[0].weight.detach()
+        w, _ = l.get_merged_weight(1.0, w0.shape, None)
+        ratio = float((w - w0).norm() / (merged[p] - w0).norm())
+        assert abs(ratio - float(l.scale)) < 1e-4, (p, ratio, l.scale)
+
+
 def lokr_module_path(lora):
     return lora.lora_name[len("lycoris_"):]
 
@@ -345,9 +373,12 @@ def main():
             g[p + ".x"] = x
             g[p + ".y"] = l.bypass_forward(x, scale=1.0)
         ref.add_case(name + ".unmerged", g)
-        net.merge_to(1.0)
-        merged = merged_weights(model, sorted(loras))
-        ref.add_case(name + ".merged", merged_case(merged, g, sd))
+        # merged: the LoKr module's own (training) forward, x (W + delta W)^T with delta W from
+        # get_weight; not merge_to, which in lycoris-lora 4.1.3 applies alpha / rank twice
+        # (get_diff_weight multiplies get_weight, already scaled, by the scale again)
+        ref.add_case(name + ".merged", {p + ".y": l(g[p + ".x"]) for p, l in sorted(loras.items())})
+        merged = lokr_merged(loras, 1.0)
+        check_merge_to_double_scale(loras, merged)
         merged_all[name] = merged
 
     # --- combined: PEFT at 0.7 and LoKr (low rank) at 1.3 on the same model ---
@@ -370,9 +401,12 @@ def main():
         gu[p + ".x"] = x
         gu[p + ".y"] = y
     ref.add_case("combined.unmerged", gu)
-    net_c.merge_to(1.3)
+    # merged: PEFT merge_and_unload at 0.7, then the LoKr module's forward at multiplier 1.3
+    ref.add_case("combined.merged", {p + ".y": (lokr_c[p](gu[p + ".x"]) if p in lokr_c else
+                                                 torch.nn.functional.linear(gu[p + ".x"], *linear_of(model_c, p)))
+                                     for p in sorted(set(umods) | set(lokr_c))})
     merged = merged_weights(model_c, sorted(set(umods) | set(lokr_c)))
-    ref.add_case("combined.merged", merged_case(merged, gu, sd))
+    merged.update(lokr_merged(lokr_c, 1.3))
     merged_all["combined"] = merged
 
     # --- the DiT with merged weights (diffusers forward, fp32, the DiT fixtures' inputs) ---

@@ -31,13 +31,13 @@ public struct AdapterSpec: Sendable, Equatable, CustomStringConvertible {
         if let colon = text.lastIndex(of: ":") {
             let tail = String(text[text.index(after: colon)...])
             if let s = Float(tail) {
-                guard s.isFinite else { throw WeightsError(.invalidArgument, file: nil, "--lora \(text): the strength must be a finite number") }
+                guard s.isFinite else { throw WeightsError(kind: .invalidArgument, file: nil, tensor: nil, message: "--lora \(text): the strength must be a finite number") }
                 let p = String(text[..<colon])
-                guard !p.isEmpty else { throw WeightsError(.invalidArgument, file: nil, "--lora \(text): no file before the strength") }
+                guard !p.isEmpty else { throw WeightsError(kind: .invalidArgument, file: nil, tensor: nil, message: "--lora \(text): no file before the strength") }
                 return AdapterSpec(path: p, strength: s)
             }
         }
-        guard !text.isEmpty else { throw WeightsError(.invalidArgument, file: nil, "--lora: empty file name") }
+        guard !text.isEmpty else { throw WeightsError(kind: .invalidArgument, file: nil, tensor: nil, message: "--lora: empty file name") }
         return AdapterSpec(path: text, strength: 1)
     }
 
@@ -197,20 +197,20 @@ struct AdapterFile {
         var path = spec.path
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-            throw WeightsError(.io, file: path, "--lora \(path): no such file or folder")
+            throw WeightsError(kind: .io, file: path, tensor: nil, message: "--lora \(path): no such file or folder")
         }
         if isDir.boolValue {
             let inner = (path as NSString).appendingPathComponent("adapter_model.safetensors")
             guard FileManager.default.fileExists(atPath: inner) else {
-                throw WeightsError(.io, file: path, "--lora \(path): a folder without adapter_model.safetensors (expected a PEFT adapter folder or a .safetensors file)")
+                throw WeightsError(kind: .io, file: path, tensor: nil, message: "--lora \(path): a folder without adapter_model.safetensors (expected a PEFT adapter folder or a .safetensors file)")
             }
             path = inner
         }
         let st: SafeTensorsFile
         do { st = try SafeTensorsFile(path: path) } catch {
-            throw WeightsError(.unsupportedFormat, file: path, "--lora \(path): not a readable safetensors file (\(error))")
+            throw WeightsError(kind: .unsupportedFormat, file: path, tensor: nil, message: "--lora \(path): not a readable safetensors file (\(error))")
         }
-        guard !st.names.isEmpty else { throw WeightsError(.invalidArgument, file: path, "--lora \(path): the file holds no tensors") }
+        guard !st.names.isEmpty else { throw WeightsError(kind: .invalidArgument, file: path, tensor: nil, message: "--lora \(path): the file holds no tensors") }
         return try AdapterFile(file: st, path: path, strength: spec.strength)
     }
 
@@ -219,19 +219,19 @@ struct AdapterFile {
         let names = Set(st.names)
         func tensor(_ n: String) throws -> Tensor {
             let t: Tensor
-            do { t = try st.tensor(n) } catch { throw WeightsError(.invalidEntry, file: path, tensor: n, "\(path): tensor \(n) cannot be read: \(error)") }
+            do { t = try st.tensor(n) } catch { throw WeightsError(kind: .invalidEntry, file: path, tensor: n, message: "\(path): tensor \(n) cannot be read: \(error)") }
             guard t.dtype.isFloatingPoint else {
-                throw WeightsError(.unsupportedDType, file: path, tensor: n, "\(path): tensor \(n) is \(t.dtype), expected a float type")
+                throw WeightsError(kind: .unsupportedDType, file: path, tensor: n, message: "\(path): tensor \(n) is \(t.dtype), expected a float type")
             }
             let f = t.to(.f32)
             if f.toFloats().contains(where: { !$0.isFinite }) {
-                throw WeightsError(.invalidEntry, file: path, tensor: n, "\(path): tensor \(n) holds NaN or infinite values")
+                throw WeightsError(kind: .invalidEntry, file: path, tensor: n, message: "\(path): tensor \(n) holds NaN or infinite values")
             }
             return f
         }
         func scalar(_ n: String) throws -> Float {
             let t = try tensor(n)
-            guard t.count == 1 else { throw WeightsError(.invalidEntry, file: path, tensor: n, "\(path): \(n) should be one number (alpha), has shape \(t.shape)") }
+            guard t.count == 1 else { throw WeightsError(kind: .invalidEntry, file: path, tensor: n, message: "\(path): \(n) should be one number (alpha), has shape \(t.shape)") }
             return t.toFloats()[0]
         }
         // split every key into (prefix kind, module key, part)
@@ -254,7 +254,7 @@ struct AdapterFile {
         }
         if !stray.isEmpty {
             let shown = stray.sorted().prefix(12).joined(separator: ", ")
-            throw WeightsError(.invalidArgument, file: path, "\(path): \(stray.count) tensor\(stray.count == 1 ? "" : "s") of no adapter layout read here (LoRA lora_A/lora_B or lora_down/lora_up with alpha, LoKr lokr_w1/lokr_w2 or their _a/_b factors): \(shown)\(stray.count > 12 ? ", ..." : "") (DoRA, LoHa, Tucker, conv and full-diff adapters are not supported)")
+            throw WeightsError(kind: .invalidArgument, file: path, tensor: nil, message: "\(path): \(stray.count) tensor\(stray.count == 1 ? "" : "s") of no adapter layout read here (LoRA lora_A/lora_B or lora_down/lora_up with alpha, LoKr lokr_w1/lokr_w2 or their _a/_b factors): \(shown)\(stray.count > 12 ? ", ..." : "") (DoRA, LoHa, Tucker, conv and full-diff adapters are not supported)")
         }
         let isLoKr = groups.values.contains { g in g.parts.keys.contains { $0.hasPrefix("lokr_") } }
         let isPEFT = st.names.contains { $0.hasPrefix("base_model.model.") }
@@ -279,11 +279,11 @@ struct AdapterFile {
             let alpha: Float? = try alphaName.map(scalar)
             if let pair = AdapterFile.loraSuffixes.first(where: { parts[$0.down] != nil || parts[$0.up] != nil }) {
                 guard let dn = parts[pair.down], let un = parts[pair.up] else {
-                    throw WeightsError(.invalidEntry, file: path, "\(path): module \(key) has \(parts[pair.down] ?? parts[pair.up]!) without its \(parts[pair.down] == nil ? pair.down : pair.up)")
+                    throw WeightsError(kind: .invalidEntry, file: path, tensor: nil, message: "\(path): module \(key) has \(parts[pair.down] ?? parts[pair.up]!) without its \(parts[pair.down] == nil ? pair.down : pair.up)")
                 }
                 let down = try tensor(dn), up = try tensor(un)
                 guard down.rank == 2, up.rank == 2, up.shape[1] == down.shape[0] else {
-                    throw WeightsError(.invalidEntry, file: path, tensor: dn, "\(path): \(dn) \(down.shape) and \(un) \(up.shape) are not LoRA factors [rank, in] and [out, rank] (conv LoRA is not supported)")
+                    throw WeightsError(kind: .invalidEntry, file: path, tensor: dn, message: "\(path): \(dn) \(down.shape) and \(un) \(up.shape) are not LoRA factors [rank, in] and [out, rank] (conv LoRA is not supported)")
                 }
                 let rank = down.shape[0]
                 var a: Float, r = Float(rank)
@@ -291,7 +291,7 @@ struct AdapterFile {
                 else if let cfg = peftConfig {
                     let (cr, ca) = cfg.rankAlpha(module: key)
                     guard cr == rank else {
-                        throw WeightsError(.invalidEntry, file: path, tensor: dn, "\(path): \(dn) has rank \(rank) but adapter_config.json says r = \(cr) for \(key)")
+                        throw WeightsError(kind: .invalidEntry, file: path, tensor: dn, message: "\(path): \(dn) has rank \(rank) but adapter_config.json says r = \(cr) for \(key)")
                     }
                     a = ca
                     if cfg.useRSLoRA { r = Float(rank).squareRoot() }
@@ -303,18 +303,18 @@ struct AdapterFile {
                 func factor(_ full: String, _ a: String, _ b: String) throws -> (Tensor, Int?) {
                     if let n = parts[full] { return (try tensor(n), nil) }
                     guard let an = parts[a], let bn = parts[b] else {
-                        throw WeightsError(.invalidEntry, file: path, "\(path): module \(key) has neither \(full) nor both \(a) and \(b)")
+                        throw WeightsError(kind: .invalidEntry, file: path, tensor: nil, message: "\(path): module \(key) has neither \(full) nor both \(a) and \(b)")
                     }
                     let ta = try tensor(an), tb = try tensor(bn)
                     guard ta.rank == 2, tb.rank == 2, ta.shape[1] == tb.shape[0] else {
-                        throw WeightsError(.invalidEntry, file: path, tensor: an, "\(path): \(an) \(ta.shape) and \(bn) \(tb.shape) do not multiply (conv / Tucker LoKr is not supported)")
+                        throw WeightsError(kind: .invalidEntry, file: path, tensor: an, message: "\(path): \(an) \(ta.shape) and \(bn) \(tb.shape) do not multiply (conv / Tucker LoKr is not supported)")
                     }
                     return (ta.matmul(tb), tb.shape[0])
                 }
                 let (w1, r1) = try factor("lokr_w1", "lokr_w1_a", "lokr_w1_b")
                 let (w2, r2) = try factor("lokr_w2", "lokr_w2_a", "lokr_w2_b")
                 guard w1.rank == 2, w2.rank == 2 else {
-                    throw WeightsError(.invalidEntry, file: path, "\(path): module \(key): LoKr factors \(w1.shape) and \(w2.shape) are not matrices (conv LoKr is not supported)")
+                    throw WeightsError(kind: .invalidEntry, file: path, tensor: nil, message: "\(path): module \(key): LoKr factors \(w1.shape) and \(w2.shape) are not matrices (conv LoKr is not supported)")
                 }
                 // LyCORIS and ComfyUI: both factors full -> scale 1; else alpha / rank of the
                 // decomposed factor (w2's when both are); no alpha -> 1
@@ -357,7 +357,7 @@ struct AdapterFile {
             case .lokr(let w1, let w2): (o, i) = (w1.shape[0] * w2.shape[0], w1.shape[1] * w2.shape[1])
             }
             guard [o, i] == shape else {
-                throw WeightsError(.invalidEntry, file: path, tensor: e.tensors.first, "\(path): \(e.tensors.joined(separator: ", ")) make a [\(o), \(i)] change but \(module).weight is \(shape)")
+                throw WeightsError(kind: .invalidEntry, file: path, tensor: e.tensors.first, message: "\(path): \(e.tensors.joined(separator: ", ")) make a [\(o), \(i)] change but \(module).weight is \(shape)")
             }
             out.append(t)
         }
@@ -376,13 +376,13 @@ struct PEFTConfig {
     static func read(_ path: String) throws -> PEFTConfig {
         guard let data = FileManager.default.contents(atPath: path),
               let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw WeightsError(.invalidMetadata, file: path, "\(path): not a JSON object")
+            throw WeightsError(kind: .invalidMetadata, file: path, tensor: nil, message: "\(path): not a JSON object")
         }
         func num(_ v: Any?) -> Double? { (v as? NSNumber)?.doubleValue }
-        guard let r = num(obj["r"]) else { throw WeightsError(.invalidMetadata, file: path, "\(path): no \"r\" (the LoRA rank)") }
-        guard let a = num(obj["lora_alpha"]) else { throw WeightsError(.invalidMetadata, file: path, "\(path): no \"lora_alpha\"") }
-        if let d = obj["use_dora"] as? Bool, d { throw WeightsError(.unsupportedFormat, file: path, "\(path): use_dora is set; DoRA adapters are not supported") }
-        if let f = obj["fan_in_fan_out"] as? Bool, f { throw WeightsError(.unsupportedFormat, file: path, "\(path): fan_in_fan_out is set; only nn.Linear-style [out, in] LoRA is supported") }
+        guard let r = num(obj["r"]) else { throw WeightsError(kind: .invalidMetadata, file: path, tensor: nil, message: "\(path): no \"r\" (the LoRA rank)") }
+        guard let a = num(obj["lora_alpha"]) else { throw WeightsError(kind: .invalidMetadata, file: path, tensor: nil, message: "\(path): no \"lora_alpha\"") }
+        if let d = obj["use_dora"] as? Bool, d { throw WeightsError(kind: .unsupportedFormat, file: path, tensor: nil, message: "\(path): use_dora is set; DoRA adapters are not supported") }
+        if let f = obj["fan_in_fan_out"] as? Bool, f { throw WeightsError(kind: .unsupportedFormat, file: path, tensor: nil, message: "\(path): fan_in_fan_out is set; only nn.Linear-style [out, in] LoRA is supported") }
         var c = PEFTConfig(r: Int(r), alpha: Float(a))
         c.useRSLoRA = (obj["use_rslora"] as? Bool) ?? false
         for (k, v) in (obj["rank_pattern"] as? [String: Any]) ?? [:] { if let n = num(v) { c.rankPattern[k] = Int(n) } }

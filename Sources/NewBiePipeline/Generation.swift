@@ -170,6 +170,7 @@ public enum Pipeline {
             md.merge(GenerationMetadata.options(options)) { $1 }
             md.merge(GenerationMetadata.models(paths)) { $1 }
             if r.settings.strength < 1, let p = r.initImage { md[MetadataKey.initImage] = p }
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             md.merge(extraMetadata(r)) { $1 }
             try timed("write") {
                 try createParentFolder(r.output)

@@ -117,6 +117,9 @@ public struct StageOptions: Sendable, Equatable {
     public var vaeTiling: VAETiling = .auto
     /// LoRA / LoKr adapters for the DiT (`--lora`, `--lora-mode`, `--lora-lenient`).
     public var adapters = AdapterOptions()
+    /// How decoded images become 8-bit pixels (`--pixel-rounding`; truncate as the official demo
+    /// and ComfyUI).
+    public var pixelRounding: PixelRounding = .truncate
 
     /// Every model on `device` in `dtype` (nil: auto for the device, bf16 on CUDA, fp32 on the CPU).
     public init(dtype: DType? = .f32, device: Device = .cpu) { placement = PlacementPolicy(device: device, dtype: dtype) }
@@ -333,6 +336,7 @@ public final class DecodeStage {
     public let vae: AutoencoderKL
     public let path: String
     public let tiling: VAETiling
+    public let pixelRounding: PixelRounding
     /// `--trace` / `--detect-overflow`: sees each decoder module (untiled decoding) and the image.
     public var tracer: PipelineTracer?
 
@@ -340,9 +344,11 @@ public final class DecodeStage {
         path = try paths.require(.vae)
         vae = try AutoencoderKL.load(path: path, placement: try options.open(.vae), parts: .decoder)
         tiling = options.vaeTiling
+        pixelRounding = options.pixelRounding
     }
 
-    /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped).
+    /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped, times 255, truncated or
+    /// rounded by `pixelRounding`).
     public func run(_ latent: Tensor) throws -> RGBImage {
         var x = latent.to(.f32, device: .cpu)
         if x.rank == 3 { x = x.unsqueeze(0) }
@@ -365,7 +371,7 @@ public final class DecodeStage {
         let v = img.toFloats()
         let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
         if bad > 0 { throw PipelineError("the VAE produced \(bad) non-finite values (NaN/Inf); the latent or the VAE weights are broken") }
-        return RGBImage(tensor: img)
+        return RGBImage(tensor: img, rounding: pixelRounding)
     }
 }
 

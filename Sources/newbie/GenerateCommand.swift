@@ -111,6 +111,19 @@ struct LoRAOptions: ParsableArguments {
     }
 }
 
+/// 8-bit conversion of decoded images.
+struct PixelOptions: ParsableArguments {
+    @Option(name: .customLong("pixel-rounding"), help: "How decoded values become 8-bit pixels: truncate (default; the official demo and ComfyUI's SaveImage) or round (half to even, as diffusers). Recorded in the PNG.")
+    var pixelRounding = "truncate"
+
+    func rounding() throws -> PixelRounding {
+        guard let r = PixelRounding.parse(pixelRounding) else {
+            throw PipelineError("--pixel-rounding \(pixelRounding): use truncate or round")
+        }
+        return r
+    }
+}
+
 /// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3).
 struct SamplingOptions: ParsableArguments {
     @Option(help: "Image width in pixels, a multiple of 16.")
@@ -297,6 +310,7 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
     @OptionGroup var loraOptions: LoRAOptions
+    @OptionGroup var pixels: PixelOptions
     @OptionGroup var report: ReportOptions
 
     @Option(help: "Images per prompt (seeds seed, seed+1, ...).")
@@ -341,6 +355,7 @@ struct GenerateCommand: ParsableCommand {
         for i in requests.indices { requests[i].output = outs[i] }
         var options = try deviceOptions.stageOptions()
         options.adapters = try loraOptions.options()
+        options.pixelRounding = try pixels.rounding()
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
@@ -362,6 +377,7 @@ struct GenerateCommand: ParsableCommand {
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
         for spec in options.adapters.specs { a += ["--lora", shellQuote("\(spec.path):\(spec.strength)")] }
         if !options.adapters.specs.isEmpty && options.adapters.mode != .merged { a += ["--lora-mode", options.adapters.mode.rawValue] }
+        if options.pixelRounding != .truncate { a += ["--pixel-rounding", options.pixelRounding.rawValue] }
         return a.joined(separator: " ")
     }
 }

@@ -128,6 +128,7 @@ struct DecodeCommand: ParsableCommand {
     var latent: String
 
     @OptionGroup var models: ModelOptions
+    @OptionGroup var pixels: PixelOptions
 
     @Option(name: [.short, .long], help: "Output PNG.")
     var output: String
@@ -141,10 +142,13 @@ struct DecodeCommand: ParsableCommand {
             }
             let x = try file.tensor("latent").to(.f32)
             let paths = try models.paths()
-            let stage = try DecodeStage(paths: paths, options: StageOptions())
+            var options = StageOptions()
+            options.pixelRounding = try pixels.rounding()
+            let stage = try DecodeStage(paths: paths, options: options)
             let image = try stage.run(x)
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
             md[MetadataKey.model(.vae)] = stage.path
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
             print("wrote \(output) (\(image.width)x\(image.height))")
         } catch let e as PipelineError { throw e }

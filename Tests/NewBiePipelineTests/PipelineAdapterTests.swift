@@ -77,6 +77,7 @@ final class PipelineAdapterTests: XCTestCase {
         let png = try PNG.read(out + "/a.png")
         XCTAssertEqual(png.textValue(MetadataKey.lora), "\(PipelineAdapterTests.lora):0.8")
         XCTAssertEqual(png.textValue(MetadataKey.loraMode), "unmerged")
+        XCTAssertEqual(png.textValue(MetadataKey.pixelRounding), "truncate")
         XCTAssertFalse(notes.isEmpty)
 
         // an adapter for another model fails before anything is encoded
@@ -88,5 +89,28 @@ final class PipelineAdapterTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("kohya.safetensors"), "\(e)")
         }
         XCTAssertEqual(stages, [])
+    }
+
+    /// `--pixel-rounding`: truncation by default, rounding on request; at most one level apart,
+    /// and recorded in the PNG.
+    func testPixelRounding() throws {
+        let out = NSTemporaryDirectory() + "newbie-rounding-\(getpid())"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var images: [PixelRounding: RGBImage] = [:]
+        for r in PixelRounding.allCases {
+            var options = StageOptions()
+            options.pixelRounding = r
+            _ = try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: PipelineAdapterTests.settings(), output: out + "/\(r).png")],
+                                      paths: PipelineAdapterTests.paths, options: options)
+            let png = try PNG.read(out + "/\(r).png")
+            XCTAssertEqual(png.textValue(MetadataKey.pixelRounding), r.rawValue)
+            images[r] = png.image
+        }
+        let t = images[.truncate]!.pixels, n = images[.round]!.pixels
+        XCTAssertTrue(zip(t, n).allSatisfy { $0 == $1 || $0 + 1 == $1 })
+        let differ = zip(t, n).filter { $0 != $1 }.count
+        print("pixel rounding: \(differ) of \(t.count) values differ by one level")
+        XCTAssertGreaterThan(differ, t.count / 4)
     }
 }

@@ -90,6 +90,26 @@ final class AdapterTests: XCTestCase {
         }
     }
 
+    /// Unmerged adapters read their strength at every forward: 0 is the base model exactly, and
+    /// back to 1 is the adapter again, without reloading.
+    func testUnmergedStrengthChangesWithoutReloading() throws {
+        let (weights, config, _) = try modelA()
+        let ad = try adapters(AdapterTests.files["combined"]!, mode: .unmerged)
+        let m = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", precision: .uniform(.f32), adapters: ad))
+        let base = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", precision: .uniform(.f32)))
+        let d = AdapterTests.dit
+        let mask = Tensor(try d.tensor("inputs/mask").toInts().map(Float.init), shape: [2, 9])
+        func run(_ model: NextDiT) throws -> Tensor {
+            try model.forward(try d.tensor("inputs/x"), t: try d.tensor("inputs/t").toFloats(), capFeats: try d.tensor("inputs/cap"),
+                              capMask: mask, clipPooled: try d.tensor("inputs/clip"))
+        }
+        XCTAssertLessThanOrEqual(relativeL2(try run(m), try AdapterTests.reference.tensor("dit.combined/out")), 1e-5)
+        for s in ad.strengths { s.value = 0 }
+        XCTAssertEqual(try run(m).toFloats(), try run(base).toFloats())
+        ad.strengths[0].value = 1   // the PEFT LoRA alone at strength 1
+        XCTAssertLessThanOrEqual(relativeL2(try run(m), try AdapterTests.reference.tensor("dit.peft/out")), 1e-5)
+    }
+
     // MARK: alpha, scale, messages
 
     func testScalesFromConfigAndTensors() throws {

@@ -57,6 +57,14 @@ public enum AdapterFormat: String, Sendable {
     case lokr
 }
 
+/// The strength of one adapter file, shared by all its terms: unmerged side products read it at
+/// every forward, so a server can change it (0 turns the adapter off) without reloading anything.
+/// (A CUDA-graph recording keeps the value it was recorded with.)
+public final class AdapterStrength: @unchecked Sendable {
+    public var value: Float
+    public init(_ value: Float) { self.value = value }
+}
+
 /// One module's change from one adapter file: delta W = scale * (up @ down) for LoRA, scale *
 /// kron(w1, w2) for LoKr. Factors are Float32 on the CPU.
 public struct AdapterTerm: @unchecked Sendable {
@@ -68,10 +76,15 @@ public struct AdapterTerm: @unchecked Sendable {
     }
     public let module: String
     public let factors: Factors
-    /// strength x alpha / rank (LoKr with both factors full: strength x 1).
-    public let scale: Float
+    /// alpha / rank (LoKr with both factors full: 1).
+    public let alphaOverRank: Float
+    /// The file's strength (shared by its terms).
+    public let strength: AdapterStrength
     /// The file it came from (for messages).
     public let file: String
+
+    /// strength x alpha / rank, as it is now.
+    public var scale: Float { strength.value * alphaOverRank }
 
     /// delta W [out, in] in Float32 on `device`, scale included.
     public func delta(on device: Device) -> Tensor {
@@ -93,9 +106,11 @@ public struct AdapterTerm: @unchecked Sendable {
     func side(dtype: DType, device: Device) -> LinearAdapter {
         switch factors {
         case .lora(let down, let up):
-            return LinearAdapter(kind: .lora(down: down.to(dtype, device: device), up: up.to(dtype, device: device)), scale: scale)
+            return LinearAdapter(kind: .lora(down: down.to(dtype, device: device), up: up.to(dtype, device: device)),
+                                 alphaOverRank: alphaOverRank, strength: strength)
         case .lokr(let w1, let w2):
-            return LinearAdapter(kind: .lokr(w1: w1.to(dtype, device: device), w2: w2.to(dtype, device: device)), scale: scale)
+            return LinearAdapter(kind: .lokr(w1: w1.to(dtype, device: device), w2: w2.to(dtype, device: device)),
+                                 alphaOverRank: alphaOverRank, strength: strength)
         }
     }
 }
@@ -107,10 +122,17 @@ public struct LinearAdapter {
         case lokr(w1: Tensor, w2: Tensor)
     }
     public let kind: Kind
-    public let scale: Float
+    public let alphaOverRank: Float
+    /// Read at every call (see `AdapterStrength`).
+    public let strength: AdapterStrength
+    public init(kind: Kind, alphaOverRank: Float, strength: AdapterStrength) {
+        self.kind = kind; self.alphaOverRank = alphaOverRank; self.strength = strength
+    }
+    public var scale: Float { strength.value * alphaOverRank }
 
     /// scale * x delta W^T, x [..., in] -> [..., out], in x's dtype.
     public func callAsFunction(_ x: Tensor) -> Tensor {
+        let scale = self.scale
         switch kind {
         case .lora(let down, let up):
             // as PEFT: lora_B(lora_A(x)) * scaling
@@ -133,14 +155,17 @@ public struct LinearAdapter {
 /// the loader. A reference type compared by identity (the tensors are not compared).
 public final class ModelAdapters: @unchecked Sendable, Equatable {
     public let specs: [AdapterSpec]
+    /// One per spec, shared by its terms: in unmerged mode, setting `value` changes that adapter's
+    /// strength for the next forward pass (0 turns it off); in merged mode it was read at load.
+    public let strengths: [AdapterStrength]
     public let mode: AdapterMode
     /// Module path -> its terms, in `--lora` order.
     public let terms: [String: [AdapterTerm]]
     /// What the user should know: defaults taken (alpha), keys skipped with `--lora-lenient`.
     public let notes: [String]
 
-    public init(specs: [AdapterSpec], mode: AdapterMode, terms: [String: [AdapterTerm]], notes: [String]) {
-        self.specs = specs; self.mode = mode; self.terms = terms; self.notes = notes
+    public init(specs: [AdapterSpec], strengths: [AdapterStrength], mode: AdapterMode, terms: [String: [AdapterTerm]], notes: [String]) {
+        self.specs = specs; self.strengths = strengths; self.mode = mode; self.terms = terms; self.notes = notes
     }
 
     public static func == (a: ModelAdapters, b: ModelAdapters) -> Bool { a === b }
@@ -152,8 +177,9 @@ public final class ModelAdapters: @unchecked Sendable, Equatable {
                             model: String = "dit") throws -> ModelAdapters {
         var terms: [String: [AdapterTerm]] = [:]
         var notes: [String] = []
-        for spec in specs {
-            let file = try AdapterFile.read(spec)
+        let strengths = specs.map { AdapterStrength($0.strength) }
+        for (spec, strength) in zip(specs, strengths) {
+            let file = try AdapterFile.read(spec, strength: strength)
             notes += file.notes
             let (matched, unmatched) = try file.match(linears: linears)
             if !unmatched.isEmpty {
@@ -168,7 +194,7 @@ public final class ModelAdapters: @unchecked Sendable, Equatable {
             let modules = Set(matched.map(\.module)).count
             notes.append("\(file.path): \(file.format.rawValue), \(modules) module\(modules == 1 ? "" : "s"), strength \(spec.strength), \(file.scaleSummary)")
         }
-        return ModelAdapters(specs: specs, mode: mode, terms: terms, notes: notes)
+        return ModelAdapters(specs: specs, strengths: strengths, mode: mode, terms: terms, notes: notes)
     }
 
     /// The `--lora` arguments as recorded in PNGs (`file:strength; ...`) with the mode.
@@ -179,7 +205,7 @@ public final class ModelAdapters: @unchecked Sendable, Equatable {
 struct AdapterFile {
     let path: String
     let format: AdapterFormat
-    let strength: Float
+    let strength: AdapterStrength
     /// Module key as written in the file (prefix stripped; dotted for PEFT / `diffusion_model.`,
     /// underscored for `lora_unet_` / `lycoris_`) -> the term's parts.
     var entries: [(key: String, underscored: Bool, build: (String) throws -> AdapterTerm, tensors: [String])] = []
@@ -193,7 +219,7 @@ struct AdapterFile {
     static let lokrParts = ["lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"]
 
     /// `spec.path` may be a PEFT folder (adapter_model.safetensors inside).
-    static func read(_ spec: AdapterSpec) throws -> AdapterFile {
+    static func read(_ spec: AdapterSpec, strength: AdapterStrength) throws -> AdapterFile {
         var path = spec.path
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
@@ -211,10 +237,10 @@ struct AdapterFile {
             throw WeightsError(kind: .unsupportedFormat, file: path, tensor: nil, message: "--lora \(path): not a readable safetensors file (\(error))")
         }
         guard !st.names.isEmpty else { throw WeightsError(kind: .invalidArgument, file: path, tensor: nil, message: "--lora \(path): the file holds no tensors") }
-        return try AdapterFile(file: st, path: path, strength: spec.strength)
+        return try AdapterFile(file: st, path: path, strength: strength)
     }
 
-    init(file st: SafeTensorsFile, path: String, strength: Float) throws {
+    init(file st: SafeTensorsFile, path: String, strength: AdapterStrength) throws {
         self.path = path; self.strength = strength
         let names = Set(st.names)
         func tensor(_ n: String) throws -> Tensor {
@@ -267,7 +293,7 @@ struct AdapterFile {
             if FileManager.default.fileExists(atPath: cfg) {
                 peftConfig = try PEFTConfig.read(cfg)
             } else {
-                notes.append("\(path): no adapter_config.json beside it, so its lora_alpha is unknown: used alpha = rank (scale 1 x strength), as loaders that ignore adapter_config.json (ComfyUI) do. The official NewBie trainer's default is rank 8, alpha 4 (scale 0.5): if this file is such an adapter it now acts at twice its trained strength; put its adapter_config.json beside it or give --lora \(path):\(strength * 0.5)")
+                notes.append("\(path): no adapter_config.json beside it, so its lora_alpha is unknown: used alpha = rank (scale 1 x strength), as loaders that ignore adapter_config.json (ComfyUI) do. The official NewBie trainer's default is rank 8, alpha 4 (scale 0.5): if this file is such an adapter it now acts at twice its trained strength; put its adapter_config.json beside it or give --lora \(path):\(strength.value * 0.5)")
             }
         }
         let md = st.metadata
@@ -296,9 +322,10 @@ struct AdapterFile {
                     a = ca
                     if cfg.useRSLoRA { r = Float(rank).squareRoot() }
                 } else { a = Float(rank); if format != .peft { defaulted.append(key) } }
-                let scale = strength * a / r
-                scales.insert(a / r)
-                entries.append((key, g.underscored, { module in AdapterTerm(module: module, factors: .lora(down: down, up: up), scale: scale, file: path) }, [dn, un]))
+                let ar = a / r
+                scales.insert(ar)
+                entries.append((key, g.underscored, { module in
+                    AdapterTerm(module: module, factors: .lora(down: down, up: up), alphaOverRank: ar, strength: strength, file: path) }, [dn, un]))
             } else {
                 func factor(_ full: String, _ a: String, _ b: String) throws -> (Tensor, Int?) {
                     if let n = parts[full] { return (try tensor(n), nil) }
@@ -325,9 +352,9 @@ struct AdapterFile {
                     else { defaulted.append(key) }
                 }
                 scales.insert(s)
-                let scale = strength * s
                 let names = AdapterFile.lokrParts.compactMap { parts[$0] }
-                entries.append((key, g.underscored, { module in AdapterTerm(module: module, factors: .lokr(w1: w1, w2: w2), scale: scale, file: path) }, names))
+                entries.append((key, g.underscored, { module in
+                    AdapterTerm(module: module, factors: .lokr(w1: w1, w2: w2), alphaOverRank: s, strength: strength, file: path) }, names))
             }
         }
         if !defaulted.isEmpty {

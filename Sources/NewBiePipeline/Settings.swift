@@ -1,6 +1,7 @@
 import Foundation
 import NewBieDiffusion
 import NewBieTensor
+import NewBieText
 
 /// The system prompts Gemma can be given (spec 3.5). Gemma sees `system + prompt`; Jina always
 /// sees the raw prompt; an empty prompt (the unconditional branch) and the negative prompt get no
@@ -11,15 +12,24 @@ public enum SystemPrompt {
     /// Training prefix for the other (tag / natural-language) data.
     public static let text = "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> "
 
-    /// Preset names: `auto` (xml when the prompt starts with `<` after white space, else text),
-    /// `xml`, `text`, `none`; anything else is taken as the literal system prompt.
-    public static let presets = ["auto", "xml", "text", "none"]
+    /// The system prompt of ComfyUI's official NewBie template, for its JSON prompts (see
+    /// `TemplatePrompt`): its own wording, ending in a line break.
+    public static let comfyui = TemplatePrompt.systemPrompt
+
+    /// Preset names: `auto` (for a ComfyUI template prompt, the template's system prompt unless the
+    /// prompt carries one itself; else xml when the prompt starts with `<` after white space, else
+    /// text), `xml`, `text`, `comfyui`, `none`; anything else is taken as the literal system prompt.
+    public static let presets = ["auto", "xml", "text", "comfyui", "none"]
 
     /// The system prompt a preset (or literal) gives for `prompt`.
     public static func resolve(_ preset: String, prompt: String) -> String {
         switch preset {
         case "auto":
+            if TemplatePrompt.looksLikeTemplate(prompt) {
+                return TemplatePrompt.split(prompt).system.isEmpty ? comfyui : ""
+            }
             return prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") ? xml : text
+        case "comfyui": return comfyui
         case "xml": return xml
         case "text": return text
         case "none", "": return ""

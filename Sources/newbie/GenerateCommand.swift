@@ -170,13 +170,13 @@ struct PromptOptions: ParsableArguments {
     @Argument(help: "The prompt (plain tags, natural language or NewBie XML).")
     var prompt: String?
 
-    @Option(name: .customLong("prompt-file"), help: "Prompts from a file: JSON lines ({\"prompt\": ..., \"negative_prompt\": ..., \"seed\": ...}) when every line starts with {, one XML prompt when the file starts with <, else one prompt per non-empty line.")
+    @Option(name: .customLong("prompt-file"), help: "Prompts from a file: one ComfyUI template prompt (a JSON object around the XML, see newbie prompt build --template), JSON lines ({\"prompt\": ..., \"negative_prompt\": ..., \"seed\": ...}) when every line starts with {, one XML prompt when the file starts with <, else one prompt per non-empty line.")
     var promptFile: String?
 
     @Option(name: .customLong("negative-prompt"), help: "Negative prompt for the unconditional branch (default: empty, as in the official demo); it gets no system prompt.")
     var negativePrompt = ""
 
-    @Option(name: .customLong("system-prompt"), help: "Gemma's system prompt: auto (the XML training prefix for XML prompts, the text one otherwise), xml, text, none, or a literal string.")
+    @Option(name: .customLong("system-prompt"), help: "Gemma's system prompt: auto (the XML training prefix for XML prompts, the ComfyUI template's for its JSON prompts, the text one otherwise), xml, text, comfyui, none, or a literal string.")
     var systemPrompt = "auto"
 
     struct Entry { var prompt: String; var negative: String; var seed: UInt64? }
@@ -370,7 +370,7 @@ struct GenerateCommand: ParsableCommand {
         let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
         var a = ["newbie", "generate", shellQuote(r.prompt)]
         if !r.negativePrompt.isEmpty { a += ["--negative-prompt", shellQuote(r.negativePrompt)] }
-        a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : shellQuote(system)]
+        a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : system == SystemPrompt.comfyui ? "comfyui" : shellQuote(system)]
         a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
               "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", options.placement.precisionSpec, "--device", options.placement.deviceSpec]

@@ -47,6 +47,7 @@ public enum GenerationMetadata {
          MetadataKey.sampler: s.sampler.rawValue, MetadataKey.shift: "\(s.shift)", MetadataKey.cfg: "\(s.cfg.scale)",
          MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
          MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue, MetadataKey.strength: "\(s.strength)"]
+            .merging(s.effectiveScheduler.map { [MetadataKey.scheduler: $0.rawValue] } ?? [:]) { $1 }
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
@@ -71,13 +72,14 @@ public enum GenerationMetadata {
         var s = SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
                                  cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
         if let v = m[MetadataKey.strength].flatMap(Float.init) { s.strength = v }
+        if let v = m[MetadataKey.scheduler] { s.scheduler = ComfyScheduler(rawValue: v) }
         return s
     }
 
     /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
     public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
-                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
+                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.scheduler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
                      MetadataKey.initImage, MetadataKey.precision,
                      MetadataKey.device, MetadataKey.lora, MetadataKey.loraMode, MetadataKey.pixelRounding] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]

@@ -83,6 +83,10 @@ public enum MetadataKey {
     public static let height = "newbie:height"
     public static let steps = "newbie:steps"
     public static let sampler = "newbie:sampler"
+    /// ComfyUI's scheduler, when the run used one.
+    public static let scheduler = "newbie:scheduler"
+    /// `--preset` (demo, sample, comfyui), when given.
+    public static let preset = "newbie:preset"
     public static let shift = "newbie:shift"
     public static let cfg = "newbie:cfg"
     public static let cfgTrunc = "newbie:cfg_trunc"
@@ -115,6 +119,9 @@ public struct StageOptions: Sendable, Equatable {
     /// Jina head size (jina-clip-v2: 64).
     public var jinaHeadDim: Int = 64
     public var vaeTiling: VAETiling = .auto
+    /// Jina gets the system prompt in front of the prompt too, as ComfyUI's NewBie text encoder
+    /// does (`--preset comfyui`); the official pipeline gives Jina the raw prompt.
+    public var jinaSeesSystemPrompt = false
     /// LoRA / LoKr adapters for the DiT (`--lora`, `--lora-mode`, `--lora-lenient`).
     public var adapters = AdapterOptions()
     /// How decoded images become 8-bit pixels (`--pixel-rounding`; truncate as the official demo
@@ -185,7 +192,7 @@ public final class TextStage {
         }
         defer { gemma.moduleHook = nil; jina.moduleHook = nil }
         let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
-        let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
+        let jb = jinaTokenizer.encodeBatch([options.jinaSeesSystemPrompt ? gemmaInputs[0] : prompt, negativePrompt], maxLength: options.jinaMaxLength)
         let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
         try Backends.check(gemma.device)
         try Backends.check(jina.device)

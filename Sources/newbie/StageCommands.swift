@@ -32,7 +32,9 @@ struct EncodeCommand: ParsableCommand {
             guard entries.count == 1, let e = entries.first else {
                 throw PipelineError("newbie encode takes one prompt; the input holds \(entries.count) (use newbie generate for batches)")
             }
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            let preset = try promptOptions.presetOptions.resolved()
+            options.jinaSeesSystemPrompt = (preset ?? .demo).jinaSeesSystemPrompt
             let paths = try models.paths()
             let stage = try TextStage(paths: paths, options: options)
             let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative,
@@ -41,6 +43,7 @@ struct EncodeCommand: ParsableCommand {
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.gemma)] = paths.gemma
             md[MetadataKey.model(.jina)] = paths.jina
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
             try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
             print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
         } catch let e as PipelineError { throw e }
@@ -57,6 +60,7 @@ struct DenoiseCommand: ParsableCommand {
     var cond: String
 
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var presetOptions: PresetOptions
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
     @OptionGroup var loraOptions: LoRAOptions
@@ -74,7 +78,8 @@ struct DenoiseCommand: ParsableCommand {
     func run() throws {
         do {
             let (enc, inMeta) = try EncodedPrompt.read(cond)
-            let settings = try sampling.settings(seed: try sampling.firstSeed())
+            let preset = try presetOptions.resolved()
+            let settings = try sampling.settings(seed: try sampling.firstSeed(), preset: preset ?? .demo)
             var options = try deviceOptions.stageOptions()
             options.adapters = try loraOptions.options()
             let paths = try models.paths()
@@ -111,6 +116,7 @@ struct DenoiseCommand: ParsableCommand {
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.dit)] = stage.path
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
             try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
             if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
             if report.stats { progress.printStats(device: options.device) }

@@ -234,6 +234,9 @@ public final class DenoiseStage {
     /// What loading the adapters said (files, scales, defaults taken, keys skipped); empty without
     /// adapters.
     public private(set) var adapterNotes: [String] = []
+    /// The adapters applied (nil: none). In unmerged mode, `adapters.strengths[i].value` changes
+    /// adapter i's strength for the next run without reloading the DiT.
+    public private(set) var adapters: ModelAdapters?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
@@ -246,6 +249,7 @@ public final class DenoiseStage {
             let (weights, config) = try NextDiT.checkedWeights(source: source, json: json)
             let adapters = try options.adapters.load(linears: NextDiT.plan(config, precision: placement.precision).linears)
             placement.adapters = adapters
+            self.adapters = adapters
             adapterNotes = adapters.notes
             dit = try NextDiT(weights: weights, config: config, placement: placement)
         }

@@ -63,6 +63,16 @@ final class PipelineAdapterTests: XCTestCase {
         XCTAssertLessThanOrEqual(relativeL2(merged, unmerged), 1e-5)
         let (zero, _) = try latent(AdapterOptions(specs: [AdapterSpec(path: lora, strength: 0)]))
         XCTAssertEqual(zero.toFloats(), base.toFloats())
+
+        // unmerged: the stage's adapters change strength between runs without reloading
+        var options = StageOptions()
+        options.adapters = AdapterOptions(specs: [AdapterSpec(path: lora)], mode: .unmerged)
+        let text = try TextStage(paths: PipelineAdapterTests.paths, options: options)
+        let enc = try text.encode(prompt: "1girl", negativePrompt: "", systemPrompt: SystemPrompt.text)
+        let stage = try DenoiseStage(paths: PipelineAdapterTests.paths, options: options)
+        XCTAssertLessThanOrEqual(relativeL2(try stage.run(enc, settings: PipelineAdapterTests.settings()), merged), 1e-5)
+        stage.adapters!.strengths[0].value = 0
+        XCTAssertEqual(try stage.run(enc, settings: PipelineAdapterTests.settings()).toFloats(), base.toFloats())
     }
 
     func testGenerateRecordsAdaptersAndChecksThemFirst() throws {

@@ -72,6 +72,8 @@ final class PromptTemplateTests: XCTestCase {
         let openTag = PromptTemplateTests.body.replacingOccurrences(of: "<gender>1girl</gender>", with: "<gender>1girl")
         XCTAssertTrue(issues(openTag).contains { $0.hasPrefix("17:1: error: in image.tags:") }, "\(issues(openTag))")
         XCTAssertTrue(issues(TemplatePrompt.systemPrompt + openTag).contains { $0.hasPrefix("18:1: error: in image.tags:") })
+        // the positions inside the message are the file's too (<character_1> on line 13, <gender> on 15)
+        XCTAssertTrue(issues(openTag).contains { $0.contains("(line 13, column 1)") && $0.contains("(line 15, column 1)") }, "\(issues(openTag))")
         // a quote inside the XML ends the string early
         let quote = PromptTemplateTests.body.replacingOccurrences(of: "short hair</appearance>", with: "short \"hair</appearance>")
         XCTAssertFalse(TemplatePrompt.parse(quote).isValid)

@@ -213,11 +213,22 @@ public struct TemplatePrompt: Equatable, Sendable {
         if let t = tags {
             let doc = PromptDocument(parsing: t)
             document = doc
-            // the XML's issues, placed in the file
+            // the XML's issues, placed in the file (and the positions their messages name)
+            func place(_ q: PromptPosition) -> PromptPosition {
+                shift(q.line == 1 ? PromptPosition(line: tagsPosition.line, column: tagsPosition.column + q.column - 1)
+                                  : PromptPosition(line: tagsPosition.line + q.line - 1, column: q.column))
+            }
             for i in doc.issues {
-                let p = i.position.line == 1 ? PromptPosition(line: tagsPosition.line, column: tagsPosition.column + i.position.column - 1)
-                                              : PromptPosition(line: tagsPosition.line + i.position.line - 1, column: i.position.column)
-                issues.append(PromptIssue(i.severity, i.kind, shift(p), "in image.tags: " + i.message))
+                var message = i.message
+                if let re = try? NSRegularExpression(pattern: "line (\\d+), column (\\d+)") {
+                    let ns = message as NSString
+                    for m in re.matches(in: message, range: NSRange(location: 0, length: ns.length)).reversed() {
+                        guard let l = Int(ns.substring(with: m.range(at: 1))), let c = Int(ns.substring(with: m.range(at: 2))) else { continue }
+                        let q = place(PromptPosition(line: l, column: c))
+                        message = (message as NSString).replacingCharacters(in: m.range, with: "line \(q.line), column \(q.column)")
+                    }
+                }
+                issues.append(PromptIssue(i.severity, i.kind, place(i.position), "in image.tags: " + message))
             }
             let xmlNumbers = Set(doc.characters.compactMap(\.characterNumber))
             for c in characters where !xmlNumbers.contains(c.number) && !doc.isPlainText {

@@ -110,6 +110,25 @@ final class AdapterTests: XCTestCase {
         XCTAssertLessThanOrEqual(relativeL2(try run(m), try AdapterTests.reference.tensor("dit.peft/out")), 1e-5)
     }
 
+    /// On another device (the emulated one: device memory the CPU backend cannot touch) the merge
+    /// and the side products run there, with the CPU's results.
+    func testOnTheModelsDevice() throws {
+        let (weights, config, _) = try modelA()
+        let dev = EmulatedDevice.shared.device
+        let d = AdapterTests.dit
+        let mask = Tensor(try d.tensor("inputs/mask").toInts().map(Float.init), shape: [2, 9])
+        let want = try AdapterTests.reference.tensor("dit.combined/out")
+        for mode in AdapterMode.allCases {
+            let m = try NextDiT(weights: weights, config: config,
+                                placement: ModelPlacement(name: "dit", device: dev, precision: .uniform(.f32),
+                                                          adapters: try adapters(AdapterTests.files["combined"]!, mode: mode)))
+            let out = try m.forward(try d.tensor("inputs/x"), t: try d.tensor("inputs/t").toFloats(), capFeats: try d.tensor("inputs/cap"),
+                                    capMask: mask, clipPooled: try d.tensor("inputs/clip"))
+            XCTAssertEqual(out.device, dev)
+            XCTAssertLessThanOrEqual(relativeL2(out.to(device: .cpu), want), 1e-5, "\(mode)")
+        }
+    }
+
     // MARK: alpha, scale, messages
 
     func testScalesFromConfigAndTensors() throws {

@@ -60,6 +60,24 @@ final class ComfySamplingTests: XCTestCase {
         }
     }
 
+    /// The SDE noise's parts: NumPy's SeedSequence words, torchsde's Brownian tree increments.
+    func testSeedSequenceAndBrownianTree() throws {
+        let words = try ref("seedseq/words").toInts().map { UInt32($0) }
+        XCTAssertEqual(NumpySeedSequence(entropy: 42, spawnKey: [5, 3], poolSize: 24).generateState(4), words)
+        let big = try ref("seedseq/big").toInts().map { UInt32($0) }
+        XCTAssertEqual(NumpySeedSequence(entropy: (1 << 40) + 7, poolSize: 24).generateState(3), big)
+        let cases = try JSONSerialization.jsonObject(with: Data(ComfySamplingTests.reference.metadata["cases"]!.utf8)) as! [[String: Any]]
+        let c = cases.first { ($0["name"] as? String) == "brownian" }!
+        let queries = c["queries"] as! [[Double]]
+        let tree = BrownianTree(t0: c["t0"] as! Double, t1: 1, shape: [1, 16, 6, 4], entropy: 42)
+        let want = try ref("brownian/w")
+        for (i, q) in queries.enumerated() {
+            let got = tree(q[0], q[1])
+            let err = maxAbsDiff(got.toFloats(), want.select(0, i).toFloats())
+            XCTAssertLessThanOrEqual(err, 1e-5, "query \(q): \(err)")
+        }
+    }
+
     func testBetaQuantile() {
         // symmetric: the median of Beta(0.6, 0.6) is 1/2; I_x at the quantile gives q back
         XCTAssertEqual(BetaDistribution.quantile(0.5, a: 0.6, b: 0.6), 0.5, accuracy: 1e-12)

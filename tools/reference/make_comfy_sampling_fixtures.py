@@ -26,6 +26,10 @@ Writes Tests/Fixtures/sampling/comfy_reference.safetensors, cases (common.py Fix
   sched.<scheduler>.<n>     sigmas of each scheduler for n = 9 and 20 steps
   inputs                    noise [1,16,6,4] (torch.randn for seed 42 on the CPU, as ComfyUI's
                             prepare_noise), m [1,16,6,4]
+  seedseq                   NumPy SeedSequence(42, spawn_key (5, 3), pool 24).generate_state(4) and
+                            SeedSequence(2^40 + 7, pool 24).generate_state(3)
+  brownian                  torchsde BrownianTree(t0 0.03, w0 0 [1,16,6,4], t1 1, entropy 42) over
+                            four intervals
   run.<sampler>.<scheduler> 9 steps: "states" [9, 1,16,6,4] the state before each step (the
                             sampler callback's x) and "out" the latent returned
 """
@@ -63,7 +67,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "Fixtures", "sampling", "comfy_reference.safetensors")
 SHIFT, SEED, STEPS = 6.0, 42, 9
 SCHEDULERS = ["simple", "normal", "karras", "beta"]
-SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "res_multistep"]
+SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "res_multistep"]
 
 
 class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
@@ -83,6 +87,7 @@ class StandIn:
 
     def __init__(self, ms, m):
         self.inner_model = types.SimpleNamespace(model_sampling=ms)
+        self.model_patcher = types.SimpleNamespace(get_model_object=lambda name: {"model_sampling": ms}[name])
         self.ms, self.m = ms, m
 
     def __call__(self, x, sigma, model_options={}, seed=None):
@@ -104,6 +109,16 @@ def main():
     noise = torch.randn(shape, generator=torch.manual_seed(SEED), device="cpu")   # comfy.sample.prepare_noise
     m = torch.randn(shape, generator=generator("comfy.m"))
     ref.add_case("inputs", {"noise": noise, "m": m}, seed=SEED, shift=SHIFT, steps=STEPS)
+    # the SDE noise's parts: NumPy's SeedSequence words and torchsde's Brownian tree
+    import numpy as np
+    import torchsde
+    words = np.random.SeedSequence(entropy=SEED, spawn_key=(5, 3), pool_size=24).generate_state(4)
+    big = np.random.SeedSequence(entropy=2 ** 40 + 7, pool_size=24).generate_state(3)
+    ref.add_case("seedseq", {"words": torch.tensor(words.astype(np.int64)), "big": torch.tensor(big.astype(np.int64))})
+    tree = torchsde.BrownianTree(torch.tensor(0.03, dtype=torch.float32), torch.zeros(shape), torch.tensor(1.0, dtype=torch.float32), entropy=SEED)
+    queries = [(0.5, 0.75), (0.3, 0.31), (0.9, 1.0), (0.03, 0.2)]
+    ref.add_case("brownian", {"w": torch.stack([tree(torch.tensor(a, dtype=torch.float32).item(), torch.tensor(b, dtype=torch.float32).item()) for a, b in queries])},
+                 queries=[[float(torch.tensor(a, dtype=torch.float32)), float(torch.tensor(b, dtype=torch.float32))] for a, b in queries], t0=float(torch.tensor(0.03, dtype=torch.float32)))
     for sname in SAMPLERS:
         for sched in SCHEDULERS:
             sigmas = comfy.samplers.calculate_sigmas(ms, sched, STEPS)

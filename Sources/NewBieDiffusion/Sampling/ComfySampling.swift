@@ -26,6 +26,8 @@ public enum ComfySampler: String, CaseIterable, Sendable {
     case euler
     case eulerAncestral = "euler_ancestral"
     case dpmpp2m = "dpmpp_2m"
+    /// DPM-Solver++(2M) SDE (eta 1, midpoint), noise from torchsde's Brownian tree for the seed.
+    case dpmpp2mSDE = "dpmpp_2m_sde"
     case resMultistep = "res_multistep"
 }
 
@@ -157,9 +159,11 @@ public struct ComfyKSampler: FlowSampler {
     public let sigmas: [Float]
     public let seed: UInt64
     public let rng: NoiseRNG
+    /// The model sampling's shift (dpmpp_2m_sde moves a first sigma of 1 to shift(1 - 1e-4)).
+    public let shift: Float
 
-    public init(sampler: ComfySampler, sigmas: [Float], seed: UInt64, rng: NoiseRNG = .torch) {
-        self.sampler = sampler; self.sigmas = sigmas; self.seed = seed; self.rng = rng
+    public init(sampler: ComfySampler, sigmas: [Float], seed: UInt64, rng: NoiseRNG = .torch, shift: Float = 6) {
+        self.sampler = sampler; self.sigmas = sigmas; self.seed = seed; self.rng = rng; self.shift = shift
     }
 
     public var stepCount: Int { max(sigmas.count - 1, 0) }
@@ -178,6 +182,20 @@ public struct ComfyKSampler: FlowSampler {
             return x + v * s
         }
         var oldDenoised: Tensor? = nil
+        // dpmpp_2m_sde: the Brownian tree spans the schedule's sigmas as given; the first sigma is
+        // then moved just below 1 (offset_first_sigma_for_snr: percent_to_sigma(1e-4))
+        var sigmas = self.sigmas
+        var brownian: BrownianTreeNoiseSampler? = nil
+        var hLast: Float = 0
+        if sampler == .dpmpp2mSDE {
+            let positive = sigmas.filter { $0 > 0 }
+            brownian = BrownianTreeNoiseSampler(shape: x.shape, sigmaMin: positive.min()!, sigmaMax: sigmas.max()!, seed: seed)
+            if sigmas[0] >= 1 {
+                let shift = Double(self.shift)
+                let t = 1.0 - 1e-4
+                sigmas[0] = Float(shift == 1 ? t : shift * t / (1 + (shift - 1) * t))
+            }
+        }
         for i in 0..<stepCount {
             let s = sigmas[i], sn = sigmas[i + 1]
             let d0 = try denoised(x, s)
@@ -197,6 +215,23 @@ public struct ComfyKSampler: FlowSampler {
                     let r = sDown / s
                     x = x * r + d0 * (1 - r)
                     x = x * (aNext / aDown) + noiseGen.randn(x.shape) * renoise
+                }
+            case .dpmpp2mSDE:
+                if sn == 0 {
+                    x = d0
+                } else {
+                    // half log-SNR of a flow model: -logit(sigma)
+                    let ls = Foundation.log((1 - s) / s), lt = Foundation.log((1 - sn) / sn)
+                    let h = lt - ls, hEta = 2 * h
+                    let alphaT = sn * Foundation.exp(lt)
+                    let c = -Foundation.expm1(-hEta)
+                    x = x * (sn / s * Foundation.exp(-h)) + d0 * (alphaT * c)
+                    if let old = oldDenoised {
+                        let r = hLast / h
+                        x = x + (d0 - old) * (0.5 * alphaT * c * (1 / r))
+                    }
+                    x = x + brownian!(s, sn) * (sn * (-Foundation.expm1(-2 * h)).squareRoot())
+                    hLast = h
                 }
             case .dpmpp2m:
                 let t = -Foundation.log(s), tn = -Foundation.log(sn)   // tn = +inf at sigma 0

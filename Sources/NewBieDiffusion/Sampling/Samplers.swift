@@ -43,6 +43,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
     /// with a scheduler is ComfyUI's Euler too.
     case eulerAncestral = "euler_ancestral"
     case dpmpp2m = "dpmpp_2m"
+    case dpmpp2mSDE = "dpmpp_2m_sde"
     case resMultistep = "res_multistep"
 
     /// By name, also accepting the official `--solver` spelling "dpm" and "dpmpp2m"; case-insensitive.
@@ -54,6 +55,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case "dpm", "dpm++2m", "dpmpp2m", "dpm++": self = .dpm
         case "euler_ancestral": self = .eulerAncestral
         case "dpmpp_2m": self = .dpmpp2m
+        case "dpmpp_2m_sde": self = .dpmpp2mSDE
         case "res_multistep": self = .resMultistep
         default: return nil
         }
@@ -65,6 +67,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case .euler: return .euler
         case .eulerAncestral: return .eulerAncestral
         case .dpmpp2m: return .dpmpp2m
+        case .dpmpp2mSDE: return .dpmpp2mSDE
         case .resMultistep: return .resMultistep
         case .midpoint, .rk4, .dpm: return nil
         }
@@ -82,7 +85,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case .midpoint: return MidpointSampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .rk4: return RK4Sampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .dpm: return DPMSolverPP2M(sigmas: try FlowSchedule.dpmSigmas(steps: steps, shift: shift))
-        case .eulerAncestral, .dpmpp2m, .resMultistep:
+        case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .resMultistep:
             throw SamplingError("\(rawValue) is one of ComfyUI's samplers: it runs over a ComfyUI schedule (simple, normal, karras or beta)")
         }
     }

@@ -82,7 +82,7 @@ public struct SamplingSettings: Sendable, Equatable {
         }
         if effectiveScheduler != nil {
             guard sampler.comfy != nil else {
-                throw PipelineError("--sampler \(sampler.rawValue) with --scheduler: ComfyUI's schedules run euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde or res_multistep")
+                throw PipelineError("--sampler \(sampler.rawValue) with --scheduler: ComfyUI's schedules run euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde or res_multistep")
             }
             guard strength == 1 else { throw PipelineError("--strength \(strength): img2img works with the official grids (no --scheduler), not ComfyUI's samplers yet") }
         }
@@ -130,7 +130,7 @@ public struct SamplingSettings: Sendable, Equatable {
                 case .midpoint: return MidpointSampler(grid: grid)
                 case .rk4: return RK4Sampler(grid: grid)
                 case .dpm: throw PipelineError("img2img does not work with dpm")
-                case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .resMultistep: throw PipelineError("img2img does not work with ComfyUI's samplers yet")
+                case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .dpmppSDE, .resMultistep: throw PipelineError("img2img does not work with ComfyUI's samplers yet")
                 }
             }
             return try sampler.make(steps: steps, shift: shift)
@@ -144,7 +144,7 @@ extension SamplerKind {
     /// By name, with an error listing the choices.
     public static func parse(_ name: String) throws -> SamplerKind {
         guard let k = SamplerKind(name: name) else {
-            throw PipelineError("--sampler \(name): unknown sampler; use euler, midpoint, rk4 or dpm (DPM-Solver++ 2M) on the official grids, or ComfyUI's euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, res_multistep (with --scheduler)")
+            throw PipelineError("--sampler \(name): unknown sampler; use euler, midpoint, rk4 or dpm (DPM-Solver++ 2M) on the official grids, or ComfyUI's euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, res_multistep (with --scheduler)")
         }
         return k
     }

@@ -142,7 +142,7 @@ struct SamplingOptions: ParsableArguments {
     var height: Int?
     @Option(help: "euler, midpoint and rk4: points of the official shifted grid (steps - 1 intervals); dpm: model evaluations; with --scheduler: ComfyUI's steps (default 18).")
     var steps: Int?
-    @Option(help: "Official grids: euler, midpoint (default), rk4 or dpm (DPM-Solver++ 2M). ComfyUI's (over --scheduler): euler, euler_ancestral, dpmpp_2m, res_multistep.")
+    @Option(help: "Official grids: euler, midpoint (default), rk4 or dpm (DPM-Solver++ 2M). ComfyUI's (over --scheduler): euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, res_multistep.")
     var sampler: String?
     @Option(help: "ComfyUI's scheduler: simple, normal, karras or beta; the sampler then runs as ComfyUI's (default: none, the official grids; ComfyUI-only samplers take simple).")
     var scheduler: String?

@@ -10,7 +10,8 @@ the NewBie DiT:
     velocity v(x, t) = -0.7 tanh(x) + 1.3 (1 - t) m            (m a fixed tensor, t = 1 - sigma)
 wrapped as ComfyUI's Lumina 2 model is: model output = -v(x, 1 - timestep), denoised by CONST
 (x - sigma * output). No guidance (the stand-in is the guided velocity). Ancestral noise comes
-from `default_noise_sampler(x, seed)` with the KSampler's seed in extra_args.
+from `default_noise_sampler(x, seed)` with the KSampler's seed in extra_args, the SDE samplers'
+(dpmpp_2m_sde, dpmpp_sde) from ComfyUI's BrownianTreeNoiseSampler over torchsde.
 
 Pinned: ComfyUI checkout Comfy-Org/ComfyUI a125cd84b054a57729b5eecab930ca9408719832 (2025-10-12),
 torch 2.15.0, torchsde 0.2.6 (ComfyUI's sampling module imports it), scipy 1.17.1 (the beta
@@ -67,7 +68,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(ROOT, "Tests", "Fixtures", "sampling", "comfy_reference.safetensors")
 SHIFT, SEED, STEPS = 6.0, 42, 9
 SCHEDULERS = ["simple", "normal", "karras", "beta"]
-SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "res_multistep"]
+SAMPLERS = ["euler", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "res_multistep"]
 
 
 class FlowSampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):

@@ -28,6 +28,8 @@ public enum ComfySampler: String, CaseIterable, Sendable {
     case dpmpp2m = "dpmpp_2m"
     /// DPM-Solver++(2M) SDE (eta 1, midpoint), noise from torchsde's Brownian tree for the seed.
     case dpmpp2mSDE = "dpmpp_2m_sde"
+    /// DPM-Solver++ (stochastic, r 1/2, eta 1): two model evaluations a step, Brownian-tree noise.
+    case dpmppSDE = "dpmpp_sde"
     case resMultistep = "res_multistep"
 }
 
@@ -167,7 +169,11 @@ public struct ComfyKSampler: FlowSampler {
     }
 
     public var stepCount: Int { max(sigmas.count - 1, 0) }
-    public var evaluationCount: Int { stepCount }
+    /// One evaluation a step; dpmpp_sde two, except on a last step to sigma 0.
+    public var evaluationCount: Int {
+        guard sampler == .dpmppSDE else { return stepCount }
+        return (0..<stepCount).reduce(0) { $0 + (sigmas[$1 + 1] == 0 ? 1 : 2) }
+    }
 
     /// `noise` is the initial noise (x = sigma_0 * noise, the empty latent being 0).
     public func sample(_ noise: Tensor, model: VelocityFunction, onStep: ((SamplerStep) -> Void)?) throws -> Tensor {
@@ -187,7 +193,8 @@ public struct ComfyKSampler: FlowSampler {
         var sigmas = self.sigmas
         var brownian: BrownianTreeNoiseSampler? = nil
         var hLast: Float = 0
-        if sampler == .dpmpp2mSDE {
+        var evaluations = 0
+        if sampler == .dpmpp2mSDE || sampler == .dpmppSDE {
             let positive = sigmas.filter { $0 > 0 }
             brownian = BrownianTreeNoiseSampler(shape: x.shape, sigmaMin: positive.min()!, sigmaMax: sigmas.max()!, seed: seed)
             if sigmas[0] >= 1 {
@@ -199,6 +206,7 @@ public struct ComfyKSampler: FlowSampler {
         for i in 0..<stepCount {
             let s = sigmas[i], sn = sigmas[i + 1]
             let d0 = try denoised(x, s)
+            evaluations += 1
             switch sampler {
             case .euler:
                 // x + (x - D) / sigma * (sigma_next - sigma)
@@ -233,6 +241,33 @@ public struct ComfyKSampler: FlowSampler {
                     x = x + brownian!(s, sn) * (sn * (-Foundation.expm1(-2 * h)).squareRoot())
                     hLast = h
                 }
+            case .dpmppSDE:
+                if sn == 0 {
+                    x = d0
+                } else {
+                    // half log-SNR lambda = -logit(sigma); sigma(lambda) = sigmoid(-lambda)
+                    let ls = Foundation.log((1 - s) / s), lt = Foundation.log((1 - sn) / sn)
+                    let h = lt - ls
+                    let ls1 = ls + 0.5 * h
+                    let s1 = 1 / (1 + Foundation.exp(ls1))
+                    let aS = s * Foundation.exp(ls), aS1 = s1 * Foundation.exp(ls1), aT = sn * Foundation.exp(lt)
+                    func ancestral(_ from: Float, _ to: Float) -> (down: Float, up: Float) {
+                        let up = min(to, (to * to * (from * from - to * to) / (from * from)).squareRoot())
+                        return ((to * to - up * up).squareRoot(), up)
+                    }
+                    // step 1: to sigma_s1 with noise
+                    var (sd, su) = ancestral(Foundation.exp(-ls), Foundation.exp(-ls1))
+                    var hh = -Foundation.log(sd) - ls
+                    var x2 = x * (aS1 / aS * Foundation.exp(-hh)) - d0 * (aS1 * Foundation.expm1(-hh))
+                    x2 = x2 + brownian!(s, s1) * (aS1 * su)
+                    let d2 = try denoised(x2, s1)
+                    evaluations += 1
+                    // step 2: to sigma_next with the midpoint's denoised
+                    (sd, su) = ancestral(Foundation.exp(-ls), Foundation.exp(-lt))
+                    hh = -Foundation.log(sd) - ls
+                    x = x * (aT / aS * Foundation.exp(-hh)) - d2 * (aT * Foundation.expm1(-hh))
+                    x = x + brownian!(s, sn) * (aT * su)
+                }
             case .dpmpp2m:
                 let t = -Foundation.log(s), tn = -Foundation.log(sn)   // tn = +inf at sigma 0
                 let h = tn - t
@@ -261,7 +296,7 @@ public struct ComfyKSampler: FlowSampler {
                 }
             }
             oldDenoised = d0
-            onStep?(SamplerStep(index: i, count: stepCount, from: 1 - s, to: 1 - sn, x: x, evaluations: i + 1))
+            onStep?(SamplerStep(index: i, count: stepCount, from: 1 - s, to: 1 - sn, x: x, evaluations: evaluations))
         }
         // inverse noise scaling at the last sigma (0: x itself)
         let last = sigmas[sigmas.count - 1]

@@ -44,6 +44,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
     case eulerAncestral = "euler_ancestral"
     case dpmpp2m = "dpmpp_2m"
     case dpmpp2mSDE = "dpmpp_2m_sde"
+    case dpmppSDE = "dpmpp_sde"
     case resMultistep = "res_multistep"
 
     /// By name, also accepting the official `--solver` spelling "dpm" and "dpmpp2m"; case-insensitive.
@@ -56,6 +57,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case "euler_ancestral": self = .eulerAncestral
         case "dpmpp_2m": self = .dpmpp2m
         case "dpmpp_2m_sde": self = .dpmpp2mSDE
+        case "dpmpp_sde": self = .dpmppSDE
         case "res_multistep": self = .resMultistep
         default: return nil
         }
@@ -68,6 +70,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case .eulerAncestral: return .eulerAncestral
         case .dpmpp2m: return .dpmpp2m
         case .dpmpp2mSDE: return .dpmpp2mSDE
+        case .dpmppSDE: return .dpmppSDE
         case .resMultistep: return .resMultistep
         case .midpoint, .rk4, .dpm: return nil
         }
@@ -85,7 +88,7 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case .midpoint: return MidpointSampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .rk4: return RK4Sampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .dpm: return DPMSolverPP2M(sigmas: try FlowSchedule.dpmSigmas(steps: steps, shift: shift))
-        case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .resMultistep:
+        case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .dpmppSDE, .resMultistep:
             throw SamplingError("\(rawValue) is one of ComfyUI's samplers: it runs over a ComfyUI schedule (simple, normal, karras or beta)")
         }
     }

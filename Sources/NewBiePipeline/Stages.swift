@@ -247,7 +247,8 @@ public final class DenoiseStage {
             // adapters are read and matched against the DiT's plan before any weight is read
             let (source, json) = try NextDiT.openCheckpoint(path: path, configPath: nil)
             let (weights, config) = try NextDiT.checkedWeights(source: source, json: json)
-            let adapters = try options.adapters.load(linears: NextDiT.plan(config, precision: placement.precision).linears)
+            let linears = try NextDiT.plan(config, precision: placement.precision).linears
+            let adapters = try options.adapters.load(linears: linears, aliases: NextDiTNaming.adapterAliases(config, linears: linears))
             placement.adapters = adapters
             self.adapters = adapters
             adapterNotes = adapters.notes
@@ -400,8 +401,8 @@ public struct AdapterOptions: Sendable, Equatable {
     }
 
     /// Reads the files and matches them against a model's linear layers (module path -> [out, in]).
-    public func load(linears: [String: [Int]]) throws -> ModelAdapters {
-        try ModelAdapters.load(specs, mode: mode, lenient: lenient, linears: linears, model: "dit")
+    public func load(linears: [String: [Int]], aliases: [String: AdapterAlias] = [:]) throws -> ModelAdapters {
+        try ModelAdapters.load(specs, mode: mode, lenient: lenient, linears: linears, aliases: aliases, model: "dit")
     }
 
     /// Reads and matches the adapters against the DiT at `paths` (headers and config only, no
@@ -410,7 +411,8 @@ public struct AdapterOptions: Sendable, Equatable {
         guard !specs.isEmpty, let p = paths.path(.dit) else { return [] }
         let (source, json) = try NextDiT.openCheckpoint(path: p, configPath: nil)
         let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
-        return try load(linears: NextDiT.plan(config).linears).notes
+        let linears = try NextDiT.plan(config).linears
+        return try load(linears: linears, aliases: NextDiTNaming.adapterAliases(config, linears: linears)).notes
     }
 
     /// The metadata recorded in stage files and PNGs (nothing without adapters).

@@ -92,7 +92,7 @@ struct DeviceOptions: ParsableArguments {
 
 /// LoRA / LoKr adapters for the DiT (docs/LORA.md).
 struct LoRAOptions: ParsableArguments {
-    @Option(name: .customLong("lora"), help: ArgumentHelp("A LoRA or LoKr adapter for the DiT, FILE or FILE:STRENGTH (default strength 1), repeatable. Read: PEFT (the official trainer's adapter_model.safetensors, or its folder, with adapter_config.json beside it), kohya/ComfyUI (lora_unet_*, diffusion_model.*: lora_down/lora_up/alpha), LyCORIS LoKr (lycoris_*: lokr_w1/lokr_w2 or their _a/_b factors, alpha). Scale = strength x alpha / rank.", valueName: "file[:strength]"))
+    @Option(name: .customLong("lora"), help: ArgumentHelp("A LoRA or LoKr adapter for the DiT, FILE or FILE:STRENGTH (default strength 1), repeatable. Read: PEFT (the official trainer's adapter_model.safetensors, or its folder, with adapter_config.json beside it), kohya/ComfyUI (lora_unet_*, diffusion_model.*: lora_down/lora_up/alpha), LyCORIS LoKr (lycoris_*: lokr_w1/lokr_w2 or their _a/_b factors, alpha), and diffusers names (transformer.layers.N.attn.to_q, ...). Scale = strength x alpha / rank.", valueName: "file[:strength]"))
     var lora: [String] = []
 
     @Option(name: .customLong("lora-mode"), help: "merged (added into the weights at load, fp32 then cast; no cost per step) or unmerged (low-rank side products in each adapted linear layer; the base weights stay as they are).")

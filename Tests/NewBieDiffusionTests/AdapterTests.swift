@@ -129,6 +129,37 @@ final class AdapterTests: XCTestCase {
         }
     }
 
+    /// Adapters trained on diffusers' Lumina2 model (to_q / to_k / to_v onto the fused qkv's rows,
+    /// to_out.0, feed_forward.linear_2, norm1.linear), as PEFT saves them and with a diffusers
+    /// pipeline's `transformer.` names, against PEFT on the diffusers model itself.
+    func testDiffusersNamedAdapters() throws {
+        let (weights, config, plan) = try modelA()
+        let aliases = NextDiTNaming.adapterAliases(config, linears: plan.linears)
+        XCTAssertEqual(aliases["layers.0.attn.to_q"], AdapterAlias(module: "layers.0.attention.qkv", rows: 0..<72))
+        XCTAssertEqual(aliases["layers.0.attn.to_v"], AdapterAlias(module: "layers.0.attention.qkv", rows: 96..<120))
+        XCTAssertEqual(aliases["norm_out.linear_2"], AdapterAlias(module: "final_layer.linear", rows: 0..<64))
+        let d = AdapterTests.dit
+        let mask = Tensor(try d.tensor("inputs/mask").toInts().map(Float.init), shape: [2, 9])
+        for file in ["lora/diffusers_peft", "lora/diffusers_transformer.safetensors"] {
+            for mode in AdapterMode.allCases {
+                let ad = try ModelAdapters.load([AdapterSpec(path: Fixtures.path(file))], mode: mode, lenient: false,
+                                                linears: plan.linears, aliases: aliases)
+                XCTAssertEqual(Set(ad.terms.values.flatMap { $0.map(\.scale) }), [1])
+                XCTAssertEqual(ad.terms["layers.1.attention.qkv"]?.count, 3)   // q, k and v
+                let m = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", precision: .uniform(.f32), adapters: ad))
+                let out = try m.forward(try d.tensor("inputs/x"), t: try d.tensor("inputs/t").toFloats(), capFeats: try d.tensor("inputs/cap"),
+                                        capMask: mask, clipPooled: try d.tensor("inputs/clip"))
+                let want = try AdapterTests.reference.tensor("dit.diffusers_peft/" + (mode == .merged ? "out" : "unmerged"))
+                let e = relativeL2(out, want)
+                print("adapter DiT diffusers-named \(file) \(mode.rawValue): \(String(format: "%.2e", e))")
+                XCTAssertLessThanOrEqual(e, 1e-5, "\(file) \(mode)")
+            }
+        }
+        // without the aliases the diffusers names match nothing: one error listing them
+        XCTAssertThrowsError(try ModelAdapters.load([AdapterSpec(path: Fixtures.path("lora/diffusers_peft"))], mode: .merged, lenient: false,
+                                                    linears: plan.linears)) { XCTAssertTrue("\($0)".contains("attn.to_q"), "\($0)") }
+    }
+
     // MARK: alpha, scale, messages
 
     func testScalesFromConfigAndTensors() throws {

@@ -63,6 +63,14 @@ Writes Tests/Fixtures/lora/:
       combined.unmerged     the same through both libraries' unmerged forwards
       dit.<adapter>         the DiT forward (diffusers Lumina2 + CLIP pathway, fp32, inputs of the
                             DiT fixtures) with the merged weights: out [2,16,16,24]
+      dit.diffusers_peft    PEFT applied to diffusers' Lumina2 model A itself (to_q / to_k / to_v,
+                            to_out.0, feed_forward.linear_2, norm1.linear; r 4, alpha 4): "out" after
+                            merge_and_unload, "unmerged" through PEFT's LoRA layers
+  diffusers_peft/adapter_model.safetensors + adapter_config.json
+        that adapter as PEFT saves it (keys base_model.model.layers.N.attn.to_q.lora_A.weight, ...)
+  diffusers_transformer.safetensors
+        the same factors as a diffusers pipeline names them (transformer.<name>.lora_A.weight), no
+        alpha (scale 1 = its alpha / rank)
 """
 import json
 import math
@@ -420,6 +428,39 @@ def main():
         print(f"dit.{name}: output moved by {rel:.3e} (relative L2) from the base model")
         assert rel > 1e-3, name
         ref.add_case("dit." + name, {"out": out})
+    # --- PEFT on diffusers' Lumina2 model itself (diffusers names: to_q / to_k / to_v split) ---
+    import copy
+    dm = copy.deepcopy(model_a)
+    dcfg = LoraConfig(r=4, lora_alpha=4, lora_dropout=0.0, bias="none",
+                      target_modules=["to_q", "to_k", "to_v", "to_out.0", "feed_forward.linear_2", "norm1.linear"])
+    dpm = get_peft_model(dm, dcfg)
+    randomize([(n, p) for n, p in dpm.named_parameters() if "lora_" in n], "diffusers")
+    dpm.eval()
+    ddir = os.path.join(OUT, "diffusers_peft")
+    dpm.save_pretrained(ddir)
+    for extra in os.listdir(ddir):
+        if extra not in ("adapter_model.safetensors", "adapter_config.json"):
+            os.remove(os.path.join(ddir, extra))
+    with open(os.path.join(ddir, "adapter_config.json")) as f:
+        cfg = json.load(f)
+    keep = {k: cfg[k] for k in ("peft_type", "r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern",
+                                "use_rslora", "use_dora", "fan_in_fan_out", "bias", "lora_dropout") if k in cfg}
+    keep["target_modules"] = sorted(keep["target_modules"])
+    with open(os.path.join(ddir, "adapter_config.json"), "w") as f:
+        json.dump(keep, f, indent=2, sort_keys=True)
+    dkeys = sorted(safe_open(os.path.join(ddir, "adapter_model.safetensors"), "pt").keys())
+    assert any(".attn.to_q.lora_A." in k for k in dkeys) and not any("time_caption_embed" in k for k in dkeys), dkeys[:6]
+    # the same factors as a diffusers-pipeline file: transformer.<name>.lora_A / lora_B, no alpha (r = alpha: scale 1)
+    with safe_open(os.path.join(ddir, "adapter_model.safetensors"), "pt") as fh:
+        tensors = {"transformer." + k[len("base_model.model."):]: fh.get_tensor(k) for k in fh.keys()}
+    write_safetensors(os.path.join(OUT, "diffusers_transformer.safetensors"), tensors)
+    base_model = dpm.base_model.model
+    unmerged_out = dit.forward(base_model, x, t, cap, mask, clip, torch.float32)
+    merged_model = dpm.merge_and_unload()
+    merged_out = dit.forward(merged_model, x, t, cap, mask, clip, torch.float32)
+    print(f"dit.diffusers: merged vs unmerged {float((merged_out - unmerged_out).norm() / unmerged_out.norm()):.2e}, "
+          f"moved {float((merged_out - base).norm() / base.norm()):.3e} from the base model")
+    ref.add_case("dit.diffusers_peft", {"out": merged_out, "unmerged": unmerged_out})
     ref.save()
     for root, _, files in os.walk(OUT):
         for fn in sorted(files):

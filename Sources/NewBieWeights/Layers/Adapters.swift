@@ -77,6 +77,9 @@ public struct AdapterTerm: @unchecked Sendable {
     public let module: String
     public let factors: Factors
     /// alpha / rank (LoKr with both factors full: 1).
+    public init(module: String, factors: Factors, alphaOverRank: Float, strength: AdapterStrength, file: String) {
+        self.module = module; self.factors = factors; self.alphaOverRank = alphaOverRank; self.strength = strength; self.file = file
+    }
     public let alphaOverRank: Float
     /// The file's strength (shared by its terms).
     public let strength: AdapterStrength
@@ -151,6 +154,15 @@ public struct LinearAdapter {
     }
 }
 
+/// Another name a model's linear layer (or rows of it) goes by in adapter files: diffusers'
+/// `layers.N.attn.to_q` is the first rows of the fused `layers.N.attention.qkv`.
+public struct AdapterAlias: Sendable, Equatable {
+    public var module: String
+    /// The rows of the module's output this name covers.
+    public var rows: Range<Int>
+    public init(module: String, rows: Range<Int>) { self.module = module; self.rows = rows }
+}
+
 /// Adapters read and matched against one model's linear layers: what `ModelPlacement` carries to
 /// the loader. A reference type compared by identity (the tensors are not compared).
 public final class ModelAdapters: @unchecked Sendable, Equatable {
@@ -174,14 +186,14 @@ public final class ModelAdapters: @unchecked Sendable, Equatable {
     /// model's plan). Keys naming no linear layer are one error listing them (with `lenient`, a note
     /// and they are skipped). `model` names the slot in messages.
     public static func load(_ specs: [AdapterSpec], mode: AdapterMode, lenient: Bool, linears: [String: [Int]],
-                            model: String = "dit") throws -> ModelAdapters {
+                            aliases: [String: AdapterAlias] = [:], model: String = "dit") throws -> ModelAdapters {
         var terms: [String: [AdapterTerm]] = [:]
         var notes: [String] = []
         let strengths = specs.map { AdapterStrength($0.strength) }
         for (spec, strength) in zip(specs, strengths) {
             let file = try AdapterFile.read(spec, strength: strength)
             notes += file.notes
-            let (matched, unmatched) = try file.match(linears: linears)
+            let (matched, unmatched) = try file.match(linears: linears, aliases: aliases)
             if !unmatched.isEmpty {
                 let shown = unmatched.prefix(20).joined(separator: ", ") + (unmatched.count > 20 ? ", ... (\(unmatched.count) in all)" : "")
                 let examples = linears.keys.sorted().prefix(8).joined(separator: ", ")
@@ -212,7 +224,7 @@ struct AdapterFile {
     var notes: [String] = []
     var scaleSummary = ""
 
-    static let dottedPrefixes = ["base_model.model.", "model.diffusion_model.", "diffusion_model."]
+    static let dottedPrefixes = ["base_model.model.", "model.diffusion_model.", "diffusion_model.", "transformer."]
     static let underscoredPrefixes = ["lora_unet_", "lycoris_"]
     static let loraSuffixes: [(down: String, up: String)] = [("lora_A.weight", "lora_B.weight"), ("lora_A.default.weight", "lora_B.default.weight"),
                                                               ("lora_down.weight", "lora_up.weight")]
@@ -369,15 +381,45 @@ struct AdapterFile {
 
     /// Matches each module key against the model's linear layers (dotted: exactly; underscored: by
     /// the path with dots as underscores); checks the factor shapes.
-    func match(linears: [String: [Int]]) throws -> ([AdapterTerm], [String]) {
+    func match(linears: [String: [Int]], aliases: [String: AdapterAlias] = [:]) throws -> ([AdapterTerm], [String]) {
         var byUnderscore: [String: String] = [:]
         for p in linears.keys { byUnderscore[p.replacingOccurrences(of: ".", with: "_")] = p }
+        for p in aliases.keys where byUnderscore[p.replacingOccurrences(of: ".", with: "_")] == nil {
+            byUnderscore[p.replacingOccurrences(of: ".", with: "_")] = p
+        }
         var out: [AdapterTerm] = [], unmatched: [String] = []
         for e in entries {
-            guard let module = e.underscored ? byUnderscore[e.key] : (linears[e.key] != nil ? e.key : nil), let shape = linears[module] else {
+            let name = e.underscored ? byUnderscore[e.key] : e.key
+            var module: String? = nil
+            var alias: AdapterAlias? = nil
+            if let n = name {
+                if linears[n] != nil { module = n } else if let a = aliases[n], linears[a.module] != nil { module = a.module; alias = a }
+            }
+            guard let module, var shape = linears[module] else {
                 unmatched.append(e.tensors.first ?? e.key); continue
             }
-            let t = try e.build(module)
+            var t = try e.build(module)
+            if let a = alias {
+                // a part of the module's rows: the change is checked at its own size, then placed
+                // among zero rows (LoRA: the up factor padded)
+                let full = shape[0]
+                shape[0] = a.rows.count
+                guard case .lora(let down, let up) = t.factors else {
+                    throw WeightsError(kind: .unsupportedFormat, file: path, tensor: e.tensors.first, message: "\(path): \(e.key) is rows \(a.rows) of \(module); LoKr on a part of a fused layer is not supported")
+                }
+                guard up.shape[0] == a.rows.count, down.shape[1] == shape[1] else {
+                    throw WeightsError(kind: .invalidEntry, file: path, tensor: e.tensors.first, message: "\(path): \(e.tensors.joined(separator: ", ")) make a [\(up.shape[0]), \(down.shape[1])] change but \(e.key) (rows \(a.rows) of \(module).weight) is \(shape)")
+                }
+                let r = up.shape[1]
+                var parts: [Tensor] = []
+                if a.rows.lowerBound > 0 { parts.append(Tensor.zeros([a.rows.lowerBound, r])) }
+                parts.append(up)
+                if a.rows.upperBound < full { parts.append(Tensor.zeros([full - a.rows.upperBound, r])) }
+                t = AdapterTerm(module: module, factors: .lora(down: down, up: parts.count == 1 ? up : Tensor.concat(parts, axis: 0)),
+                                alphaOverRank: t.alphaOverRank, strength: t.strength, file: t.file)
+                out.append(t)
+                continue
+            }
             let (o, i): (Int, Int)
             switch t.factors {
             case .lora(let down, let up): (o, i) = (up.shape[0], down.shape[1])

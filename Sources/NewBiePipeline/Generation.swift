@@ -31,9 +31,11 @@ public struct PipelineEvents {
     public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
     /// Image `image` was written to `path`.
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
+    /// Something the user should know (adapter files read, defaults taken, keys skipped).
+    public var note: ((String) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
-                wrote: ((String, Int) -> Void)? = nil) {
-        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote
+                wrote: ((String, Int) -> Void)? = nil, note: ((String) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.note = note
     }
 }
 
@@ -45,10 +47,12 @@ public enum GenerationMetadata {
          MetadataKey.sampler: s.sampler.rawValue, MetadataKey.shift: "\(s.shift)", MetadataKey.cfg: "\(s.cfg.scale)",
          MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
          MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue, MetadataKey.strength: "\(s.strength)"]
+            .merging(s.effectiveScheduler.map { [MetadataKey.scheduler: $0.rawValue] } ?? [:]) { $1 }
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
         [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
+            .merging(o.adapters.metadata) { $1 }
     }
 
     /// The policy of a run made in stages (`encode`, `denoise`, `decode`): the models this stage
@@ -84,16 +88,17 @@ public enum GenerationMetadata {
         var s = SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
                                  cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
         if let v = m[MetadataKey.strength].flatMap(Float.init) { s.strength = v }
+        if let v = m[MetadataKey.scheduler] { s.scheduler = ComfyScheduler(rawValue: v) }
         return s
     }
 
     /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
     public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
-                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
+                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.scheduler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
                      MetadataKey.initImage, MetadataKey.precision,
-                     MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
+                     MetadataKey.device, MetadataKey.lora, MetadataKey.loraMode, MetadataKey.pixelRounding] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
         for k in order { if let v = m[k] { out.append((k, v)) } }
         for k in m.keys.sorted() where k.hasPrefix("newbie:") && !order.contains(k) { out.append((k, m[k]!)) }
@@ -114,6 +119,8 @@ public enum Pipeline {
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
         // and precision rules naming modules of the DiT or VAE are checked against their plans
         try options.placement.checkRules(paths: paths)
+        // and adapters are read and matched against the DiT's plan (their notes come when it loads)
+        _ = try options.adapters.check(paths: paths)
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         func timed<T>(_ stage: String, _ body: () throws -> T) rethrows -> T {
             let t0 = clock()
@@ -156,6 +163,7 @@ public enum Pipeline {
         var latents: [Tensor] = []
         do {
             let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+            for n in den.adapterNotes { events.note?(n) }
             den.tracer = tracer
             for e in encoded { try den.check(e) }
             try timed("denoise") {
@@ -180,6 +188,7 @@ public enum Pipeline {
             md.merge(GenerationMetadata.options(options)) { $1 }
             md.merge(GenerationMetadata.models(paths)) { $1 }
             if r.settings.strength < 1, let p = r.initImage { md[MetadataKey.initImage] = p }
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             md.merge(extraMetadata(r)) { $1 }
             try timed("write") {
                 try createParentFolder(r.output)

@@ -90,24 +90,70 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
-/// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3).
+/// LoRA / LoKr adapters for the DiT (docs/LORA.md).
+struct LoRAOptions: ParsableArguments {
+    @Option(name: .customLong("lora"), help: ArgumentHelp("A LoRA or LoKr adapter for the DiT, FILE or FILE:STRENGTH (default strength 1), repeatable. Read: PEFT (the official trainer's adapter_model.safetensors, or its folder, with adapter_config.json beside it), kohya/ComfyUI (lora_unet_*, diffusion_model.*: lora_down/lora_up/alpha), LyCORIS LoKr (lycoris_*: lokr_w1/lokr_w2 or their _a/_b factors, alpha), and diffusers names (transformer.layers.N.attn.to_q, ...). Scale = strength x alpha / rank.", valueName: "file[:strength]"))
+    var lora: [String] = []
+
+    @Option(name: .customLong("lora-mode"), help: "merged (added into the weights at load, fp32 then cast; no cost per step) or unmerged (low-rank side products in each adapted linear layer; the base weights stay as they are).")
+    var loraMode = "merged"
+
+    @Flag(name: .customLong("lora-lenient"), help: "Adapter keys that match no module of the DiT are a warning (and skipped) instead of an error.")
+    var loraLenient = false
+
+    func options() throws -> AdapterOptions {
+        guard let mode = AdapterMode(rawValue: loraMode) else {
+            throw PipelineError("--lora-mode \(loraMode): use merged or unmerged")
+        }
+        do {
+            return AdapterOptions(specs: try lora.map(AdapterSpec.parse), mode: mode, lenient: loraLenient)
+        } catch let e as WeightsError { throw PipelineError(e.message) }
+    }
+}
+
+/// 8-bit conversion of decoded images.
+struct PixelOptions: ParsableArguments {
+    @Option(name: .customLong("pixel-rounding"), help: "How decoded values become 8-bit pixels: truncate (default; the official demo and ComfyUI's SaveImage) or round (half to even, as diffusers). Recorded in the PNG.")
+    var pixelRounding = "truncate"
+
+    func rounding() throws -> PixelRounding {
+        guard let r = PixelRounding.parse(pixelRounding) else {
+            throw PipelineError("--pixel-rounding \(pixelRounding): use truncate or round")
+        }
+        return r
+    }
+}
+
+/// `--preset demo|sample|comfyui`: the defaults of one published setup (explicit options win).
+struct PresetOptions: ParsableArguments {
+    @Option(help: "Every default of a published setup: demo (the official demo.py: the defaults below), sample (the official scripts/sample.sh: --cfg 4 --cfg-trunc 100 --renorm 1), comfyui (ComfyUI's official NewBie template: --steps 20 --sampler res_multistep --scheduler simple --shift 6 --cfg 5.5 --cfg-trunc 100 --renorm 0 --width 1024 --height 1536, its system prompt for Gemma and Jina, its negative prompt). Explicit options win; the PNG records the preset.")
+    var preset: String?
+
+    func resolved() throws -> GenerationPreset? { try preset.map(GenerationPreset.parse) }
+    var effective: GenerationPreset { (try? resolved()) ?? nil ?? .demo }
+}
+
+/// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3), or the
+/// --preset's.
 struct SamplingOptions: ParsableArguments {
-    @Option(help: "Image width in pixels, a multiple of 16.")
-    var width = 1024
-    @Option(help: "Image height in pixels, a multiple of 16.")
-    var height = 1024
-    @Option(help: "euler, midpoint and rk4: points of the official shifted grid (steps - 1 intervals); dpm: model evaluations.")
-    var steps = 18
-    @Option(help: "euler, midpoint (official default), rk4 or dpm (DPM-Solver++ 2M).")
-    var sampler = "midpoint"
-    @Option(help: "Time shift of the grid, t = u / (u + s - s u).")
-    var shift: Float = 6
-    @Option(help: "Classifier-free guidance scale.")
-    var cfg: Float = 5
-    @Option(name: .customLong("cfg-trunc"), help: "Guidance only while t < this (t: 0 = noise, 1 = clean); 100 = always (official sample.sh).")
-    var cfgTrunc: Float = 0.25
-    @Option(help: "Guidance renormalisation: cap ||v|| at this times ||v_cond|| (official sample.sh: 1); 0 = off.")
-    var renorm: Float = 0
+    @Option(help: "Image width in pixels, a multiple of 16 (default 1024).")
+    var width: Int?
+    @Option(help: "Image height in pixels, a multiple of 16 (default 1024).")
+    var height: Int?
+    @Option(help: "euler, midpoint and rk4: points of the official shifted grid (steps - 1 intervals); dpm: model evaluations; with --scheduler: ComfyUI's steps (default 18).")
+    var steps: Int?
+    @Option(help: "Official grids: euler, midpoint (default), rk4 or dpm (DPM-Solver++ 2M). ComfyUI's (over --scheduler): euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, res_multistep.")
+    var sampler: String?
+    @Option(help: "ComfyUI's scheduler: simple, normal, karras or beta; the sampler then runs as ComfyUI's (default: none, the official grids; ComfyUI-only samplers take simple).")
+    var scheduler: String?
+    @Option(help: "Time shift of the grid, t = u / (u + s - s u) (ComfyUI's ModelSamplingAuraFlow shift is the same) (default 6).")
+    var shift: Float?
+    @Option(help: "Classifier-free guidance scale (default 5).")
+    var cfg: Float?
+    @Option(name: .customLong("cfg-trunc"), help: "Guidance only while t < this (t: 0 = noise, 1 = clean); 100 = always (official sample.sh) (default 0.25).")
+    var cfgTrunc: Float?
+    @Option(help: "Guidance renormalisation: cap ||v|| at this times ||v_cond|| (official sample.sh: 1); 0 = off (default).")
+    var renorm: Float?
     @Option(help: "Seed of the initial noise (an integer >= 0), or random (the seed picked is recorded in the PNG).")
     var seed = "0"
     @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
@@ -115,10 +161,21 @@ struct SamplingOptions: ParsableArguments {
     @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image; a design choice, spec 3.4).")
     var strength: Float = 1
 
-    func settings(seed s: UInt64) throws -> SamplingSettings {
-        var st = SamplingSettings(width: width, height: height, steps: steps, sampler: try SamplerKind.parse(sampler), shift: shift,
-                                  cfg: CFGOptions(scale: cfg, truncation: cfgTrunc, renorm: renorm), seed: s,
-                                  rng: try NoiseRNG.parse(rng))
+    func settings(seed s: UInt64, preset: GenerationPreset = .demo) throws -> SamplingSettings {
+        var st = preset.settings(seed: s, rng: try NoiseRNG.parse(rng))
+        if let v = width { st.width = v }
+        if let v = height { st.height = v }
+        if let v = steps { st.steps = v }
+        if let v = sampler {
+            st.sampler = try SamplerKind.parse(v)
+            // a sampler given without a scheduler runs on the official grids unless it is ComfyUI's only
+            if scheduler == nil && !st.sampler.isComfyOnly && st.sampler != .euler { st.scheduler = nil }
+        }
+        if let v = scheduler { st.scheduler = v.lowercased() == "none" ? nil : try ComfyScheduler.parse(v) }
+        if let v = shift { st.shift = v }
+        if let v = cfg { st.cfg.scale = v }
+        if let v = cfgTrunc { st.cfg.truncation = v }
+        if let v = renorm { st.cfg.renorm = v }
         st.strength = strength
         try st.validate()
         return st
@@ -136,18 +193,24 @@ struct PromptOptions: ParsableArguments {
     @Argument(help: "The prompt (plain tags, natural language or NewBie XML).")
     var prompt: String?
 
-    @Option(name: .customLong("prompt-file"), help: "Prompts from a file: JSON lines ({\"prompt\": ..., \"negative_prompt\": ..., \"seed\": ...}) when every line starts with {, one XML prompt when the file starts with <, else one prompt per non-empty line.")
+    @Option(name: .customLong("prompt-file"), help: "Prompts from a file: one ComfyUI template prompt (a JSON object around the XML, see newbie prompt build --template), JSON lines ({\"prompt\": ..., \"negative_prompt\": ..., \"seed\": ...}) when every line starts with {, one XML prompt when the file starts with <, else one prompt per non-empty line.")
     var promptFile: String?
 
-    @Option(name: .customLong("negative-prompt"), help: "Negative prompt for the unconditional branch (default: empty, as in the official demo); it gets no system prompt.")
-    var negativePrompt = ""
+    @Option(name: .customLong("negative-prompt"), help: "Negative prompt for the unconditional branch (default: empty, as in the official demo; --preset comfyui: the template's); it gets no system prompt.")
+    var negativePromptOption: String?
 
-    @Option(name: .customLong("system-prompt"), help: "Gemma's system prompt: auto (the XML training prefix for XML prompts, the text one otherwise), xml, text, none, or a literal string.")
-    var systemPrompt = "auto"
+    @Option(name: .customLong("system-prompt"), help: "Gemma's system prompt: auto (the XML training prefix for XML prompts, the ComfyUI template's for its JSON prompts, the text one otherwise), xml, text, comfyui, none, or a literal string (default auto; --preset comfyui: comfyui).")
+    var systemPromptOption: String?
+
+    @OptionGroup var presetOptions: PresetOptions
+
+    var negativePrompt: String { negativePromptOption ?? presetOptions.effective.negativePrompt }
+    var systemPrompt: String { systemPromptOption ?? presetOptions.effective.systemPrompt }
 
     struct Entry { var prompt: String; var negative: String; var seed: UInt64? }
 
     func entries() throws -> [Entry] {
+        _ = try presetOptions.resolved()
         var out: [Entry] = []
         if let p = prompt { out.append(Entry(prompt: p, negative: negativePrompt, seed: nil)) }
         if let f = promptFile {
@@ -240,7 +303,14 @@ final class ProgressReporter {
 
     var events: PipelineEvents {
         PipelineEvents(stageEnded: { [self] in stage($0, $1) }, step: { [self] in step($0, image: $1, images: $2) },
-                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } })
+                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } },
+                       note: { [self] in note($0) })
+    }
+
+    /// Adapter notes: warnings always (stderr), the rest unless --quiet.
+    func note(_ s: String) {
+        if quiet && !s.hasPrefix("warning") { return }
+        FileHandle.standardError.write(Data((s + "\n").utf8))
     }
 }
 
@@ -268,6 +338,8 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var loraOptions: LoRAOptions
+    @OptionGroup var pixels: PixelOptions
     @OptionGroup var report: ReportOptions
 
     @Option(help: "Images per prompt (seeds seed, seed+1, ...).")
@@ -298,38 +370,50 @@ struct GenerateCommand: ParsableCommand {
             }
         }
         let first = try sampling.firstSeed()
+        let presetGiven = try promptOptions.presetOptions.resolved()
+        let preset = presetGiven ?? .demo
         var requests: [GenerationRequest] = []
         var promptIndex: [Int] = []
         for (pi, e) in entries.enumerated() {
             for k in 0..<count {
                 let seed = (e.seed ?? first) &+ UInt64(k)
                 requests.append(GenerationRequest(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: promptOptions.systemPrompt,
-                                                  settings: try sampling.settings(seed: seed), output: "", initImage: initImage))
+                                                  settings: try sampling.settings(seed: seed, preset: preset), output: "", initImage: initImage))
                 promptIndex.append(pi)
             }
         }
         let outs = Pipeline.outputPaths(pattern: output, seeds: requests.map(\.settings.seed), promptIndices: promptIndex)
         for i in requests.indices { requests[i].output = outs[i] }
-        let options = try deviceOptions.stageOptions()
+        var options = try deviceOptions.stageOptions()
+        options.adapters = try loraOptions.options()
+        options.pixelRounding = try pixels.rounding()
+        options.jinaSeesSystemPrompt = preset.jinaSeesSystemPrompt
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
-            [MetadataKey.command: reproduceCommand(r, options: options)]
+            var md = [MetadataKey.command: reproduceCommand(r, options: options, preset: presetGiven)]
+            if let p = presetGiven { md[MetadataKey.preset] = p.rawValue }
+            return md
         }, events: progress.events, tracer: report.tracer(options))
         if report.stats { progress.printStats(device: options.device) }
     }
 
     /// The command line that makes this image again (model paths are recorded separately).
-    func reproduceCommand(_ r: GenerationRequest, options: StageOptions) -> String {
+    func reproduceCommand(_ r: GenerationRequest, options: StageOptions, preset: GenerationPreset? = nil) -> String {
         let s = r.settings
         let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
         var a = ["newbie", "generate", shellQuote(r.prompt)]
+        if let p = preset { a += ["--preset", p.rawValue] }
         if !r.negativePrompt.isEmpty { a += ["--negative-prompt", shellQuote(r.negativePrompt)] }
-        a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : shellQuote(system)]
+        a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : system == SystemPrompt.comfyui ? "comfyui" : shellQuote(system)]
         a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
+              "--scheduler", s.effectiveScheduler?.rawValue ?? "none",
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
               "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", options.placement.precisionSpec, "--device", options.placement.deviceSpec]
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
+        for spec in options.adapters.specs { a += ["--lora", shellQuote("\(spec.path):\(spec.strength)")] }
+        if !options.adapters.specs.isEmpty && options.adapters.mode != .merged { a += ["--lora-mode", options.adapters.mode.rawValue] }
+        if options.pixelRounding != .truncate { a += ["--pixel-rounding", options.pixelRounding.rawValue] }
         return a.joined(separator: " ")
     }
 }

@@ -32,7 +32,9 @@ struct EncodeCommand: ParsableCommand {
             guard entries.count == 1, let e = entries.first else {
                 throw PipelineError("newbie encode takes one prompt; the input holds \(entries.count) (use newbie generate for batches)")
             }
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            let preset = try promptOptions.presetOptions.resolved()
+            options.jinaSeesSystemPrompt = (preset ?? .demo).jinaSeesSystemPrompt
             let paths = try models.paths()
             let stage = try TextStage(paths: paths, options: options)
             let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative,
@@ -41,6 +43,7 @@ struct EncodeCommand: ParsableCommand {
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.gemma)] = paths.gemma
             md[MetadataKey.model(.jina)] = paths.jina
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
             try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
             print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
         } catch let e as PipelineError { throw e }
@@ -57,8 +60,10 @@ struct DenoiseCommand: ParsableCommand {
     var cond: String
 
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var presetOptions: PresetOptions
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var report: ReportOptions
 
     @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors).")
@@ -73,12 +78,15 @@ struct DenoiseCommand: ParsableCommand {
     func run() throws {
         do {
             let (enc, inMeta) = try EncodedPrompt.read(cond)
-            let settings = try sampling.settings(seed: try sampling.firstSeed())
-            let options = try deviceOptions.stageOptions()
+            let preset = try presetOptions.resolved()
+            let settings = try sampling.settings(seed: try sampling.firstSeed(), preset: preset ?? .demo)
+            var options = try deviceOptions.stageOptions()
+            options.adapters = try loraOptions.options()
             let paths = try models.paths()
             let progress = ProgressReporter(quiet: report.quiet)
             let t0 = ProgressReporter.now()
             let stage = try DenoiseStage(paths: paths, options: options)
+            for n in stage.adapterNotes { progress.note(n) }
             stage.tracer = report.tracer(options)
             progress.stage("load DiT", ProgressReporter.now() - t0)
             if let d = saveSteps { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
@@ -108,6 +116,7 @@ struct DenoiseCommand: ParsableCommand {
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
             md.merge(GenerationMetadata.options(options, ran: [.dit], over: inMeta)) { $1 }
             md[MetadataKey.model(.dit)] = stage.path
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
             try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
             if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
             if report.stats { progress.printStats(device: options.device) }
@@ -126,6 +135,7 @@ struct DecodeCommand: ParsableCommand {
 
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var pixels: PixelOptions
 
     @Option(name: [.short, .long], help: "Output PNG.")
     var output: String
@@ -138,7 +148,8 @@ struct DecodeCommand: ParsableCommand {
                 throw PipelineError("--latent \(latent): no tensor \"latent\" (holds \(file.names.prefix(6).joined(separator: ", "))); expected a file written by newbie denoise")
             }
             let x = try file.tensor("latent").to(.f32)
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            options.pixelRounding = try pixels.rounding()
             let paths = try models.paths()
             try options.placement.checkRules(paths: paths)
             let stage = try DecodeStage(paths: paths, options: options)
@@ -146,6 +157,7 @@ struct DecodeCommand: ParsableCommand {
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
             md.merge(GenerationMetadata.options(options, ran: [.vae], over: file.metadata)) { $1 }
             md[MetadataKey.model(.vae)] = stage.path
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
             print("wrote \(output) (\(image.width)x\(image.height))")
         } catch let e as PipelineError { throw e }

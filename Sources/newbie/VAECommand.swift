@@ -71,7 +71,10 @@ struct VAEDecodeCommand: ParsableCommand {
     @Option(name: [.short, .long], help: "Output PNG.")
     var out: String
 
+    @OptionGroup var pixels: PixelOptions
+
     func run() throws {
+        let rounding = try pixels.rounding()
         let file = try SafeTensorsFile(path: latent)
         let key = try name ?? (file.names.count == 1 ? file.names[0] : (file.names.contains("latent") ? "latent" : {
             throw ValidationError("\(latent) holds \(file.names.count) tensors (\(file.names.prefix(8).joined(separator: ", "))); pick one with --name")
@@ -87,11 +90,12 @@ struct VAEDecodeCommand: ParsableCommand {
         let img = raw ? model.decodeRaw(x, tiling: t) : model.decode(x, tiling: t)
         let seconds = Date().timeIntervalSince(start)
         let tiled = t.tiles(latentHeight: x.shape[2], latentWidth: x.shape[3])
-        try PNG.write(RGBImage(tensor: img), to: out, text: [
+        try PNG.write(RGBImage(tensor: img, rounding: rounding), to: out, text: [
             ("Software", "newbie vae-decode"),
             ("newbie:latent", "\(latent):\(key)"),
             ("newbie:vae", vae.path),
             ("newbie:dtype", vae.dtype),
+            ("newbie:pixel_rounding", rounding.rawValue),
             ("newbie:tiled", tiled ? "tile \(t.tileLatent), overlap \(t.overlapLatent), blend \(t.blendLatent), \(t.globalNormStatistics ? "global" : "per-tile") statistics" : "no"),
         ])
         print("wrote \(out) (\(img.shape[3])x\(img.shape[2]), \(tiled ? "tiled" : "untiled"), \(String(format: "%.2f", seconds)) s, peak \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes)))")

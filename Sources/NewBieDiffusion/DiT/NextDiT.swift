@@ -131,7 +131,7 @@ public final class NextDiT: @unchecked Sendable {
     public convenience init(weights: ModelWeights, config: NextDiTConfig, placement: ModelPlacement) throws {
         // rules first, on the plan: a misspelt module path fails before anything is read
         try NextDiT.plan(config, precision: placement.precision).checkRules(model: placement.name)
-        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device)
+        let loader = try WeightLoader(weights: weights, placement: placement)
         try self.init(config: config, root: loader.root)
     }
 

@@ -13,6 +13,11 @@ extension PromptBuilder {
     /// Every scalar is taken as the text written (`no`, `1.5`, `2` stay strings, unlike YAML's
     /// usual typing); an empty value, `~` or `null` (unquoted) is null.
     public static func build(yaml text: String, layout: PromptLayout = PromptLayout()) throws -> String {
+        try build(description: description(yaml: text), layout: layout)
+    }
+
+    /// A YAML description as the plain values `build(description:)` takes.
+    public static func description(yaml text: String) throws -> Any {
         let node: Node?
         do {
             node = try Yams.compose(yaml: text)
@@ -20,7 +25,7 @@ extension PromptBuilder {
             throw PromptError("the description is not valid YAML: \(error)")
         }
         guard let node else { throw PromptError("the YAML description is empty") }
-        return try build(description: plain(node, path: ""), layout: layout)
+        return try plain(node, path: "")
     }
 
     /// A YAML node as the plain values `build(description:)` takes.

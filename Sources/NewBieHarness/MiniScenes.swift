@@ -153,3 +153,44 @@ public enum MiniEval {
         return scores
     }
 }
+
+extension MiniScene {
+    /// The scene drawn like the training pictures (without their jitter): for checking the reader
+    /// without a model.
+    public static func draw(_ scene: MiniScene) -> RGBImage {
+        let n = size
+        var px = [UInt8](repeating: 0, count: n * n * 3)
+        func rgb(_ name: String, _ table: [(String, (Int, Int, Int))]) -> (Int, Int, Int) { table.first { $0.0 == name }!.1 }
+        let bg: [String: (Int, Int, Int)] = ["white": (245, 245, 245), "grey": (185, 185, 185), "beige": (238, 222, 190)]
+        func fill(_ c: (Int, Int, Int), _ inside: (Int, Int) -> Bool) {
+            for y in 0..<n { for x in 0..<n where inside(x, y) {
+                px[(y * n + x) * 3] = UInt8(c.0); px[(y * n + x) * 3 + 1] = UInt8(c.1); px[(y * n + x) * 3 + 2] = UInt8(c.2)
+            } }
+        }
+        fill(bg[scene.background] ?? (245, 245, 245)) { _, _ in true }
+        let skin = (252, 220, 190)
+        for c in scene.characters.sorted(by: { slots[$0.position]! < slots[$1.position]! }) {
+            let cx = slots[c.position]!, hair = rgb(c.hair, palette), cloth = rgb(c.clothing, palette)
+            let girl = c.gender == "girl"
+            if girl { fill(hair) { x, y in y >= 38 && y < 66 && abs(x - cx) <= 14 } }
+            fill(hair) { x, y in (x - cx) * (x - cx) + (y - 38) * (y - 38) <= 225 }
+            if girl {
+                fill(cloth) { x, y in y >= 58 && y < 100 && Double(abs(x - cx)) <= 9 + Double(y - 58) * 9 / 42 }
+            } else {
+                fill(cloth) { x, y in y >= 58 && y < 84 && abs(x - cx) <= 11 }
+                fill((60, 60, 85)) { x, y in y >= 84 && y < 104 && abs(x - cx) <= 9 }
+            }
+            fill(skin) { x, y in (x - cx) * (x - cx) + (y - 46) * (y - 46) <= 121 }
+        }
+        return RGBImage(width: n, height: n, pixels: px)
+    }
+}
+
+/// NewBie-mini's recommended sampling (what its model card, the README's first command and the
+/// semantic test use): the defaults' midpoint sampler on 18 grid points with shift 6, guidance on
+/// every step.
+public enum MiniModel {
+    public static let steps = 18
+    public static let cfg: Float = 5
+    public static let cfgTruncation: Float = 100
+}

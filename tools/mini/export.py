@@ -59,6 +59,14 @@ def main(train, text, out):
         shutil.rmtree(os.path.join(out, part), ignore_errors=True)
         shutil.copytree(os.path.join(text, part), os.path.join(out, part))
     shutil.copy(os.path.join(text, "model_index.json"), os.path.join(out, "model_index.json"))
+    note = "NewBie-mini (tools/mini): a small NewBie trained on synthetic scenes; frozen random text encoders. See README.md."
+    for rel in ("text_encoder/config.json", "clip_model/config.json", "model_index.json"):
+        path = os.path.join(out, rel)
+        with open(path) as f:
+            j = json.load(f)
+        j["_note"] = note
+        with open(path, "w") as f:
+            json.dump(j, f, indent=2, sort_keys=True)
     shutil.copy(os.path.join(train, "train_log.json"), os.path.join(out, "train_log.json"))
     total = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(out) for f in fs)
     print(f"wrote {out}: {total / 1e6:.1f} MB")

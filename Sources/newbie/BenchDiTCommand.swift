@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieDiffusion
 import NewBieHarness
+import NewBiePipeline
 import NewBieTensor
 
 /// `newbie bench-dit`: one NextDiT forward pass of a configurable (by default mid-size) model with
@@ -25,7 +26,7 @@ struct BenchDiTCommand: ParsableCommand {
 
     func run() throws {
         guard let dt = DType(userName: dtype), [.f32, .bf16, .f16].contains(dt) else { throw ValidationError("dtype must be fp32, bf16 or fp16") }
-        guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
+        guard let blas = BLAS.shared else { throw PipelineError(BLAS.loadError) }
         guard dim % heads == 0, heads % kvHeads == 0, (dim / heads) % 6 == 0 else {
             throw ValidationError("need dim % heads == 0, heads % kv-heads == 0 and head_dim a multiple of 6 (three even RoPE axes)")
         }

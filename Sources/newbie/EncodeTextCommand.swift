@@ -59,11 +59,12 @@ struct EncodeTextCommand: ParsableCommand {
         guard gemmaPath != nil || jinaPath != nil else {
             throw ValidationError("nothing to encode: give --gemma PATH and/or --jina PATH")
         }
+        try checkOutput(output)
         let options = try deviceOptions.stageOptions()
         let gemmaPlacement = try options.open(.gemma), jinaPlacement = try options.open(.jina)
         var texts = prompts
         if let f = promptFile {
-            guard let s = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read --prompt-file \(f)") }
+            let s = try readTextFile(f, option: "--prompt-file")
             texts += s.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
         }
         guard !texts.isEmpty else { throw ValidationError("no prompt: give --prompt TEXT (repeatable) or --prompt-file") }
@@ -82,8 +83,8 @@ struct EncodeTextCommand: ParsableCommand {
             tensors += t
             metadata.merge(m) { $1 }
         }
-        try SafeTensorsWriter.write(tensors, metadata: metadata, to: URL(fileURLWithPath: output))
-        log("wrote \(output): " + tensors.map { "\($0.0) \($0.1.shape)" }.joined(separator: ", "))
+        try SafeTensorsWriter.write(tensors, metadata: metadata, toPath: output)
+        log("wrote \(output == "-" ? "standard output" : output): " + tensors.map { "\($0.0) \($0.1.shape)" }.joined(separator: ", "))
     }
 
     static let systemPrompts = [
@@ -94,7 +95,7 @@ struct EncodeTextCommand: ParsableCommand {
     func encodeGemma(_ path: String, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
         guard gemmaMaxLength >= 1 else { throw ValidationError("--gemma-max-length must be at least 1") }
         var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw ValidationError("--gemma \(path): no such file or folder") }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw PipelineError("--gemma \(path): no such file or folder") }
         let folder = isDir.boolValue ? path : URL(fileURLWithPath: path).deletingLastPathComponent().path
         // a GGUF carries its own vocabulary; otherwise look beside the checkpoint
         let candidates = path.hasSuffix(".gguf") ? [path] : [
@@ -102,7 +103,7 @@ struct EncodeTextCommand: ParsableCommand {
             ((folder as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
         ]
         guard let tokPath = gemmaTokenizer ?? candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
-            throw ValidationError("no Gemma tokenizer found (looked for \(candidates.joined(separator: ", "))); give --gemma-tokenizer PATH (tokenizer.json or a Gemma .gguf)")
+            throw PipelineError("no Gemma tokenizer found (looked for \(candidates.joined(separator: ", "))); give --gemma-tokenizer PATH (tokenizer.json or a Gemma .gguf)")
         }
         let system: String
         switch systemPrompt {
@@ -123,7 +124,7 @@ struct EncodeTextCommand: ParsableCommand {
         let batch = tokenizer.encodeBatch(inputs, maxLength: gemmaMaxLength, padToMultipleOf: 8)
         let tTok = clock() - t0
         if let bad = batch.ids.joined().first(where: { $0 >= c.vocabSize }) {
-            throw ValidationError("token id \(bad) is outside the checkpoint's vocabulary (\(c.vocabSize)): tokenizer and checkpoint do not match")
+            throw PipelineError("token id \(bad) is outside the checkpoint's vocabulary (\(c.vocabSize)): tokenizer and checkpoint do not match")
         }
         let cpuClock = { () -> Double in
             var ts = timespec()
@@ -152,9 +153,9 @@ struct EncodeTextCommand: ParsableCommand {
         let exists = FileManager.default.fileExists(atPath: jina, isDirectory: &isDir)
         let folder = isDir.boolValue ? jina : URL(fileURLWithPath: jina).deletingLastPathComponent().path
         let tokPath = jinaTokenizer ?? (folder as NSString).appendingPathComponent("tokenizer.json")
-        guard exists else { throw ValidationError("--jina \(jina): no such file or folder") }
+        guard exists else { throw PipelineError("--jina \(jina): no such file or folder") }
         guard FileManager.default.fileExists(atPath: tokPath) else {
-            throw ValidationError("no XLM-R tokenizer at \(tokPath); give --jina-tokenizer PATH (jina-clip-v2's tokenizer.json)")
+            throw PipelineError("no XLM-R tokenizer at \(tokPath); give --jina-tokenizer PATH (jina-clip-v2's tokenizer.json)")
         }
 
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
@@ -173,7 +174,7 @@ struct EncodeTextCommand: ParsableCommand {
                    tower.layout.rawValue, c.layers, c.hidden, c.heads, c.vocabSize, c.loraRank, c.loraAdaptations,
                    placement.precision.description, clock() - t0))
         guard tokenizer.pieces.count <= c.vocabSize else {
-            throw ValidationError("tokenizer has \(tokenizer.pieces.count) pieces but the checkpoint's vocabulary is \(c.vocabSize)")
+            throw PipelineError("tokenizer has \(tokenizer.pieces.count) pieces but the checkpoint's vocabulary is \(c.vocabSize)")
         }
         t0 = clock()
         let batch = tokenizer.encodeBatch(texts, maxLength: maxLength)

@@ -6,6 +6,7 @@ import NewBieImage
 import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
+import NewBieText
 import NewBieWeights
 
 // `newbie generate` and the stage commands `encode`, `denoise`, `decode` share these option
@@ -151,7 +152,7 @@ struct PromptOptions: ParsableArguments {
         var out: [Entry] = []
         if let p = prompt { out.append(Entry(prompt: p, negative: negativePrompt, seed: nil)) }
         if let f = promptFile {
-            guard let text = try? String(contentsOfFile: f, encoding: .utf8) else { throw PipelineError("--prompt-file \(f): cannot read it as UTF-8 text") }
+            let text = try readTextFile(f, option: "--prompt-file")
             out += try PromptList.parse(text, source: f, negativePrompt: negativePrompt)
                 .map { Entry(prompt: $0.prompt, negative: $0.negativePrompt, seed: $0.seed) }
         }
@@ -240,7 +241,11 @@ final class ProgressReporter {
 
     var events: PipelineEvents {
         PipelineEvents(stageEnded: { [self] in stage($0, $1) }, step: { [self] in step($0, image: $1, images: $2) },
-                       wrote: { [self] path, _ in if !quiet { print("wrote \(path)") } })
+                       wrote: { [self] path, _ in
+                           if quiet { return }
+                           // the image itself may be on standard output
+                           if path == "-" { line("wrote the image to standard output") } else { print("wrote \(path)") }
+                       })
     }
 }
 
@@ -276,8 +281,11 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("init-image"), help: "img2img: a PNG of --width x --height to start from (with --strength below 1).")
     var initImage: String?
 
-    @Option(name: [.short, .long], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added.")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added. - writes the one image to standard output. Existing regular files are replaced (symbolic links are written through); anything else is refused.")
     var output = "newbie-{seed}.png"
+
+    @Flag(name: .customLong("allow-invalid-xml"), help: "Generate even when an XML prompt has errors (it is used as written); without it, XML errors stop the run before anything is loaded.")
+    var allowInvalidXML = false
 
     func run() throws {
         do { try generate() } catch let e as PipelineError { throw e }
@@ -290,12 +298,20 @@ struct GenerateCommand: ParsableCommand {
         }
         if initImage == nil && sampling.strength < 1 { throw PipelineError("--strength \(sampling.strength) needs --init-image PATH") }
         let entries = try promptOptions.entries()
-        if !report.quiet {
-            for (i, e) in entries.enumerated() {
-                for issue in PromptList.xmlIssues(e.prompt) {
-                    FileHandle.standardError.write(Data("prompt \(i + 1): \(issue) (the prompt is used as written)\n".utf8))
+        // XML errors stop the run before anything is loaded (unless asked to go on); warnings are shown
+        var xmlErrors = 0
+        for (i, e) in entries.enumerated() {
+            for issue in PromptList.xmlIssues(e.prompt) {
+                let fatal = issue.severity == .error && !allowInvalidXML
+                if fatal { xmlErrors += 1 }
+                if fatal || !report.quiet {
+                    let tail = fatal ? "" : " (the prompt is used as written)"
+                    FileHandle.standardError.write(Data("prompt \(i + 1): \(issue)\(tail)\n".utf8))
                 }
             }
+        }
+        if xmlErrors > 0 {
+            throw PipelineError("\(xmlErrors) error(s) in the XML prompt; fix them (newbie prompt check shows them), or pass --allow-invalid-xml to use the prompt as written")
         }
         let first = try sampling.firstSeed()
         var requests: [GenerationRequest] = []
@@ -310,6 +326,7 @@ struct GenerateCommand: ParsableCommand {
         }
         let outs = Pipeline.outputPaths(pattern: output, seeds: requests.map(\.settings.seed), promptIndices: promptIndex)
         for i in requests.indices { requests[i].output = outs[i] }
+        try Pipeline.checkOutputs(requests)
         let options = try deviceOptions.stageOptions()
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
@@ -357,7 +374,7 @@ struct MakeTinyModelCommand: ParsableCommand {
         } else if let t = TinyModel.defaultTokenizers() {
             toks = t
         } else {
-            throw ValidationError("cannot find Tests/Fixtures (the committed tokenizers); run from the repository root or give --fixtures PATH")
+            throw PipelineError("cannot find Tests/Fixtures (the committed tokenizers); run from the repository root or give --fixtures PATH")
         }
         do { try TinyModel.write(to: dir, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina) }
         catch let e as PipelineError { throw e }

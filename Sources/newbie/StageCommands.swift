@@ -23,11 +23,12 @@ struct EncodeCommand: ParsableCommand {
     @OptionGroup var models: ModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
 
-    @Option(name: [.short, .long], help: "Output .safetensors: cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors (- for standard output): cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let entries = try promptOptions.entries()
             guard entries.count == 1, let e = entries.first else {
                 throw PipelineError("newbie encode takes one prompt; the input holds \(entries.count) (use newbie generate for batches)")
@@ -41,8 +42,8 @@ struct EncodeCommand: ParsableCommand {
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.gemma)] = paths.gemma
             md[MetadataKey.model(.jina)] = paths.jina
-            try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
-            print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
+            try SafeTensorsWriter.write(enc.tensors(), metadata: md, toPath: output)
+            reportWrote(output, ": prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
         } catch let e as PipelineError { throw e }
     }
 }
@@ -67,11 +68,12 @@ struct DenoiseCommand: ParsableCommand {
     @Option(name: .customLong("init-latent"), help: "img2img (with --strength below 1): a .safetensors with \"latent\" (e.g. from newbie vae-encode).")
     var initLatent: String?
 
-    @Option(name: [.short, .long], help: "Output .safetensors with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors (- for standard output) with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let (enc, inMeta) = try EncodedPrompt.read(cond)
             let settings = try sampling.settings(seed: try sampling.firstSeed())
             let options = try deviceOptions.stageOptions()
@@ -108,8 +110,8 @@ struct DenoiseCommand: ParsableCommand {
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.dit)] = stage.path
-            try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
-            if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
+            try SafeTensorsWriter.write([("latent", latent)], metadata: md, toPath: output)
+            if !report.quiet { reportWrote(output, ": latent \(latent.shape)") }
             if report.stats { progress.printStats(device: options.device) }
         } catch let e as PipelineError { throw e }
     }
@@ -126,11 +128,12 @@ struct DecodeCommand: ParsableCommand {
 
     @OptionGroup var models: ModelOptions
 
-    @Option(name: [.short, .long], help: "Output PNG.")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output PNG (- for standard output).")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let file: SafeTensorsFile
             do { file = try SafeTensorsFile(path: latent) } catch { throw PipelineError("--latent \(latent): \(error)") }
             guard file.names.contains("latent") else {
@@ -143,7 +146,7 @@ struct DecodeCommand: ParsableCommand {
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
             md[MetadataKey.model(.vae)] = stage.path
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
-            print("wrote \(output) (\(image.width)x\(image.height))")
+            reportWrote(output, " (\(image.width)x\(image.height))")
         } catch let e as PipelineError { throw e }
     }
 }

@@ -1,0 +1,105 @@
+import Foundation
+import XCTest
+import NewBieImage
+import NewBieTestSupport
+import NewBieWeights
+
+/// Where outputs go: any file name works, nothing but a regular file is replaced, symbolic links
+/// are written through, `-` is standard output.
+final class OutputTests: XCTestCase {
+    var model: String { CLI.tinyModel }
+
+    /// A one-character output name used to crash (SIGILL in the parent-folder code) after all the compute.
+    func testOneCharacterOutputNames() throws {
+        let dir = CLI.tempDir("short")
+        for name in ["a", "b.png", "x/y"] {
+            let r = CLI.run(["generate", "--model", model, "1girl"] + CLI.quick + ["-o", name], cwd: dir)
+            XCTAssertTrue(r.exited, "\(name): crashed: \(r.all)")
+            XCTAssertEqual(r.status, 0, "\(name): \(r.all)")
+            XCTAssertTrue(CLI.isPNG(dir + "/" + name), name)
+        }
+    }
+
+    /// A device, a pipe or a folder at the output path is refused before any work and left as it is.
+    func testRefusesTargetsThatAreNotRegularFiles() throws {
+        let dir = CLI.tempDir("special")
+        let fifo = dir + "/pipe.png"
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        let folder = dir + "/folder.png"
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        for (target, what) in [(fifo, "named pipe"), (folder, "folder")] {
+            let r = CLI.run(["generate", "--model", model, "1girl"] + CLI.quick + ["-o", target], timeout: 60)
+            XCTAssertEqual(r.status, 1, r.all)
+            XCTAssertTrue(r.stderr.contains(target) && r.stderr.contains(what), r.stderr)
+            XCTAssertFalse(r.stderr.contains("step"), "refused only after the work: \(r.stderr)")
+        }
+        XCTAssertEqual(CLI.fileType(fifo), S_IFIFO)
+        XCTAssertEqual(CLI.fileType(folder), S_IFDIR)
+        // the stage commands too
+        let r = CLI.run(["encode", "--model", model, "1girl", "-o", fifo], timeout: 60)
+        XCTAssertEqual(r.status, 1, r.all)
+        XCTAssertEqual(CLI.fileType(fifo), S_IFIFO)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["folder.png", "pipe.png"])
+    }
+
+    /// A symbolic link at the output path is written through: the link stays, its target gets the image.
+    func testWritesThroughSymbolicLinks() throws {
+        let dir = CLI.tempDir("link")
+        try FileManager.default.createDirectory(atPath: dir + "/real", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: dir + "/link.png", withDestinationPath: "real/target.png")
+        let r = CLI.run(["generate", "--model", model, "1girl"] + CLI.quick + ["-o", "link.png"], cwd: dir)
+        XCTAssertEqual(r.status, 0, r.all)
+        XCTAssertEqual(CLI.fileType(dir + "/link.png"), S_IFLNK)
+        XCTAssertTrue(CLI.isPNG(dir + "/real/target.png"))
+        // a replaced file keeps its permissions
+        chmod(dir + "/real/target.png", 0o600)
+        XCTAssertEqual(CLI.run(["generate", "--model", model, "1boy"] + CLI.quick + ["-o", "link.png"], cwd: dir).status, 0)
+        var st = stat()
+        XCTAssertEqual(stat(dir + "/real/target.png", &st), 0)
+        XCTAssertEqual(st.st_mode & 0o777, 0o600)
+        XCTAssertEqual(try PNG.read(dir + "/link.png").textValue("newbie:prompt"), "1boy")
+    }
+
+    /// `-o -` writes to standard output for every command that writes a file; no file named - appears.
+    func testDashIsStandardOutput() throws {
+        let dir = CLI.tempDir("stdout")
+        let g = CLI.run(["generate", "--model", model, "1girl"] + CLI.quick + ["-o", "-"], cwd: dir)
+        XCTAssertEqual(g.status, 0, g.stderr)
+        XCTAssertEqual(g.stdout.prefix(8), CLI.pngSignature)
+        let png = dir + "/g.png"
+        FileManager.default.createFile(atPath: png, contents: g.stdout)
+        XCTAssertEqual(try PNG.read(png).textValue("newbie:prompt"), "1girl")
+
+        let e = CLI.run(["encode", "--model", model, "1girl", "-o", "-"], cwd: dir)
+        XCTAssertEqual(e.status, 0, e.stderr)
+        let cond = dir + "/cond.safetensors"
+        FileManager.default.createFile(atPath: cond, contents: e.stdout)
+        XCTAssertTrue(try SafeTensorsFile(path: cond).names.contains("cap_feats"))
+
+        let d = CLI.run(["denoise", "--cond", cond, "--model", model, "--width", "32", "--height", "32", "--steps", "2", "--quiet", "-o", "lat.safetensors"], cwd: dir)
+        XCTAssertEqual(d.status, 0, d.all)
+        let dec = CLI.run(["decode", "--latent", "lat.safetensors", "--model", model, "-o", "-"], cwd: dir)
+        XCTAssertEqual(dec.status, 0, dec.stderr)
+        XCTAssertEqual(dec.stdout.prefix(8), CLI.pngSignature)
+
+        let desc = dir + "/d.json"
+        FileManager.default.createFile(atPath: desc, contents: Data(#"{"characters": [{"name": "miku"}]}"#.utf8))
+        let b = CLI.run(["prompt", "build", desc, "-o", "-"], cwd: dir)
+        XCTAssertEqual(b.status, 0, b.all)
+        XCTAssertTrue(b.out.contains("<character_1>"), b.out)
+
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/-"))
+        // several images cannot share standard output: refused before any work
+        let two = CLI.run(["generate", "--model", model, "1girl", "--count", "2"] + CLI.quick + ["-o", "-"], cwd: dir)
+        XCTAssertEqual(two.status, 1, two.all)
+        XCTAssertTrue(two.stderr.contains("standard output"), two.stderr)
+        XCTAssertTrue(two.stdout.isEmpty)
+    }
+
+    /// The write leaves no temporary file beside the output, and a failed write leaves the old file.
+    func testNoTemporaryFilesLeft() throws {
+        let dir = CLI.tempDir("tmp")
+        XCTAssertEqual(CLI.run(["generate", "--model", model, "1girl", "--count", "2"] + CLI.quick + ["-o", "img-{index}.png"], cwd: dir).status, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["img-0.png", "img-1.png"])
+    }
+}

@@ -91,13 +91,16 @@ public enum GenerationMetadata {
 public enum Pipeline {
     public static func generate(_ requests: [GenerationRequest], paths: ModelPaths, options: StageOptions,
                                 extraMetadata: (GenerationRequest) -> [String: String] = { _ in [:] },
-                                events: PipelineEvents = PipelineEvents(), tracer: PipelineTracer? = nil) throws -> [String] {
+                                events: PipelineEvents = PipelineEvents(), tracer: PipelineTracer? = nil,
+                                checkMemory: Bool = true) throws -> [String] {
         guard !requests.isEmpty else { throw PipelineError("no prompt to generate") }
         for r in requests { try r.settings.validate() }
         // every output is checked before anything is loaded
         try checkOutputs(requests)
         // every part is checked before the first one is loaded, so a wrong slot fails at once
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
+        // the size must fit the DiT's position tables and the machine's memory
+        try RunCheck.check(requests, paths: paths, options: options, checkMemory: checkMemory)
         // and precision rules naming modules of the DiT or VAE are checked against their plans
         try options.placement.checkRules(paths: paths)
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }

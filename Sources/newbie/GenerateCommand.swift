@@ -284,6 +284,9 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: [.short, .long, .customLong("out")], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added. - writes the one image to standard output. Existing regular files are replaced (symbolic links are written through); anything else is refused.")
     var output = "newbie-{seed}.png"
 
+    @Flag(name: .customLong("skip-memory-check"), help: "Run even when the memory estimate for the size is larger than this machine's memory.")
+    var skipMemoryCheck = false
+
     @Flag(name: .customLong("allow-invalid-xml"), help: "Generate even when an XML prompt has errors (it is used as written); without it, XML errors stop the run before anything is loaded.")
     var allowInvalidXML = false
 
@@ -292,7 +295,7 @@ struct GenerateCommand: ParsableCommand {
     }
 
     func generate() throws {
-        guard count >= 1 else { throw PipelineError("--count \(count): must be at least 1") }
+        guard count >= 1, count <= GenerateCommand.maxCount else { throw PipelineError("--count \(count): must be between 1 and \(GenerateCommand.maxCount)") }
         if initImage != nil && sampling.strength >= 1 {
             throw PipelineError("--init-image needs --strength below 1 (how much of the image is replaced by noise; e.g. 0.6)")
         }
@@ -332,9 +335,11 @@ struct GenerateCommand: ParsableCommand {
         let progress = ProgressReporter(quiet: report.quiet)
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
             [MetadataKey.command: reproduceCommand(r, options: options)]
-        }, events: progress.events, tracer: report.tracer(options))
+        }, events: progress.events, tracer: report.tracer(options), checkMemory: !skipMemoryCheck)
         if report.stats { progress.printStats(device: options.device) }
     }
+
+    static let maxCount = 10_000
 
     /// The command line that makes this image again (model paths are recorded separately).
     func reproduceCommand(_ r: GenerationRequest, options: StageOptions) -> String {

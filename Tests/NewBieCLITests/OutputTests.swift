@@ -103,3 +103,41 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["img-0.png", "img-1.png"])
     }
 }
+
+/// An interrupt between writing and renaming leaves no hidden temporary file behind.
+final class InterruptTests: XCTestCase {
+    func testInterruptRemovesTemporaryFile() throws {
+        let model = CLI.tinyModel
+        for attempt in 0..<6 {
+            let dir = CLI.tempDir("sigint-\(attempt)")
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: CLI.binary)
+            p.arguments = ["generate", "--model", model, "1girl", "--width", "256", "--height", "256", "--steps", "2", "--quiet", "-o", dir + "/out.png"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            // wait for the temporary file, freeze the process inside the write, then interrupt it
+            var caught = false
+            while p.isRunning {
+                let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+                if names.contains(where: { $0.hasPrefix(".out.png.") }) {
+                    kill(p.processIdentifier, SIGSTOP)
+                    let still = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).contains { $0.hasPrefix(".out.png.") }
+                    kill(p.processIdentifier, SIGINT)
+                    kill(p.processIdentifier, SIGCONT)
+                    caught = still
+                    break
+                }
+                usleep(200)
+            }
+            p.waitUntilExit()
+            guard caught else { continue }
+            XCTAssertEqual(p.terminationReason, .uncaughtSignal)
+            let left = try FileManager.default.contentsOfDirectory(atPath: dir)
+            XCTAssertFalse(left.contains { $0.contains(".tmp") }, "temporary file left: \(left)")
+            XCTAssertFalse(left.contains("out.png"), "a half-written image appeared")
+            return
+        }
+        throw XCTSkip("never caught the process between writing and renaming")
+    }
+}

@@ -31,9 +31,11 @@ public struct PipelineEvents {
     public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
     /// Image `image` was written to `path`.
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
+    /// A model evaluation (state, guided velocity, t) of image `image` (`--save-steps`).
+    public var evaluation: ((_ evaluation: ModelEvaluation, _ image: Int) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
-                wrote: ((String, Int) -> Void)? = nil) {
-        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote
+                wrote: ((String, Int) -> Void)? = nil, evaluation: ((ModelEvaluation, Int) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.evaluation = evaluation
     }
 }
 
@@ -156,7 +158,8 @@ public enum Pipeline {
         }
         for (i, r) in requests.enumerated() {
             let latent = try timed("denoise") {
-                try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) })
+                try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) },
+                            onEvaluation: events.evaluation.map { f in { f($0, i) } })
             }
             let image = try timed("decode") { try dec.run(latent) }
             var md = encoded[i].metadata

@@ -7,11 +7,11 @@ import NewBieText
 import NewBieWeights
 
 /// `newbie encode-text`: runs the text encoders alone and writes their outputs as safetensors.
-/// `--gemma PATH`: the Gemma 3 text encoder (hidden_states[-2], spec §4), fed the system prompt
+/// `--gemma PATH`: the Gemma 3 text encoder (hidden_states[-2]), fed the system prompt
 /// (if any) + each prompt, tokenized like the official code (<bos>, right padding to a multiple
 /// of 8, truncation at 512).
-/// `--jina PATH`: the Jina CLIP v2 text tower (pooled (B, 1024) features, spec §5), fed the raw
-/// prompts (no system prompt, spec §3.5).
+/// `--jina PATH`: the Jina CLIP v2 text tower (pooled (B, 1024) features), fed the raw
+/// prompts (no system prompt).
 struct EncodeTextCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "encode-text",
@@ -23,7 +23,7 @@ struct EncodeTextCommand: ParsableCommand {
     @Option(name: [.customLong("gemma-tokenizer"), .customLong("tokenizer")], help: "Gemma tokenizer.json, or a .gguf whose vocabulary to use (default: tokenizer.json beside the checkpoint or in ../tokenizer/, else the GGUF's own).")
     var gemmaTokenizer: String?
 
-    @Option(name: .customLong("system-prompt"), help: "Prepended to every non-empty Gemma prompt: none, xml, text (the training prefixes, spec §3.5) or a literal string.")
+    @Option(name: .customLong("system-prompt"), help: "Prepended to every non-empty Gemma prompt: none, xml, text (the official training prefixes for XML and for tag/text prompts) or a literal string.")
     var systemPrompt = "none"
 
     @Option(name: .customLong("gemma-max-length"), help: "Gemma: truncate to this many tokens including <bos> (official: 512).")

@@ -12,33 +12,60 @@ import NewBieWeights
 // `newbie generate` and the stage commands `encode`, `denoise`, `decode` share these option
 // groups and run the same library stages (Sources/NewBiePipeline).
 
+/// Help texts of the model options (shared by the commands that take a subset of the parts).
+enum ModelHelp {
+    static let root = ArgumentHelp("Model folder in the official Hugging Face layout (NewBie-AI/NewBie-image-Exp0.1): transformer/, text_encoder/, clip_model/, vae/.")
+    static let dit = ArgumentHelp("The DiT: transformer/ folder or one file (e.g. ComfyUI NewBie-Image-Exp0.1-bf16.safetensors). Overrides --model.")
+    static let gemma = ArgumentHelp("Gemma 3 text encoder: text_encoder/ folder, a .safetensors (e.g. gemma_3_4b_it_bf16.safetensors) or a .gguf. Overrides --model.")
+    static let gemmaTokenizer = ArgumentHelp("Gemma tokenizer.json or .gguf (default: tokenizer.json beside the Gemma checkpoint or in ../tokenizer/).")
+    static let jina = ArgumentHelp("Jina CLIP v2: clip_model/ folder or a .safetensors (e.g. jina_clip_v2_bf16.safetensors). Overrides --model.")
+    static let jinaTokenizer = ArgumentHelp("XLM-R tokenizer.json (default: beside the Jina checkpoint).")
+    static let vae = ArgumentHelp("FLUX VAE: vae/ folder, diffusion_pytorch_model.safetensors or ae.safetensors. Overrides --model.")
+}
+
 /// Where the model parts are: `--model DIR` (official Hugging Face layout) and/or one per part.
 struct ModelOptions: ParsableArguments {
-    @Option(name: .customLong("model"), help: "Model folder in the official Hugging Face layout (NewBie-AI/NewBie-image-Exp0.1): transformer/, text_encoder/, clip_model/, vae/.")
-    var root: String?
-
-    @Option(name: .customLong("dit"), help: "The DiT: transformer/ folder or one file (e.g. ComfyUI NewBie-Image-Exp0.1-bf16.safetensors). Overrides --model.")
-    var dit: String?
-
-    @Option(name: .customLong("gemma"), help: "Gemma 3 text encoder: text_encoder/ folder, a .safetensors (e.g. gemma_3_4b_it_bf16.safetensors) or a .gguf. Overrides --model.")
-    var gemma: String?
-
-    @Option(name: .customLong("gemma-tokenizer"), help: "Gemma tokenizer.json or .gguf (default: tokenizer.json beside the Gemma checkpoint or in ../tokenizer/).")
-    var gemmaTokenizer: String?
-
-    @Option(name: .customLong("jina"), help: "Jina CLIP v2: clip_model/ folder or a .safetensors (e.g. jina_clip_v2_bf16.safetensors). Overrides --model.")
-    var jina: String?
-
-    @Option(name: .customLong("jina-tokenizer"), help: "XLM-R tokenizer.json (default: beside the Jina checkpoint).")
-    var jinaTokenizer: String?
-
-    @Option(name: .customLong("vae"), help: "FLUX VAE: vae/ folder, diffusion_pytorch_model.safetensors or ae.safetensors. Overrides --model.")
-    var vae: String?
+    @Option(name: .customLong("model"), help: ModelHelp.root) var root: String?
+    @Option(name: .customLong("dit"), help: ModelHelp.dit) var dit: String?
+    @Option(name: .customLong("gemma"), help: ModelHelp.gemma) var gemma: String?
+    @Option(name: .customLong("gemma-tokenizer"), help: ModelHelp.gemmaTokenizer) var gemmaTokenizer: String?
+    @Option(name: .customLong("jina"), help: ModelHelp.jina) var jina: String?
+    @Option(name: .customLong("jina-tokenizer"), help: ModelHelp.jinaTokenizer) var jinaTokenizer: String?
+    @Option(name: .customLong("vae"), help: ModelHelp.vae) var vae: String?
 
     func paths() throws -> ModelPaths {
         try ModelPaths.resolve(root: root, dit: dit, gemma: gemma, gemmaTokenizer: gemmaTokenizer, jina: jina,
                                jinaTokenizer: jinaTokenizer, vae: vae)
     }
+}
+
+/// The text encoders only (`newbie encode`).
+struct TextModelOptions: ParsableArguments {
+    @Option(name: .customLong("model"), help: ModelHelp.root) var root: String?
+    @Option(name: .customLong("gemma"), help: ModelHelp.gemma) var gemma: String?
+    @Option(name: .customLong("gemma-tokenizer"), help: ModelHelp.gemmaTokenizer) var gemmaTokenizer: String?
+    @Option(name: .customLong("jina"), help: ModelHelp.jina) var jina: String?
+    @Option(name: .customLong("jina-tokenizer"), help: ModelHelp.jinaTokenizer) var jinaTokenizer: String?
+
+    func paths() throws -> ModelPaths {
+        try ModelPaths.resolve(root: root, gemma: gemma, gemmaTokenizer: gemmaTokenizer, jina: jina, jinaTokenizer: jinaTokenizer)
+    }
+}
+
+/// The DiT only (`newbie denoise`).
+struct DiTModelOptions: ParsableArguments {
+    @Option(name: .customLong("model"), help: ModelHelp.root) var root: String?
+    @Option(name: .customLong("dit"), help: ModelHelp.dit) var dit: String?
+
+    func paths() throws -> ModelPaths { try ModelPaths.resolve(root: root, dit: dit) }
+}
+
+/// The VAE only (`newbie decode`).
+struct VAEModelOptions: ParsableArguments {
+    @Option(name: .customLong("model"), help: ModelHelp.root) var root: String?
+    @Option(name: .customLong("vae"), help: ModelHelp.vae) var vae: String?
+
+    func paths() throws -> ModelPaths { try ModelPaths.resolve(root: root, vae: vae) }
 }
 
 /// Where the models run and in which precision, and the CUDA settings: one parser for every
@@ -91,7 +118,7 @@ struct DeviceOptions: ParsableArguments {
     }
 }
 
-/// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup (spec 3.3).
+/// Sampling: size, grid, guidance, noise. Defaults: the official demo.py setup.
 struct SamplingOptions: ParsableArguments {
     @Option(help: "Image width in pixels, a multiple of 16.")
     var width = 1024
@@ -113,7 +140,7 @@ struct SamplingOptions: ParsableArguments {
     var seed = "0"
     @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
     var rng = "torch"
-    @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image; a design choice, spec 3.4).")
+    @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image). The official code has no img2img; this follows the usual flow-matching recipe (the init latent mixed with the noise at the start time).")
     var strength: Float = 1
 
     func settings(seed s: UInt64) throws -> SamplingSettings {
@@ -189,6 +216,9 @@ final class ProgressReporter {
     /// When the last stage or image ended: the first step of the next image is timed from here.
     var mark: Double = ProgressReporter.now()
     var stageTimes: [(String, Double)] = []
+    /// The --steps the user gave when it counts grid points (euler, midpoint, rk4): shown beside
+    /// the sampler's step count, which is one less.
+    var gridPoints: Int?
 
     init(quiet: Bool) { self.quiet = quiet }
 
@@ -210,7 +240,9 @@ final class ProgressReporter {
         let rate = Double(done) / elapsed
         let eta = Double(s.count - done) / max(rate, 1e-9)
         let head = images > 1 ? "image \(image + 1)/\(images) " : ""
-        let stats = String(format: "%d/%d steps, %.2f steps/s, ETA %@, t=%.4f", done, s.count, rate, ProgressReporter.duration(eta), s.to)
+        // --steps N of euler/midpoint/rk4 is an N-point grid: N - 1 steps (fewer with img2img)
+        let points = gridPoints.map { String(format: " (grid point %d/%d)", $0 - (s.count - done), $0) } ?? ""
+        let stats = String(format: "%d/%d steps%@, %.2f steps/s, ETA %@, t=%.4f", done, s.count, points, rate, ProgressReporter.duration(eta), s.to)
         if terminal {
             let width = 30, filled = width * done / max(s.count, 1)
             let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
@@ -261,7 +293,7 @@ struct GenerateCommand: ParsableCommand {
         commandName: "generate",
         abstract: "Generate images from a prompt: text encoders -> DiT sampling with guidance -> VAE -> PNG.",
         discussion: """
-        Defaults reproduce the official Gradio demo.py setup (spec 3.3): midpoint sampler on the 18-point grid \
+        Defaults reproduce the official Gradio demo.py setup: midpoint sampler on the 18-point grid \
         with shift 6 (34 guided DiT calls), CFG 5.0 truncated at t = 0.25, renorm off, 1024x1024. The system \
         prompt is the official training prefix (xml or text, by the prompt's form); the demo's dropdown offers \
         Lumina-2 style strings instead. The noise is PyTorch's CPU torch.randn for the seed (the demo draws \
@@ -283,6 +315,9 @@ struct GenerateCommand: ParsableCommand {
 
     @Option(name: [.short, .long, .customLong("out")], help: "Output PNG path pattern: {seed}, {index} and {prompt} are replaced; with several images and no placeholder, -N is added. - writes the one image to standard output. Existing regular files are replaced (symbolic links are written through); anything else is refused.")
     var output = "newbie-{seed}.png"
+
+    @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors); with several images, one sub-folder image-N per image.")
+    var saveSteps: String?
 
     @Flag(name: .customLong("skip-memory-check"), help: "Run even when the memory estimate for the size is larger than this machine's memory.")
     var skipMemoryCheck = false
@@ -333,9 +368,38 @@ struct GenerateCommand: ParsableCommand {
         let options = try deviceOptions.stageOptions()
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
+        progress.gridPoints = sampling.sampler == "dpm" ? nil : sampling.steps
+        var events = progress.events
+        var saveError: Error? = nil
+        if let d = saveSteps {
+            let folders = requests.count == 1 ? [d] : requests.indices.map { PathName.join(d, "image-\($0)") }
+            for f in folders {
+                var isDir: ObjCBool = false
+                if FileManager.default.fileExists(atPath: f, isDirectory: &isDir) {
+                    guard isDir.boolValue else { throw PipelineError("--save-steps \(f): exists and is not a folder") }
+                } else {
+                    do { try FileManager.default.createDirectory(atPath: f, withIntermediateDirectories: true) } catch {
+                        throw PipelineError("--save-steps \(f): cannot create the folder (\(error.localizedDescription))")
+                    }
+                }
+            }
+            func save(_ image: Int, _ name: String, _ tensors: [(String, Tensor)], _ md: [String: String]) {
+                guard saveError == nil else { return }
+                do { try SafeTensorsWriter.write(tensors, metadata: md, toPath: PathName.join(folders[image], name)) } catch { saveError = error }
+            }
+            let step = events.step
+            events.step = { s, image, images in
+                step?(s, image, images)
+                save(image, String(format: "step_%03d.safetensors", s.index), [("x", s.x)], ["from": "\(s.from)", "to": "\(s.to)"])
+            }
+            events.evaluation = { ev, image in
+                save(image, String(format: "eval_%03d.safetensors", ev.index), [("x", ev.x), ("velocity", ev.velocity)], ["t": "\(ev.t)"])
+            }
+        }
         _ = try Pipeline.generate(requests, paths: paths, options: options, extraMetadata: { r in
             [MetadataKey.command: reproduceCommand(r, options: options)]
-        }, events: progress.events, tracer: report.tracer(options), checkMemory: !skipMemoryCheck)
+        }, events: events, tracer: report.tracer(options), checkMemory: !skipMemoryCheck)
+        if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
         if report.stats { progress.printStats(device: options.device) }
     }
 

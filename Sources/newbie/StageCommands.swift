@@ -20,7 +20,7 @@ struct EncodeCommand: ParsableCommand {
         abstract: "Stage 1: encode a prompt and its negative with Gemma 3 and Jina CLIP v2 into a conditioning .safetensors.")
 
     @OptionGroup var promptOptions: PromptOptions
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var models: TextModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
 
     @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors (- for standard output): cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
@@ -58,7 +58,7 @@ struct DenoiseCommand: ParsableCommand {
     var cond: String
 
     @OptionGroup var sampling: SamplingOptions
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var models: DiTModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
     @OptionGroup var report: ReportOptions
 
@@ -126,7 +126,7 @@ struct DecodeCommand: ParsableCommand {
     @Option(help: "Latent .safetensors written by newbie denoise (tensor \"latent\").")
     var latent: String
 
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var models: VAEModelOptions
 
     @Option(name: [.short, .long, .customLong("out")], help: "Output PNG (- for standard output).")
     var output: String

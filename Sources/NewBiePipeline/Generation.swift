@@ -33,9 +33,13 @@ public struct PipelineEvents {
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
     /// A model evaluation (state, guided velocity, t) of image `image` (`--save-steps`).
     public var evaluation: ((_ evaluation: ModelEvaluation, _ image: Int) -> Void)?
+    /// Something the user should know that does not stop the run (e.g. a prompt cut to the
+    /// encoders' length limits), for request `request`.
+    public var warning: ((_ message: String, _ request: Int) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
-                wrote: ((String, Int) -> Void)? = nil, evaluation: ((ModelEvaluation, Int) -> Void)? = nil) {
-        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.evaluation = evaluation
+                wrote: ((String, Int) -> Void)? = nil, evaluation: ((ModelEvaluation, Int) -> Void)? = nil,
+                warning: ((String, Int) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.evaluation = evaluation; self.warning = warning
     }
 }
 
@@ -132,10 +136,13 @@ public enum Pipeline {
             text.tracer = tracer
             var cache: [String: EncodedPrompt] = [:]
             try timed("encode") {
-                for r in requests {
+                for (i, r) in requests.enumerated() {
                     let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
                     let key = [r.prompt, r.negativePrompt, system].joined(separator: "\u{0}")
                     if let e = cache[key] { encoded.append(e); continue }
+                    for w in text.truncationWarnings(prompt: r.prompt, negativePrompt: r.negativePrompt, systemPrompt: system) {
+                        events.warning?(w, i)
+                    }
                     let e = try text.encode(prompt: r.prompt, negativePrompt: r.negativePrompt, systemPrompt: system)
                     cache[key] = e
                     encoded.append(e)

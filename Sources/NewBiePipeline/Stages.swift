@@ -157,6 +157,23 @@ public final class TextStage {
         }
     }
 
+    /// What the encoders' length limits cut from a prompt and its negative: one line per text and
+    /// encoder that loses tokens, with the counts kept and dropped (empty when nothing is cut).
+    public func truncationWarnings(prompt: String, negativePrompt: String = "", systemPrompt: String) -> [String] {
+        var out: [String] = []
+        for (name, text, system) in [("prompt", prompt, prompt.isEmpty ? "" : systemPrompt), ("negative prompt", negativePrompt, "")] where !text.isEmpty {
+            let g = gemmaTokenizer.encode(system + text).count
+            if g > options.gemmaMaxLength {
+                out.append("the \(name) is longer than Gemma's limit: \(options.gemmaMaxLength) of \(g) tokens kept (system prompt and <bos> included), \(g - options.gemmaMaxLength) dropped from the end")
+            }
+            let j = jinaTokenizer.encode(text).count
+            if j > options.jinaMaxLength {
+                out.append("the \(name) is longer than Jina CLIP's limit: \(options.jinaMaxLength) of \(j) tokens kept (<s> and </s> included), \(j - options.jinaMaxLength) dropped from the end")
+            }
+        }
+        return out
+    }
+
     /// Encodes one prompt and its negative.
     public func encode(prompt: String, negativePrompt: String = "", systemPrompt: String) throws -> EncodedPrompt {
         let gemmaInputs = [prompt.isEmpty ? "" : systemPrompt + prompt, negativePrompt]

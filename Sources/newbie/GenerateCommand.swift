@@ -276,8 +276,9 @@ final class ProgressReporter {
                        wrote: { [self] path, _ in
                            if quiet { return }
                            // the image itself may be on standard output
-                           if path == "-" { line("wrote the image to standard output") } else { print("wrote \(path)") }
-                       })
+                           if path == "-" { line("wrote the image to standard output") } else { print("wrote \(path)"); fflush(stdout) }
+                       },
+                       warning: { [self] message, request in line("warning: image \(request + 1): \(message)") })
     }
 }
 
@@ -405,17 +406,28 @@ struct GenerateCommand: ParsableCommand {
 
     static let maxCount = 10_000
 
-    /// The command line that makes this image again (model paths are recorded separately).
+    /// The command line that makes this image again, as written: every setting, the model paths
+    /// and the output path (absolute, so it runs from any folder).
     func reproduceCommand(_ r: GenerationRequest, options: StageOptions) -> String {
         let s = r.settings
         let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
+        func abs(_ p: String) -> String { p.hasPrefix("/") ? p : PathName.join(FileManager.default.currentDirectoryPath, p) }
         var a = ["newbie", "generate", shellQuote(r.prompt)]
         if !r.negativePrompt.isEmpty { a += ["--negative-prompt", shellQuote(r.negativePrompt)] }
         a += ["--system-prompt", system.isEmpty ? "none" : system == SystemPrompt.xml ? "xml" : system == SystemPrompt.text ? "text" : shellQuote(system)]
         a += ["--width", "\(s.width)", "--height", "\(s.height)", "--steps", "\(s.steps)", "--sampler", s.sampler == .dpm ? "dpm" : s.sampler.rawValue,
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
-              "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", options.placement.precisionSpec, "--device", options.placement.deviceSpec]
-        if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(p), "--strength", "\(s.strength)"] }
+              "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", shellQuote(options.placement.precisionSpec),
+              "--device", shellQuote(options.placement.deviceSpec)]
+        if options.cuda.tf32 { a.append("--tf32") }
+        if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(abs(p)), "--strength", "\(s.strength)"] }
+        for (flag, value) in [("--model", models.root), ("--dit", models.dit), ("--gemma", models.gemma), ("--gemma-tokenizer", models.gemmaTokenizer),
+                              ("--jina", models.jina), ("--jina-tokenizer", models.jinaTokenizer), ("--vae", models.vae)] {
+            if let v = value { a += [flag, shellQuote(abs(v))] }
+        }
+        if allowInvalidXML { a.append("--allow-invalid-xml") }
+        if skipMemoryCheck { a.append("--skip-memory-check") }
+        a += ["-o", r.output == OutputFile.standardOutput ? "-" : shellQuote(abs(r.output))]
         return a.joined(separator: " ")
     }
 }

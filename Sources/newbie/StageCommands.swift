@@ -36,8 +36,9 @@ struct EncodeCommand: ParsableCommand {
             let options = try deviceOptions.stageOptions()
             let paths = try models.paths()
             let stage = try TextStage(paths: paths, options: options)
-            let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative,
-                                       systemPrompt: SystemPrompt.resolve(promptOptions.systemPrompt, prompt: e.prompt))
+            let system = SystemPrompt.resolve(promptOptions.systemPrompt, prompt: e.prompt)
+            for w in stage.truncationWarnings(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: system) { printError("warning: \(w)") }
+            let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: system)
             var md = enc.metadata
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.gemma)] = paths.gemma

@@ -85,3 +85,48 @@ final class CommandTests: XCTestCase {
         XCTAssertTrue(j.out.contains("\"parts\""), j.out)
     }
 }
+
+/// What a PNG records: a command that makes it again; long prompts are reported when cut.
+final class MetadataTests: XCTestCase {
+    var model: String { CLI.tinyModel }
+
+    /// newbie:command, run as written from another folder, makes the same image at the same path.
+    func testCommandInPNGReproducesTheImage() throws {
+        let dir = CLI.tempDir("repro")
+        let r = CLI.run(["generate", "--model", model, "1girl, it's \"quoted\"", "--negative-prompt", "bad hands", "--seed", "42",
+                         "--cfg", "3.5", "--sampler", "euler"] + CLI.quick + ["-o", "sub/out-{seed}.png"], cwd: dir)
+        XCTAssertEqual(r.status, 0, r.all)
+        let path = dir + "/sub/out-42.png"
+        let first = try PNG.read(path)
+        let command = try XCTUnwrap(first.textValue("newbie:command"))
+        XCTAssertTrue(command.contains(path), command)
+        try FileManager.default.moveItem(atPath: path, toPath: dir + "/first.png")
+        let binDir = URL(fileURLWithPath: CLI.binary).deletingLastPathComponent().path
+        let other = CLI.tempDir("repro-elsewhere")
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", command]
+        p.currentDirectoryURL = URL(fileURLWithPath: other)
+        var env = ProcessInfo.processInfo.environment
+        env["PATH"] = binDir + ":" + (env["PATH"] ?? "/usr/bin:/bin")
+        p.environment = env
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, command)
+        let again = try PNG.read(path)
+        XCTAssertEqual(again.image, first.image, "the command made a different image: \(command)")
+        XCTAssertEqual(again.textValue("newbie:command"), command)
+    }
+
+    /// A prompt longer than the encoders' limits is cut with a warning giving the counts.
+    func testLongPromptWarns() throws {
+        let long = Array(repeating: "1girl, red eyes, long hair", count: 150).joined(separator: ", ")
+        let r = CLI.run(["generate", "--model", model, long, "--width", "32", "--height", "32", "--steps", "2", "-o", CLI.tempDir("long") + "/x.png"])
+        XCTAssertEqual(r.status, 0, r.all)
+        XCTAssertTrue(r.stderr.contains("Gemma's limit: 512 of"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("dropped"), r.stderr)
+        let short = CLI.run(["generate", "--model", model, "1girl", "--width", "32", "--height", "32", "--steps", "2", "-o", CLI.tempDir("short") + "/x.png"])
+        XCTAssertFalse(short.stderr.contains("warning"), short.stderr)
+    }
+}

@@ -79,7 +79,11 @@ struct DenoiseCommand: ParsableCommand {
             let settings = try sampling.settings(seed: try sampling.firstSeed())
             let options = try deviceOptions.stageOptions()
             let paths = try models.paths()
+            // the size must fit the DiT's position tables and this machine's memory (before loading)
+            _ = try paths.require(.dit)
+            try RunCheck.check([GenerationRequest(prompt: "", settings: settings, output: output)], paths: paths, options: options)
             let progress = ProgressReporter(quiet: report.quiet)
+            progress.gridPoints = sampling.sampler == "dpm" ? nil : sampling.steps
             let t0 = ProgressReporter.now()
             let stage = try DenoiseStage(paths: paths, options: options)
             stage.tracer = report.tracer(options)

@@ -26,6 +26,14 @@ FLAGS=(-Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library)
 D="$B/$CONFIG"
 OPT=(); [ "$CONFIG" = release ] && OPT=(-O)
 
+# a toolchain without libFuzzer support: say so and stop (not a failure of the code)
+probe=$(mktemp -d)
+echo '@_cdecl("LLVMFuzzerTestOneInput") public func f(_ p: UnsafeRawPointer?, _ n: Int) -> CInt { 0 }' > "$probe/p.swift"
+if ! swiftc -sanitize=fuzzer -parse-as-library "$probe/p.swift" -o "$probe/p" >/dev/null 2>&1; then
+    rm -rf "$probe"; echo "tools/fuzz/run.sh: this swiftc has no -sanitize=fuzzer; fuzzing skipped"; exit 0
+fi
+rm -rf "$probe"
+
 if [ "${FUZZ_SKIP_BUILD:-0}" != 1 ]; then
 echo "== building the libraries ($CONFIG) with fuzzer and address sanitizer instrumentation"
 swift build -c "$CONFIG" --build-path "$B" --target NewBiePipeline "${FLAGS[@]}" 2>&1 | grep -E "error|Build" || true

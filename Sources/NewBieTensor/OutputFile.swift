@@ -162,12 +162,20 @@ public enum OutputFile {
             }
         }
         var template = Array(PathName.join(folder, ".\(PathName.lastComponent(final)).tmp-XXXXXX").utf8CString)
+        // the signals that remove temporary files wait until the new one is registered
+        TemporaryFiles.installSignalHandlers()
+        var blocked = sigset_t(), previous = sigset_t()
+        sigemptyset(&blocked)
+        for sig in TemporaryFiles.signals { sigaddset(&blocked, sig) }
+        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else {
-            throw OutputError(path, "cannot create a temporary file in \(folder) (\(String(cString: strerror(errno))))")
-        }
+        let createError = errno
         let tmp = String(cString: template)
-        let slot = TemporaryFiles.register(tmp)
+        let slot = fd >= 0 ? TemporaryFiles.register(tmp) : -1
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        guard fd >= 0 else {
+            throw OutputError(path, "cannot create a temporary file in \(folder) (\(String(cString: strerror(createError))))")
+        }
         var closed = false
         defer {
             if !closed { close(fd) }
@@ -235,6 +243,7 @@ private func systemWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int {
 /// the signal's default action runs, so the process still ends as it would have).
 public enum TemporaryFiles {
     static let capacity = 64
+    static let signals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
     nonisolated(unsafe) static let slots: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?> = {
         let p = UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>.allocate(capacity: capacity)
         p.initialize(repeating: nil, count: capacity)
@@ -249,7 +258,7 @@ public enum TemporaryFiles {
         if installed { return }
         installed = true
         _ = slots
-        for sig in [SIGINT, SIGTERM, SIGHUP] {
+        for sig in signals {
             signal(sig) { s in
                 for i in 0..<TemporaryFiles.capacity { if let p = TemporaryFiles.slots[i] { unlink(p) } }
                 signal(s, SIG_DFL)
@@ -259,7 +268,6 @@ public enum TemporaryFiles {
     }
 
     static func register(_ path: String) -> Int {
-        installSignalHandlers()
         lock.lock(); defer { lock.unlock() }
         for i in 0..<capacity where slots[i] == nil {
             slots[i] = strdup(path)

@@ -93,7 +93,7 @@ func randomDiTWeights(_ cfg: NextDiTConfig, seed: UInt64) throws -> (String) thr
     var rng = SplitMix(seed: seed)
     let shapes = Dictionary(uniqueKeysWithValues: try cfg.expectedTensors().map { ($0.name, $0.shape) })
     return { name in
-        guard let s = shapes[name] else { throw ValidationError("no tensor \(name) in this NextDiT") }
+        guard let s = shapes[name] else { throw PipelineError("no tensor \(name) in this NextDiT") }
         let isNorm = s.count == 1 && !name.hasSuffix(".bias")
         let scale: Float = s.count == 2 ? 1 / Float(s[1]).squareRoot() : 0.1
         return Tensor((0..<s.reduce(1, *)).map { _ in isNorm ? 1 + 0.1 * rng.uniform() : scale * rng.uniform() }, shape: s)

@@ -99,6 +99,8 @@ struct BenchPipelineCommand: ParsableCommand {
     }
 
     func bench() throws {
+        if !weightsOnly { try checkOutput(output) }
+        if let j = json { try checkOutput(j, option: "--json", binary: false) }
         guard let sc = RandomModelSpec.Scale(rawValue: scale) else { throw PipelineError("--scale \(scale): use tiny or full") }
         guard let wdt = DType(userName: weightsDType), [.f32, .bf16, .f16].contains(wdt) else {
             throw PipelineError("--weights-dtype \(weightsDType): use bf16, fp16 or fp32")
@@ -147,8 +149,8 @@ struct BenchPipelineCommand: ParsableCommand {
         let report = try PipelineBench.run(config, log: log)
         print(report.table())
         if let j = json {
-            try report.json().write(to: URL(fileURLWithPath: j))
-            if !quiet { print("wrote \(j)") }
+            try writeText(String(decoding: try report.json(), as: UTF8.self), to: j, option: "--json")
+            if !quiet { reportWrote(j) }
         }
     }
 }

@@ -75,13 +75,13 @@ struct VAEDecodeCommand: ParsableCommand {
         try checkOutput(out)
         let file = try SafeTensorsFile(path: latent)
         let key = try name ?? (file.names.count == 1 ? file.names[0] : (file.names.contains("latent") ? "latent" : {
-            throw ValidationError("\(latent) holds \(file.names.count) tensors (\(file.names.prefix(8).joined(separator: ", "))); pick one with --name")
+            throw PipelineError("--latent \(latent) holds \(file.names.count) tensors (\(file.names.prefix(8).joined(separator: ", "))); pick one with --name")
         }()))
         var x = try file.tensor(key)
         if x.rank == 3 { x = x.unsqueeze(0) }
         let model = try vae.load(.decoder)
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == model.config.latentChannels else {
-            throw ValidationError("\(latent):\(key) has shape \(x.shape); expected [1, \(model.config.latentChannels), h, w]")
+            throw PipelineError("--latent \(latent): tensor \(key) has shape \(x.shape); expected [1, \(model.config.latentChannels), h, w]")
         }
         let t = try tiling.tiling()
         let start = Date()
@@ -118,7 +118,7 @@ struct VAEEncodeCommand: ParsableCommand {
         let model = try vae.load(.encoder)
         let f = model.config.downscale
         guard decoded.image.width % f == 0, decoded.image.height % f == 0 else {
-            throw ValidationError("\(image) is \(decoded.image.width)x\(decoded.image.height); width and height must be multiples of \(f)")
+            throw PipelineError("--image \(image) is \(decoded.image.width)x\(decoded.image.height); width and height must be multiples of \(f)")
         }
         let latent = model.encode(decoded.image.tensor()).to(.f32)
         try SafeTensorsWriter.write([("latent", latent)], metadata: ["source": image, "vae": vae.path, "dtype": vae.dtype],

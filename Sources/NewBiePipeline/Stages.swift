@@ -310,7 +310,7 @@ public final class ImageEncodeStage {
     /// Reads a PNG of exactly `width` x `height` and encodes it.
     public func run(png path: String, width: Int, height: Int) throws -> Tensor {
         let d: PNG.Decoded
-        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(path): \(error)") }
+        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(error)") }
         guard d.image.width == width, d.image.height == height else {
             throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
         }

@@ -180,8 +180,9 @@ struct PromptOptions: ParsableArguments {
         if let p = prompt { out.append(Entry(prompt: p, negative: negativePrompt, seed: nil)) }
         if let f = promptFile {
             let text = try readTextFile(f, option: "--prompt-file")
-            out += try PromptList.parse(text, source: f, negativePrompt: negativePrompt)
-                .map { Entry(prompt: $0.prompt, negative: $0.negativePrompt, seed: $0.seed) }
+            let list = try PromptList.parse(text, source: f, negativePrompt: negativePrompt)
+            guard !list.isEmpty else { throw PipelineError("--prompt-file \(f): holds no prompt (the file is empty or only blank lines)") }
+            out += list.map { Entry(prompt: $0.prompt, negative: $0.negativePrompt, seed: $0.seed) }
         }
         guard !out.isEmpty else { throw PipelineError("no prompt: give the prompt text or --prompt-file PATH") }
         return out

@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTensor
 import NewBieDiffusion
 import NewBieText
 import NewBieWeights
@@ -58,7 +59,7 @@ public enum ModelDescription {
     static func configPath(beside path: String) -> String? {
         var isDir: ObjCBool = false
         FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-        let dir = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+        let dir = isDir.boolValue ? path : PathName.parent(path)
         let cfg = (dir as NSString).appendingPathComponent("config.json")
         return FileManager.default.fileExists(atPath: cfg) ? cfg : nil
     }

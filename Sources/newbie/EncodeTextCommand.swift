@@ -100,7 +100,7 @@ struct EncodeTextCommand: ParsableCommand {
         // a GGUF carries its own vocabulary; otherwise look beside the checkpoint
         let candidates = path.hasSuffix(".gguf") ? [path] : [
             (folder as NSString).appendingPathComponent("tokenizer.json"),
-            ((folder as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
+            (PathName.parent(folder) as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
         ]
         guard let tokPath = gemmaTokenizer ?? candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
             throw PipelineError("no Gemma tokenizer found (looked for \(candidates.joined(separator: ", "))); give --gemma-tokenizer PATH (tokenizer.json or a Gemma .gguf)")

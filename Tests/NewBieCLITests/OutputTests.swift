@@ -20,6 +20,25 @@ final class OutputTests: XCTestCase {
         }
     }
 
+    /// One-character model file names used the same crashing path code (the folder of --dit,
+    /// --gemma, --jina files).
+    func testOneCharacterModelFileNames() throws {
+        let dir = CLI.tempDir("short-model")
+        for (slot, folder, file) in [("d", "transformer", "diffusion_pytorch_model.safetensors"), ("g", "text_encoder", "model.safetensors"),
+                                     ("j", "clip_model", "model.safetensors"), ("v", "vae", "diffusion_pytorch_model.safetensors")] {
+            try FileManager.default.copyItem(atPath: model + "/" + folder + "/" + file, toPath: dir + "/" + slot)
+        }
+        let r = CLI.run(["generate", "--dit", "d", "--gemma", "g", "--gemma-tokenizer", model + "/text_encoder/tokenizer.json",
+                         "--jina", "j", "--jina-tokenizer", model + "/clip_model/tokenizer.json", "--vae", "v", "1girl"] + CLI.quick + ["-o", "o.png"], cwd: dir)
+        XCTAssertTrue(r.exited, "crashed: \(r.all)")
+        XCTAssertEqual(r.status, 0, r.all)
+        XCTAssertTrue(CLI.isPNG(dir + "/o.png"))
+        for part in ["d", "g", "j", "v"] {
+            let i = CLI.run(["inspect", part], cwd: dir)
+            XCTAssertTrue(i.exited, "inspect \(part) crashed: \(i.all)")
+        }
+    }
+
     /// A device, a pipe or a folder at the output path is refused before any work and left as it is.
     func testRefusesTargetsThatAreNotRegularFiles() throws {
         let dir = CLI.tempDir("special")

@@ -24,12 +24,13 @@ final class OutputTests: XCTestCase {
     /// --gemma, --jina files).
     func testOneCharacterModelFileNames() throws {
         let dir = CLI.tempDir("short-model")
+        // (the tiny Gemma and VAE need their config.json beside them, so they are given as folders)
         for (slot, folder, file) in [("d", "transformer", "diffusion_pytorch_model.safetensors"), ("g", "text_encoder", "model.safetensors"),
                                      ("j", "clip_model", "model.safetensors"), ("v", "vae", "diffusion_pytorch_model.safetensors")] {
             try FileManager.default.copyItem(atPath: model + "/" + folder + "/" + file, toPath: dir + "/" + slot)
         }
-        let r = CLI.run(["generate", "--dit", "d", "--gemma", "g", "--gemma-tokenizer", model + "/text_encoder/tokenizer.json",
-                         "--jina", "j", "--jina-tokenizer", model + "/clip_model/tokenizer.json", "--vae", "v", "1girl"] + CLI.quick + ["-o", "o.png"], cwd: dir)
+        let r = CLI.run(["generate", "--dit", "d", "--gemma", model + "/text_encoder", "--gemma-tokenizer", model + "/text_encoder/tokenizer.json",
+                         "--jina", "j", "--jina-tokenizer", model + "/clip_model/tokenizer.json", "--vae", model + "/vae", "1girl"] + CLI.quick + ["-o", "o.png"], cwd: dir)
         XCTAssertTrue(r.exited, "crashed: \(r.all)")
         XCTAssertEqual(r.status, 0, r.all)
         XCTAssertTrue(CLI.isPNG(dir + "/o.png"))

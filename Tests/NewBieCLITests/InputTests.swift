@@ -101,3 +101,16 @@ final class InputTests: XCTestCase {
         XCTAssertTrue(v.stderr.contains("--width -1"), v.stderr)
     }
 }
+
+/// Inputs found by fuzzing, run through the binary.
+final class FuzzRegressionTests: XCTestCase {
+    /// 20,000 nested brackets in a YAML prompt description crashed `prompt build` (stack overflow).
+    func testDeeplyNestedYAMLDescription() {
+        let dir = CLI.tempDir("deep")
+        FileManager.default.createFile(atPath: dir + "/deep.yaml", contents: Data(String(repeating: "[", count: 20_000).utf8))
+        let r = CLI.run(["prompt", "build", dir + "/deep.yaml"])
+        XCTAssertTrue(r.exited, "crashed: \(r.stderr.prefix(300))")
+        XCTAssertEqual(r.status, 1, r.all)
+        XCTAssertTrue(r.stderr.contains("levels deep"), r.stderr)
+    }
+}

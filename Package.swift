@@ -56,6 +56,8 @@ let package = Package(
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieMetricsTests", dependencies: ["NewBieMetrics", "NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
+        // The built `newbie` binary run as a user would (bad input, outputs, exit codes).
+        .testTarget(name: "NewBieCLITests", dependencies: ["NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieMetrics", "NewBieWeights", "NewBieTestSupport"]),
     ],
     swiftLanguageModes: [.v5]

@@ -166,6 +166,23 @@ public final class TextStage {
         jina = j.tower; jinaTokenizer = j.tokenizer
     }
 
+    /// What the encoders' length limits cut from a prompt and its negative: one line per text and
+    /// encoder that loses tokens, with the counts kept and dropped (empty when nothing is cut).
+    public func truncationWarnings(prompt: String, negativePrompt: String = "", systemPrompt: String) -> [String] {
+        var out: [String] = []
+        for (name, text, system) in [("prompt", prompt, prompt.isEmpty ? "" : systemPrompt), ("negative prompt", negativePrompt, "")] where !text.isEmpty {
+            let g = gemmaTokenizer.encode(system + text).count
+            if g > options.gemmaMaxLength {
+                out.append("the \(name) is longer than Gemma's limit: \(options.gemmaMaxLength) of \(g) tokens kept (system prompt and <bos> included), \(g - options.gemmaMaxLength) dropped from the end")
+            }
+            let j = jinaTokenizer.encode(text).count
+            if j > options.jinaMaxLength {
+                out.append("the \(name) is longer than Jina CLIP's limit: \(options.jinaMaxLength) of \(j) tokens kept (<s> and </s> included), \(j - options.jinaMaxLength) dropped from the end")
+            }
+        }
+        return out
+    }
+
     /// Encodes one prompt and its negative.
     public func encode(prompt: String, negativePrompt: String = "", systemPrompt: String) throws -> EncodedPrompt {
         let gemmaInputs = [prompt.isEmpty ? "" : systemPrompt + prompt, negativePrompt]
@@ -322,7 +339,7 @@ public final class ImageEncodeStage {
     /// Reads a PNG of exactly `width` x `height` and encodes it.
     public func run(png path: String, width: Int, height: Int) throws -> Tensor {
         let d: PNG.Decoded
-        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(path): \(error)") }
+        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(error)") }
         guard d.image.width == width, d.image.height == height else {
             throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
         }

@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import NewBiePipeline
+import NewBieTensor
 import NewBieText
 
 /// `newbie prompt check | format | build`: the NewBie XML prompt format (docs/PROMPTS.md).
@@ -10,19 +12,9 @@ struct PromptCommand: ParsableCommand {
         subcommands: [Check.self, Format.self, Build.self])
 
     /// Reads a file, or standard input for "-".
-    static func read(_ path: String) throws -> Data {
-        if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
-        guard let d = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("cannot read \(path)")
-        }
-        return d
-    }
+    static func read(_ path: String) throws -> Data { try readFile(path, option: "") }
 
-    static func readText(_ path: String) throws -> String {
-        let d = try read(path)
-        guard let s = String(data: d, encoding: .utf8) else { throw ValidationError("\(path) is not UTF-8 text") }
-        return s
-    }
+    static func readText(_ path: String) throws -> String { try readTextFile(path, option: "") }
 
     static func stderr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
 
@@ -120,7 +112,7 @@ struct PromptCommand: ParsableCommand {
             if write {
                 // files keep one final line end
                 if out + "\n" == text { PromptCommand.stderr("\(file): already formatted"); return }
-                try (out + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+                try writeText(out + "\n", to: file, option: "--write")
                 PromptCommand.stderr("\(file): formatted (the encoders will see different text than before)")
             } else {
                 print(out)
@@ -146,7 +138,7 @@ struct PromptCommand: ParsableCommand {
         @Flag(help: "No empty line between blocks.")
         var compact = false
 
-        @Option(name: .shortAndLong, help: "Write the prompt to this file instead of standard output.")
+        @Option(name: [.short, .long, .customLong("out")], help: "Write the prompt to this file instead of standard output (- is standard output).")
         var output: String?
 
         @Flag(help: "Write a ComfyUI template prompt: the JSON object of ComfyUI's NewBie template with each character's bbox (characters may give \"bbox\": [x0, y0, x1, y1] on a 0-1000 grid; default the whole image), the XML in image.tags and the caption in image.caption.")
@@ -157,6 +149,7 @@ struct PromptCommand: ParsableCommand {
         }
 
         func run() throws {
+            if let output { try checkOutput(output, binary: false) }
             let data = try PromptCommand.read(file)
             let layout = PromptLayout(indent: indent, blankLineBetweenBlocks: !compact)
             var format = inputFormat
@@ -172,7 +165,7 @@ struct PromptCommand: ParsableCommand {
                 if template {
                     let description: Any
                     if format == .yaml {
-                        guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(file) is not UTF-8 text") }
+                        guard let text = String(data: data, encoding: .utf8) else { throw PipelineError("\(file): not UTF-8 text") }
                         description = try PromptBuilder.description(yaml: text)
                     } else {
                         do { description = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
@@ -181,7 +174,7 @@ struct PromptCommand: ParsableCommand {
                     }
                     out = try TemplatePrompt.build(description: description, layout: layout).render()
                 } else if format == .yaml {
-                    guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(file) is not UTF-8 text") }
+                    guard let text = String(data: data, encoding: .utf8) else { throw PipelineError("\(file): not UTF-8 text") }
                     out = try PromptBuilder.build(yaml: text, layout: layout)
                 } else {
                     out = try PromptBuilder.build(json: data, layout: layout)
@@ -191,7 +184,7 @@ struct PromptCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             if let output {
-                try (out + "\n").write(toFile: output, atomically: true, encoding: .utf8)
+                try writeText(out + "\n", to: output, option: "--output")
             } else {
                 print(out)
             }

@@ -131,6 +131,20 @@ final class PNGTests: XCTestCase {
         }
     }
 
+    /// Found by fuzzing: a 96-byte PNG whose tEXt chunk declares 1.6 GB made libpng allocate the
+    /// declared length before reading (11 s, 1.6 GB). A chunk running past the end of the file
+    /// is now refused before libpng sees it.
+    func testChunkLongerThanTheFileIsRefusedCheaply() throws {
+        let bytes = Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAQAAAADCAIAAAA7ljmRZGIAE3RFWHRuZXdiaWU6cHJvbXB0ADFnaXJsdqWNegAAABhJREFUeJxlYGBkYmbg5OJmwEkBAA2PSUSuQmCC")!
+        let path = dir.appendingPathComponent("long-chunk.png").path
+        FileManager.default.createFile(atPath: path, contents: bytes)
+        let start = Date()
+        XCTAssertThrowsError(try PNG.read(path)) {
+            XCTAssertTrue("\($0)".contains("chunk tEXt") && "\($0)".contains("1684144147"), "\($0)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1.0)
+    }
+
     func testWriteIsAtomic() throws {
         let path = dir.appendingPathComponent("out.png").path
         try PNG.write(randomImage(width: 8, height: 8, seed: 1), to: path)

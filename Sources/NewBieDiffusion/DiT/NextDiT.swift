@@ -171,7 +171,7 @@ public final class NextDiT: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw DiTError("\(path): no such file or folder")
         }
-        let dir = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+        let dir = isDir.boolValue ? path : PathName.parent(path)
         let source = try openWeights(path: path)
         let cfg = configPath ?? (dir as NSString).appendingPathComponent("config.json")
         var json: [String: Any]? = nil

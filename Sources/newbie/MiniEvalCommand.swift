@@ -46,11 +46,11 @@ struct MiniEvalCommand: ParsableCommand {
             if let d = save { try PNG.write(image, to: "\(d)/\(form.rawValue)_\(i).png", text: []) }
         }
         print("attributes shown where asked (hair and clothing colour per character), \(scenes) scenes per count:")
-        print("form   " + counts.map { "\($0) character\($0 == 1 ? " " : "s")" }.joined(separator: "  "))
+        print("form   " + counts.map { "\($0) character\($0 == 1 ? "" : "s")".padding(toLength: 16, withPad: " ", startingAt: 0) }.joined(separator: " "))
         for f in fs {
             let row = counts.map { n -> String in
                 let s = result[f]?[n] ?? MiniEval.Score()
-                return String(format: "%5.1f%% (%d/%d)", 100 * s.accuracy, s.correct, s.asked).padding(toLength: 12, withPad: " ", startingAt: 0)
+                return String(format: "%5.1f%% (%d/%d)", 100 * s.accuracy, s.correct, s.asked).padding(toLength: 16, withPad: " ", startingAt: 0)
             }
             print(f.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0) + row.joined(separator: " "))
         }

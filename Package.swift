@@ -15,6 +15,8 @@ let package = Package(
         // `newbie serve` (docs/SERVER.md): the job store on SQLite, the HTTP server.
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Hot scalar loops that pick CPU features at run time (F16C conversions, vector exp).
@@ -49,7 +51,9 @@ let package = Package(
         // `newbie serve`: the HTTP API (Hummingbird 2), server-sent events, the web page and the
         // OpenAPI document (resources).
         .target(name: "NewBieServer", dependencies: ["NewBieQueue", "NewBieText", "NewBiePipeline", "NewBieImage",
-                                                     .product(name: "Hummingbird", package: "hummingbird")],
+                                                     .product(name: "Hummingbird", package: "hummingbird"),
+                                                     .product(name: "Logging", package: "swift-log"),
+                                                     .product(name: "HTTPTypes", package: "swift-http-types")],
                 resources: [.copy("Static")]),
         .executableTarget(
             name: "newbie",

@@ -58,7 +58,7 @@ public enum JobEvent: Sendable, Equatable {
 
     /// One server-sent event, `event:` and `data:` lines and the blank line.
     public var sse: String {
-        let data = (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])) ?? Data("{}".utf8)
+        let data = (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
         return "event: \(name)\ndata: \(String(decoding: data, as: UTF8.self))\n\n"
     }
 }

@@ -15,6 +15,7 @@ struct NewBie: ParsableCommand {
             GPUCheckCommand.self,
             InspectCommand.self,
             PromptCommand.self,
+            ServeCommand.self,
             VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])
 }

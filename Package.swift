@@ -73,7 +73,8 @@ let package = Package(
         .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
         .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBieQueueTests", dependencies: ["NewBieQueue", "NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieTestSupport"]),
-        .testTarget(name: "NewBieServerTests", dependencies: ["NewBieServer", "NewBieQueue", "NewBieHarness", "NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieServerTests", dependencies: ["NewBieServer", "NewBieQueue", "NewBieHarness", "NewBieImage", "NewBieTestSupport",
+                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v5]
 )

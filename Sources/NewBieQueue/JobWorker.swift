@@ -204,7 +204,12 @@ public final class JobWorker: @unchecked Sendable {
         let absolute = relative.map { (outputs as NSString).appendingPathComponent($0) }
         var outcome: Result<Void, Error>
         do {
-            try FileManager.default.createDirectory(atPath: (absolute[0] as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let jobDir = (absolute[0] as NSString).deletingLastPathComponent
+            try FileManager.default.createDirectory(atPath: jobDir, withIntermediateDirectories: true)
+            // temporary files of an earlier attempt that died mid-write
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: jobDir)) ?? [] where f.hasPrefix(".") && f.hasSuffix(".tmp") {
+                try? FileManager.default.removeItem(atPath: (jobDir as NSString).appendingPathComponent(f))
+            }
             try executor.run(job, outputs: absolute, context: context)
             // every image is on disk (renamed into place) before the job is marked done
             for a in absolute where !FileManager.default.fileExists(atPath: a) {

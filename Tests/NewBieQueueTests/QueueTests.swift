@@ -399,6 +399,8 @@ final class JobWorkerTests: XCTestCase {
         XCTAssertEqual(done.attempts, 2)
         XCTAssertEqual(exec.ran, [j.id])
         for p in done.images { XCTAssertNoThrow(try PNG.read(dir + "/" + p)) }
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir + "/jobs/\(j.id)")
+        XCTAssertEqual(files.sorted(), ["0.png", "1.png"], "the dead attempt's temporary file is gone")
     }
 
     func testStopInterruptsAndTheJobRunsAgainLater() throws {

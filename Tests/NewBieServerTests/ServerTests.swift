@@ -33,6 +33,12 @@ final class RunningServer: @unchecked Sendable {
     let base: URL
     let task: Task<Void, Error>
     let token: String?
+    /// A session allowing 32 connections to the server (the load test's 20 clients each get one).
+    static let session: URLSession = {
+        let c = URLSessionConfiguration.ephemeral
+        c.httpMaximumConnectionsPerHost = 32
+        return URLSession(configuration: c)
+    }()
 
     init(limits: JobLimits = JobLimits(), startWorker: Bool = true, token: String? = nil) async throws {
         let out = tempDir("serve")
@@ -79,7 +85,7 @@ final class RunningServer: @unchecked Sendable {
         if let b = body { r.httpBody = b }
         if auth, let t = token { r.setValue("Bearer \(t)", forHTTPHeaderField: "Authorization") }
         for (k, v) in headers { r.setValue(v, forHTTPHeaderField: k) }
-        let (data, response) = try await URLSession.shared.data(for: r)
+        let (data, response) = try await Self.session.data(for: r)
         let h = response as! HTTPURLResponse
         var hs: [String: String] = [:]
         for (k, v) in h.allHeaderFields { hs[String(describing: k).lowercased()] = String(describing: v) }

@@ -24,7 +24,7 @@ public struct JobLimits: Sendable, Equatable, Codable {
     /// Jobs waiting (queued) before POST /v1/jobs answers 429.
     public var maxQueued = 64
     /// Request bodies above this are refused (413) before they are parsed.
-    public var maxBodyBytes = 256 * 1024
+    public var maxBodyBytes = 512 * 1024
 
     public init() {}
 
@@ -141,6 +141,10 @@ public struct JobParameters: Codable, Sendable, Equatable {
         guard steps >= 2, steps <= limits.maxSteps else { throw JobRequestError("\(steps): must be 2...\(limits.maxSteps)", field: "steps") }
         guard count >= 1, count <= limits.maxCount else { throw JobRequestError("\(count): must be 1...\(limits.maxCount)", field: "count") }
         guard seed <= UInt64.max - UInt64(limits.maxCount) else { throw JobRequestError("too large", field: "seed") }
+        for (k, v, lo, hi) in [("shift", shift, Float(0), Float(1000)), ("cfg", cfg, -100, 100), ("cfg_trunc", cfgTrunc, 0, 1000), ("renorm", renorm, 0, 100)]
+        where !(v.isFinite && v >= lo && v <= hi) {
+            throw JobRequestError("\(v): must be in [\(lo), \(hi)]", field: k)
+        }
         do {
             _ = try settings(image: 0)
         } catch let e as PipelineError {

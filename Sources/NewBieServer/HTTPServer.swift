@@ -68,6 +68,21 @@ struct GuardMiddleware: RouterMiddleware {
         return diff == 0
     }
 
+    /// The methods a path has (nil: no such path), for 405 with Allow.
+    static func allowedMethods(_ path: String) -> [String]? {
+        let c = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst().map(String.init)
+        if StaticFiles.routes[path] != nil || ["/healthz", "/metrics", "/v1/models"].contains(path) { return ["GET"] }
+        if path == "/v1/prompt/check" || path == "/v1/prompt/format" { return ["POST"] }
+        guard c.count >= 2, c[0] == "v1", c[1] == "jobs" else { return nil }
+        switch c.count {
+        case 2: return ["GET", "POST"]
+        case 3: return ["GET", "DELETE"]
+        case 4 where c[3] == "events": return ["GET"]
+        case 5 where c[3] == "images": return ["GET"]
+        default: return nil
+        }
+    }
+
     static func needsToken(_ path: String) -> Bool { path.hasPrefix("/v1/") || path == "/v1" || path == "/metrics" }
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -77,6 +92,9 @@ struct GuardMiddleware: RouterMiddleware {
            !Self.constantTimeEquals(request.headers[.authorization] ?? "", "Bearer \(t)") {
             response = HTTPAdapter.response(.error(401, "a bearer token is required (Authorization: Bearer TOKEN)",
                                                    headers: [("WWW-Authenticate", "Bearer")]))
+        } else if let allowed = Self.allowedMethods(path), !allowed.contains(request.method.rawValue) {
+            response = HTTPAdapter.response(.error(405, "\(request.method.rawValue) is not allowed here; use \(allowed.joined(separator: " or "))",
+                                                   headers: [("Allow", allowed.joined(separator: ", "))]))
         } else if let cl = request.headers[.contentLength].flatMap(Int.init), cl > api.limits.maxBodyBytes {
             response = HTTPAdapter.response(.error(413, "request bodies are capped at \(api.limits.maxBodyBytes) bytes"))
         } else {

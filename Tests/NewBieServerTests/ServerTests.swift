@@ -239,6 +239,13 @@ final class ServerEndToEndTests: XCTestCase {
         XCTAssertEqual(ev.map(\.0), ["cancelled"])
         do { let v = try await s.request("GET", "/v1/jobs/\(aid)/images/0.png").status; XCTAssertEqual(v, 404) }
 
+        // a known path with another method: 405 and Allow
+        let put = try await s.request("PUT", "/v1/jobs/\(bid)")
+        XCTAssertEqual(put.status, 405)
+        XCTAssertEqual(put.headers["allow"], "GET, DELETE")
+        let bad = try await s.request("POST", "/v1/jobs", json: ["prompt": "a", "cfg": 1e300])
+        XCTAssertEqual(bad.json["field"] as? String, "cfg")
+
         // ids are checked before anything else; nothing from the path reaches a file name
         for bad in ["/v1/jobs/nope", "/v1/jobs/..%2F..%2Fetc%2Fpasswd", "/v1/jobs/\(bid)/images/..%2Fjobs.sqlite",
                     "/v1/jobs/\(bid)/images/0.png", "/v1/jobs/\(Job.newID())", "/jobs.sqlite", "/v1/jobs/\(bid)/images/-1.png"] {

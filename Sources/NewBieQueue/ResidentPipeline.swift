@@ -117,6 +117,103 @@ public struct LatentPreview: Sendable {
         return RGBImage(width: w, height: h, pixels: pixels)
     }
 
+    /// The least-squares map from latents [1, C, h, w] to their decoded images (h*8 x w*8): each
+    /// latent pixel's target is the mean of its 8x8 image block in [-1, 1]; W and b minimise the
+    /// squared error over every latent pixel of every pair (normal equations in Double, a small
+    /// ridge of 1e-6 to keep them solvable).
+    public static func fit(latents: [Tensor], images: [RGBImage]) throws -> (map: LatentPreview, rmse: Double, biasOnlyRMSE: Double) {
+        guard !latents.isEmpty, latents.count == images.count else { throw PipelineError("preview fit: give as many images as latents (at least one)") }
+        let c = latents[0].shape[1]
+        let n = c + 1
+        var ata = [Double](repeating: 0, count: n * n)
+        var atb = [Double](repeating: 0, count: n * 3)
+        var rows: [([Double], [Double])] = []
+        for (lat, img) in zip(latents, images) {
+            let x = lat.to(.f32, device: .cpu).contiguous()
+            guard x.rank == 4, x.shape[0] == 1, x.shape[1] == c else { throw PipelineError("preview fit: latent \(x.shape) is not [1, \(c), h, w]") }
+            let h = x.shape[2], w = x.shape[3]
+            guard img.width == w * 8, img.height == h * 8 else {
+                throw PipelineError("preview fit: image \(img.width)x\(img.height) is not 8 x the latent \(w)x\(h)")
+            }
+            let v = x.toFloats()
+            for py in 0..<h {
+                for px in 0..<w {
+                    var a = [Double](repeating: 1, count: n)
+                    for ch in 0..<c { a[ch] = Double(v[ch * h * w + py * w + px]) }
+                    var t = [Double](repeating: 0, count: 3)
+                    for yy in 0..<8 {
+                        for xx in 0..<8 {
+                            let o = ((py * 8 + yy) * img.width + px * 8 + xx) * 3
+                            for k in 0..<3 { t[k] += Double(img.pixels[o + k]) }
+                        }
+                    }
+                    for k in 0..<3 { t[k] = t[k] / 64 / 255 * 2 - 1 }
+                    for i in 0..<n {
+                        for j in 0..<n { ata[i * n + j] += a[i] * a[j] }
+                        for k in 0..<3 { atb[i * 3 + k] += a[i] * t[k] }
+                    }
+                    rows.append((a, t))
+                }
+            }
+        }
+        for i in 0..<n { ata[i * n + i] += 1e-6 }
+        // Gaussian elimination with partial pivoting on [ata | atb]
+        var m = ata, r = atb
+        for col in 0..<n {
+            let p = (col..<n).max { abs(m[$0 * n + col]) < abs(m[$1 * n + col]) }!
+            if p != col {
+                for j in 0..<n { m.swapAt(col * n + j, p * n + j) }
+                for k in 0..<3 { r.swapAt(col * 3 + k, p * 3 + k) }
+            }
+            let d = m[col * n + col]
+            guard abs(d) > 1e-12 else { throw PipelineError("preview fit: the latents do not determine the map (singular system)") }
+            for i in 0..<n where i != col {
+                let f = m[i * n + col] / d
+                if f == 0 { continue }
+                for j in col..<n { m[i * n + j] -= f * m[col * n + j] }
+                for k in 0..<3 { r[i * 3 + k] -= f * r[col * 3 + k] }
+            }
+        }
+        var weights = [[Float]](repeating: [Float](repeating: 0, count: c), count: 3)
+        var bias = [Float](repeating: 0, count: 3)
+        for i in 0..<n {
+            for k in 0..<3 {
+                let v = Float(r[i * 3 + k] / m[i * n + i])
+                if i < c { weights[k][i] = v } else { bias[k] = v }
+            }
+        }
+        // errors: the fit, and the best constant colour (what the map must beat)
+        var mean = [Double](repeating: 0, count: 3)
+        for (_, t) in rows { for k in 0..<3 { mean[k] += t[k] / Double(rows.count) } }
+        var e = 0.0, e0 = 0.0
+        for (a, t) in rows {
+            for k in 0..<3 {
+                var y = Double(bias[k])
+                for ch in 0..<c { y += Double(weights[k][ch]) * a[ch] }
+                e += (y - t[k]) * (y - t[k])
+                e0 += (mean[k] - t[k]) * (mean[k] - t[k])
+            }
+        }
+        let count = Double(rows.count * 3)
+        return (LatentPreview(weights: weights, bias: bias), (e / count).squareRoot(), (e0 / count).squareRoot())
+    }
+
+    /// `{"weights": [[...C], [...C], [...C]], "bias": [r, g, b]}`.
+    public func json() -> Data {
+        let o: [String: Any] = ["weights": weights.map { $0.map { Double($0) } }, "bias": bias.map { Double($0) }]
+        return (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
+    }
+
+    public static func load(_ path: String) throws -> LatentPreview {
+        guard let d = FileManager.default.contents(atPath: path),
+              let o = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any],
+              let w = o["weights"] as? [[Double]], let b = o["bias"] as? [Double],
+              w.count == 3, b.count == 3, let c = w.first?.count, c > 0, w.allSatisfy({ $0.count == c }) else {
+            throw PipelineError("--preview-map \(path): expected {\"weights\": 3 rows of C numbers, \"bias\": 3 numbers} (newbie fit-preview writes it)")
+        }
+        return LatentPreview(weights: w.map { $0.map(Float.init) }, bias: b.map(Float.init))
+    }
+
     public func png(latent: Tensor) throws -> Data {
         let img = try image(latent: latent)
         let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("newbie-preview-\(Job.newID()).png").path

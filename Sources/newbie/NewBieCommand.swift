@@ -15,7 +15,7 @@ struct NewBie: ParsableCommand {
             GPUCheckCommand.self,
             InspectCommand.self,
             PromptCommand.self,
-            ServeCommand.self,
+            ServeCommand.self, FitPreviewCommand.self,
             VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])
 }

@@ -40,6 +40,10 @@ struct ServeCommand: ParsableCommand {
     var maxSteps = 200
     @Option(name: .customLong("max-count"), help: "Most images per job.")
     var maxCount = 8
+    @Option(name: .customLong("preview-map"), help: "Live previews: the latent->RGB map written by `newbie fit-preview` (JSON).")
+    var previewMap: String?
+    @Option(name: .customLong("preview-every"), help: "With --preview-map: a preview event every N sampler steps.")
+    var previewEvery = 2
     @Option(help: "Seconds a worker's lease on a job lasts without a heartbeat (a job whose worker died runs again after it).")
     var lease: Double = 30
 
@@ -58,9 +62,12 @@ struct ServeCommand: ParsableCommand {
         var ws = WorkerSettings()
         ws.lease = max(2, lease)
         ws.heartbeat = max(0.5, ws.lease / 6)
+        let preview = try previewMap.map { try LatentPreview.load($0) }
+        if preview != nil { ws.previewEvery = max(1, previewEvery) }
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("newbie serve: " + $0 + "\n").utf8)) }
         let options = try deviceOptions.stageOptions()
         let setup = try ServeSetup(outputs: outputs, paths: try models.paths(), options: options, limits: limits, worker: ws, log: log)
+        setup.pipeline.previewMap = preview
         let host = self.host
         let sem = DispatchSemaphore(value: 0)
         let box = ErrorBox()

@@ -70,4 +70,56 @@ final class ResidentPipelineTests: XCTestCase {
         XCTAssertEqual(Array(img.pixels.prefix(3)), [255, 128, 0])
         XCTAssertThrowsError(try map.image(latent: Tensor.zeros([1, 4, 2, 2])))
     }
+
+    /// Images made by a known map (each 8x8 block the map's colour of its latent pixel) give that
+    /// map back, to the 8-bit rounding.
+    func testPreviewFitRecoversAKnownMap() throws {
+        var g = TestRandom(seed: 3)
+        let c = 16
+        let truth = LatentPreview(weights: (0..<3).map { _ in (0..<c).map { _ in g.uniform() * 0.15 } },
+                                  bias: [0.1, -0.2, 0.05])
+        var latents: [Tensor] = [], images: [RGBImage] = []
+        for _ in 0..<3 {
+            let h = 6, w = 5
+            let lat = Tensor(g.floats(c * h * w), shape: [1, c, h, w])
+            let small = try truth.image(latent: lat)
+            var px = [UInt8](repeating: 0, count: h * 8 * w * 8 * 3)
+            for y in 0..<(h * 8) {
+                for x in 0..<(w * 8) {
+                    for k in 0..<3 { px[(y * w * 8 + x) * 3 + k] = small.pixels[((y / 8) * w + x / 8) * 3 + k] }
+                }
+            }
+            latents.append(lat)
+            images.append(RGBImage(width: w * 8, height: h * 8, pixels: px))
+        }
+        let fit = try LatentPreview.fit(latents: latents, images: images)
+        XCTAssertLessThan(fit.rmse, 0.003, "8-bit rounding only")
+        XCTAssertLessThan(fit.rmse, fit.biasOnlyRMSE / 10)
+        for k in 0..<3 {
+            XCTAssertEqual(fit.map.bias[k], truth.bias[k], accuracy: 0.01)
+            for ch in 0..<c { XCTAssertEqual(fit.map.weights[k][ch], truth.weights[k][ch], accuracy: 0.01) }
+        }
+        let path = tempDir("map") + "/map.json"
+        try fit.map.json().write(to: URL(fileURLWithPath: path))
+        XCTAssertEqual(try LatentPreview.load(path).bias, fit.map.bias)
+        XCTAssertThrowsError(try LatentPreview.fit(latents: latents, images: Array(images.prefix(2))))
+    }
+
+    /// With a map, the resident pipeline sends a small PNG every N steps and at the last.
+    func testPreviewsDuringSampling() throws {
+        let dir = tempDir("resident-preview")
+        let pipe = try ResidentPipeline(paths: TinyQueueFixture.pipeline.paths, options: StageOptions())
+        pipe.previewMap = LatentPreview(weights: [[Float]](repeating: [Float](repeating: 0.1, count: 16), count: 3), bias: [0, 0, 0])
+        var previews: [(Int, Data)] = []
+        let ctx = JobRunContext(previewEvery: 2, onPreview: { _, step, png in previews.append((step, png)) })
+        var p = params(steps: 6)
+        p.width = 64; p.height = 48
+        let job = Job(id: Job.newID(), seq: 1, state: .running, parameters: p, createdAt: 0)
+        try pipe.run(job, outputs: [dir + "/0.png"], context: ctx)
+        XCTAssertEqual(previews.map(\.0), [2, 4, 5], "every 2 of 5 steps, and the last")
+        let f = dir + "/preview.png"
+        try previews[0].1.write(to: URL(fileURLWithPath: f))
+        let img = try PNG.read(f).image
+        XCTAssertEqual(img.width, 8); XCTAssertEqual(img.height, 6)
+    }
 }

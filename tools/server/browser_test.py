@@ -3,8 +3,9 @@
 
     python3 tools/server/browser_test.py http://127.0.0.1:PORT SCREENSHOT_DIR
 
-Against a server on the tiny model: types an XML prompt with an error and sees it marked at its
-line; fixes it, generates, sees progress and the image in the gallery; cancels a second job.
+Against a server on the tiny model started with --preview-map (tools/server/ci-serve.sh): types an
+XML prompt with an error and sees it marked at its line; fixes it, generates, sees progress, a live
+preview and the image in the gallery; cancels a second job.
 Exits non-zero on the first failed expectation; screenshots are written either way.
 """
 import os
@@ -79,6 +80,8 @@ try:
     wait.until(lambda d: "step" in text_of("progress-text") or text_of("progress-text") == "done")
     shot("progress")
     wait.until(lambda d: text_of("progress-text") == "done")
+    preview = driver.find_element(By.ID, "preview")
+    assert preview.is_displayed() and preview.get_attribute("src").startswith("data:image/png;base64,"), "no live preview"
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'.card[data-job="{job}"] img')))
     img = driver.find_element(By.CSS_SELECTOR, f'.card[data-job="{job}"] img')
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 64)

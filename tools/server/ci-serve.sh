@@ -17,6 +17,8 @@ if [ ! -x "$venv/bin/st" ]; then
     "$venv/bin/pip" install -q selenium==4.* schemathesis==4.32.5
 fi
 "$bin" make-tiny-model "$work/tiny" --fixtures Tests/Fixtures >/dev/null
+# a preview map for the tiny model (its VAE is random: the map means little, it shows the path)
+NEWBIE="$bin" IMAGES=3 SIZE=64 STEPS=6 tools/preview/fit-preview.sh "$work/tiny" "$work/preview-map.json"
 
 start_server() {  # outputs-dir log [serve options] -> sets port, pid
     local out=$1 log=$2; shift 2
@@ -31,7 +33,7 @@ start_server() {  # outputs-dir log [serve options] -> sets port, pid
 }
 
 status=0
-start_server "$work/browser-out" "$work/browser.log"
+start_server "$work/browser-out" "$work/browser.log" --preview-map "$work/preview-map.json" --preview-every 2
 echo "== browser test (screenshots in ${NEWBIE_SCREENSHOTS:-$work/screenshots})"
 "$venv/bin/python" tools/server/browser_test.py "http://127.0.0.1:$port" "${NEWBIE_SCREENSHOTS:-$work/screenshots}" || status=1
 kill "$pid"; wait "$pid" || true

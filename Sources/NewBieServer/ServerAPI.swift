@@ -44,6 +44,8 @@ public final class ServerAPI: @unchecked Sendable {
     public let models: [String: Any]
     public let started = Date()
     public var clock: @Sendable () -> Double = { Date().timeIntervalSince1970 }
+    /// Seconds between keepalive comments on an event stream.
+    public var keepaliveSeconds: Double = 15
     /// HTTP requests by method and status (for /metrics); the transport counts them.
     private let lock = NSLock()
     private var requestCounts: [String: Int] = [:]
@@ -201,6 +203,7 @@ public final class ServerAPI: @unchecked Sendable {
         case .success(let j): job = j
         }
         let store = self.store
+        let keepaliveSeconds = self.keepaliveSeconds
         let stream = AsyncStream<String> { c in
             let task = Task {
                 func final(_ j: Job) -> JobEvent {
@@ -245,7 +248,16 @@ public final class ServerAPI: @unchecked Sendable {
                 }
                 c.finish()
             }
-            c.onTermination = { _ in task.cancel() }
+            // a comment line now and then: proxies keep the stream open, and a client that left is
+            // noticed (the write fails) even while the job waits in the queue
+            let keepalive = Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(nanoseconds: UInt64(keepaliveSeconds * 1e9))
+                    if Task.isCancelled { break }
+                    c.yield(": keepalive\n\n")
+                }
+            }
+            c.onTermination = { _ in task.cancel(); keepalive.cancel() }
         }
         return APIResponse(status: 200, headers: [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"),
                                                   ("X-Accel-Buffering", "no")], body: .events(stream))

@@ -270,6 +270,32 @@ final class ServerEndToEndTests: XCTestCase {
         XCTAssertEqual(j["images"] as? [String], [])
     }
 
+    /// A queued job's stream sends keepalive comments; when the client drops it, its listener goes.
+    func testEventStreamKeepaliveAndRelease() async throws {
+        let s = try await RunningServer(startWorker: false)
+        defer { s.stop() }
+        s.setup.api.keepaliveSeconds = 0.2
+        let created = try await s.request("POST", "/v1/jobs", json: ["prompt": "a", "width": 32, "height": 32, "steps": 2])
+        let id = try XCTUnwrap(created.json["id"] as? String)
+        func firstTwo() async -> [String] {
+            guard case .events(let stream) = s.setup.api.events(id: id).body else { return [] }
+            var chunks: [String] = []
+            for await chunk in stream {
+                chunks.append(chunk)
+                if chunks.count == 2 { break }
+            }
+            return chunks
+        }
+        let chunks = await firstTwo()
+        XCTAssertEqual(chunks.count, 2)
+        guard chunks.count == 2 else { return }
+        XCTAssertTrue(chunks[0].hasPrefix("event: queued"), chunks[0])
+        XCTAssertEqual(chunks[1], ": keepalive\n\n")
+        // the stream above is gone: its listener leaves the hub
+        for _ in 0..<100 where s.setup.hub.listenerCount > 0 { try await Task.sleep(nanoseconds: 20_000_000) }
+        XCTAssertEqual(s.setup.hub.listenerCount, 0)
+    }
+
     func testPromptCheckAndFormat() async throws {
         let s = try await RunningServer(startWorker: false)
         defer { s.stop() }

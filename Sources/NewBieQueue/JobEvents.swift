@@ -76,8 +76,23 @@ public final class JobEventHub: @unchecked Sendable {
         let key = UUID()
         let (stream, c) = AsyncStream<(String, JobEvent)>.makeStream(bufferingPolicy: .bufferingNewest(256))
         c.onTermination = { [weak self] _ in self?.remove(key) }
-        lock.lock(); listeners[key] = (job, c); lock.unlock()
+        lock.lock()
+        if closed { lock.unlock(); c.finish(); return stream }
+        listeners[key] = (job, c)
+        lock.unlock()
         return stream
+    }
+
+    private var closed = false
+
+    /// Ends every stream, now and later (shutdown: open event streams must not hold it up).
+    public func finishAll() {
+        lock.lock()
+        closed = true
+        let all = listeners.values
+        listeners = [:]
+        lock.unlock()
+        for l in all { l.continuation.finish() }
     }
 
     private func remove(_ key: UUID) { lock.lock(); listeners[key] = nil; lock.unlock() }

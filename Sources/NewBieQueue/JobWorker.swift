@@ -117,14 +117,19 @@ public final class JobWorker: @unchecked Sendable {
     /// goes back to the queue by its lease: it runs again after a restart) and waits up to
     /// `timeout` seconds.
     public func stop(timeout: Double = 30) {
+        requestStop()
+        lock.lock(); let running = thread != nil; lock.unlock()
+        if running { _ = finished.wait(timeout: .now() + timeout) }
+    }
+
+    /// `stop` without waiting: the running job stops at its next cancel check.
+    public func requestStop() {
         lock.lock()
         stopping = true
-        let running = thread != nil
         let c = current
         lock.unlock()
         c?.context.requestCancel()
         wake.signal()
-        if running { _ = finished.wait(timeout: .now() + timeout) }
     }
 
     /// A job was submitted: look now instead of at the next poll.

@@ -55,6 +55,18 @@ public final class ServeSetup: @unchecked Sendable {
         let app = try HTTPAdapter.application(api: api, options: options, logger: logger, onRunning: onRunning)
         worker.start()
         defer { worker.stop() }
+        // The HTTP server's graceful shutdown waits for open requests, and an event stream lasts
+        // as long as its job: on the signal, stop the worker and end the streams first.
+        let sources = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in
+            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            src.setEventHandler { [worker, hub] in
+                worker.requestStop()
+                hub.finishAll()
+            }
+            src.resume()
+            return src
+        }
+        defer { sources.forEach { $0.cancel() } }
         try await app.runService()
     }
 }

@@ -94,4 +94,36 @@ final class ServeProcessTests: XCTestCase {
             XCTAssertEqual(try PNG.read(f).textValue("newbie:job"), id)
         }
     }
+
+    /// SIGTERM while a client follows a running job's events: the server stops within seconds (not
+    /// when the job would end), the stream closes, and the job runs again at the next start.
+    func testSigtermWithAnOpenEventStreamStopsPromptly() async throws {
+        guard let bin = Self.binary else { throw XCTSkip("the newbie binary is not built (swift build --product newbie)") }
+        let out = tempDir("serve-term")
+        let server = try Server(binary: bin, model: TinyServerFixture.model, outputs: out)
+        let (_, created, _) = try await server.call("POST", "/v1/jobs", json: ["prompt": "1girl", "width": 128, "height": 128, "steps": 200])
+        let id = try XCTUnwrap(created["id"] as? String)
+        let port = server.port
+        let follower = Task { () -> String in
+            let (d, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(port)/v1/jobs/\(id)/events")!)
+            return String(decoding: d, as: UTF8.self)
+        }
+        var step = 0
+        for _ in 0..<600 where step < 2 {
+            step = ((try await server.call("GET", "/v1/jobs/\(id)").1["progress"] as? [String: Any])?["step"] as? Int) ?? 0
+            try await Task.sleep(nanoseconds: 20_000_000)
+        }
+        let t0 = Date()
+        server.process.terminate()
+        server.process.waitUntilExit()
+        let seconds = Date().timeIntervalSince(t0)
+        XCTAssertLessThan(seconds, 10, "graceful stop took \(seconds) s")
+        let events = try await follower.value
+        XCTAssertTrue(events.contains("event: step"), events)
+        let again = try Server(binary: bin, model: TinyServerFixture.model, outputs: out)
+        defer { again.stop() }
+        let (_, j, _) = try await again.call("GET", "/v1/jobs/\(id)")
+        XCTAssertTrue(["queued", "running"].contains(j["state"] as? String ?? ""), "\(j)")
+        _ = try await again.call("DELETE", "/v1/jobs/\(id)")
+    }
 }

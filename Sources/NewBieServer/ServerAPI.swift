@@ -80,12 +80,17 @@ public final class ServerAPI: @unchecked Sendable {
         return o
     }
 
-    /// Seconds a client should wait before submitting again when the queue is full: the waiting
-    /// jobs' steps at the last measured step time (at least 1, at most an hour).
-    func retryAfter(queued: Int) -> Int {
+    /// Seconds a client should wait before submitting again when the queue is full: until the
+    /// running job ends and frees a place, from its remaining steps at the last measured step time
+    /// (1 s per step before any job ran); at least 1 s, at most an hour.
+    func retryAfter() -> Int {
         let perStep = worker?.stepSeconds ?? 1
-        let steps = Double(limits.maxSteps) / 4
-        return Int(max(1, min(3600, (perStep * steps * Double(max(1, queued) / 4)).rounded(.up))))
+        var remaining = Double(limits.maxSteps)
+        if let r = (try? store.list(limit: 1, before: nil, state: .running))?.first {
+            let steps = max(1, r.progressSteps)
+            remaining = Double((steps - r.progressStep) + steps * max(0, r.parameters.count - 1 - r.progressImage))
+        }
+        return Int(max(1, min(3600, (perStep * remaining).rounded(.up))))
     }
 
     public func submit(body: Data) -> APIResponse {
@@ -102,7 +107,7 @@ public final class ServerAPI: @unchecked Sendable {
         } catch JobStoreError.queueFull(let limit, let queued) {
             countRejection("queue_full")
             return .error(429, JobStoreError.queueFull(limit: limit, queued: queued).description,
-                          headers: [("Retry-After", "\(retryAfter(queued: queued))")])
+                          headers: [("Retry-After", "\(retryAfter())")])
         } catch {
             return .error(500, "\(error)")
         }

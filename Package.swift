@@ -38,11 +38,13 @@ let package = Package(
         .target(name: "NewBieDiffusion", dependencies: ["NewBieTensor", "NewBieWeights"]),
         // Images: PNG in and out, pixel <-> tensor conversion.
         .target(name: "NewBieImage", dependencies: ["NewBieTensor", "CPNG"]),
+        // Full-reference image metrics (PSNR, SSIM, pixel-domain VIF) on 8-bit RGB images.
+        .target(name: "NewBieMetrics", dependencies: ["NewBieImage"]),
         // The end-to-end pipeline (prompt -> text encoders -> DiT sampling -> VAE -> image) as
         // stages with plain values, model slots, the placement policy and device opening.
         .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA"]),
         // What is not the product: random and tiny model writers, the whole-pipeline benchmark.
-        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA"]),
+        .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA", "NewBieMetrics"]),
         // The job queue of `newbie serve`: job parameters and their limits, the job state machine,
         // the SQLite store (GRDB) with leases, and the worker that runs jobs on resident models.
         // No HTTP here, so it is tested without a server.
@@ -58,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "newbie",
             dependencies: [
-                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness",
+                "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness", "NewBieMetrics",
                 "NewBieQueue", "NewBieServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
@@ -70,8 +72,11 @@ let package = Package(
         .testTarget(name: "NewBieTextTests", dependencies: ["NewBieText", "NewBieTestSupport"]),
         .testTarget(name: "NewBieDiffusionTests", dependencies: ["NewBieDiffusion", "NewBieTestSupport"]),
         .testTarget(name: "NewBieImageTests", dependencies: ["NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieMetricsTests", dependencies: ["NewBieMetrics", "NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieCUDATests", dependencies: ["NewBieCUDA", "NewBieTensor", "NewBieTestSupport"]),
-        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
+        // The built `newbie` binary run as a user would (bad input, outputs, exit codes).
+        .testTarget(name: "NewBieCLITests", dependencies: ["NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieMetrics", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBieQueueTests", dependencies: ["NewBieQueue", "NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieTestSupport"]),
         .testTarget(name: "NewBieServerTests", dependencies: ["NewBieServer", "NewBieQueue", "NewBieHarness", "NewBieImage", "NewBieTestSupport",
                                                           .product(name: "Logging", package: "swift-log")]),

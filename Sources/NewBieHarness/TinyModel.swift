@@ -12,8 +12,10 @@ import NewBieWeights
 /// commit (Tests/Fixtures/gemma/small_tokenizer.json, Tests/Fixtures/jina/tokenizer.json).
 public enum TinyModel {
     /// Toy sizes of each part.
-    public static let gemmaHidden = 32, gemmaVocab = 576, gemmaLayers = 3
-    public static let jinaHidden = 64, jinaVocab = 306, jinaLayers = 2
+    public static let gemmaHidden = 32, gemmaLayers = 3
+    public static let jinaHidden = 64, jinaLayers = 2
+    /// The vocabularies of the committed small tokenizers (the random model's configs use them).
+    public static let gemmaVocab = 576, jinaVocab = 306
     public static var ditConfig: NextDiTConfig {
         var c = NextDiTConfig()
         c.dim = 48; c.nHeads = 4; c.nKVHeads = 2; c.ffnHidden = 128
@@ -47,6 +49,52 @@ public enum TinyModel {
         for t in [gemmaTokenizer, jinaTokenizer] where !fm.fileExists(atPath: t) {
             throw PipelineError("tokenizer \(t): no such file")
         }
+        try checkDestination(dir)
+        do { try writeModel(to: dir, seed: seed, gemmaTokenizer: gemmaTokenizer, jinaTokenizer: jinaTokenizer) } catch let e as PipelineError {
+            throw e
+        } catch let e as WeightsError {
+            throw PipelineError("\(dir): the tiny model was not written: \(e.message)")
+        } catch {
+            throw PipelineError("\(dir): the tiny model was not written: \(fileErrorText(error))")
+        }
+    }
+
+    /// The folder must be new, empty, or an earlier tiny model (which is rewritten); anything else
+    /// is refused so that no file of the user's is replaced.
+    static func checkDestination(_ dir: String) throws {
+        var st = stat()
+        guard lstat(dir, &st) == 0 else {
+            // a new folder: its nearest existing parent must be a folder
+            var up = PathName.parent(dir)
+            while !up.isEmpty && up != "/" && !FileManager.default.fileExists(atPath: up) { up = PathName.parent(up) }
+            var isDir: ObjCBool = false
+            if !up.isEmpty && FileManager.default.fileExists(atPath: up, isDirectory: &isDir) && !isDir.boolValue {
+                throw PipelineError("\(dir): cannot create the folder: \(up) is a file, not a folder")
+            }
+            return
+        }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw PipelineError("\(dir): exists and is not a folder; give a new or empty folder")
+        }
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        guard !entries.isEmpty else { return }
+        let index = PathName.join(dir, "model_index.json")
+        if let d = FileManager.default.contents(atPath: index), String(decoding: d, as: UTF8.self).contains("NewBie tiny random model") { return }
+        throw PipelineError("\(dir): the folder is not empty and is not a tiny model written earlier; give a new or empty folder (nothing was written)")
+    }
+
+    static func fileErrorText(_ error: Error) -> String {
+        let ns = error as NSError
+        let path = ns.userInfo[NSFilePathErrorKey] as? String
+        var reason = ns.localizedDescription
+        if let u = ns.userInfo[NSUnderlyingErrorKey] as? NSError, u.domain == NSPOSIXErrorDomain { reason = String(cString: strerror(Int32(u.code))) }
+        else if ns.domain == NSPOSIXErrorDomain { reason = String(cString: strerror(Int32(ns.code))) }
+        return path.map { "\($0): \(reason)" } ?? reason
+    }
+
+    static func writeModel(to dir: String, seed: UInt64, gemmaTokenizer: String, jinaTokenizer: String) throws {
+        let fm = FileManager.default
         let root = URL(fileURLWithPath: dir)
         for slot in ModelSlot.allCases {
             try fm.createDirectory(at: root.appendingPathComponent(slot.folder), withIntermediateDirectories: true)
@@ -86,7 +134,8 @@ public enum TinyModel {
 
         // text_encoder/: Gemma 3 as Gemma3ForConditionalGeneration saves it (language_model.model.*)
         var gc = Gemma3TextConfig()
-        gc.vocabSize = gemmaVocab; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
+        // the vocabularies are the tokenizers' (576 and 306 for the committed small ones)
+        gc.vocabSize = try SentencePieceBPETokenizer.load(gemmaTokenizer).vocabSize; gc.hiddenSize = gemmaHidden; gc.intermediateSize = 64
         gc.numHiddenLayers = gemmaLayers; gc.numAttentionHeads = 2; gc.numKeyValueHeads = 1; gc.headDim = 16
         gc.layerTypes = Gemma3TextConfig.layerTypes(count: gemmaLayers, pattern: 2)
         gc.queryPreAttnScalar = 16; gc.slidingWindow = 4; gc.ropeScalingGlobal = 8
@@ -98,7 +147,7 @@ public enum TinyModel {
         try copyReplacing(gemmaTokenizer, root.appendingPathComponent("text_encoder/tokenizer.json"))
 
         // clip_model/: jina-clip-v2 text tower with its retrieval.query LoRA (official naming)
-        let jc = JinaConfig(vocabSize: jinaVocab, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
+        let jc = JinaConfig(vocabSize: try UnigramTokenizer(path: jinaTokenizer).pieces.count, hidden: jinaHidden, layers: jinaLayers, heads: jinaHidden / 64, intermediate: 128)
         let jina = try JinaLayout.official.expected(jc).map {
             (JinaLayout.publishedName($0.name, layout: .official), random(.jina, $0.name, $0.shape, oneCentredNorms: true))
         }

@@ -1,4 +1,5 @@
 import CPNG
+import NewBieTensor
 import Foundation
 
 public struct PNGError: Error, CustomStringConvertible, LocalizedError {
@@ -15,9 +16,10 @@ public enum PNG {
     public static let maxPixels = 1 << 28
 
     /// Writes `image` as an 8-bit RGB PNG with `text` as text chunks, in order (tEXt when the value
-    /// is printable ASCII, iTXt (UTF-8) otherwise; keys must be printable ASCII). The data goes to a temporary file in the
-    /// same folder, is flushed to disk, and is renamed over `path`, so an interrupted run never
-    /// leaves a half-written image at `path`.
+    /// is printable ASCII, iTXt (UTF-8) otherwise; keys must be printable ASCII), through
+    /// `OutputFile`: `-` is standard output; otherwise a temporary file in the same folder is
+    /// flushed to disk and renamed over `path` (symbolic links followed, anything but a regular
+    /// file refused), so an interrupted run never leaves a half-written image at `path`.
     public static func write(_ image: RGBImage, to path: String, text: [(key: String, value: String)] = [],
                              compressionLevel: Int = 6) throws {
         for (k, _) in text {
@@ -30,12 +32,6 @@ public enum PNG {
         for (k, v) in text where v.utf8.contains(0) {
             throw PNGError("PNG text value for \"\(k)\" contains a NUL character")
         }
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent().path
-        let tmp = (dir as NSString).appendingPathComponent(".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
-        guard let fp = fopen(tmp, "wb") else {
-            throw PNGError("\(path): cannot create \(tmp): \(String(cString: strerror(errno)))")
-        }
         var status = newbie_png_status()
         var ok: Int32 = 0
         // C strings for the chunks stay alive for the duration of the call
@@ -44,20 +40,27 @@ public enum PNG {
         var chunks = (0..<text.count).map { i in
             newbie_png_text_in(key: cKeys[i], text: cValues[i], itxt: isPrintableASCII(text[i].value) ? 0 : 1)
         }
-        image.pixels.withUnsafeBufferPointer { px in
-            chunks.withUnsafeMutableBufferPointer { ch in
-                ok = newbie_png_write_rgb8(fp, px.baseAddress, UInt32(image.width), UInt32(image.height),
-                                           ch.baseAddress, Int32(text.count), Int32(compressionLevel), &status)
+        do {
+            try OutputFile.write(path) { fd in
+                // libpng writes through a FILE of its own on a duplicate of the descriptor
+                let dupFD = dup(fd)
+                guard dupFD >= 0, let fp = fdopen(dupFD, "wb") else {
+                    if dupFD >= 0 { close(dupFD) }
+                    throw PNGError("\(path): PNG not written: cannot open a stream (\(String(cString: strerror(errno))))")
+                }
+                image.pixels.withUnsafeBufferPointer { px in
+                    chunks.withUnsafeMutableBufferPointer { ch in
+                        ok = newbie_png_write_rgb8(fp, px.baseAddress, UInt32(image.width), UInt32(image.height),
+                                                   ch.baseAddress, Int32(text.count), Int32(compressionLevel), &status)
+                    }
+                }
+                var failure: String? = ok == 1 ? nil : message(status)
+                if failure == nil && fflush(fp) != 0 { failure = "write failed: \(String(cString: strerror(errno)))" }
+                if fclose(fp) != 0 && failure == nil { failure = "close failed: \(String(cString: strerror(errno)))" }
+                if let f = failure { throw PNGError("\(path): PNG not written: \(f)") }
             }
-        }
-        var failure: String? = ok == 1 ? nil : message(status)
-        if failure == nil && fflush(fp) != 0 { failure = "write failed: \(String(cString: strerror(errno)))" }
-        if failure == nil && fsync(fileno(fp)) != 0 { failure = "fsync failed: \(String(cString: strerror(errno)))" }
-        if fclose(fp) != 0 && failure == nil { failure = "close failed: \(String(cString: strerror(errno)))" }
-        if failure == nil && rename(tmp, path) != 0 { failure = "cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))" }
-        if let f = failure {
-            unlink(tmp)
-            throw PNGError("\(path): PNG not written: \(f)")
+        } catch let e as OutputError {
+            throw PNGError("\(e.description) (PNG not written)")
         }
     }
 

@@ -1,5 +1,15 @@
 import NewBieTensor
 
+/// How a model output in [0, 1] becomes an 8-bit value v * 255: `truncate` (the default) as the
+/// official NewBie demo and ComfyUI (SaveImage: `np.clip(255. * image, 0, 255).astype(np.uint8)`)
+/// do, `round` (half to even) as diffusers' `numpy_to_pil` does. About half of all values differ
+/// by one level between the two.
+public enum PixelRounding: String, Sendable, CaseIterable {
+    case truncate, round
+
+    public static func parse(_ text: String) -> PixelRounding? { PixelRounding(rawValue: text.lowercased()) }
+}
+
 /// An 8-bit RGB image, rows top to bottom, pixels interleaved (R, G, B).
 public struct RGBImage: Sendable, Equatable {
     public let width: Int
@@ -13,8 +23,9 @@ public struct RGBImage: Sendable, Equatable {
     }
 
     /// From a model output [1, 3, H, W] (or [3, H, W]) in [-1, 1]: (x + 1) / 2, clamped to [0, 1],
-    /// times 255, rounded half to even (as NumPy's `round` in diffusers' `numpy_to_pil`).
-    public init(tensor: Tensor) {
+    /// times 255 (Float32), then truncated (the official demo, ComfyUI) or rounded half to even
+    /// (NumPy's `round` in diffusers' `numpy_to_pil`).
+    public init(tensor: Tensor, rounding: PixelRounding = .truncate) {
         precondition(tensor.rank != 4 || tensor.shape[0] == 1, "one image at a time: got a batch \(tensor.shape)")
         let t = tensor.rank == 4 ? tensor.select(0, 0) : tensor
         precondition(t.rank == 3 && t.shape[0] == 3, "image tensor must be [1, 3, H, W] or [3, H, W], got \(tensor.shape)")
@@ -26,7 +37,8 @@ public struct RGBImage: Sendable, Equatable {
                 let x = v[c * h * w + i]
                 // NaN maps to 0 rather than trapping
                 let u = x.isNaN ? 0 : Swift.min(Swift.max((x + 1) / 2, 0), 1)
-                px[i * 3 + c] = UInt8((u * 255).rounded(.toNearestOrEven))
+                let s = u * 255
+                px[i * 3 + c] = UInt8(rounding == .truncate ? s.rounded(.towardZero) : s.rounded(.toNearestOrEven))
             }
         }
         self.init(width: w, height: h, pixels: px)

@@ -1,5 +1,6 @@
 import Foundation
 import NewBieDiffusion
+import NewBieTensor
 import NewBieText
 import NewBieWeights
 
@@ -26,7 +27,7 @@ public enum CheckpointFormats {
     static func configPath(beside path: String) -> String? {
         var isDir: ObjCBool = false
         FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-        let dir = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+        let dir = isDir.boolValue ? path : PathName.parent(path)
         let cfg = (dir as NSString).appendingPathComponent("config.json")
         return FileManager.default.fileExists(atPath: cfg) ? cfg : nil
     }

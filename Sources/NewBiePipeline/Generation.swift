@@ -31,9 +31,18 @@ public struct PipelineEvents {
     public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
     /// Image `image` was written to `path`.
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
+    /// Something the user should know (adapter files read, defaults taken, keys skipped).
+    public var note: ((String) -> Void)?
+    /// A model evaluation (state, guided velocity, t) of image `image` (`--save-steps`).
+    public var evaluation: ((_ evaluation: ModelEvaluation, _ image: Int) -> Void)?
+    /// Something the user should know that does not stop the run (e.g. a prompt cut to the
+    /// encoders' length limits), for request `request`.
+    public var warning: ((_ message: String, _ request: Int) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
-                wrote: ((String, Int) -> Void)? = nil) {
-        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote
+                wrote: ((String, Int) -> Void)? = nil, note: ((String) -> Void)? = nil,
+                evaluation: ((ModelEvaluation, Int) -> Void)? = nil, warning: ((String, Int) -> Void)? = nil) {
+        self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.note = note
+        self.evaluation = evaluation; self.warning = warning
     }
 }
 
@@ -45,10 +54,12 @@ public enum GenerationMetadata {
          MetadataKey.sampler: s.sampler.rawValue, MetadataKey.shift: "\(s.shift)", MetadataKey.cfg: "\(s.cfg.scale)",
          MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
          MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue, MetadataKey.strength: "\(s.strength)"]
+            .merging(s.effectiveScheduler.map { [MetadataKey.scheduler: $0.rawValue] } ?? [:]) { $1 }
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
         [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
+            .merging(o.adapters.metadata) { $1 }
     }
 
     /// The policy of a run made in stages (`encode`, `denoise`, `decode`): the models this stage
@@ -84,16 +95,17 @@ public enum GenerationMetadata {
         var s = SamplingSettings(width: w, height: h, steps: st, sampler: sm, shift: sh,
                                  cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
         if let v = m[MetadataKey.strength].flatMap(Float.init) { s.strength = v }
+        if let v = m[MetadataKey.scheduler] { s.scheduler = ComfyScheduler(rawValue: v) }
         return s
     }
 
     /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
     public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
-                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.shift, MetadataKey.cfg,
+                     MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.scheduler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
                      MetadataKey.initImage, MetadataKey.precision,
-                     MetadataKey.device] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
+                     MetadataKey.device, MetadataKey.lora, MetadataKey.loraMode, MetadataKey.pixelRounding] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
         for k in order { if let v = m[k] { out.append((k, v)) } }
         for k in m.keys.sorted() where k.hasPrefix("newbie:") && !order.contains(k) { out.append((k, m[k]!)) }
@@ -102,18 +114,25 @@ public enum GenerationMetadata {
 }
 
 /// The whole pipeline over several requests: all prompts are encoded first (then the text
-/// encoders are freed), then every latent is sampled (then the DiT is freed), then every latent
-/// is decoded and written as a PNG with its parameters.
+/// encoders are freed), then each latent is sampled, decoded and written as a PNG with its
+/// parameters before the next one starts (the DiT and the VAE decoder are held together).
 public enum Pipeline {
     public static func generate(_ requests: [GenerationRequest], paths: ModelPaths, options: StageOptions,
                                 extraMetadata: (GenerationRequest) -> [String: String] = { _ in [:] },
-                                events: PipelineEvents = PipelineEvents(), tracer: PipelineTracer? = nil) throws -> [String] {
+                                events: PipelineEvents = PipelineEvents(), tracer: PipelineTracer? = nil,
+                                checkMemory: Bool = true) throws -> [String] {
         guard !requests.isEmpty else { throw PipelineError("no prompt to generate") }
         for r in requests { try r.settings.validate() }
+        // every output is checked before anything is loaded
+        try checkOutputs(requests)
         // every part is checked before the first one is loaded, so a wrong slot fails at once
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
+        // the size must fit the DiT's position tables and the machine's memory
+        try RunCheck.check(requests, paths: paths, options: options, checkMemory: checkMemory)
         // and precision rules naming modules of the DiT or VAE are checked against their plans
         try options.placement.checkRules(paths: paths)
+        // and adapters are read and matched against the DiT's plan (their notes come when it loads)
+        _ = try options.adapters.check(paths: paths)
         let clock = { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
         func timed<T>(_ stage: String, _ body: () throws -> T) rethrows -> T {
             let t0 = clock()
@@ -141,10 +160,13 @@ public enum Pipeline {
             text.tracer = tracer
             var cache: [String: EncodedPrompt] = [:]
             try timed("encode") {
-                for r in requests {
+                for (i, r) in requests.enumerated() {
                     let system = SystemPrompt.resolve(r.systemPrompt, prompt: r.prompt)
                     let key = [r.prompt, r.negativePrompt, system].joined(separator: "\u{0}")
                     if let e = cache[key] { encoded.append(e); continue }
+                    for w in text.truncationWarnings(prompt: r.prompt, negativePrompt: r.negativePrompt, systemPrompt: system) {
+                        events.warning?(w, i)
+                    }
                     let e = try text.encode(prompt: r.prompt, negativePrompt: r.negativePrompt, systemPrompt: system)
                     cache[key] = e
                     encoded.append(e)
@@ -152,34 +174,32 @@ public enum Pipeline {
             }
         }  // text encoders released here
 
-        // 2. denoising
-        var latents: [Tensor] = []
-        do {
-            let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
-            den.tracer = tracer
-            for e in encoded { try den.check(e) }
-            try timed("denoise") {
-                for (i, r) in requests.enumerated() {
-                    latents.append(try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) }))
-                }
-            }
-        }  // DiT released here
-
-        // 3. decoding and writing
+        // 2. denoising, decoding and writing, one image after the other: the VAE decoder (small
+        // beside the DiT) is loaded with the DiT, so each image is written as soon as it is
+        // finished and an interrupt or a later failure keeps the images already made
+        var written: [String] = []
+        let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+        for n in den.adapterNotes { events.note?(n) }
+        den.tracer = tracer
+        for e in encoded { try den.check(e) }
         let dec = try timed("load VAE") { try DecodeStage(paths: paths, options: options) }
         dec.tracer = tracer
-        let ditChannels = latents.first?.shape[1] ?? 0
+        let ditChannels = den.dit.config.outChannels
         guard ditChannels == dec.vae.config.latentChannels else {
             throw PipelineError("the DiT (--dit) makes \(ditChannels)-channel latents but the VAE (--vae) decodes \(dec.vae.config.latentChannels) channels: the VAE does not belong to this DiT")
         }
-        var written: [String] = []
         for (i, r) in requests.enumerated() {
-            let image = try timed("decode") { try dec.run(latents[i]) }
+            let latent = try timed("denoise") {
+                try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) },
+                            onEvaluation: events.evaluation.map { f in { f($0, i) } })
+            }
+            let image = try timed("decode") { try dec.run(latent) }
             var md = encoded[i].metadata
             md.merge(GenerationMetadata.sampling(r.settings)) { $1 }
             md.merge(GenerationMetadata.options(options)) { $1 }
             md.merge(GenerationMetadata.models(paths)) { $1 }
             if r.settings.strength < 1, let p = r.initImage { md[MetadataKey.initImage] = p }
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             md.merge(extraMetadata(r)) { $1 }
             try timed("write") {
                 try createParentFolder(r.output)
@@ -191,9 +211,32 @@ public enum Pipeline {
         return written
     }
 
+    /// Checks every output path before any work: `-` (standard output) for a single image only,
+    /// else absent or a regular file (through symbolic links) in a folder that exists or can be
+    /// made; two images never share a path.
+    public static func checkOutputs(_ requests: [GenerationRequest]) throws {
+        var seen: [String: Int] = [:]
+        for (i, r) in requests.enumerated() {
+            if r.output == OutputFile.standardOutput && requests.count > 1 {
+                throw PipelineError("--output -: standard output takes one image, but this run makes \(requests.count); give a file pattern such as out-{seed}.png")
+            }
+            if let j = seen[r.output] {
+                throw PipelineError("--output: images \(j + 1) and \(i + 1) would both be written to \(r.output); use {seed}, {index} or {prompt} in the pattern")
+            }
+            seen[r.output] = i
+            do { try OutputFile.check(r.output, createFolders: true) } catch let e as OutputError {
+                throw PipelineError("--output \(e.description)")
+            }
+        }
+    }
+
     static func createParentFolder(_ path: String) throws {
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        guard path != OutputFile.standardOutput else { return }
+        let dir = PathName.parent(path)
+        guard !dir.isEmpty, !FileManager.default.fileExists(atPath: dir) else { return }
+        do { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) } catch {
+            throw PipelineError("--output \(path): cannot create the folder \(dir) (\(error.localizedDescription))")
+        }
     }
 
     /// Output paths from a pattern: `{seed}`, `{index}` (0-based image number) and `{prompt}`
@@ -201,6 +244,8 @@ public enum Pipeline {
     /// is added before the extension.
     public static func outputPaths(pattern: String, seeds: [UInt64], promptIndices: [Int]) -> [String] {
         let n = seeds.count
+        // standard output stays itself (checkOutputs refuses it for several images)
+        if pattern == OutputFile.standardOutput { return Array(repeating: pattern, count: n) }
         var paths = (0..<n).map { i in
             pattern.replacingOccurrences(of: "{seed}", with: "\(seeds[i])")
                 .replacingOccurrences(of: "{index}", with: "\(i)")
@@ -208,9 +253,8 @@ public enum Pipeline {
         }
         if Set(paths).count < n {
             paths = (0..<n).map { i in
-                let ns = paths[i] as NSString
-                let ext = ns.pathExtension
-                let base = ext.isEmpty ? paths[i] : ns.deletingPathExtension
+                let ext = PathName.pathExtension(paths[i])
+                let base = ext.isEmpty ? paths[i] : PathName.deletingExtension(paths[i])
                 return ext.isEmpty ? "\(base)-\(i)" : "\(base)-\(i).\(ext)"
             }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTensor
 import NewBieDiffusion
 import NewBieText
 import NewBieWeights
@@ -146,10 +147,10 @@ public struct ModelPaths: Sendable, Equatable {
         }
         var isDir: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: gemma, isDirectory: &isDir)
-        let folder = isDir.boolValue ? gemma : (gemma as NSString).deletingLastPathComponent
+        let folder = isDir.boolValue ? gemma : PathName.parent(gemma)
         let candidates = gemma.hasSuffix(".gguf") ? [gemma] : [
             (folder as NSString).appendingPathComponent("tokenizer.json"),
-            ((folder as NSString).deletingLastPathComponent as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
+            (PathName.parent(folder) as NSString).appendingPathComponent("tokenizer/tokenizer.json"),
         ]
         guard let t = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
             throw PipelineError("no Gemma tokenizer found (looked for \(candidates.joined(separator: ", "))); give --gemma-tokenizer PATH (tokenizer.json or a Gemma .gguf)")
@@ -161,7 +162,7 @@ public struct ModelPaths: Sendable, Equatable {
     public func jinaTokenizerPath(jina: String) throws -> String {
         var isDir: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: jina, isDirectory: &isDir)
-        let folder = isDir.boolValue ? jina : (jina as NSString).deletingLastPathComponent
+        let folder = isDir.boolValue ? jina : PathName.parent(jina)
         let t = jinaTokenizer ?? (folder as NSString).appendingPathComponent("tokenizer.json")
         guard FileManager.default.fileExists(atPath: t) else {
             throw PipelineError("no XLM-R tokenizer at \(t); give --jina-tokenizer PATH (jina-clip-v2's tokenizer.json)")

@@ -2,7 +2,8 @@ import Foundation
 import NewBieText
 import NewBieWeights
 
-/// The prompts of a `--prompt-file`: JSON lines (`{"prompt": ..., "negative_prompt": ..., "seed": ...}`)
+/// The prompts of a `--prompt-file`: one ComfyUI template prompt (the whole file, a JSON object
+/// around the XML, see `TemplatePrompt`); JSON lines (`{"prompt": ..., "negative_prompt": ..., "seed": ...}`)
 /// when every non-empty line starts with `{`; one XML prompt (the whole file, newlines kept) when
 /// the file starts with `<`; else one prompt per non-empty line.
 public enum PromptList {
@@ -16,6 +17,10 @@ public enum PromptList {
     }
 
     public static func parse(_ text: String, source: String, negativePrompt: String) throws -> [Entry] {
+        // one ComfyUI template prompt (a multi-line JSON object around the XML)
+        if TemplatePrompt.looksLikeTemplate(text) && !text.contains("\"prompt\"") {
+            return [Entry(prompt: text.trimmingCharacters(in: .whitespacesAndNewlines), negativePrompt: negativePrompt)]
+        }
         let lines = text.split(separator: "\n", omittingEmptySubsequences: true).map(String.init)
             .filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
         if !lines.isEmpty && lines.allSatisfy({ $0.trimmingCharacters(in: .whitespaces).hasPrefix("{") }) {
@@ -45,9 +50,11 @@ public enum PromptList {
 }
 
 extension PromptList {
-    /// Problems of an XML prompt (one starting with `<`), with line and column; none for plain
-    /// prompts. The prompt is passed to the encoders as written either way (spec 7: raw text).
+    /// Problems of an XML prompt (one starting with `<`) or a ComfyUI template prompt (a JSON object
+    /// around the XML), with line and column; none for plain prompts. The prompt is passed to the
+    /// encoders as written either way (spec 7: raw text).
     public static func xmlIssues(_ prompt: String) -> [PromptIssue] {
+        if TemplatePrompt.looksLikeTemplate(prompt) { return TemplatePrompt.parse(prompt).issues }
         guard prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") else { return [] }
         return PromptDocument(parsing: prompt).issues
     }

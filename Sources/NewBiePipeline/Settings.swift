@@ -1,6 +1,7 @@
 import Foundation
 import NewBieDiffusion
 import NewBieTensor
+import NewBieText
 
 /// The system prompts Gemma can be given (spec 3.5). Gemma sees `system + prompt`; Jina always
 /// sees the raw prompt; an empty prompt (the unconditional branch) and the negative prompt get no
@@ -11,15 +12,24 @@ public enum SystemPrompt {
     /// Training prefix for the other (tag / natural-language) data.
     public static let text = "You are an assistant designed to generate high-quality anime images with the highest degree of image-text alignment based on textual prompts. <Prompt Start> "
 
-    /// Preset names: `auto` (xml when the prompt starts with `<` after white space, else text),
-    /// `xml`, `text`, `none`; anything else is taken as the literal system prompt.
-    public static let presets = ["auto", "xml", "text", "none"]
+    /// The system prompt of ComfyUI's official NewBie template, for its JSON prompts (see
+    /// `TemplatePrompt`): its own wording, ending in a line break.
+    public static let comfyui = TemplatePrompt.systemPrompt
+
+    /// Preset names: `auto` (for a ComfyUI template prompt, the template's system prompt unless the
+    /// prompt carries one itself; else xml when the prompt starts with `<` after white space, else
+    /// text), `xml`, `text`, `comfyui`, `none`; anything else is taken as the literal system prompt.
+    public static let presets = ["auto", "xml", "text", "comfyui", "none"]
 
     /// The system prompt a preset (or literal) gives for `prompt`.
     public static func resolve(_ preset: String, prompt: String) -> String {
         switch preset {
         case "auto":
+            if TemplatePrompt.looksLikeTemplate(prompt) {
+                return TemplatePrompt.split(prompt).system.isEmpty ? comfyui : ""
+            }
             return prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") ? xml : text
+        case "comfyui": return comfyui
         case "xml": return xml
         case "text": return text
         case "none", "": return ""
@@ -43,6 +53,13 @@ public struct SamplingSettings: Sendable, Equatable {
     /// img2img (a design choice, spec 3.4): start at t0 = 1 - strength from the init latent mixed
     /// with the noise, and integrate the rest of the grid. 1 = text-to-image.
     public var strength: Float = 1
+    /// ComfyUI's scheduler: with one, `sampler` runs as ComfyUI's k-diffusion sampler over that
+    /// schedule of `steps` steps (`ComfyKSampler`); nil: the official grids. ComfyUI-only samplers
+    /// (euler_ancestral, dpmpp_2m, res_multistep) take `simple` when none is given.
+    public var scheduler: ComfyScheduler? = nil
+
+    /// The scheduler the run uses (nil: the official grids).
+    public var effectiveScheduler: ComfyScheduler? { scheduler ?? (sampler.isComfyOnly ? .simple : nil) }
 
     public init(width: Int, height: Int, steps: Int, sampler: SamplerKind, shift: Float, cfg: CFGOptions,
                 seed: UInt64, rng: NoiseRNG) {
@@ -63,7 +80,13 @@ public struct SamplingSettings: Sendable, Equatable {
             let lower = max(16, v / 16 * 16), upper = (max(v, 0) / 16 + 1) * 16
             throw PipelineError("--\(name) \(v): width and height must be positive multiples of 16 (the latent is 1/8 of the image and the DiT cuts it into 2 x 2 patches); try \(lower == upper ? "\(lower)" : "\(lower) or \(upper)")")
         }
-        let minSteps = 2
+        if effectiveScheduler != nil {
+            guard sampler.comfy != nil else {
+                throw PipelineError("--sampler \(sampler.rawValue) with --scheduler: ComfyUI's schedules run euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde or res_multistep")
+            }
+            guard strength == 1 else { throw PipelineError("--strength \(strength): img2img works with the official grids (no --scheduler), not ComfyUI's samplers yet") }
+        }
+        let minSteps = effectiveScheduler != nil ? 1 : 2
         guard steps >= minSteps else {
             throw PipelineError("--steps \(steps): need at least \(minSteps) (\(sampler == .dpm ? "DPM-Solver++ 2M model evaluations" : "grid points, i.e. at least one interval"))")
         }
@@ -91,6 +114,14 @@ public struct SamplingSettings: Sendable, Equatable {
 
     /// The sampler over the official grid.
     public func makeSampler() throws -> FlowSampler {
+        if let sched = effectiveScheduler, let k = sampler.comfy {
+            do {
+                let sigmas = try ComfyFlowModelSampling(shift: shift).schedule(sched, steps: steps)
+                return ComfyKSampler(sampler: k, sigmas: sigmas, seed: seed, rng: rng, shift: shift)
+            } catch let e as SamplingError {
+                throw PipelineError("sampler \(sampler.rawValue), scheduler \(sched.rawValue), \(steps) steps, shift \(shift): \(e.message)")
+            }
+        }
         do {
             if strength < 1 {
                 let grid = try FlowSchedule.img2imgGrid(points: steps, shift: shift, strength: strength)
@@ -99,6 +130,7 @@ public struct SamplingSettings: Sendable, Equatable {
                 case .midpoint: return MidpointSampler(grid: grid)
                 case .rk4: return RK4Sampler(grid: grid)
                 case .dpm: throw PipelineError("img2img does not work with dpm")
+                case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .dpmppSDE, .resMultistep: throw PipelineError("img2img does not work with ComfyUI's samplers yet")
                 }
             }
             return try sampler.make(steps: steps, shift: shift)
@@ -112,7 +144,7 @@ extension SamplerKind {
     /// By name, with an error listing the choices.
     public static func parse(_ name: String) throws -> SamplerKind {
         guard let k = SamplerKind(name: name) else {
-            throw PipelineError("--sampler \(name): unknown sampler; use euler, midpoint, rk4 or dpm (DPM-Solver++ 2M)")
+            throw PipelineError("--sampler \(name): unknown sampler; use euler, midpoint, rk4 or dpm (DPM-Solver++ 2M) on the official grids, or ComfyUI's euler, euler_ancestral, dpmpp_2m, dpmpp_2m_sde, dpmpp_sde, res_multistep (with --scheduler)")
         }
         return k
     }
@@ -125,4 +157,56 @@ extension NoiseRNG {
         }
         return r
     }
+}
+
+extension ComfyScheduler {
+    /// By name, with an error listing the choices.
+    public static func parse(_ name: String) throws -> ComfyScheduler {
+        guard let s = ComfyScheduler(rawValue: name.lowercased()) else {
+            throw PipelineError("--scheduler \(name): unknown scheduler; use simple, normal, karras or beta (ComfyUI's)")
+        }
+        return s
+    }
+}
+
+/// `--preset`: every default of one published setup; explicit options win over it.
+public enum GenerationPreset: String, CaseIterable, Sendable {
+    /// The official Gradio demo.py (the engine's defaults).
+    case demo
+    /// The official scripts/sample.sh: CFG 4 on every step with renorm 1 (the rest as the demo).
+    case sample
+    /// ComfyUI's official NewBie template (image_newbieimage_exp0_1-t2i.json): 20 steps of
+    /// res_multistep over the simple schedule, shift 6 (ModelSamplingAuraFlow), CFG 5.5 on every
+    /// step without renorm, 1024 x 1536, the template's system prompt in front of the prompt for
+    /// Gemma and Jina alike (ComfyUI's NewBie text encoder hands both the same text), and its
+    /// negative prompt.
+    case comfyui
+
+    public static func parse(_ name: String) throws -> GenerationPreset {
+        guard let p = GenerationPreset(rawValue: name.lowercased()) else {
+            throw PipelineError("--preset \(name): use demo, sample or comfyui")
+        }
+        return p
+    }
+
+    /// The sampling settings of the preset (seed and rng as given).
+    public func settings(seed: UInt64, rng: NoiseRNG = .torch) -> SamplingSettings {
+        var s = SamplingSettings.officialDemo
+        s.seed = seed; s.rng = rng
+        switch self {
+        case .demo: break
+        case .sample: s.cfg = CFGOptions(scale: 4, truncation: 100, renorm: 1)
+        case .comfyui:
+            s.width = 1024; s.height = 1536; s.steps = 20; s.sampler = .resMultistep; s.scheduler = .simple; s.shift = 6
+            s.cfg = CFGOptions(scale: 5.5, truncation: 100, renorm: 0)
+        }
+        return s
+    }
+
+    /// The `--system-prompt` default.
+    public var systemPrompt: String { self == .comfyui ? "comfyui" : "auto" }
+    /// The `--negative-prompt` default.
+    public var negativePrompt: String { self == .comfyui ? TemplatePrompt.negativePrompt : "" }
+    /// Whether Jina sees the system prompt too (ComfyUI's NewBie text encoder: yes).
+    public var jinaSeesSystemPrompt: Bool { self == .comfyui }
 }

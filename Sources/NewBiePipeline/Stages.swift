@@ -83,6 +83,10 @@ public enum MetadataKey {
     public static let height = "newbie:height"
     public static let steps = "newbie:steps"
     public static let sampler = "newbie:sampler"
+    /// ComfyUI's scheduler, when the run used one.
+    public static let scheduler = "newbie:scheduler"
+    /// `--preset` (demo, sample, comfyui), when given.
+    public static let preset = "newbie:preset"
     public static let shift = "newbie:shift"
     public static let cfg = "newbie:cfg"
     public static let cfgTrunc = "newbie:cfg_trunc"
@@ -94,6 +98,11 @@ public enum MetadataKey {
     /// The resolved precision policy (`--precision` form).
     public static let precision = "newbie:precision"
     public static let device = "newbie:device"
+    /// The adapters (`file:strength;...`, in `--lora` order) and how they were applied.
+    public static let lora = "newbie:lora"
+    public static let loraMode = "newbie:lora_mode"
+    /// How the decoded image became 8-bit pixels (`truncate` or `round`).
+    public static let pixelRounding = "newbie:pixel_rounding"
     public static let command = "newbie:command"
     public static func model(_ slot: ModelSlot) -> String { "newbie:\(slot.rawValue)" }
 }
@@ -110,6 +119,14 @@ public struct StageOptions: Sendable, Equatable {
     /// Jina head size (jina-clip-v2: 64).
     public var jinaHeadDim: Int = 64
     public var vaeTiling: VAETiling = .auto
+    /// Jina gets the system prompt in front of the prompt too, as ComfyUI's NewBie text encoder
+    /// does (`--preset comfyui`); the official pipeline gives Jina the raw prompt.
+    public var jinaSeesSystemPrompt = false
+    /// LoRA / LoKr adapters for the DiT (`--lora`, `--lora-mode`, `--lora-lenient`).
+    public var adapters = AdapterOptions()
+    /// How decoded images become 8-bit pixels (`--pixel-rounding`; truncate as the official demo
+    /// and ComfyUI).
+    public var pixelRounding: PixelRounding = .truncate
 
     /// Every model on `device` in `dtype` (nil: auto for the device, bf16 on CUDA, fp32 on the CPU).
     public init(dtype: DType? = .f32, device: Device = .cpu) { placement = PlacementPolicy(device: device, dtype: dtype) }
@@ -149,6 +166,23 @@ public final class TextStage {
         jina = j.tower; jinaTokenizer = j.tokenizer
     }
 
+    /// What the encoders' length limits cut from a prompt and its negative: one line per text and
+    /// encoder that loses tokens, with the counts kept and dropped (empty when nothing is cut).
+    public func truncationWarnings(prompt: String, negativePrompt: String = "", systemPrompt: String) -> [String] {
+        var out: [String] = []
+        for (name, text, system) in [("prompt", prompt, prompt.isEmpty ? "" : systemPrompt), ("negative prompt", negativePrompt, "")] where !text.isEmpty {
+            let g = gemmaTokenizer.encode(system + text).count
+            if g > options.gemmaMaxLength {
+                out.append("the \(name) is longer than Gemma's limit: \(options.gemmaMaxLength) of \(g) tokens kept (system prompt and <bos> included), \(g - options.gemmaMaxLength) dropped from the end")
+            }
+            let j = jinaTokenizer.encode(text).count
+            if j > options.jinaMaxLength {
+                out.append("the \(name) is longer than Jina CLIP's limit: \(options.jinaMaxLength) of \(j) tokens kept (<s> and </s> included), \(j - options.jinaMaxLength) dropped from the end")
+            }
+        }
+        return out
+    }
+
     /// Encodes one prompt and its negative.
     public func encode(prompt: String, negativePrompt: String = "", systemPrompt: String) throws -> EncodedPrompt {
         let gemmaInputs = [prompt.isEmpty ? "" : systemPrompt + prompt, negativePrompt]
@@ -167,7 +201,7 @@ public final class TextStage {
         }
         defer { gemma.moduleHook = nil; jina.moduleHook = nil }
         let hidden = try gemma.encode(gb).to(.f32, device: .cpu)
-        let jb = jinaTokenizer.encodeBatch([prompt, negativePrompt], maxLength: options.jinaMaxLength)
+        let jb = jinaTokenizer.encodeBatch([options.jinaSeesSystemPrompt ? gemmaInputs[0] : prompt, negativePrompt], maxLength: options.jinaMaxLength)
         let pooled = jina.pooled(ids: jb.ids).to(.f32, device: .cpu)
         try Backends.check(gemma.device)
         try Backends.check(jina.device)
@@ -206,9 +240,29 @@ public final class DenoiseStage {
     /// `--trace` / `--detect-overflow`: sees every model call's input state and guided velocity.
     public var tracer: PipelineTracer?
 
+    /// What loading the adapters said (files, scales, defaults taken, keys skipped); empty without
+    /// adapters.
+    public private(set) var adapterNotes: [String] = []
+    /// The adapters applied (nil: none). In unmerged mode, `adapters.strengths[i].value` changes
+    /// adapter i's strength for the next run without reloading the DiT.
+    public private(set) var adapters: ModelAdapters?
+
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
-        dit = try NextDiT.load(path: path, placement: try options.open(.dit))
+        var placement = try options.open(.dit)
+        if options.adapters.specs.isEmpty {
+            dit = try NextDiT.load(path: path, placement: placement)
+        } else {
+            // adapters are read and matched against the DiT's plan before any weight is read
+            let (source, json) = try NextDiT.openCheckpoint(path: path, configPath: nil)
+            let (weights, config) = try NextDiT.checkedWeights(source: source, json: json)
+            let linears = try NextDiT.plan(config, precision: placement.precision).linears
+            let adapters = try options.adapters.load(linears: linears, aliases: NextDiTNaming.adapterAliases(config, linears: linears))
+            placement.adapters = adapters
+            self.adapters = adapters
+            adapterNotes = adapters.notes
+            dit = try NextDiT(weights: weights, config: config, placement: placement)
+        }
         dit.useRecordedSteps = options.cuda.graphs
     }
 
@@ -285,7 +339,7 @@ public final class ImageEncodeStage {
     /// Reads a PNG of exactly `width` x `height` and encodes it.
     public func run(png path: String, width: Int, height: Int) throws -> Tensor {
         let d: PNG.Decoded
-        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(path): \(error)") }
+        do { d = try PNG.read(path) } catch { throw PipelineError("--init-image \(error)") }
         guard d.image.width == width, d.image.height == height else {
             throw PipelineError("--init-image \(path) is \(d.image.width)x\(d.image.height) but the run makes \(width)x\(height); give the same --width/--height or resize the image")
         }
@@ -303,6 +357,7 @@ public final class DecodeStage {
     public let vae: AutoencoderKL
     public let path: String
     public let tiling: VAETiling
+    public let pixelRounding: PixelRounding
     /// `--trace` / `--detect-overflow`: sees each decoder module (untiled decoding) and the image.
     public var tracer: PipelineTracer?
 
@@ -310,9 +365,11 @@ public final class DecodeStage {
         path = try paths.require(.vae)
         vae = try AutoencoderKL.load(path: path, placement: try options.open(.vae), parts: .decoder)
         tiling = options.vaeTiling
+        pixelRounding = options.pixelRounding
     }
 
-    /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped).
+    /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped, times 255, truncated or
+    /// rounded by `pixelRounding`).
     public func run(_ latent: Tensor) throws -> RGBImage {
         var x = latent.to(.f32, device: .cpu)
         if x.rank == 3 { x = x.unsqueeze(0) }
@@ -335,6 +392,41 @@ public final class DecodeStage {
         let v = img.toFloats()
         let bad = v.reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
         if bad > 0 { throw PipelineError("the VAE produced \(bad) non-finite values (NaN/Inf); the latent or the VAE weights are broken") }
-        return RGBImage(tensor: img)
+        return RGBImage(tensor: img, rounding: pixelRounding)
+    }
+}
+
+
+// MARK: - adapters
+
+/// LoRA / LoKr adapters for the DiT as chosen on the command line.
+public struct AdapterOptions: Sendable, Equatable {
+    public var specs: [AdapterSpec]
+    public var mode: AdapterMode
+    /// Keys matching no module are a warning (skipped) instead of an error.
+    public var lenient: Bool
+    public init(specs: [AdapterSpec] = [], mode: AdapterMode = .merged, lenient: Bool = false) {
+        self.specs = specs; self.mode = mode; self.lenient = lenient
+    }
+
+    /// Reads the files and matches them against a model's linear layers (module path -> [out, in]).
+    public func load(linears: [String: [Int]], aliases: [String: AdapterAlias] = [:]) throws -> ModelAdapters {
+        try ModelAdapters.load(specs, mode: mode, lenient: lenient, linears: linears, aliases: aliases, model: "dit")
+    }
+
+    /// Reads and matches the adapters against the DiT at `paths` (headers and config only, no
+    /// weights), so that a bad adapter fails before the text encoders run.
+    public func check(paths: ModelPaths) throws -> [String] {
+        guard !specs.isEmpty, let p = paths.path(.dit) else { return [] }
+        let (source, json) = try NextDiT.openCheckpoint(path: p, configPath: nil)
+        let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
+        let linears = try NextDiT.plan(config).linears
+        return try load(linears: linears, aliases: NextDiTNaming.adapterAliases(config, linears: linears)).notes
+    }
+
+    /// The metadata recorded in stage files and PNGs (nothing without adapters).
+    public var metadata: [String: String] {
+        guard !specs.isEmpty else { return [:] }
+        return [MetadataKey.lora: specs.map { "\($0.path):\($0.strength)" }.joined(separator: ";"), MetadataKey.loraMode: mode.rawValue]
     }
 }

@@ -62,6 +62,13 @@ public final class PipelineTracer {
     public private(set) var moduleDTypes: [String: DType] = [:]
     /// Every summary reported, in order (kept for tests and tools).
     public private(set) var records: [(path: String, step: Int?, summary: TensorSummary)] = []
+    /// Sees every reported tensor whole, with its path and step (after its summary is recorded),
+    /// e.g. to keep chosen module outputs for comparing one run with another. nil: nothing more
+    /// is done.
+    public var observer: ((_ path: String, _ step: Int?, _ tensor: Tensor) -> Void)?
+
+    /// The first non-finite tensor reported (path, step, summary), if any.
+    public var firstNonFinite: (path: String, step: Int?, summary: TensorSummary)? { records.first { !$0.summary.isFinite } }
 
     public init(trace: Bool, detectOverflow: Bool, computeDType: DType,
                 sink: @escaping (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }) {
@@ -81,6 +88,7 @@ public final class PipelineTracer {
     public func report(_ path: String, step: Int? = nil, t: Float? = nil, _ tensor: Tensor) throws {
         let s = TensorSummary(tensor)
         records.append((path, step, s))
+        observer?(path, step, tensor)
         if trace {
             var at = path + (moduleDTypes[path].map { " (computes in \($0.userName))" } ?? "")
             if let st = step { at += " step \(st)" }

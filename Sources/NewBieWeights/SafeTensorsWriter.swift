@@ -12,9 +12,10 @@ import Darwin
 /// header lists them in that order after `__metadata__` (keys sorted), and is padded with spaces
 /// to a multiple of 8 bytes so that the data section starts 8-byte aligned.
 ///
-/// The file is written to a temporary file in the destination folder, flushed to disk, and then
-/// renamed over the destination: an interrupted write never leaves a half-written file under the
-/// destination name, and an existing file is replaced only once the new one is complete.
+/// The file is written through `OutputFile`: `-` is standard output; otherwise a temporary file in
+/// the destination folder is flushed to disk and then renamed over the destination (symbolic links
+/// followed, anything but a regular file refused): an interrupted write never leaves a half-written
+/// file under the destination name, and an existing file is replaced only once the new one is complete.
 public enum SafeTensorsWriter {
     /// The header bytes (JSON plus padding, without the 8-byte length) and the data size for
     /// tensors of the given names, dtypes and shapes.
@@ -52,7 +53,11 @@ public enum SafeTensorsWriter {
     /// Writes `tensors` (any dtype, any device, any layout: each is made contiguous on the CPU)
     /// and optional string metadata to `url`, atomically.
     public static func write(_ tensors: [(String, Tensor)], metadata: [String: String]? = nil, to url: URL) throws {
-        let path = url.path
+        try write(tensors, metadata: metadata, toPath: url.path)
+    }
+
+    /// The same to a path given as text, where `-` is standard output.
+    public static func write(_ tensors: [(String, Tensor)], metadata: [String: String]? = nil, toPath path: String) throws {
         let header: [UInt8], dataSize: Int
         do {
             (header, dataSize) = try Self.header(tensors.map { ($0.0, $0.1.dtype, $0.1.shape) }, metadata: metadata)
@@ -60,61 +65,28 @@ public enum SafeTensorsWriter {
             throw e.withFile(path)
         }
 
-        let dir = url.deletingLastPathComponent().path
-        var template = Array((dir.isEmpty ? "." : dir).utf8CString.dropLast())
-        template += Array("/.\(url.lastPathComponent).tmp-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else {
-            throw WeightsError(.io, file: path, "cannot create a temporary file in \(dir.isEmpty ? "." : dir) (\(String(cString: strerror(errno))))")
-        }
-        let tempPath = String(cString: template)
-        var done = false
-        defer {
-            if !done { close(fd); unlink(tempPath) }
-        }
-        fchmod(fd, 0o644)
-
-        func writeAll(_ p: UnsafeRawPointer?, _ n: Int) throws {
-            var written = 0
-            while written < n {
-                let r = systemWrite(fd, p! + written, Swift.min(n - written, 1 << 30))
-                if r < 0 {
-                    if errno == EINTR { continue }
-                    throw WeightsError(.io, file: path, "write failed (\(String(cString: strerror(errno))))")
+        do {
+            try OutputFile.write(path) { fd in
+                func writeAll(_ p: UnsafeRawPointer?, _ n: Int) throws { try OutputFile.writeAll(fd, p, n, path: path) }
+                var length = UInt64(header.count).littleEndian
+                try withUnsafeBytes(of: &length) { try writeAll($0.baseAddress, 8) }
+                try header.withUnsafeBytes { try writeAll($0.baseAddress, $0.count) }
+                var total = 0
+                for (name, t) in tensors {
+                    let c = t.contiguous().to(device: .cpu)
+                    let n = c.byteCount
+                    if n > 0 {
+                        do { try writeAll(UnsafeRawPointer(c.hostPointer), n) } catch let e as OutputError {
+                            throw WeightsError(.io, file: path, tensor: name, e.message)
+                        }
+                    }
+                    total += n
                 }
-                written += r
+                precondition(total == dataSize, "tensor sizes changed while writing")
             }
+        } catch let e as OutputError {
+            throw WeightsError(kind: .io, file: path, tensor: nil, message: e.description)
         }
-
-        var length = UInt64(header.count).littleEndian
-        try withUnsafeBytes(of: &length) { try writeAll($0.baseAddress, 8) }
-        try header.withUnsafeBytes { try writeAll($0.baseAddress, $0.count) }
-        var total = 0
-        for (name, t) in tensors {
-            let c = t.contiguous().to(device: .cpu)
-            let n = c.byteCount
-            if n > 0 {
-                do { try writeAll(UnsafeRawPointer(c.hostPointer), n) } catch let e as WeightsError {
-                    throw WeightsError(.io, file: path, tensor: name, e.message)
-                }
-            }
-            total += n
-        }
-        precondition(total == dataSize, "tensor sizes changed while writing")
-        guard fsync(fd) == 0 else { throw WeightsError(.io, file: path, "fsync failed (\(String(cString: strerror(errno))))") }
-        guard close(fd) == 0 else {
-            done = true; unlink(tempPath)
-            throw WeightsError(.io, file: path, "close failed (\(String(cString: strerror(errno))))")
-        }
-        done = true
-        guard rename(tempPath, path) == 0 else {
-            let msg = String(cString: strerror(errno))
-            unlink(tempPath)
-            throw WeightsError(.io, file: path, "cannot move the finished file into place (\(msg))")
-        }
-        // Make the rename itself durable.
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 }
 
@@ -124,13 +96,4 @@ extension WeightsError {
         guard file == nil else { return self }
         return WeightsError(kind: kind, file: path, tensor: tensor, message: "\(path): \(message)")
     }
-}
-
-/// write(2), named apart from `SafeTensorsWriter.write`.
-private func systemWrite(_ fd: Int32, _ p: UnsafeRawPointer, _ n: Int) -> Int {
-    #if canImport(Glibc)
-    return Glibc.write(fd, p, n)
-    #else
-    return Darwin.write(fd, p, n)
-    #endif
 }

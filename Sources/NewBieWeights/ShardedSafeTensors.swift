@@ -180,8 +180,13 @@ public func openWeights(path: String) throws -> WeightSource {
     if isDir.boolValue { return try openWeightsFolder(path) }
     if path.hasSuffix(".json") { return try ShardedSafeTensors(indexPath: path) }
     // Formats chosen by magic bytes; further formats plug in here.
-    if let magic = try? firstBytes(path, 4), magic == Array("GGUF".utf8) {
+    let magic = (try? firstBytes(path, 4)) ?? []
+    if magic == Array("GGUF".utf8) {
         return try GGUFFile(path: path)
+    }
+    if path.lowercased().hasSuffix(".gguf") {
+        let shown = magic.map { String(format: "%02x", $0) }.joined(separator: " ")
+        throw WeightsError(.unsupportedFormat, file: path, "not a GGUF file: it does not start with the GGUF magic (first bytes: \(shown.isEmpty ? "none, the file is shorter than 4 bytes" : shown))")
     }
     return try SafeTensorsFile(path: path)
 }

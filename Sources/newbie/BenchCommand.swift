@@ -52,7 +52,7 @@ struct BenchCommand: ParsableCommand {
     func run() throws {
         if device != "cpu" { return try runCUDA() }
         let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
-        guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
+        guard let blas = BLAS.shared else { throw PipelineError(BLAS.loadError) }
         print("CPU backend benchmark: \(ProcessInfo.processInfo.activeProcessorCount) cores, BLAS \(blas.libraryPath) (\(blas.threads) threads)")
         print(pad("work", 52) + pad("median", 12, left: true) + pad("GFLOP/s", 10, left: true) + pad("of BLAS", 9, left: true))
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBieDiffusion
 import NewBieHarness
+import NewBiePipeline
 import NewBieTensor
 
 /// `newbie bench-dit`: one NextDiT forward pass of a configurable (by default mid-size) model with
@@ -25,7 +26,7 @@ struct BenchDiTCommand: ParsableCommand {
 
     func run() throws {
         guard let dt = DType(userName: dtype), [.f32, .bf16, .f16].contains(dt) else { throw ValidationError("dtype must be fp32, bf16 or fp16") }
-        guard let blas = BLAS.shared else { throw ValidationError(BLAS.loadError) }
+        guard let blas = BLAS.shared else { throw PipelineError(BLAS.loadError) }
         guard dim % heads == 0, heads % kvHeads == 0, (dim / heads) % 6 == 0 else {
             throw ValidationError("need dim % heads == 0, heads % kv-heads == 0 and head_dim a multiple of 6 (three even RoPE axes)")
         }
@@ -92,7 +93,7 @@ func randomDiTWeights(_ cfg: NextDiTConfig, seed: UInt64) throws -> (String) thr
     var rng = SplitMix(seed: seed)
     let shapes = Dictionary(uniqueKeysWithValues: try cfg.expectedTensors().map { ($0.name, $0.shape) })
     return { name in
-        guard let s = shapes[name] else { throw ValidationError("no tensor \(name) in this NextDiT") }
+        guard let s = shapes[name] else { throw PipelineError("no tensor \(name) in this NextDiT") }
         let isNorm = s.count == 1 && !name.hasSuffix(".bias")
         let scale: Float = s.count == 2 ? 1 / Float(s[1]).squareRoot() : 0.1
         return Tensor((0..<s.reduce(1, *)).map { _ in isNorm ? 1 + 0.1 * rng.uniform() : scale * rng.uniform() }, shape: s)

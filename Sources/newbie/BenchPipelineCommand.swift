@@ -14,8 +14,8 @@ struct BenchPipelineCommand: ParsableCommand {
         discussion: """
         Writes a NewBie with random weights in the official Hugging Face layout to --weights DIR (reused by later \
         runs with the same sizes, seed and dtype), then runs the real pipeline (the code of `newbie generate`) on it: \
-        prompt -> Gemma and XLM-R tokenizers -> Gemma 3 and Jina CLIP v2 (prompt and negative prompt) -> --steps Euler \
-        steps with classifier-free guidance (batch 2 on every step by default) -> VAE decode -> PNG. Reports the wall \
+        prompt -> Gemma and XLM-R tokenizers -> Gemma 3 and Jina CLIP v2 (prompt and negative prompt) -> --steps grid points (steps - 1 Euler \
+        steps) with classifier-free guidance (batch 2 on every step by default) -> VAE decode -> PNG. Reports the wall \
         time of every stage and step and the peak memory each backend reports, as a table and optionally JSON.
         --scale full has the published configurations (DiT 3.49 B, Gemma 3 4B text model, Jina CLIP v2 text tower, \
         FLUX.1-dev VAE; about 16 GB of bf16 weights); --scale tiny the toy ones of make-tiny-model. The tokenizers are \
@@ -55,8 +55,8 @@ struct BenchPipelineCommand: ParsableCommand {
     @Option(help: "Image width and height in pixels (a multiple of 16).")
     var size = 1024
 
-    @Option(help: "Euler steps = guided DiT calls (the grid has steps + 1 points; generate --steps counts points).")
-    var steps = 28
+    @Option(help: "Points of the shifted grid, as for generate --steps: the Euler sampler makes steps - 1 guided DiT calls (default 29: 28 calls).")
+    var steps = 29
 
     @Option(help: "Classifier-free guidance scale.")
     var cfg: Float = 5
@@ -73,7 +73,7 @@ struct BenchPipelineCommand: ParsableCommand {
     @Option(help: "The prompt (default: a NewBie XML prompt of the usual length).")
     var prompt: String?
 
-    @Option(name: .customLong("gemma-tokens"), help: "Cut (or repeat, then cut) the prompt to this many Gemma tokens, <bos> and system prompt included, with the tokenizer in use; 0 = the prompt as given. 256 is the caption length of shared/PERF.md's reference work.")
+    @Option(name: .customLong("gemma-tokens"), help: "Cut (or repeat, then cut) the prompt to this many Gemma tokens, <bos> and system prompt included, with the tokenizer in use; 0 = the prompt as given. 256 is about the length of a typical XML prompt with the system prompt.")
     var gemmaTokens = 256
 
     @Option(name: .customLong("negative-prompt"), help: "Negative prompt (default empty, as in the official demo).")
@@ -99,6 +99,8 @@ struct BenchPipelineCommand: ParsableCommand {
     }
 
     func bench() throws {
+        if !weightsOnly { try checkOutput(output) }
+        if let j = json { try checkOutput(j, option: "--json", binary: false) }
         guard let sc = RandomModelSpec.Scale(rawValue: scale) else { throw PipelineError("--scale \(scale): use tiny or full") }
         guard let wdt = DType(userName: weightsDType), [.f32, .bf16, .f16].contains(wdt) else {
             throw PipelineError("--weights-dtype \(weightsDType): use bf16, fp16 or fp32")
@@ -134,7 +136,8 @@ struct BenchPipelineCommand: ParsableCommand {
         config.jinaTokenizer = jinaTokenizer
         config.width = size
         config.height = size
-        config.steps = steps
+        guard steps >= 2 else { throw PipelineError("--steps \(steps): need at least 2 grid points (one Euler step)") }
+        config.steps = steps - 1
         config.cfg = cfg
         config.cfgTrunc = cfgTrunc
         config.seed = seed
@@ -146,8 +149,8 @@ struct BenchPipelineCommand: ParsableCommand {
         let report = try PipelineBench.run(config, log: log)
         print(report.table())
         if let j = json {
-            try report.json().write(to: URL(fileURLWithPath: j))
-            if !quiet { print("wrote \(j)") }
+            try writeText(String(decoding: try report.json(), as: UTF8.self), to: j, option: "--json")
+            if !quiet { reportWrote(j) }
         }
     }
 }

@@ -60,6 +60,7 @@ struct EncodeTextCommand: ParsableCommand {
         guard gemmaPath != nil || jinaPath != nil else {
             throw ValidationError("nothing to encode: give --gemma PATH and/or --jina PATH")
         }
+        try checkOutput(output)
         let options = try deviceOptions.stageOptions()
         let paths = ModelPaths(gemma: gemmaPath, gemmaTokenizer: gemmaTokenizer, jina: jinaPath, jinaTokenizer: jinaTokenizer)
         // every missing file is named before the first (long) load
@@ -67,7 +68,7 @@ struct EncodeTextCommand: ParsableCommand {
         if jinaPath != nil { _ = try paths.jinaTokenizerPath(jina: try paths.require(.jina)) }
         var texts = prompts
         if let f = promptFile {
-            guard let s = try? String(contentsOfFile: f, encoding: .utf8) else { throw ValidationError("cannot read --prompt-file \(f)") }
+            let s = try readTextFile(f, option: "--prompt-file")
             texts += s.split(separator: "\n", omittingEmptySubsequences: false).map(String.init).filter { !$0.isEmpty }
         }
         guard !texts.isEmpty else { throw ValidationError("no prompt: give --prompt TEXT (repeatable) or --prompt-file") }
@@ -86,8 +87,8 @@ struct EncodeTextCommand: ParsableCommand {
             tensors += t
             metadata.merge(m) { $1 }
         }
-        try SafeTensorsWriter.write(tensors, metadata: metadata, to: URL(fileURLWithPath: output))
-        log("wrote \(output): " + tensors.map { "\($0.0) \($0.1.shape)" }.joined(separator: ", "))
+        try SafeTensorsWriter.write(tensors, metadata: metadata, toPath: output)
+        log("wrote \(output == "-" ? "standard output" : output): " + tensors.map { "\($0.0) \($0.1.shape)" }.joined(separator: ", "))
     }
 
     func encodeGemma(_ paths: ModelPaths, texts: [String], placement: ModelPlacement) throws -> ([(String, Tensor)], [String: String]) {
@@ -113,7 +114,7 @@ struct EncodeTextCommand: ParsableCommand {
         let batch = tokenizer.encodeBatch(inputs, maxLength: gemmaMaxLength, padToMultipleOf: 8)
         let tTok = clock() - t0
         if let bad = batch.ids.joined().first(where: { $0 >= c.vocabSize }) {
-            throw ValidationError("token id \(bad) is outside the checkpoint's vocabulary (\(c.vocabSize)): tokenizer and checkpoint do not match")
+            throw PipelineError("token id \(bad) is outside the checkpoint's vocabulary (\(c.vocabSize)): tokenizer and checkpoint do not match")
         }
         let cpuClock = { () -> Double in
             var ts = timespec()

@@ -1,28 +1,20 @@
 import ArgumentParser
 import Foundation
+import NewBiePipeline
+import NewBieTensor
 import NewBieText
 
 /// `newbie prompt check | format | build`: the NewBie XML prompt format (docs/PROMPTS.md).
 struct PromptCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "prompt",
-        abstract: "Check, format or build NewBie XML prompts.",
+        abstract: "Check, format or build NewBie XML prompts and ComfyUI template prompts (JSON around the XML).",
         subcommands: [Check.self, Format.self, Build.self])
 
     /// Reads a file, or standard input for "-".
-    static func read(_ path: String) throws -> Data {
-        if path == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
-        guard let d = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("cannot read \(path)")
-        }
-        return d
-    }
+    static func read(_ path: String) throws -> Data { try readFile(path, option: "") }
 
-    static func readText(_ path: String) throws -> String {
-        let d = try read(path)
-        guard let s = String(data: d, encoding: .utf8) else { throw ValidationError("\(path) is not UTF-8 text") }
-        return s
-    }
+    static func readText(_ path: String) throws -> String { try readTextFile(path, option: "") }
 
     static func stderr(_ s: String) { FileHandle.standardError.write((s + "\n").data(using: .utf8)!) }
 
@@ -38,8 +30,22 @@ struct PromptCommand: ParsableCommand {
 
         func run() throws {
             let text = try PromptCommand.readText(file)
-            let doc = PromptDocument(parsing: text)
             let name = file == "-" ? "<stdin>" : file
+            if TemplatePrompt.looksLikeTemplate(text) {
+                let parsed = TemplatePrompt.parse(text)
+                for issue in parsed.issues { print("\(name):\(issue)") }
+                if !parsed.isValid || (strict && !parsed.warnings.isEmpty) {
+                    PromptCommand.stderr("\(name): ComfyUI template prompt: \(parsed.errors.count) error(s), \(parsed.warnings.count) warning(s)")
+                    throw ExitCode(1)
+                }
+                let p = parsed.prompt!
+                let boxes = p.characters.map { "character_\($0.number) \($0.bbox)" }.joined(separator: ", ")
+                print("\(name): OK: ComfyUI template prompt: \(p.characters.count) character(s) with bbox (\(boxes)), "
+                      + "tags with \(parsed.document?.characters.count ?? 0) XML character block(s), caption of \(p.caption.count) characters"
+                      + (parsed.systemPrompt.isEmpty ? "" : ", its own system prompt") + (parsed.warnings.isEmpty ? "" : ", \(parsed.warnings.count) warning(s)"))
+                return
+            }
+            let doc = PromptDocument(parsing: text)
             for issue in doc.issues { print("\(name):\(issue)") }
             if doc.isPlainText && doc.isValid {
                 print("\(name): plain-text prompt (no XML tags); nothing to check")
@@ -86,7 +92,17 @@ struct PromptCommand: ParsableCommand {
             let text = try PromptCommand.readText(file)
             let out: String
             do {
-                out = try PromptFormatter.format(text, layout: PromptLayout(indent: indent, blankLineBetweenBlocks: !compact))
+                let layout = PromptLayout(indent: indent, blankLineBetweenBlocks: !compact)
+                if TemplatePrompt.looksLikeTemplate(text) {
+                    let parsed = TemplatePrompt.parse(text)
+                    guard parsed.isValid, var p = parsed.prompt else {
+                        throw PromptError("the template prompt has errors; fix them before formatting", issues: parsed.errors)
+                    }
+                    p.tags = try PromptFormatter.format(p.tags, layout: layout)
+                    out = parsed.systemPrompt + p.render()
+                } else {
+                    out = try PromptFormatter.format(text, layout: layout)
+                }
             } catch let e as PromptError {
                 let name = file == "-" ? "<stdin>" : file
                 for issue in e.issues { print("\(name):\(issue)") }
@@ -96,7 +112,7 @@ struct PromptCommand: ParsableCommand {
             if write {
                 // files keep one final line end
                 if out + "\n" == text { PromptCommand.stderr("\(file): already formatted"); return }
-                try (out + "\n").write(toFile: file, atomically: true, encoding: .utf8)
+                try writeText(out + "\n", to: file, option: "--write")
                 PromptCommand.stderr("\(file): formatted (the encoders will see different text than before)")
             } else {
                 print(out)
@@ -122,14 +138,18 @@ struct PromptCommand: ParsableCommand {
         @Flag(help: "No empty line between blocks.")
         var compact = false
 
-        @Option(name: .shortAndLong, help: "Write the prompt to this file instead of standard output.")
+        @Option(name: [.short, .long, .customLong("out")], help: "Write the prompt to this file instead of standard output (- is standard output).")
         var output: String?
+
+        @Flag(help: "Write a ComfyUI template prompt: the JSON object of ComfyUI's NewBie template with each character's bbox (characters may give \"bbox\": [x0, y0, x1, y1] on a 0-1000 grid; default the whole image), the XML in image.tags and the caption in image.caption.")
+        var template = false
 
         func validate() throws {
             guard indent >= 0 && indent <= 16 else { throw ValidationError("--indent must be between 0 and 16") }
         }
 
         func run() throws {
+            if let output { try checkOutput(output, binary: false) }
             let data = try PromptCommand.read(file)
             let layout = PromptLayout(indent: indent, blankLineBetweenBlocks: !compact)
             var format = inputFormat
@@ -142,8 +162,19 @@ struct PromptCommand: ParsableCommand {
             }
             let out: String
             do {
-                if format == .yaml {
-                    guard let text = String(data: data, encoding: .utf8) else { throw ValidationError("\(file) is not UTF-8 text") }
+                if template {
+                    let description: Any
+                    if format == .yaml {
+                        guard let text = String(data: data, encoding: .utf8) else { throw PipelineError("\(file): not UTF-8 text") }
+                        description = try PromptBuilder.description(yaml: text)
+                    } else {
+                        do { description = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
+                            throw PromptError("the description is not valid JSON: \(error)")
+                        }
+                    }
+                    out = try TemplatePrompt.build(description: description, layout: layout).render()
+                } else if format == .yaml {
+                    guard let text = String(data: data, encoding: .utf8) else { throw PipelineError("\(file): not UTF-8 text") }
                     out = try PromptBuilder.build(yaml: text, layout: layout)
                 } else {
                     out = try PromptBuilder.build(json: data, layout: layout)
@@ -153,7 +184,7 @@ struct PromptCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             if let output {
-                try (out + "\n").write(toFile: output, atomically: true, encoding: .utf8)
+                try writeText(out + "\n", to: output, option: "--output")
             } else {
                 print(out)
             }

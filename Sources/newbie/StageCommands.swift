@@ -20,29 +20,34 @@ struct EncodeCommand: ParsableCommand {
         abstract: "Stage 1: encode a prompt and its negative with Gemma 3 and Jina CLIP v2 into a conditioning .safetensors.")
 
     @OptionGroup var promptOptions: PromptOptions
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var models: TextModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
 
-    @Option(name: [.short, .long], help: "Output .safetensors: cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors (- for standard output): cap_feats [1, L, D], cap_mask [1, L], clip_pooled [1, C] and the same with uncond_ (fp32).")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let entries = try promptOptions.entries()
             guard entries.count == 1, let e = entries.first else {
                 throw PipelineError("newbie encode takes one prompt; the input holds \(entries.count) (use newbie generate for batches)")
             }
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            let preset = try promptOptions.presetOptions.resolved()
+            options.jinaSeesSystemPrompt = (preset ?? .demo).jinaSeesSystemPrompt
             let paths = try models.paths()
             let stage = try TextStage(paths: paths, options: options)
-            let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative,
-                                       systemPrompt: SystemPrompt.resolve(promptOptions.systemPrompt, prompt: e.prompt))
+            let system = SystemPrompt.resolve(promptOptions.systemPrompt, prompt: e.prompt)
+            for w in stage.truncationWarnings(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: system) { printError("warning: \(w)") }
+            let enc = try stage.encode(prompt: e.prompt, negativePrompt: e.negative, systemPrompt: system)
             var md = enc.metadata
             md.merge(GenerationMetadata.options(options)) { $1 }
             md[MetadataKey.model(.gemma)] = paths.gemma
             md[MetadataKey.model(.jina)] = paths.jina
-            try SafeTensorsWriter.write(enc.tensors(), metadata: md, to: URL(fileURLWithPath: output))
-            print("wrote \(output): prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
+            try SafeTensorsWriter.write(enc.tensors(), metadata: md, toPath: output)
+            reportWrote(output, ": prompt \(enc.condTokens) Gemma tokens, negative \(enc.uncondTokens)")
         } catch let e as PipelineError { throw e }
     }
 }
@@ -57,8 +62,10 @@ struct DenoiseCommand: ParsableCommand {
     var cond: String
 
     @OptionGroup var sampling: SamplingOptions
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var presetOptions: PresetOptions
+    @OptionGroup var models: DiTModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var loraOptions: LoRAOptions
     @OptionGroup var report: ReportOptions
 
     @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors).")
@@ -67,18 +74,26 @@ struct DenoiseCommand: ParsableCommand {
     @Option(name: .customLong("init-latent"), help: "img2img (with --strength below 1): a .safetensors with \"latent\" (e.g. from newbie vae-encode).")
     var initLatent: String?
 
-    @Option(name: [.short, .long], help: "Output .safetensors with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output .safetensors (- for standard output) with \"latent\" [1, C, H/8, W/8] (fp32) and the parameters as metadata.")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let (enc, inMeta) = try EncodedPrompt.read(cond)
-            let settings = try sampling.settings(seed: try sampling.firstSeed())
-            let options = try deviceOptions.stageOptions()
+            let preset = try presetOptions.resolved()
+            let settings = try sampling.settings(seed: try sampling.firstSeed(), preset: preset ?? .demo)
+            var options = try deviceOptions.stageOptions()
+            options.adapters = try loraOptions.options()
             let paths = try models.paths()
+            // the size must fit the DiT's position tables and this machine's memory (before loading)
+            _ = try paths.require(.dit)
+            try RunCheck.check([GenerationRequest(prompt: "", settings: settings, output: output)], paths: paths, options: options)
             let progress = ProgressReporter(quiet: report.quiet)
+            progress.gridPoints = sampling.sampler == "dpm" ? nil : sampling.steps
             let t0 = ProgressReporter.now()
             let stage = try DenoiseStage(paths: paths, options: options)
+            for n in stage.adapterNotes { progress.note(n) }
             stage.tracer = report.tracer(options)
             progress.stage("load DiT", ProgressReporter.now() - t0)
             if let d = saveSteps { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
@@ -108,8 +123,9 @@ struct DenoiseCommand: ParsableCommand {
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
             md.merge(GenerationMetadata.options(options, ran: [.dit], over: inMeta)) { $1 }
             md[MetadataKey.model(.dit)] = stage.path
-            try SafeTensorsWriter.write([("latent", latent)], metadata: md, to: URL(fileURLWithPath: output))
-            if !report.quiet { print("wrote \(output): latent \(latent.shape)") }
+            if let p = preset { md[MetadataKey.preset] = p.rawValue }
+            try SafeTensorsWriter.write([("latent", latent)], metadata: md, toPath: output)
+            if !report.quiet { reportWrote(output, ": latent \(latent.shape)") }
             if report.stats { progress.printStats(device: options.device) }
         } catch let e as PipelineError { throw e }
     }
@@ -124,21 +140,24 @@ struct DecodeCommand: ParsableCommand {
     @Option(help: "Latent .safetensors written by newbie denoise (tensor \"latent\").")
     var latent: String
 
-    @OptionGroup var models: ModelOptions
+    @OptionGroup var models: VAEModelOptions
     @OptionGroup var deviceOptions: DeviceOptions
+    @OptionGroup var pixels: PixelOptions
 
-    @Option(name: [.short, .long], help: "Output PNG.")
+    @Option(name: [.short, .long, .customLong("out")], help: "Output PNG (- for standard output).")
     var output: String
 
     func run() throws {
         do {
+            try checkOutput(output)
             let file: SafeTensorsFile
             do { file = try SafeTensorsFile(path: latent) } catch { throw PipelineError("--latent \(latent): \(error)") }
             guard file.names.contains("latent") else {
                 throw PipelineError("--latent \(latent): no tensor \"latent\" (holds \(file.names.prefix(6).joined(separator: ", "))); expected a file written by newbie denoise")
             }
             let x = try file.tensor("latent").to(.f32)
-            let options = try deviceOptions.stageOptions()
+            var options = try deviceOptions.stageOptions()
+            options.pixelRounding = try pixels.rounding()
             let paths = try models.paths()
             try options.placement.checkRules(paths: paths)
             let stage = try DecodeStage(paths: paths, options: options)
@@ -146,8 +165,9 @@ struct DecodeCommand: ParsableCommand {
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
             md.merge(GenerationMetadata.options(options, ran: [.vae], over: file.metadata)) { $1 }
             md[MetadataKey.model(.vae)] = stage.path
+            md[MetadataKey.pixelRounding] = options.pixelRounding.rawValue
             try PNG.write(image, to: output, text: GenerationMetadata.pngText(md, software: "newbie decode"))
-            print("wrote \(output) (\(image.width)x\(image.height))")
+            reportWrote(output, " (\(image.width)x\(image.height))")
         } catch let e as PipelineError { throw e }
     }
 }

@@ -68,33 +68,38 @@ struct VAEDecodeCommand: ParsableCommand {
     @Flag(help: "The latent is already in VAE space (skip NewBie's unscaling).")
     var raw = false
 
-    @Option(name: [.short, .long], help: "Output PNG.")
+    @Option(name: [.short, .customLong("output"), .customLong("out")], help: "Output PNG (- for standard output).")
     var out: String
 
+    @OptionGroup var pixels: PixelOptions
+
     func run() throws {
+        try checkOutput(out)
+        let rounding = try pixels.rounding()
         let file = try SafeTensorsFile(path: latent)
         let key = try name ?? (file.names.count == 1 ? file.names[0] : (file.names.contains("latent") ? "latent" : {
-            throw ValidationError("\(latent) holds \(file.names.count) tensors (\(file.names.prefix(8).joined(separator: ", "))); pick one with --name")
+            throw PipelineError("--latent \(latent) holds \(file.names.count) tensors (\(file.names.prefix(8).joined(separator: ", "))); pick one with --name")
         }()))
         var x = try file.tensor(key)
         if x.rank == 3 { x = x.unsqueeze(0) }
         let model = try vae.load(.decoder)
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == model.config.latentChannels else {
-            throw ValidationError("\(latent):\(key) has shape \(x.shape); expected [1, \(model.config.latentChannels), h, w]")
+            throw PipelineError("--latent \(latent): tensor \(key) has shape \(x.shape); expected [1, \(model.config.latentChannels), h, w]")
         }
         let t = try tiling.tiling()
         let start = Date()
         let img = raw ? model.decodeRaw(x, tiling: t) : model.decode(x, tiling: t)
         let seconds = Date().timeIntervalSince(start)
         let tiled = t.tiles(latentHeight: x.shape[2], latentWidth: x.shape[3])
-        try PNG.write(RGBImage(tensor: img), to: out, text: [
+        try PNG.write(RGBImage(tensor: img, rounding: rounding), to: out, text: [
             ("Software", "newbie vae-decode"),
             ("newbie:latent", "\(latent):\(key)"),
             ("newbie:vae", vae.path),
             ("newbie:dtype", vae.dtype),
+            ("newbie:pixel_rounding", rounding.rawValue),
             ("newbie:tiled", tiled ? "tile \(t.tileLatent), overlap \(t.overlapLatent), blend \(t.blendLatent), \(t.globalNormStatistics ? "global" : "per-tile") statistics" : "no"),
         ])
-        print("wrote \(out) (\(img.shape[3])x\(img.shape[2]), \(tiled ? "tiled" : "untiled"), \(String(format: "%.2f", seconds)) s, peak \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes)))")
+        reportWrote(out, " (\(img.shape[3])x\(img.shape[2]), \(tiled ? "tiled" : "untiled"), \(String(format: "%.2f", seconds)) s, peak \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes)))")
     }
 }
 
@@ -108,20 +113,21 @@ struct VAEEncodeCommand: ParsableCommand {
     @Option(help: "Input PNG (any colour type; alpha is dropped). Width and height must be multiples of 8.")
     var image: String
 
-    @Option(name: [.short, .long], help: "Output .safetensors with one tensor \"latent\" [1, 16, H/8, W/8] (fp32).")
+    @Option(name: [.short, .customLong("output"), .customLong("out")], help: "Output .safetensors (- for standard output) with one tensor \"latent\" [1, 16, H/8, W/8] (fp32).")
     var out: String
 
     func run() throws {
+        try checkOutput(out)
         let decoded = try PNG.read(image)
         let model = try vae.load(.encoder)
         let f = model.config.downscale
         guard decoded.image.width % f == 0, decoded.image.height % f == 0 else {
-            throw ValidationError("\(image) is \(decoded.image.width)x\(decoded.image.height); width and height must be multiples of \(f)")
+            throw PipelineError("--image \(image) is \(decoded.image.width)x\(decoded.image.height); width and height must be multiples of \(f)")
         }
         let latent = model.encode(decoded.image.tensor()).to(.f32)
         try SafeTensorsWriter.write([("latent", latent)], metadata: ["source": image, "vae": vae.path, "dtype": vae.dtype],
-                                    to: URL(fileURLWithPath: out))
-        print("wrote \(out): latent \(latent.shape)")
+                                    toPath: out)
+        reportWrote(out, ": latent \(latent.shape)")
     }
 }
 

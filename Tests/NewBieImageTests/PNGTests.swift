@@ -131,6 +131,20 @@ final class PNGTests: XCTestCase {
         }
     }
 
+    /// Found by fuzzing: a 96-byte PNG whose tEXt chunk declares 1.6 GB made libpng allocate the
+    /// declared length before reading (11 s, 1.6 GB). A chunk running past the end of the file
+    /// is now refused before libpng sees it.
+    func testChunkLongerThanTheFileIsRefusedCheaply() throws {
+        let bytes = Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAQAAAADCAIAAAA7ljmRZGIAE3RFWHRuZXdiaWU6cHJvbXB0ADFnaXJsdqWNegAAABhJREFUeJxlYGBkYmbg5OJmwEkBAA2PSUSuQmCC")!
+        let path = dir.appendingPathComponent("long-chunk.png").path
+        FileManager.default.createFile(atPath: path, contents: bytes)
+        let start = Date()
+        XCTAssertThrowsError(try PNG.read(path)) {
+            XCTAssertTrue("\($0)".contains("chunk tEXt") && "\($0)".contains("1684144147"), "\($0)")
+        }
+        XCTAssertLessThan(Date().timeIntervalSince(start), 1.0)
+    }
+
     func testWriteIsAtomic() throws {
         let path = dir.appendingPathComponent("out.png").path
         try PNG.write(randomImage(width: 8, height: 8, seed: 1), to: path)
@@ -147,11 +161,12 @@ final class PNGTests: XCTestCase {
     }
 
     func testTensorImageConversion() {
-        // [-1, 1] -> (x+1)/2 -> *255, clamped, rounded half to even; NaN -> 0
+        // [-1, 1] -> (x+1)/2 -> *255, clamped, then truncated (default: the official demo and
+        // ComfyUI) or rounded half to even (diffusers); NaN -> 0
         let t = Tensor([-1, 0, 1, 2, -3, Float.nan,
                         0.5, -0.5, 1 / 255 - 1, 0, 0, 0,
                         0, 0, 0, 0, 0, 0], shape: [1, 3, 2, 3])
-        let img = RGBImage(tensor: t)
+        let img = RGBImage(tensor: t, rounding: .round)
         XCTAssertEqual(img.width, 3)
         XCTAssertEqual(img.height, 2)
         // pixel (0,0) = R -1, G 0.5, B 0
@@ -161,11 +176,23 @@ final class PNGTests: XCTestCase {
         XCTAssertEqual(img.pixels[9], 255)   // 2 clamps to 1
         XCTAssertEqual(img.pixels[12], 0)    // -3 clamps to 0
         XCTAssertEqual(img.pixels[15], 0)    // NaN
-        // pixels -> tensor -> pixels is exact
+        // truncation: 127.5 -> 127, 63.75 -> 63, 191.25 -> 191, 0.5 -> 0
+        let tr = RGBImage(tensor: t)
+        XCTAssertEqual(tr, RGBImage(tensor: t, rounding: .truncate))
+        XCTAssertEqual(Array(tr.pixels[0..<3]), [0, 191, 127])
+        XCTAssertEqual(Array(tr.pixels[3..<6]), [127, 63, 127])
+        XCTAssertEqual(Array(tr.pixels[6..<9]), [255, 0, 127])
+        XCTAssertEqual([tr.pixels[9], tr.pixels[12], tr.pixels[15]], [255, 0, 0])
+        // pixels -> tensor -> pixels is exact when rounding; truncation can lose a level where
+        // p / 255 * 2 - 1 comes back a hair below p / 255
         let rnd = randomImage(width: 5, height: 4, seed: 9)
-        let back = RGBImage(tensor: rnd.tensor())
+        let back = RGBImage(tensor: rnd.tensor(), rounding: .round)
         XCTAssertEqual(back, rnd)
+        let backT = RGBImage(tensor: rnd.tensor())
+        XCTAssertTrue(zip(backT.pixels, rnd.pixels).allSatisfy { $0 == $1 || $0 + 1 == $1 })
         XCTAssertEqual(rnd.tensor().shape, [1, 3, 4, 5])
+        XCTAssertEqual(PixelRounding.parse("Round"), .round)
+        XCTAssertNil(PixelRounding.parse("nearest"))
     }
 
     func run(_ exe: String, _ args: [String]) -> (Int32, String) {

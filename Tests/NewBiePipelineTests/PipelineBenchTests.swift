@@ -37,7 +37,7 @@ final class PipelineBenchTests: XCTestCase {
 
         XCTAssertEqual(r.runs.count, 1)
         let run = r.runs[0]
-        XCTAssertEqual(run.stages.map(\.name), ["load text encoders", "encode", "load DiT", "denoise", "load VAE", "decode", "write"])
+        XCTAssertEqual(run.stages.map(\.name), ["load text encoders", "encode", "load DiT", "load VAE", "denoise", "decode", "write"])
         for s in run.stages {
             XCTAssertTrue(s.seconds.isFinite && s.seconds >= 0, "\(s.name): \(s.seconds)")
             XCTAssertNil(s.peakDeviceBytes, "no device column on the CPU")

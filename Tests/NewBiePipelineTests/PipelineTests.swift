@@ -186,7 +186,7 @@ final class PipelineRunTests: XCTestCase {
                                                                    step: { s, _, _ in steps.append(s.index) }))
         XCTAssertEqual(written, [out + "/sub/image.png"])
         XCTAssertEqual(steps, [0, 1])  // 3 grid points = 2 midpoint steps
-        XCTAssertEqual(stages, ["load text encoders", "encode", "load DiT", "denoise", "load VAE", "decode", "write"])
+        XCTAssertEqual(stages, ["load text encoders", "encode", "load DiT", "load VAE", "denoise", "decode", "write"])
         let png = try PNG.read(out + "/sub/image.png")
         XCTAssertEqual([png.image.width, png.image.height], [32, 48])
         let expected: [String: String] = [

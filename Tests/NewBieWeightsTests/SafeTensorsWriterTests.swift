@@ -107,11 +107,12 @@ final class SafeTensorsWriterTests: XCTestCase {
     }
 
     func testFailedRenameRemovesTemporary() throws {
-        // The destination is a non-empty folder: the data is written, the final rename fails.
+        // The destination is a non-empty folder: refused before anything is written (only regular
+        // files are ever replaced), and no temporary file is left.
         let target = dir.file("occupied")
         try FileManager.default.createDirectory(at: target, withIntermediateDirectories: false)
         try Data([1]).write(to: target.appendingPathComponent("inside"))
-        assertWeightsError(.io, file: target.path, contains: ["move the finished file"]) {
+        assertWeightsError(.io, file: target.path, contains: ["is a folder", "only regular files"]) {
             try SafeTensorsWriter.write([("a", Tensor([1], shape: [1]))], to: target)
         }
         XCTAssertEqual(dir.listing(), ["occupied"], "the temporary file must be removed")
@@ -119,7 +120,7 @@ final class SafeTensorsWriterTests: XCTestCase {
 
     func testMissingFolderIsAnError() throws {
         let url = dir.file("no/such/folder/x.safetensors")
-        assertWeightsError(.io, file: url.path, contains: ["temporary file"]) {
+        assertWeightsError(.io, file: url.path, contains: ["cannot create it", "does not exist"]) {
             try SafeTensorsWriter.write([("a", Tensor([1], shape: [1]))], to: url)
         }
     }

@@ -131,7 +131,7 @@ public final class NextDiT: @unchecked Sendable {
     public convenience init(weights: ModelWeights, config: NextDiTConfig, placement: ModelPlacement) throws {
         // rules first, on the plan: a misspelt module path fails before anything is read
         try NextDiT.plan(config, precision: placement.precision).checkRules(model: placement.name)
-        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device)
+        let loader = try WeightLoader(weights: weights, placement: placement)
         try self.init(config: config, root: loader.root)
     }
 
@@ -171,7 +171,7 @@ public final class NextDiT: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw DiTError("\(path): no such file or folder")
         }
-        let dir = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+        let dir = isDir.boolValue ? path : PathName.parent(path)
         let source = try openWeights(path: path)
         let cfg = configPath ?? (dir as NSString).appendingPathComponent("config.json")
         var json: [String: Any]? = nil

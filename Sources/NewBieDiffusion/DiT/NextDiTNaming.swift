@@ -73,3 +73,30 @@ public enum NextDiTNaming: String, Sendable, CaseIterable {
         }
     }
 }
+
+extension NextDiTNaming {
+    /// The diffusers names of the DiT's linear layers, for adapters trained on diffusers'
+    /// Lumina2 model (ComfyUI maps them the same way for Lumina 2): `layers.N.attn.to_q` / `to_k` /
+    /// `to_v` are row blocks of the fused `attention.qkv`, the others one layer each
+    /// (`attn.to_out.0`, `feed_forward.linear_1/2/3`, `norm1.linear`, `time_caption_embed.*`,
+    /// `norm_out.linear_1/2`, `x_embedder`).
+    public static func adapterAliases(_ config: NextDiTConfig, linears: [String: [Int]]) -> [String: AdapterAlias] {
+        var out: [String: AdapterAlias] = [:]
+        let hd = config.headDim
+        let sizes = [config.nHeads * hd, config.nKVHeads * hd, config.nKVHeads * hd]
+        for (path, shape) in linears {
+            switch diffusersRecipe(path + ".weight") {
+            case .tensor(let n) where n.hasSuffix(".weight") && n != path + ".weight":
+                out[String(n.dropLast(".weight".count))] = AdapterAlias(module: path, rows: 0..<shape[0])
+            case .concat(let names, axis: 0) where names.count == sizes.count && sizes.reduce(0, +) == shape[0]:
+                var start = 0
+                for (n, size) in zip(names, sizes) {
+                    out[String(n.dropLast(".weight".count))] = AdapterAlias(module: path, rows: start..<(start + size))
+                    start += size
+                }
+            default: break
+            }
+        }
+        return out
+    }
+}

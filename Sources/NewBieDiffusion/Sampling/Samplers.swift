@@ -39,6 +39,13 @@ extension FlowSampler {
 public enum SamplerKind: String, CaseIterable, Sendable {
     case euler, midpoint, rk4
     case dpm = "dpm++2m"
+    /// ComfyUI's k-diffusion samplers (with a `ComfyScheduler`; see `ComfyKSampler`). `euler`
+    /// with a scheduler is ComfyUI's Euler too.
+    case eulerAncestral = "euler_ancestral"
+    case dpmpp2m = "dpmpp_2m"
+    case dpmpp2mSDE = "dpmpp_2m_sde"
+    case dpmppSDE = "dpmpp_sde"
+    case resMultistep = "res_multistep"
 
     /// By name, also accepting the official `--solver` spelling "dpm" and "dpmpp2m"; case-insensitive.
     public init?(name: String) {
@@ -47,9 +54,30 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case "midpoint": self = .midpoint
         case "rk4": self = .rk4
         case "dpm", "dpm++2m", "dpmpp2m", "dpm++": self = .dpm
+        case "euler_ancestral": self = .eulerAncestral
+        case "dpmpp_2m": self = .dpmpp2m
+        case "dpmpp_2m_sde": self = .dpmpp2mSDE
+        case "dpmpp_sde": self = .dpmppSDE
+        case "res_multistep": self = .resMultistep
         default: return nil
         }
     }
+
+    /// The ComfyUI sampler of this name (euler, euler_ancestral, dpmpp_2m, res_multistep).
+    public var comfy: ComfySampler? {
+        switch self {
+        case .euler: return .euler
+        case .eulerAncestral: return .eulerAncestral
+        case .dpmpp2m: return .dpmpp2m
+        case .dpmpp2mSDE: return .dpmpp2mSDE
+        case .dpmppSDE: return .dpmppSDE
+        case .resMultistep: return .resMultistep
+        case .midpoint, .rk4, .dpm: return nil
+        }
+    }
+
+    /// Only ComfyUI has it (so it runs with a scheduler).
+    public var isComfyOnly: Bool { comfy != nil && self != .euler }
 
     /// A sampler over the official grids: for Euler and midpoint `steps` is the official
     /// num_sampling_steps (grid points, so steps - 1 intervals), for DPM-Solver++ the number of
@@ -60,6 +88,8 @@ public enum SamplerKind: String, CaseIterable, Sendable {
         case .midpoint: return MidpointSampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .rk4: return RK4Sampler(grid: try FlowSchedule.timeGrid(points: steps, shift: shift))
         case .dpm: return DPMSolverPP2M(sigmas: try FlowSchedule.dpmSigmas(steps: steps, shift: shift))
+        case .eulerAncestral, .dpmpp2m, .dpmpp2mSDE, .dpmppSDE, .resMultistep:
+            throw SamplingError("\(rawValue) is one of ComfyUI's samplers: it runs over a ComfyUI schedule (simple, normal, karras or beta)")
         }
     }
 }

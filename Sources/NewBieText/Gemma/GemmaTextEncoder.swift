@@ -165,7 +165,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         } else {
             var isDir: ObjCBool = false
             _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDir)
-            let folder = isDir.boolValue ? path : (path as NSString).deletingLastPathComponent
+            let folder = isDir.boolValue ? path : PathName.parent(path)
             let cfg = (folder as NSString).appendingPathComponent("config.json")
             if FileManager.default.fileExists(atPath: cfg) {
                 config = try Gemma3TextConfig(configPath: cfg)

@@ -18,17 +18,30 @@ public final class WeightLoader {
     public internal(set) var requested: [TensorSpec] = []
     /// Every module built (a compute boundary) with its compute dtype.
     public private(set) var modules: [String: DType] = [:]
+    /// Every linear layer built: module path -> weight shape [out, in] (what adapters can attach to).
+    public private(set) var linears: [String: [Int]] = [:]
+    /// LoRA / LoKr adapters matched to this model's linear layers (nil: none), merged into the
+    /// weights or attached as side products (`adapters.mode`).
+    public let adapters: ModelAdapters?
 
     /// A planning loader: placeholders, no file.
     public init(planning precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false) {
-        mode = .plan; self.precision = precision; self.device = device; self.widenAtUse = widenAtUse
+        mode = .plan; self.precision = precision; self.device = device; self.widenAtUse = widenAtUse; adapters = nil
     }
 
     /// A loader over checked weights; opens `device` first (a missing driver or BLAS library is a
     /// thrown `DeviceError` here, before anything is read).
-    public init(weights: ModelWeights, precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false) throws {
+    public init(weights: ModelWeights, precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false,
+                adapters: ModelAdapters? = nil) throws {
         try Backends.open(device)
         mode = .load(weights); self.precision = precision; self.device = device; self.widenAtUse = widenAtUse
+        self.adapters = adapters
+    }
+
+    /// A loader for one model's placement: its device, its precision and its adapters.
+    public convenience init(weights: ModelWeights, placement: ModelPlacement, widenAtUse: Bool = false) throws {
+        try self.init(weights: weights, precision: placement.precision, device: placement.device, widenAtUse: widenAtUse,
+                      adapters: placement.adapters)
     }
 
     public var isPlanning: Bool { if case .plan = mode { return true }; return false }
@@ -36,6 +49,7 @@ public final class WeightLoader {
     public var root: ModuleScope { ModuleScope(loader: self, path: "", dtype: precision.dtype(for: "")) }
 
     func register(_ path: String, _ dtype: DType) { modules[path] = dtype }
+    func registerLinear(_ path: String, _ shape: [Int]) { linears[path] = shape }
 
     func fetch(_ name: String, shape: [Int], dtype: DType) throws -> Tensor {
         requested.append(TensorSpec(name, shape))
@@ -154,10 +168,25 @@ public struct ModuleScope {
         loader.isPlanning ? t : t.to(dtype, device: loader.device)
     }
 
+    /// A linear layer; adapters naming it are merged into its weight (fp32 on the device, then
+    /// cast to the module's dtype) or attached as side products, by `loader.adapters.mode`.
     public func linear(_ sub: String, in inFeatures: Int, out outFeatures: Int, bias: Bool) throws -> Linear {
         let s = scope(sub)
-        return Linear(weight: try s.tensor("weight", shape: [outFeatures, inFeatures]),
-                      bias: bias ? try s.tensor("bias", shape: [outFeatures]) : nil, dtype: s.dtype)
+        let shape = [outFeatures, inFeatures]
+        loader.registerLinear(s.path, shape)
+        let b = bias ? try s.tensor("bias", shape: [outFeatures]) : nil
+        guard !isPlanning, let adapters = loader.adapters, let terms = adapters.terms[s.path], !terms.isEmpty else {
+            return Linear(weight: try s.tensor("weight", shape: shape), bias: b, dtype: s.dtype)
+        }
+        switch adapters.mode {
+        case .merged:
+            var w = try s.stored("weight", shape: shape).to(.f32, device: loader.device)
+            for t in terms { w = w + t.delta(on: loader.device) }
+            return Linear(weight: w.to(s.dtype), bias: b, dtype: s.dtype)
+        case .unmerged:
+            return Linear(weight: try s.tensor("weight", shape: shape), bias: b, dtype: s.dtype,
+                          adapters: terms.map { $0.side(dtype: s.dtype, device: loader.device) })
+        }
     }
 
     public func conv2d(_ sub: String, in inChannels: Int, out outChannels: Int, kernel: Int,
@@ -178,14 +207,22 @@ public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Te
 }
 
 /// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
-/// result cast back).
+/// result cast back), plus the side products of unmerged adapters (y += scale * f(x), in order).
 public struct Linear {
     public let weight: Tensor
     public let bias: Tensor?
     public let dtype: DType
-    public init(weight: Tensor, bias: Tensor?, dtype: DType) { self.weight = weight; self.bias = bias; self.dtype = dtype }
+    /// Unmerged LoRA / LoKr side products (empty: a plain linear layer).
+    public var adapters: [LinearAdapter]
+    public init(weight: Tensor, bias: Tensor?, dtype: DType, adapters: [LinearAdapter] = []) {
+        self.weight = weight; self.bias = bias; self.dtype = dtype; self.adapters = adapters
+    }
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        computed(in: dtype, x) { $0.linear(weight, bias: bias) }
+        computed(in: dtype, x) { x in
+            var y = x.linear(weight, bias: bias)
+            for a in adapters { y = y + a(x) }
+            return y
+        }
     }
 }
 
@@ -206,8 +243,10 @@ public struct ModelPlacement: Sendable, Equatable {
     public var name: String
     public var device: Device
     public var precision: ModulePrecision
-    public init(name: String = "model", device: Device = .cpu, precision: ModulePrecision) {
-        self.name = name; self.device = device; self.precision = precision
+    /// LoRA / LoKr adapters for this model, already matched to its linear layers (nil: none).
+    public var adapters: ModelAdapters?
+    public init(name: String = "model", device: Device = .cpu, precision: ModulePrecision, adapters: ModelAdapters? = nil) {
+        self.name = name; self.device = device; self.precision = precision; self.adapters = adapters
     }
     /// The model's own dtype (its root module's).
     public var dtype: DType { precision.dtype(for: "") }

@@ -12,6 +12,11 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        // `newbie serve` (docs/SERVER.md): the job store on SQLite, the HTTP server.
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // Hot scalar loops that pick CPU features at run time (F16C conversions, vector exp).
@@ -40,10 +45,23 @@ let package = Package(
         .target(name: "NewBiePipeline", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA"]),
         // What is not the product: random and tiny model writers, the whole-pipeline benchmark.
         .target(name: "NewBieHarness", dependencies: ["NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline", "NewBieCUDA", "NewBieMetrics"]),
+        // The job queue of `newbie serve`: job parameters and their limits, the job state machine,
+        // the SQLite store (GRDB) with leases, and the worker that runs jobs on resident models.
+        // No HTTP here, so it is tested without a server.
+        .target(name: "NewBieQueue", dependencies: ["NewBieTensor", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline",
+                                                    .product(name: "GRDB", package: "GRDB.swift")]),
+        // `newbie serve`: the HTTP API (Hummingbird 2), server-sent events, the web page and the
+        // OpenAPI document (resources).
+        .target(name: "NewBieServer", dependencies: ["NewBieQueue", "NewBieText", "NewBiePipeline", "NewBieImage",
+                                                     .product(name: "Hummingbird", package: "hummingbird"),
+                                                     .product(name: "Logging", package: "swift-log"),
+                                                     .product(name: "HTTPTypes", package: "swift-http-types")],
+                resources: [.copy("Static")]),
         .executableTarget(
             name: "newbie",
             dependencies: [
                 "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness", "NewBieMetrics",
+                "NewBieQueue", "NewBieServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.
@@ -59,6 +77,9 @@ let package = Package(
         // The built `newbie` binary run as a user would (bad input, outputs, exit codes).
         .testTarget(name: "NewBieCLITests", dependencies: ["NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieMetrics", "NewBieWeights", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieQueueTests", dependencies: ["NewBieQueue", "NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBieServerTests", dependencies: ["NewBieServer", "NewBieQueue", "NewBieHarness", "NewBieImage", "NewBieTestSupport",
+                                                          .product(name: "Logging", package: "swift-log")]),
     ],
     swiftLanguageModes: [.v5]
 )

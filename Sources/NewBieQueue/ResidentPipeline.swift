@@ -1,0 +1,224 @@
+import Foundation
+import NewBieDiffusion
+import NewBieImage
+import NewBiePipeline
+import NewBieTensor
+import NewBieText
+
+/// The three pipeline stages loaded once and kept: a job runs text encoding, sampling and decoding
+/// on them with no load time (what `Pipeline.generate` does per process, minus the loads). Sampling
+/// is `DenoiseStage.run`'s loop with a cancel check before every model evaluation, so a cancel
+/// takes effect within one step.
+public final class ResidentPipeline: JobExecutor {
+    public let paths: ModelPaths
+    public let options: StageOptions
+    public let text: TextStage
+    public let denoise: DenoiseStage
+    public let decode: DecodeStage
+    /// Seconds each load took (text encoders, DiT, VAE), for /v1/models and the log.
+    public let loadSeconds: [(String, Double)]
+    /// Latent -> RGB for previews (nil: previews off).
+    public var previewMap: LatentPreview?
+
+    public init(paths: ModelPaths, options: StageOptions) throws {
+        for slot in ModelSlot.allCases { _ = try paths.require(slot) }
+        try options.placement.checkRules(paths: paths)
+        self.paths = paths; self.options = options
+        var times: [(String, Double)] = []
+        func timed<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
+            let t0 = Date()
+            let r = try body()
+            times.append((name, Date().timeIntervalSince(t0)))
+            return r
+        }
+        text = try timed("text encoders") { try TextStage(paths: paths, options: options) }
+        denoise = try timed("dit") { try DenoiseStage(paths: paths, options: options) }
+        decode = try timed("vae") { try DecodeStage(paths: paths, options: options) }
+        loadSeconds = times
+        guard denoise.dit.config.inChannels == decode.vae.config.latentChannels else {
+            throw PipelineError("the DiT (--dit) makes \(denoise.dit.config.inChannels)-channel latents but the VAE (--vae) decodes \(decode.vae.config.latentChannels) channels: the VAE does not belong to this DiT")
+        }
+    }
+
+    public func run(_ job: Job, outputs: [String], context: JobRunContext) throws {
+        let p = job.parameters
+        precondition(outputs.count == p.count)
+        let system = SystemPrompt.resolve(p.systemPrompt, prompt: p.prompt)
+        try context.checkCancelled()
+        let encoded = try text.encode(prompt: p.prompt, negativePrompt: p.negativePrompt, systemPrompt: system)
+        try denoise.check(encoded)
+        for i in 0..<p.count {
+            try context.checkCancelled()
+            let settings = try p.settings(image: i)
+            let latent = try sample(encoded, settings: settings, image: i, context: context)
+            try context.checkCancelled()
+            let image = try decode.run(latent)
+            var md = encoded.metadata
+            md.merge(GenerationMetadata.sampling(settings)) { $1 }
+            md.merge(GenerationMetadata.options(options)) { $1 }
+            md.merge(GenerationMetadata.models(paths)) { $1 }
+            md["newbie:job"] = job.id
+            // PNG.write goes through a temporary file renamed into place: never a half-written image
+            try PNG.write(image, to: outputs[i], text: GenerationMetadata.pngText(md, software: "newbie serve"))
+            context.wrote(image: i)
+        }
+    }
+
+    /// `DenoiseStage.run` for text-to-image, with the cancel check and step reports.
+    func sample(_ e: EncodedPrompt, settings: SamplingSettings, image: Int, context: JobRunContext) throws -> Tensor {
+        let dit = denoise.dit
+        let z = settings.noise(channels: dit.config.inChannels)
+        let sampler = try settings.makeSampler()
+        let clip = dit.config.clipTextDim != nil
+        let cond = clip ? e.cond : DiTConditioning(capFeats: e.cond.capFeats, capMask: e.cond.capMask, clipPooled: nil)
+        let uncond = clip ? e.uncond : DiTConditioning(capFeats: e.uncond.capFeats, capMask: e.uncond.capMask, clipPooled: nil)
+        let model: VelocityFunction = { x, t in
+            try context.checkCancelled()
+            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            try Backends.check(dit.device)
+            return v
+        }
+        let preview = previewMap
+        return try sampler.sample(z, model: model, onStep: { s in
+            context.step(image: image, step: s.index + 1, steps: s.count, t: Double(s.to))
+            if let map = preview, context.previewEvery > 0, (s.index + 1) % context.previewEvery == 0 || s.index + 1 == s.count,
+               let png = try? map.png(latent: s.x) {
+                context.preview(image: image, step: s.index + 1, png: png)
+            }
+        }).to(device: .cpu)
+    }
+}
+
+/// Live previews: a fixed linear map of the latent channels to RGB plus bias (`rgb = W x + b`, W
+/// 3 x C), applied per latent pixel: an image 1/8 of the final size, no VAE. The map is fitted by
+/// least squares against the VAE decoder (tools/preview/fit_latent_rgb.py, docs/SERVER.md).
+public struct LatentPreview: Sendable {
+    /// 3 rows of C weights, then 3 biases.
+    public var weights: [[Float]]
+    public var bias: [Float]
+    public init(weights: [[Float]], bias: [Float]) { self.weights = weights; self.bias = bias }
+
+    /// The RGB image (values in [-1, 1] mapped to 0...255) of a latent [1, C, h, w].
+    public func image(latent: Tensor) throws -> RGBImage {
+        let x = latent.to(.f32, device: .cpu).contiguous()
+        guard x.rank == 4, x.shape[0] == 1, x.shape[1] == weights.first?.count ?? -1 else {
+            throw PipelineError("preview: latent \(x.shape) does not fit a \(weights.first?.count ?? 0)-channel map")
+        }
+        let c = x.shape[1], h = x.shape[2], w = x.shape[3]
+        let v = x.toFloats()
+        var pixels = [UInt8](repeating: 0, count: h * w * 3)
+        for i in 0..<(h * w) {
+            for k in 0..<3 {
+                var s = bias[k]
+                for ch in 0..<c { s += weights[k][ch] * v[ch * h * w + i] }
+                pixels[i * 3 + k] = UInt8(max(0, min(255, ((s + 1) / 2 * 255).rounded())))
+            }
+        }
+        return RGBImage(width: w, height: h, pixels: pixels)
+    }
+
+    /// The least-squares map from latents [1, C, h, w] to their decoded images (h*8 x w*8): each
+    /// latent pixel's target is the mean of its 8x8 image block in [-1, 1]; W and b minimise the
+    /// squared error over every latent pixel of every pair (normal equations in Double, a small
+    /// ridge of 1e-6 to keep them solvable).
+    public static func fit(latents: [Tensor], images: [RGBImage]) throws -> (map: LatentPreview, rmse: Double, biasOnlyRMSE: Double) {
+        guard !latents.isEmpty, latents.count == images.count else { throw PipelineError("preview fit: give as many images as latents (at least one)") }
+        let c = latents[0].shape[1]
+        let n = c + 1
+        var ata = [Double](repeating: 0, count: n * n)
+        var atb = [Double](repeating: 0, count: n * 3)
+        var rows: [([Double], [Double])] = []
+        for (lat, img) in zip(latents, images) {
+            let x = lat.to(.f32, device: .cpu).contiguous()
+            guard x.rank == 4, x.shape[0] == 1, x.shape[1] == c else { throw PipelineError("preview fit: latent \(x.shape) is not [1, \(c), h, w]") }
+            let h = x.shape[2], w = x.shape[3]
+            guard img.width == w * 8, img.height == h * 8 else {
+                throw PipelineError("preview fit: image \(img.width)x\(img.height) is not 8 x the latent \(w)x\(h)")
+            }
+            let v = x.toFloats()
+            for py in 0..<h {
+                for px in 0..<w {
+                    var a = [Double](repeating: 1, count: n)
+                    for ch in 0..<c { a[ch] = Double(v[ch * h * w + py * w + px]) }
+                    var t = [Double](repeating: 0, count: 3)
+                    for yy in 0..<8 {
+                        for xx in 0..<8 {
+                            let o = ((py * 8 + yy) * img.width + px * 8 + xx) * 3
+                            for k in 0..<3 { t[k] += Double(img.pixels[o + k]) }
+                        }
+                    }
+                    for k in 0..<3 { t[k] = t[k] / 64 / 255 * 2 - 1 }
+                    for i in 0..<n {
+                        for j in 0..<n { ata[i * n + j] += a[i] * a[j] }
+                        for k in 0..<3 { atb[i * 3 + k] += a[i] * t[k] }
+                    }
+                    rows.append((a, t))
+                }
+            }
+        }
+        for i in 0..<n { ata[i * n + i] += 1e-6 }
+        // Gaussian elimination with partial pivoting on [ata | atb]
+        var m = ata, r = atb
+        for col in 0..<n {
+            let p = (col..<n).max { abs(m[$0 * n + col]) < abs(m[$1 * n + col]) }!
+            if p != col {
+                for j in 0..<n { m.swapAt(col * n + j, p * n + j) }
+                for k in 0..<3 { r.swapAt(col * 3 + k, p * 3 + k) }
+            }
+            let d = m[col * n + col]
+            guard abs(d) > 1e-12 else { throw PipelineError("preview fit: the latents do not determine the map (singular system)") }
+            for i in 0..<n where i != col {
+                let f = m[i * n + col] / d
+                if f == 0 { continue }
+                for j in col..<n { m[i * n + j] -= f * m[col * n + j] }
+                for k in 0..<3 { r[i * 3 + k] -= f * r[col * 3 + k] }
+            }
+        }
+        var weights = [[Float]](repeating: [Float](repeating: 0, count: c), count: 3)
+        var bias = [Float](repeating: 0, count: 3)
+        for i in 0..<n {
+            for k in 0..<3 {
+                let v = Float(r[i * 3 + k] / m[i * n + i])
+                if i < c { weights[k][i] = v } else { bias[k] = v }
+            }
+        }
+        // errors: the fit, and the best constant colour (what the map must beat)
+        var mean = [Double](repeating: 0, count: 3)
+        for (_, t) in rows { for k in 0..<3 { mean[k] += t[k] / Double(rows.count) } }
+        var e = 0.0, e0 = 0.0
+        for (a, t) in rows {
+            for k in 0..<3 {
+                var y = Double(bias[k])
+                for ch in 0..<c { y += Double(weights[k][ch]) * a[ch] }
+                e += (y - t[k]) * (y - t[k])
+                e0 += (mean[k] - t[k]) * (mean[k] - t[k])
+            }
+        }
+        let count = Double(rows.count * 3)
+        return (LatentPreview(weights: weights, bias: bias), (e / count).squareRoot(), (e0 / count).squareRoot())
+    }
+
+    /// `{"weights": [[...C], [...C], [...C]], "bias": [r, g, b]}`.
+    public func json() -> Data {
+        let o: [String: Any] = ["weights": weights.map { $0.map { Double($0) } }, "bias": bias.map { Double($0) }]
+        return (try? JSONSerialization.data(withJSONObject: o, options: [.sortedKeys])) ?? Data()
+    }
+
+    public static func load(_ path: String) throws -> LatentPreview {
+        guard let d = FileManager.default.contents(atPath: path),
+              let o = (try? JSONSerialization.jsonObject(with: d)) as? [String: Any],
+              let w = o["weights"] as? [[Double]], let b = o["bias"] as? [Double],
+              w.count == 3, b.count == 3, let c = w.first?.count, c > 0, w.allSatisfy({ $0.count == c }) else {
+            throw PipelineError("--preview-map \(path): expected {\"weights\": 3 rows of C numbers, \"bias\": 3 numbers} (newbie fit-preview writes it)")
+        }
+        return LatentPreview(weights: w.map { $0.map(Float.init) }, bias: b.map(Float.init))
+    }
+
+    public func png(latent: Tensor) throws -> Data {
+        let img = try image(latent: latent)
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("newbie-preview-\(Job.newID()).png").path
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        try PNG.write(img, to: tmp, compressionLevel: 1)
+        return try Data(contentsOf: URL(fileURLWithPath: tmp))
+    }
+}

@@ -43,6 +43,18 @@ public enum TinyModel {
         return nil
     }
 
+    /// A tiny model written once per process under a temporary folder named after `name` (with the
+    /// committed small tokenizers): what the tests run.
+    public static func writeTemporary(_ name: String, seed: UInt64) throws -> String {
+        guard let toks = defaultTokenizers() else {
+            throw PipelineError("cannot find Tests/Fixtures (the committed small tokenizers); run from the repository root")
+        }
+        let d = NSTemporaryDirectory() + "newbie-\(name)-\(getpid())"
+        try? FileManager.default.removeItem(atPath: d)
+        try write(to: d, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina)
+        return d
+    }
+
     /// Writes the tiny model to `dir` (created; existing files of the layout are replaced).
     public static func write(to dir: String, seed: UInt64 = 0, gemmaTokenizer: String, jinaTokenizer: String) throws {
         let fm = FileManager.default

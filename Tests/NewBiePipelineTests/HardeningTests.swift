@@ -10,13 +10,7 @@ import NewBieTestSupport
 /// Library-level checks of issue 13: images written as they are finished, size and memory checked
 /// before anything is loaded.
 final class HardeningTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-harden-tiny-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 0, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("harden-tiny", seed: 0)
     var paths: ModelPaths { try! ModelPaths.resolve(root: Self.dir) }
 
     func settings(_ seed: UInt64, width: Int = 32, height: Int = 32) -> SamplingSettings {

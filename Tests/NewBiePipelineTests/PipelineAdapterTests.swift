@@ -12,13 +12,7 @@ import NewBieWeights
 /// or unmerged, same latent), strength 0 changes nothing, the PNG records the adapters, and a bad
 /// adapter fails before the text encoders run.
 final class PipelineAdapterTests: XCTestCase {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-lora-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 0, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyFixture.write("tiny-lora", seed: 0)
     static var paths: ModelPaths { try! ModelPaths.resolve(root: dir) }
     static func settings() -> SamplingSettings {
         SamplingSettings(width: 32, height: 48, steps: 3, sampler: .midpoint, shift: 6,

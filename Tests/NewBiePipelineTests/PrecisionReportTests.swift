@@ -12,13 +12,7 @@ import NewBieWeights
 /// `newbie precision-report` on the tiny model, on the CPU: fp32 (reference), bf16, fp32 again and
 /// a config that cannot run, one prompt, 64x64.
 final class PrecisionReportTests: XCTestCase {
-    static let model: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-precision-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let model: String = try! TinyFixture.write("tiny-precision-report", seed: 1)
 
     static let configs = ["fp32", "bf16", "fp32", "bogus"]
 

@@ -1,15 +1,7 @@
 import Foundation
 import NewBieHarness
-import NewBieTestSupport
 
-/// The tiny random NewBie the pipeline tests run, written under a per-process temporary folder
-/// with the committed small tokenizers.
+/// The tiny random NewBie the pipeline tests run (one temporary folder per name and process).
 enum TinyFixture {
-    static func write(_ name: String, seed: UInt64) throws -> String {
-        let d = NSTemporaryDirectory() + "newbie-\(name)-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try TinyModel.write(to: d, seed: seed, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                            jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }
+    static func write(_ name: String, seed: UInt64) throws -> String { try TinyModel.writeTemporary(name, seed: seed) }
 }

@@ -8,13 +8,7 @@ import NewBieTensor
 import NewBieTestSupport
 
 enum TinyQueueFixture {
-    static let dir: String = {
-        let d = NSTemporaryDirectory() + "newbie-queue-tiny-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 0, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let dir: String = try! TinyModel.writeTemporary("queue-tiny", seed: 0)
     static let pipeline: ResidentPipeline = try! ResidentPipeline(paths: try! ModelPaths.resolve(root: dir), options: StageOptions())
 }
 

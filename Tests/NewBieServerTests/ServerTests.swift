@@ -18,13 +18,7 @@ func tempDir(_ name: String) -> String {
 }
 
 enum TinyServerFixture {
-    static let model: String = {
-        let d = NSTemporaryDirectory() + "newbie-server-tiny-\(getpid())"
-        try? FileManager.default.removeItem(atPath: d)
-        try! TinyModel.write(to: d, seed: 0, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
-                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
-        return d
-    }()
+    static let model: String = try! TinyModel.writeTemporary("server-tiny", seed: 0)
 }
 
 /// One server in this process on a free port, on the tiny model on the CPU.

@@ -10,12 +10,12 @@ mkdir -p "$out"
 chmod +x "$bin"
 configs="fp32;bf16;fp16;bf16,vae=fp32;fp16,dit.layers.*.attention=fp32"
 prompt="1girl, red eyes, school uniform, cherry blossoms"
-timeout 200 "$bin" bench-pipeline --weights /tmp/newbie-random --weights-only 2>&1 | tail -2
-timeout 300 "$bin" precision-report --model /tmp/newbie-random --prompt "$prompt" --width 1024 --height 1024 \
+timeout ${WEIGHTS_SECONDS:-200} "$bin" bench-pipeline --weights /tmp/newbie-random --weights-only 2>&1 | tail -2
+timeout ${REPORT_SECONDS:-300} "$bin" precision-report --model /tmp/newbie-random --prompt "$prompt" --width 1024 --height 1024 \
     --sampler euler --steps 29 --cfg-trunc 100 --device cuda --no-trace --configs "$configs" -o /tmp/pr1024 2>&1 | tail -25
 cp /tmp/pr1024/report.md "$out/report1024.md"; cp /tmp/pr1024/report.json "$out/report1024.json"
 cp /tmp/pr1024/grid.png "$out/grid1024.png" 2>/dev/null
-timeout 150 "$bin" precision-report --model /tmp/newbie-random --prompt "$prompt" --width 512 --height 512 \
+[ "${TRACED:-1}" = 1 ] && timeout 150 "$bin" precision-report --model /tmp/newbie-random --prompt "$prompt" --width 512 --height 512 \
     --sampler euler --steps 11 --cfg-trunc 100 --device cuda --configs "$configs" -o /tmp/pr512 2>&1 | tail -12
-cp /tmp/pr512/report.md "$out/report512.md"; cp /tmp/pr512/report.json "$out/report512.json"
+cp /tmp/pr512/report.md "$out/report512.md" 2>/dev/null; cp /tmp/pr512/report.json "$out/report512.json" 2>/dev/null
 exit 0

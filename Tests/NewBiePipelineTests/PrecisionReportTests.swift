@@ -41,6 +41,30 @@ final class PrecisionReportTests: XCTestCase {
         }
     }
 
+    /// NewBie-mini, whose pictures mean something: bf16 against fp32 on an XML prompt at its size.
+    func testReportOnNewBieMini() throws {
+        let out = NSTemporaryDirectory() + "newbie-precision-mini-\(getpid())"
+        try? FileManager.default.removeItem(atPath: out)
+        let settings = SamplingSettings(width: 128, height: 128, steps: 6, sampler: .midpoint, shift: 6,
+                                        cfg: CFGOptions(scale: 5, truncation: 100, renorm: 0), seed: 0, rng: .torch)
+        var rng = SplitMix(seed: 11)
+        let prompt = MiniScene.random(count: 2, rng: &rng).xmlCaption
+        let config = PrecisionReportConfig(paths: try ModelPaths.resolve(root: MiniModelTests.model), configs: ["fp32", "bf16"],
+                                           cases: [.init(prompt: prompt, seed: 3)], settings: settings, output: out,
+                                           command: "newbie precision-report (test)", deviceName: "cpu")
+        let r = try PrecisionReportRunner.run(config, log: { _ in })
+        let x = try XCTUnwrap(r.configs[1].results.first)
+        XCTAssertNil(x.error)
+        let m = try XCTUnwrap(x.metrics)
+        print(String(format: "NewBie-mini, bf16 against fp32: PSNR %.2f dB, SSIM %.4f, VIF %.4f, latent rel. L2 %.2e",
+                     m.psnr, m.ssim, m.vif ?? .nan, x.latentRelativeL2 ?? .nan))
+        XCTAssertTrue(m.psnr.isFinite && m.psnr > 20 && m.psnr < 90, "\(m)")
+        XCTAssertTrue(m.ssim > 0.8 && m.ssim < 1, "\(m)")
+        XCTAssertTrue(x.latentRelativeL2! > 1e-5 && x.latentRelativeL2! < 0.3, "\(x.latentRelativeL2!)")
+        XCTAssertEqual(try PNG.read(out + "/images/1-bf16-case0.png").image.width, 128)
+        XCTAssertTrue(r.configs[1].layerErrors[0].modules.map(\.path).contains("dit.layers.5"))
+    }
+
     func testReportOnTheTinyModel() throws {
         let (r, out, log) = try run("a")
         XCTAssertEqual(r.configs.map(\.spec), Self.configs)

@@ -3,7 +3,7 @@
 
     python3 tools/server/browser_test.py http://127.0.0.1:PORT SCREENSHOT_DIR
 
-Against a server on the tiny model started with --preview-map (tools/server/ci-serve.sh): types an
+Against a server on NewBie-mini started with --preview-map (tools/server/ci-serve.sh): types an
 XML prompt with an error and sees it marked at its line; fixes it, generates, sees progress, a live
 preview and the image in the gallery; cancels a second job.
 Exits non-zero on the first failed expectation; screenshots are written either way.
@@ -69,10 +69,12 @@ try:
     shot("xml-error")
 
     # 2. fixed: valid; generate; progress; the image in the gallery
-    type_prompt("<character_1>\n<n>hatsune_miku</n>\n<gender>1girl</gender>\n</character_1>")
+    type_prompt("<character_1><n>$character_1$</n><gender>1girl</gender><appearance>pink_hair, long_hair, blue_eyes</appearance>"
+                "<clothing>green_dress</clothing><position>center</position></character_1><general_tags><count>1girl</count>"
+                "<background>white_background</background></general_tags>")
     wait.until(lambda d: "valid" == d.find_element(By.ID, "prompt").get_attribute("class"))
     assert not driver.find_elements(By.CSS_SELECTOR, "#issues li.error")
-    for k, v in {"width": 64, "height": 64, "steps": 12, "seed": 7, "count": 1}.items():
+    for k, v in {"width": 128, "height": 128, "steps": 12, "seed": 7, "count": 1}.items():
         set_value(k, v)
     driver.find_element(By.ID, "submit").click()
     wait.until(lambda d: d.find_element(By.ID, "job-id").text != "")
@@ -84,7 +86,7 @@ try:
     assert preview.is_displayed() and preview.get_attribute("src").startswith("data:image/png;base64,"), "no live preview"
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, f'.card[data-job="{job}"] img')))
     img = driver.find_element(By.CSS_SELECTOR, f'.card[data-job="{job}"] img')
-    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 64)
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) == 128)
     shot("done-in-gallery")
 
     # "use these settings again" fills the form from the gallery

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The real-part tests of `newbie serve` that need more than `swift test`: a browser (headless
 # Chromium through selenium) and schemathesis against the OpenAPI document, both on a server
-# running the tiny model on the CPU. Proposed for .ci/run (docs/SERVER.md).
+# running NewBie-mini on the CPU. Proposed for .ci/run (docs/SERVER.md).
 #
 #   tools/server/ci-serve.sh [NEWBIE_BINARY]      (default .build/debug/newbie, built if missing)
 #
@@ -16,13 +16,13 @@ if [ ! -x "$venv/bin/st" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q selenium==4.* schemathesis==4.32.5
 fi
-"$bin" make-tiny-model "$work/tiny" --fixtures Tests/Fixtures >/dev/null
-# a preview map for the tiny model (its VAE is random: the map means little, it shows the path)
-NEWBIE="$bin" IMAGES=3 SIZE=64 STEPS=6 tools/preview/fit-preview.sh "$work/tiny" "$work/preview-map.json"
+# NewBie-mini (models/newbie-mini): small enough for a CPU, and its pictures mean something
+model=models/newbie-mini
+NEWBIE="$bin" IMAGES=3 SIZE=128 STEPS=6 tools/preview/fit-preview.sh "$model" "$work/preview-map.json"
 
 start_server() {  # outputs-dir log [serve options] -> sets port, pid
     local out=$1 log=$2; shift 2
-    "$bin" serve --model "$work/tiny" --outputs "$out" --port 0 --max-queued 8 "$@" 2>"$log" &
+    "$bin" serve --model "$model" --outputs "$out" --port 0 --max-queued 8 "$@" 2>"$log" &
     pid=$!
     for _ in $(seq 1 300); do
         port=$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)/.*|\1|p' "$log")

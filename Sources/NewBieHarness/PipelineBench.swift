@@ -47,7 +47,7 @@ public struct PipelineBenchConfig: Sendable {
     /// repeated, then cut) to give this many with the tokenizer in use, so the text encoders and
     /// the DiT see the same caption length whatever the tokenizer (synthetic ones split words
     /// into more pieces than Gemma's). 0: the prompt as it is. Default 256, the caption length
-    /// of the reference work in shared/PERF.md.
+    /// of the reference workload (a 1024x1024 image from a 256-token caption).
     public var gemmaTokens = 256
     public var negativePrompt = ""
     public var systemPrompt = "auto"

@@ -17,9 +17,9 @@ public struct RandomModelSpec: Sendable, Equatable {
     public enum Scale: String, Sendable, CaseIterable, Codable {
         /// TinyModel's toy configurations (DiT dim 48, Gemma 3 with 3 layers, Jina with 2, a 4-level VAE).
         case tiny
-        /// The published configurations: NextDiT 3.49 B (spec 1.1), the Gemma 3 4B text model
-        /// (34 layers, spec 4.1), the Jina CLIP v2 text tower (24 layers, spec 5.1), the FLUX.1-dev
-        /// VAE (spec 6.1).
+        /// The published configurations: NextDiT 3.49 B, the Gemma 3 4B text model
+        /// (34 layers), the Jina CLIP v2 text tower (24 layers), the FLUX.1-dev
+        /// VAE.
         case full
     }
 

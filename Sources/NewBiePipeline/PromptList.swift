@@ -52,7 +52,7 @@ public enum PromptList {
 extension PromptList {
     /// Problems of an XML prompt (one starting with `<`) or a ComfyUI template prompt (a JSON object
     /// around the XML), with line and column; none for plain prompts. The prompt is passed to the
-    /// encoders as written either way (spec 7: raw text).
+    /// encoders as written either way (raw text).
     public static func xmlIssues(_ prompt: String) -> [PromptIssue] {
         if TemplatePrompt.looksLikeTemplate(prompt) { return TemplatePrompt.parse(prompt).issues }
         guard prompt.drop(while: { $0.isWhitespace }).hasPrefix("<") else { return [] }

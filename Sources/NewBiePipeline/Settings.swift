@@ -3,7 +3,7 @@ import NewBieDiffusion
 import NewBieTensor
 import NewBieText
 
-/// The system prompts Gemma can be given (spec 3.5). Gemma sees `system + prompt`; Jina always
+/// The system prompts Gemma can be given. Gemma sees `system + prompt`; Jina always
 /// sees the raw prompt; an empty prompt (the unconditional branch) and the negative prompt get no
 /// system prompt, as in the official demo.
 public enum SystemPrompt {
@@ -50,7 +50,7 @@ public struct SamplingSettings: Sendable, Equatable {
     public var cfg: CFGOptions
     public var seed: UInt64
     public var rng: NoiseRNG
-    /// img2img (a design choice, spec 3.4): start at t0 = 1 - strength from the init latent mixed
+    /// img2img (a design choice): start at t0 = 1 - strength from the init latent mixed
     /// with the noise, and integrate the rest of the grid. 1 = text-to-image.
     public var strength: Float = 1
     /// ComfyUI's scheduler: with one, `sampler` runs as ComfyUI's k-diffusion sampler over that
@@ -67,7 +67,7 @@ public struct SamplingSettings: Sendable, Equatable {
         self.shift = shift; self.cfg = cfg; self.seed = seed; self.rng = rng
     }
 
-    /// The defaults: the official Gradio `demo.py` setup (spec 3.3): midpoint on the 18-point
+    /// The defaults: the official Gradio `demo.py` setup: midpoint on the 18-point
     /// shift-6 grid (17 intervals, 34 guided model calls), CFG 5.0 truncated at t = 0.25, renorm
     /// off, 1024 x 1024.
     public static let officialDemo = SamplingSettings(width: 1024, height: 1024, steps: 18, sampler: .midpoint, shift: 6,

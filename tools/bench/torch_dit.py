@@ -1,4 +1,4 @@
-"""PyTorch baseline for the full-size DiT step (PERF.md): diffusers Lumina2Transformer2DModel with
+"""PyTorch baseline for the full-size DiT step: diffusers Lumina2Transformer2DModel with
 NewBie's dimensions, random weights, batch 2 (cond + uncond), a 1024x1024 (or --size) image and
 --cap caption tokens, bf16 (or --dtype), eager and optionally torch.compile. Timed with CUDA events,
 median of --runs. Runs on the GPU machine: diffusers installs there from a wheel (--no-deps).
@@ -20,7 +20,7 @@ ap.add_argument("--runs", type=int, default=10)
 ap.add_argument("--compile", action="store_true")
 args = ap.parse_args()
 dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-torch.backends.cuda.matmul.allow_tf32 = True  # PERF.md's fp32 column uses TF32
+torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 baseline uses TF32, as PyTorch users run it
 torch.backends.cudnn.allow_tf32 = True
 
 kw = dict(sample_size=128, patch_size=2, in_channels=16, hidden_size=2304, num_layers=36, num_refiner_layers=2,

@@ -1,4 +1,4 @@
-"""PyTorch baseline for the FLUX VAE decode (PERF.md): diffusers AutoencoderKL with the FLUX.1-dev
+"""PyTorch baseline for the FLUX VAE decode: diffusers AutoencoderKL with the FLUX.1-dev
 configuration, random weights, one 1024x1024 image (latent [1, 16, 128, 128]), bf16 (or --dtype),
 timed with CUDA events, median of --runs. Runs on the GPU machine (diffusers from a wheel).
 

@@ -1,7 +1,7 @@
 import Foundation
 import NewBieTensor
 
-/// Classifier-free guidance with the official `NextDiT_CLIP.forward_with_cfg` semantics (spec 1.7).
+/// Classifier-free guidance with the official `NextDiT_CLIP.forward_with_cfg` semantics.
 public struct CFGOptions: Sendable, Equatable {
     /// Guidance scale: v = v_u + scale (v_c - v_u).
     public var scale: Float

@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 import NewBieWeights
 
-/// NewBie's diffusion transformer, `NextDiT_CLIP` (spec sections 1.3-1.6): predicts the velocity
+/// NewBie's diffusion transformer, `NextDiT_CLIP`: predicts the velocity
 /// v = data - noise of a latent at time t in [0, 1] (0 = noise), conditioned on Gemma caption
 /// features and a pooled Jina CLIP text vector.
 ///
@@ -189,7 +189,7 @@ public final class NextDiT: @unchecked Sendable {
 
     // MARK: forward
 
-    /// One forward pass (spec 1.4).
+    /// One forward pass.
     /// - Parameters:
     ///   - x: latent [B, C, H, W] (any float dtype; H, W multiples of the patch size).
     ///   - t: B times in [0, 1] (0 = noise).
@@ -321,7 +321,7 @@ public final class NextDiT: @unchecked Sendable {
         return Tensor((0..<half).map { k in Foundation.exp(-lnMax * Float(k) / Float(half)) }, shape: [1, half], device: device)
     }()
 
-    /// One JointTransformerBlock (spec 1.3), modulated when `cSilu` (SiLU of the adaLN input) is given.
+    /// One JointTransformerBlock, modulated when `cSilu` (SiLU of the adaLN input) is given.
     /// The fused ops round where the unfused composition would (see `Backend`).
     func runBlock(_ blk: Block, _ input: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor), cSilu: Tensor?) -> Tensor {
         computed(in: blk.dtype, input) { x in

@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 import NewBieWeights
 
-/// Hyper-parameters of a NextDiT_CLIP (spec section 1.1). Sizes come from the checkpoint:
+/// Hyper-parameters of a NextDiT_CLIP. Sizes come from the checkpoint:
 /// `config.json` where present (official or diffusers keys), otherwise the tensor shapes; the
 /// 3.5B NewBie model and tiny test models go through the same code.
 public struct NextDiTConfig: Sendable, Equatable, CustomStringConvertible {
@@ -38,7 +38,7 @@ public struct NextDiTConfig: Sendable, Equatable, CustomStringConvertible {
 
     public init() {}
 
-    /// The published NewBie image Exp0.1 DiT (spec 1.1).
+    /// The published NewBie image Exp0.1 DiT.
     public static let newBieExp01 = NextDiTConfig()
 
     public var headDim: Int { dim / nHeads }
@@ -61,7 +61,7 @@ public struct NextDiTConfig: Sendable, Equatable, CustomStringConvertible {
         if !problems.isEmpty { throw DiTError("invalid NextDiT configuration: " + problems.joined(separator: "; ")) }
     }
 
-    // MARK: expected tensors (official = internal naming, spec 2.2)
+    // MARK: expected tensors (official = internal naming)
 
     /// Every tensor the model uses, under the official names, with shapes: what the modules ask
     /// for when the model is planned (so the list and the model cannot disagree).

@@ -1,6 +1,6 @@
 import NewBieWeights
 
-/// The published namings of the NextDiT checkpoint (spec 2.2-2.4), as data over the internal
+/// The published namings of the NextDiT checkpoint, as data over the internal
 /// (= official) names.
 public enum NextDiTNaming: String, Sendable, CaseIterable {
     /// Official / ComfyUI: fused `attention.qkv`, `adaLN_modulation.1`, `final_layer.*`, plus an
@@ -40,7 +40,7 @@ public enum NextDiTNaming: String, Sendable, CaseIterable {
         return nil
     }
 
-    /// Official name -> diffusers recipe (spec 2.4).
+    /// Official name -> diffusers recipe.
     static func diffusersRecipe(_ name: String) -> WeightRecipe {
         let globals: [(String, String)] = [
             ("t_embedder.mlp.0.", "time_caption_embed.timestep_embedder.linear_1."),

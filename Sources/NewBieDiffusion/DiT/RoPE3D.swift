@@ -1,7 +1,7 @@
 import Foundation
 import NewBieTensor
 
-/// NextDiT's 3-axis rotary embedding (spec 1.5): complex number m of a head takes its angle from
+/// NextDiT's 3-axis rotary embedding: complex number m of a head takes its angle from
 /// axis 0 (caption index) for the first axesDims[0]/2 values of m, then axis 1 (patch row), then
 /// axis 2 (patch column); frequencies theta^(-2j/d_a). Tables are Float32 cos/sin [B, L, headDim/2]
 /// for the `.interleaved` rope op, computed in Double from integer positions.
@@ -55,7 +55,7 @@ public struct RoPE3D: Sendable {
     }
 }
 
-/// Where each sample's tokens sit (spec 1.4 step 5): caption tokens first, the image right after
+/// Where each sample's tokens sit: caption tokens first, the image right after
 /// the sample's real caption tokens, then padding up to the longest sample.
 public struct DiTSequenceLayout: Sendable, Hashable {
     /// Real caption tokens per sample.

@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 
 /// Classifier-free guidance as a pure function over velocities, with the official
-/// `NextDiT_CLIP.forward_with_cfg` semantics (spec 1.7). The model call itself (one batch with the
+/// `NextDiT_CLIP.forward_with_cfg` semantics. The model call itself (one batch with the
 /// conditional and unconditional halves, or the conditional half alone) belongs to the caller.
 public enum CFGCombine {
     /// Guidance runs while t < truncation (t: 0 = noise -> 1 = clean). The official default 100

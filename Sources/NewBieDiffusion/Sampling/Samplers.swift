@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 
 /// The velocity model as the samplers see it: v(x, t) = d x / d t for t in [0, 1] (0 = noise,
-/// 1 = clean). For NewBie this is the DiT with guidance (spec 1.7); the toy tests plug in an
+/// 1 = clean). For NewBie this is the DiT with guidance; the toy tests plug in an
 /// analytic field. The result must have x's shape; it is used as float32.
 public typealias VelocityFunction = (_ x: Tensor, _ t: Float) throws -> Tensor
 
@@ -242,7 +242,7 @@ public struct DPMSolverPP2M: FlowSampler {
     }
 }
 
-/// img2img start (spec 3.4, design choice): x_t0 = t0 data + (1 - t0) noise on the flow path, with
+/// img2img start (design choice): x_t0 = t0 data + (1 - t0) noise on the flow path, with
 /// t0 = 1 - strength; integrate `FlowSchedule.img2imgGrid` from there.
 public func img2imgStart(data: Tensor, noise: Tensor, strength: Float) throws -> Tensor {
     guard strength >= 0, strength <= 1 else { throw SamplingError("strength must be in [0, 1]; got \(strength)") }

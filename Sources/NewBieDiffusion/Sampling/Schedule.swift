@@ -7,7 +7,7 @@ public struct SamplingError: Error, CustomStringConvertible, Equatable {
     public var description: String { message }
 }
 
-/// Time grids for flow-matching sampling (spec 3.1-3.2). Time t runs 0 (pure noise) -> 1 (clean).
+/// Time grids for flow-matching sampling. Time t runs 0 (pure noise) -> 1 (clean).
 /// All arithmetic is float32 in the order of the official PyTorch code, so the grids equal the
 /// official ones bit for bit.
 public enum FlowSchedule {
@@ -56,7 +56,7 @@ public enum FlowSchedule {
         return sigmas.reversed()
     }
 
-    /// img2img (spec 3.4, a design choice: there is no official procedure): start at
+    /// img2img (a design choice: there is no official procedure): start at
     /// t0 = 1 - strength and integrate the rest of the shifted grid, i.e. [t0] followed by the grid
     /// points greater than t0. strength 1 gives the whole grid; strength 0 gives [1] (no step).
     public static func img2imgGrid(points: Int, shift s: Float, strength: Float) throws -> [Float] {

@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 import NewBieWeights
 
-// The FLUX.1-dev AutoencoderKL (spec section 6): decoder (latent -> image) and encoder
+// The FLUX.1-dev AutoencoderKL: decoder (latent -> image) and encoder
 // (image -> latent mean). Internal tensor names are diffusers'; `VAENaming` maps other namings.
 // Weights are cast once, at load, to the compute dtype and moved to the model's device; inputs
 // move there on entry, activations stay in that dtype and every op rounds its result to it.

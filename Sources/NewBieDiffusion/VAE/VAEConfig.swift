@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 import NewBieWeights
 
-/// Configuration of a FLUX-style `AutoencoderKL` (spec section 6.1): the fields of diffusers'
+/// Configuration of a FLUX-style `AutoencoderKL`: the fields of diffusers'
 /// `vae/config.json` that change the computation. Defaults are FLUX.1-dev's.
 public struct VAEConfig: Sendable, Equatable {
     public var inChannels = 3

@@ -11,7 +11,7 @@ public struct VAEParts: OptionSet, Sendable {
     public static let all: VAEParts = [.decoder, .encoder]
 }
 
-/// The published namings of the FLUX VAE (spec section 6.3).
+/// The published namings of the FLUX VAE.
 public enum VAECheckpointFormat: String, Sendable {
     /// diffusers `AutoencoderKL` (`vae/diffusion_pytorch_model.safetensors`); also our internal naming.
     case diffusers

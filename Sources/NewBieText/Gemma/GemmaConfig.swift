@@ -35,7 +35,7 @@ public struct Gemma3TextConfig: Sendable, Equatable {
         (0..<count).map { (($0 + 1) % pattern) == 0 ? .full : .sliding }
     }
 
-    /// Gemma 3 4B (NewBie's text encoder), spec section 4.1.
+    /// Gemma 3 4B (NewBie's text encoder).
     public static var gemma3_4B: Gemma3TextConfig {
         var c = Gemma3TextConfig()
         c.vocabSize = 262_208; c.hiddenSize = 2560; c.intermediateSize = 10_240; c.numHiddenLayers = 34

@@ -5,7 +5,7 @@ import NewBieWeights
 /// The Gemma 3 text decoder used as NewBie's text encoder: returns `hidden_states[k]` exactly as
 /// transformers defines it for `output_hidden_states=True` (k = 0: scaled embeddings; 0 < k < N:
 /// the raw output of decoder layer k-1; k = N: the final-normed output), and runs nothing after
-/// it. NewBie uses k = -2, the output of layer N-2 without the final norm (spec 4.2).
+/// it. NewBie uses k = -2, the output of layer N-2 without the final norm.
 ///
 /// Numerics: every op computes in Float32 and rounds once to `dtype`. transformers applies RoPE
 /// in the model dtype (cos/sin cast to bf16, three roundings) and rounds q.k before the softmax;

@@ -1,6 +1,6 @@
 import Foundation
 import NewBieWeights
-/// Hyper-parameters of the Jina CLIP v2 text tower (Jina XLM-RoBERTa with rotary positions, spec §5.1).
+/// Hyper-parameters of the Jina CLIP v2 text tower (Jina XLM-RoBERTa with rotary positions).
 public struct JinaConfig: Sendable, Equatable, Codable {
     public var vocabSize: Int
     public var hidden: Int

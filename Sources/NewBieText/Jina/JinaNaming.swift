@@ -1,7 +1,7 @@
 import NewBieTensor
 import NewBieWeights
 
-/// Published layouts of the Jina CLIP v2 text tower (spec §5.6), as data over one internal naming.
+/// Published layouts of the Jina CLIP v2 text tower, as data over one internal naming.
 ///
 /// Internal names follow the Jina module tree without file prefixes:
 /// `embeddings.word_embeddings.weight`, `embeddings.token_type_embeddings.weight`, `emb_ln.{weight,bias}`,
@@ -14,7 +14,7 @@ public enum JinaLayout: String, Sendable, CaseIterable {
     /// tower (`vision_model.*`) and `logit_scale` are ignored.
     case official
     /// ComfyUI `jina_clip_v2_bf16.safetensors`: `model.*` with plain `.weight` tensors, taken as final
-    /// weights (whether Comfy merged the LoRA is unconfirmed, spec §5.2).
+    /// weights (whether Comfy merged the LoRA is unconfirmed).
     case comfy
 
     public static let officialPrefix = "text_model.transformer.roberta."

@@ -2,7 +2,7 @@ import Foundation
 import NewBieTensor
 import NewBieWeights
 
-/// Jina CLIP v2 text tower (spec §5): XLM-RoBERTa with rotary positions and post-norm blocks, the
+/// Jina CLIP v2 text tower: XLM-RoBERTa with rotary positions and post-norm blocks, the
 /// retrieval.query LoRA merged at load, mean pooling over real tokens. `pooled(ids:)` returns the
 /// (B, hidden) vector NewBie feeds to `clip_text_pooled_proj` (no projection, no normalisation).
 public final class JinaTextTower: @unchecked Sendable {
@@ -177,7 +177,7 @@ public final class JinaTextTower: @unchecked Sendable {
     }
 
     /// Tokenizes (padding to the longest, truncating at `maxLength`) and pools: the stage NewBie runs
-    /// on the raw caption (spec §3.5: no system prompt for Jina).
+    /// on the raw caption (no system prompt for Jina).
     public func encode(_ texts: [String], tokenizer: UnigramTokenizer, maxLength: Int? = 2048) -> Tensor {
         let batch = tokenizer.encodeBatch(texts, maxLength: maxLength)
         return pooled(ids: batch.ids)

@@ -1,6 +1,6 @@
 import Foundation
 
-// The NewBie XML prompt format (spec 7): a checker that never changes the text, a formatter and a
+// The NewBie XML prompt format: a checker that never changes the text, a formatter and a
 // builder. The prompt is not real XML to the model: Gemma and Jina read the raw text, so this code
 // only checks structure and names, and reports problems with their line and column.
 
@@ -35,7 +35,7 @@ public struct PromptIssue: Error, Equatable, CustomStringConvertible, Sendable {
     public var description: String { "\(position.line):\(position.column): \(severity.rawValue): \(message)" }
 }
 
-/// The names the format uses (spec 7 table, plus the builder nodes' `extra_tags` and the
+/// The names the format uses (plus the builder nodes' `extra_tags` and the
 /// converter's `resolution`).
 public enum PromptVocabulary {
     /// Fields of a `<character_N>` block, in the order the builder writes them.

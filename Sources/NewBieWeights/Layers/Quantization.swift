@@ -46,11 +46,12 @@ public struct ModuleQuantization: Sendable, Equatable, CustomStringConvertible {
 
     public var isEmpty: Bool { rules.isEmpty }
 
-    /// Path components of the layers a whole-model rule leaves in 16 bits: the embedders (x, t,
-    /// caption: small, and they set the scale of everything after), adaLN modulation (its output
-    /// multiplies every block's activations: an error there is an error everywhere), the final
-    /// layer (writes the velocity directly), and any norm. They are a few percent of the weights.
-    public static let keptByDefault = ["*embedder*", "adaLN_modulation*", "final_layer", "*norm*"]
+    /// Path components of the layers a whole-model rule leaves in 16 bits: the embedders and input
+    /// projections (DiT x/t/caption embedders, time_text_embed, clip_text_pooled_proj: small, and
+    /// they set the scale of everything after), adaLN modulation (its output scales and gates every
+    /// block's activations: an error there is an error everywhere), the final layer (writes the
+    /// velocity directly) and any norm. Together a few percent of the DiT's weights.
+    public static let keptByDefault = ["*embed*", "clip_text_pooled_proj", "adaLN_modulation*", "final_layer", "*norm*"]
 
     public static func isKeptByDefault(_ path: String) -> Bool {
         path.split(separator: ".").contains { c in keptByDefault.contains { globMatch(Substring($0), c) } }

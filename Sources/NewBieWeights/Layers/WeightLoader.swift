@@ -226,6 +226,18 @@ public struct ModuleScope {
         }
     }
 
+    /// This module as a linear layer over a weight the model computed itself (a merged
+    /// parametrization, as Jina's LoRA): registered like `linear(_:in:out:bias:)`, and held as int8
+    /// when the quantization rules say so (quantized from `w` as given).
+    public func linear(weight w: Tensor, bias: Tensor?) -> Linear {
+        loader.registerLinear(path, w.shape)
+        let scheme = loader.precision.quantization.scheme(for: path)
+        let l = scheme == .none || isPlanning ? Linear(weight: w, bias: bias, dtype: dtype)
+            : Linear(quantized: .quantize(w, scheme: scheme), bias: bias, dtype: dtype, device: loader.device)
+        loader.addLinearBytes(l.weightBytes)
+        return l
+    }
+
     public func conv2d(_ sub: String, in inChannels: Int, out outChannels: Int, kernel: Int,
                        options: Conv2dOptions? = nil) throws -> Conv2d {
         let s = scope(sub)

@@ -32,4 +32,11 @@ final class QuantizeCLITests: XCTestCase {
             XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.png"), spec)
         }
     }
+
+    /// precision-report builds its own policies: --quantize there is refused, not silently dropped.
+    func testPrecisionReportRefusesQuantize() {
+        let r = CLI.run(["precision-report", "--model", model, "--prompt", "1girl", "--quantize", "dit=int8", "-o", CLI.tempDir("quantize-report") + "/r"])
+        XCTAssertNotEqual(r.status, 0, r.all)
+        XCTAssertTrue(r.stderr.contains("--quantize is not supported here yet"), r.stderr)
+    }
 }

@@ -60,6 +60,7 @@ public enum GenerationMetadata {
     public static func options(_ o: StageOptions) -> [String: String] {
         [MetadataKey.precision: o.placement.precisionSpec, MetadataKey.device: o.placement.deviceSpec]
             .merging(o.adapters.metadata) { $1 }
+            .merging(o.placement.quantizeSpec.isEmpty ? [:] : [MetadataKey.quantize: o.placement.quantizeSpec]) { $1 }
     }
 
     /// The policy of a run made in stages (`encode`, `denoise`, `decode`): the models this stage
@@ -67,7 +68,8 @@ public enum GenerationMetadata {
     /// unreadable record leaves `o` as it is.
     public static func options(_ o: StageOptions, ran slots: Set<ModelSlot>, over recorded: [String: String]) -> [String: String] {
         guard let spec = recorded[MetadataKey.precision],
-              let before = try? PlacementPolicy.parse(precision: spec, device: recorded[MetadataKey.device] ?? "cpu") else {
+              let before = try? PlacementPolicy.parse(precision: spec, device: recorded[MetadataKey.device] ?? "cpu",
+                                                      quantize: recorded[MetadataKey.quantize] ?? "") else {
             return options(o)
         }
         var merged = before
@@ -76,6 +78,7 @@ public enum GenerationMetadata {
             merged.precisions[s] = o.placement.precision(s)
         }
         return [MetadataKey.precision: merged.precisionSpec, MetadataKey.device: merged.deviceSpec]
+            .merging(merged.quantizeSpec.isEmpty ? [:] : [MetadataKey.quantize: merged.quantizeSpec]) { $1 }
     }
 
     public static func models(_ p: ModelPaths) -> [String: String] {

@@ -38,7 +38,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
     public static let dtypeNames = "fp32, bf16, fp16 or auto"
 
     /// Parses the command-line forms (see the type's comment).
-    public static func parse(precision: String, device: String = "cpu") throws -> PlacementPolicy {
+    public static func parse(precision: String, device: String = "cpu", quantize: String = "") throws -> PlacementPolicy {
         // devices first: `auto` resolves per slot's device
         var devices: [ModelSlot: Device] = [:]
         var defaultDevice: Device = .cpu
@@ -90,7 +90,47 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
             let chosen: DType? = slotTypes[s] ?? defaultType
             p.precisions[s] = ModulePrecision(base: chosen ?? autoDType(device), rules: rules[s] ?? [])
         }
+        for (s, q) in try parseQuantize(quantize) { p.precisions[s]?.quantization = q }
         return p
+    }
+
+    /// Parses `--quantize`: comma-separated `SLOT=SCHEME` (every linear layer of that model but
+    /// those kept in 16 bits by default) or `SLOT.PATH=SCHEME` (the linear layers at or inside
+    /// that path, `*` within a component), schemes int8, int8-g128 or none; "" or `none` alone: none.
+    public static func parseQuantize(_ spec: String) throws -> [ModelSlot: ModuleQuantization] {
+        var out: [ModelSlot: ModuleQuantization] = [:]
+        let list = items(spec)
+        if list == ["none"] { return out }
+        for item in list {
+            guard let (key, value) = split(item) else {
+                throw PipelineError("--quantize \(spec): \"\(item)\" needs MODEL=SCHEME or MODEL.MODULE_PATH=SCHEME (e.g. dit=int8, dit.layers.*=int8); the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let dot = key.firstIndex(of: ".")
+            let slotName = dot.map { String(key[..<$0]) } ?? key
+            guard let slot = ModelSlot(rawValue: slotName) else {
+                throw PipelineError("--quantize \(spec): unknown model \"\(slotName)\" in \"\(item)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            guard let scheme = QuantScheme(rawValue: value.lowercased()) else {
+                throw PipelineError("--quantize \(spec): unknown type \"\(value)\" in \"\(item)\"; use \(QuantScheme.userNames)")
+            }
+            var path = ""
+            if let d = dot {
+                path = String(key[key.index(after: d)...])
+                guard !path.isEmpty, !path.split(separator: ".", omittingEmptySubsequences: false).contains(where: \.isEmpty) else {
+                    throw PipelineError("--quantize \(spec): \"\(item)\" has an empty module path component")
+                }
+            }
+            out[slot, default: .none].rules.append(QuantRule(pattern: path, scheme: scheme))
+        }
+        return out
+    }
+
+    /// `--quantize` in spec form (`dit=int8,gemma=int8`), "" when nothing is quantized: what PNGs
+    /// record as `newbie:quantize`.
+    public var quantizeSpec: String {
+        ModelSlot.allCases.flatMap { s in
+            precision(s).quantization.rules.map { "\(s.rawValue)\($0.pattern.isEmpty ? "" : "." + $0.pattern)=\($0.scheme.rawValue)" }
+        }.joined(separator: ",")
     }
 
     static func items(_ spec: String) -> [String] {
@@ -155,7 +195,9 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
             .joined(separator: ",")
     }
 
-    public var description: String { "precision \(precisionSpec), device \(deviceSpec)" }
+    public var description: String {
+        "precision \(precisionSpec), device \(deviceSpec)" + (quantizeSpec.isEmpty ? "" : ", quantize \(quantizeSpec)")
+    }
 }
 
 extension PlacementPolicy {
@@ -163,12 +205,12 @@ extension PlacementPolicy {
     /// would build (headers and configs only, no weights), so that a misspelt module path fails
     /// before the text encoders run. The text encoders' rules are checked when they load (first).
     public func checkRules(paths: ModelPaths) throws {
-        if !precision(.dit).rules.isEmpty, let p = paths.path(.dit) {
+        if !precision(.dit).rules.isEmpty || !precision(.dit).quantization.isEmpty, let p = paths.path(.dit) {
             let (source, json) = try NextDiT.openCheckpoint(path: p, configPath: nil)
             let (_, config) = try NextDiT.checkedWeights(source: source, json: json)
             try NextDiT.plan(config, precision: precision(.dit)).checkRules(model: "dit")
         }
-        if !precision(.vae).rules.isEmpty, let p = paths.path(.vae) {
+        if !precision(.vae).rules.isEmpty || !precision(.vae).quantization.isEmpty, let p = paths.path(.vae) {
             let config = try AutoencoderKL.readConfig(path: p)
             try AutoencoderKL.plan(config, parts: .all, precision: precision(.vae)).checkRules(model: "vae")
         }

@@ -98,6 +98,8 @@ public enum MetadataKey {
     /// The resolved precision policy (`--precision` form).
     public static let precision = "newbie:precision"
     public static let device = "newbie:device"
+    /// `--quantize` as resolved (`dit=int8,gemma=int8`); absent when nothing was quantized.
+    public static let quantize = "newbie:quantize"
     /// The adapters (`file:strength;...`, in `--lora` order) and how they were applied.
     public static let lora = "newbie:lora"
     public static let loraMode = "newbie:lora_mode"

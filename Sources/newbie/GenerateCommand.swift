@@ -80,6 +80,9 @@ struct DeviceOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Precision per model and per module: a default dtype (fp32, bf16, fp16, or auto = bf16 on CUDA and fp32 on the CPU), then overrides MODEL=DTYPE or MODEL.MODULE_PATH=DTYPE, where * matches within a path component. Default: auto. Examples: bf16; \"fp16,vae=fp32\"; \"bf16,vae.decoder.conv_out=fp32,dit.final_layer=fp32\"; \"fp16,dit.layers.*.attention=fp32\".", valueName: "spec"))
     var precision: String? = DeviceOptions.env["NEWBIE_PRECISION"]
 
+    @Option(help: ArgumentHelp("int8 weight-only linear layers, per model or per module path: MODEL=TYPE or MODEL.MODULE_PATH=TYPE (models gemma, jina, dit, vae; types int8 = one scale per output channel, int8-g128 = per group of 128, none), * matching within a path component. A whole-model rule keeps embedders, adaLN modulation, the final layer and norms in 16 bits (docs/QUANTIZATION.md). Examples: \"dit=int8,gemma=int8,jina=int8\"; \"dit.layers.*=int8\".", valueName: "spec"))
+    var quantize: String = DeviceOptions.env["NEWBIE_QUANTIZE"] ?? ""
+
     @Option(help: "Shorthand for the default of --precision (fp32, bf16, fp16, auto); --precision items come after it.")
     var dtype: String?
 
@@ -106,7 +109,7 @@ struct DeviceOptions: ParsableArguments {
     }
 
     func placement() throws -> PlacementPolicy {
-        try PlacementPolicy.parse(precision: precisionSpec, device: device)
+        try PlacementPolicy.parse(precision: precisionSpec, device: device, quantize: quantize)
     }
 
     /// The stage options; every device the policy names is opened now, so a missing driver or BLAS
@@ -501,6 +504,7 @@ struct GenerateCommand: ParsableCommand {
               "--seed", "\(s.seed)", "--rng", s.rng.rawValue, "--precision", shellQuote(options.placement.precisionSpec),
               "--device", shellQuote(options.placement.deviceSpec)]
         if options.cuda.tf32 { a.append("--tf32") }
+        if !options.placement.quantizeSpec.isEmpty { a += ["--quantize", shellQuote(options.placement.quantizeSpec)] }
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(abs(p)), "--strength", "\(s.strength)"] }
         for spec in options.adapters.specs { a += ["--lora", shellQuote("\(abs(spec.path)):\(spec.strength)")] }
         if !options.adapters.specs.isEmpty && options.adapters.mode != .merged { a += ["--lora-mode", options.adapters.mode.rawValue] }

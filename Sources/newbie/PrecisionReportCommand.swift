@@ -180,6 +180,9 @@ struct PrecisionReportCommand: ParsableCommand {
                                         rng: try NoiseRNG.parse(rng))
         try settings.validate()
         let cuda = try deviceOptions.cudaOptions()
+        guard deviceOptions.quantize.isEmpty else {
+            throw PipelineError("precision-report: --quantize is not supported here yet (its configs are precision specs); compare quantized runs with `newbie generate --quantize` and `newbie compare`")
+        }
         // the device spec is checked here (a bad one fails before any model runs); precisions per config later
         let placement = try PlacementPolicy.parse(precision: "auto", device: deviceOptions.device)
         var parts: [String] = []

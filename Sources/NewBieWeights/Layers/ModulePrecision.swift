@@ -26,8 +26,12 @@ public struct PrecisionRule: Sendable, Equatable, CustomStringConvertible {
 public struct ModulePrecision: Sendable, Equatable, CustomStringConvertible {
     public var base: DType
     public var rules: [PrecisionRule]
+    /// Which linear layers hold int8 weights (`--quantize`); their compute dtype stays the one above.
+    public var quantization: ModuleQuantization = .none
 
-    public init(base: DType, rules: [PrecisionRule] = []) { self.base = base; self.rules = rules }
+    public init(base: DType, rules: [PrecisionRule] = [], quantization: ModuleQuantization = .none) {
+        self.base = base; self.rules = rules; self.quantization = quantization
+    }
     public static func uniform(_ dtype: DType) -> ModulePrecision { ModulePrecision(base: dtype) }
 
     /// The dtype of the module at `path` ("" = the model itself).

@@ -86,6 +86,7 @@ public final class WeightLoader {
     /// The rules of `precision` that name no module this model built, as one error listing the
     /// module paths that exist (call after building; `model` names the slot, e.g. "dit").
     public func checkRules(model: String) throws {
+        try checkQuantizeRules(model: model)
         let bad = precision.unmatchedRules(modules: Set(modules.keys))
         guard !bad.isEmpty else { return }
         let known = modulePathSummary(Set(modules.keys))
@@ -93,6 +94,25 @@ public final class WeightLoader {
         let hint = hints.isEmpty ? "" : " (did you mean \(hints.joined(separator: " / "))?)"
         throw WeightsError("--precision: \(bad.map { "\(model).\($0)" }.joined(separator: ", ")) names no module of the \(model) model\(hint); its modules are: \(known.map { "\(model).\($0)" }.joined(separator: ", "))")
     }
+
+    /// The `--quantize` rules that name no linear layer (or module holding one) of this model, as
+    /// one error listing the linear layers' paths.
+    public func checkQuantizeRules(model: String) throws {
+        let holders = Set(linears.keys.flatMap { p -> [String] in
+            let parts = p.split(separator: ".")
+            return (1...parts.count).map { parts.prefix($0).joined(separator: ".") }
+        })
+        let bad = precision.quantization.unmatchedRules(modules: holders)
+        guard !bad.isEmpty else { return }
+        let known = modulePathSummary(Set(linears.keys))
+        let hints = bad.compactMap { rule in closestModulePath(to: rule.pattern, among: known).map { "\(model).\($0)" } }
+        let hint = hints.isEmpty ? "" : " (did you mean \(hints.joined(separator: " / "))?)"
+        throw WeightsError("--quantize: \(bad.map { "\(model).\($0)" }.joined(separator: ", ")) names no linear layer of the \(model) model\(hint); its linear layers are: \(known.map { "\(model).\($0)" }.joined(separator: ", "))")
+    }
+
+    /// Bytes held by the linear layers' weights built so far, as held (int8 + scales where quantized).
+    public private(set) var linearWeightBytes = 0
+    func addLinearBytes(_ n: Int) { linearWeightBytes += n }
 
     /// The listed path a mistyped pattern most likely meant: the shortest one it is the start of
     /// ("decoder.mid" -> "decoder.mid_block"), else the nearest by edit distance if that is close.
@@ -175,18 +195,47 @@ public struct ModuleScope {
         let shape = [outFeatures, inFeatures]
         loader.registerLinear(s.path, shape)
         let b = bias ? try s.tensor("bias", shape: [outFeatures]) : nil
+        let scheme = loader.precision.quantization.scheme(for: s.path)
+        let l = try plainOrAdapted(s, shape: shape, bias: b, scheme: scheme)
+        loader.addLinearBytes(l.weightBytes)
+        return l
+    }
+
+    private func plainOrAdapted(_ s: ModuleScope, shape: [Int], bias b: Tensor?, scheme: QuantScheme) throws -> Linear {
+        /// int8: quantized from the checkpoint's float weight (read in fp32), held on the host.
+        func held(_ w: @autoclosure () throws -> Tensor) throws -> Linear {
+            if scheme == .none || isPlanning { return Linear(weight: try w(), bias: b, dtype: s.dtype) }
+            return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme), bias: b,
+                          dtype: s.dtype, device: loader.device)
+        }
         guard !isPlanning, let adapters = loader.adapters, let terms = adapters.terms[s.path], !terms.isEmpty else {
-            return Linear(weight: try s.tensor("weight", shape: shape), bias: b, dtype: s.dtype)
+            return try held(try s.tensor("weight", shape: shape))
         }
         switch adapters.mode {
         case .merged:
             var w = try s.stored("weight", shape: shape).to(.f32, device: loader.device)
             for t in terms { w = w + t.delta(on: loader.device) }
+            if scheme != .none {
+                return Linear(quantized: .quantize(w, scheme: scheme), bias: b, dtype: s.dtype, device: loader.device)
+            }
             return Linear(weight: w.to(s.dtype), bias: b, dtype: s.dtype)
         case .unmerged:
-            return Linear(weight: try s.tensor("weight", shape: shape), bias: b, dtype: s.dtype,
-                          adapters: terms.map { $0.side(dtype: s.dtype, device: loader.device) })
+            var l = try held(try s.tensor("weight", shape: shape))
+            l.adapters = terms.map { $0.side(dtype: s.dtype, device: loader.device) }
+            return l
         }
+    }
+
+    /// This module as a linear layer over a weight the model computed itself (a merged
+    /// parametrization, as Jina's LoRA): registered like `linear(_:in:out:bias:)`, and held as int8
+    /// when the quantization rules say so (quantized from `w` as given).
+    public func linear(weight w: Tensor, bias: Tensor?) -> Linear {
+        loader.registerLinear(path, w.shape)
+        let scheme = loader.precision.quantization.scheme(for: path)
+        let l = scheme == .none || isPlanning ? Linear(weight: w, bias: bias, dtype: dtype)
+            : Linear(quantized: .quantize(w, scheme: scheme), bias: bias, dtype: dtype, device: loader.device)
+        loader.addLinearBytes(l.weightBytes)
+        return l
     }
 
     public func conv2d(_ sub: String, in inChannels: Int, out outChannels: Int, kernel: Int,
@@ -208,18 +257,35 @@ public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Te
 
 /// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
 /// result cast back), plus the side products of unmerged adapters (y += scale * f(x), in order).
+/// A quantized layer holds int8 values and fp32 scales instead of `weight`, and widens them to the
+/// layer's dtype on its device at each call, just before the matrix product (one layer at a time).
 public struct Linear {
+    /// The float weight [out, in]; for a quantized layer, the int8 values' shape only (a
+    /// placeholder: use `effectiveWeight()` for values).
     public let weight: Tensor
     public let bias: Tensor?
     public let dtype: DType
     /// Unmerged LoRA / LoKr side products (empty: a plain linear layer).
     public var adapters: [LinearAdapter]
+    /// The int8 weight, when this layer is quantized.
+    public let quantized: QuantizedWeight?
+    /// Where a quantized layer's widened weight goes.
+    let device: Device
     public init(weight: Tensor, bias: Tensor?, dtype: DType, adapters: [LinearAdapter] = []) {
         self.weight = weight; self.bias = bias; self.dtype = dtype; self.adapters = adapters
+        quantized = nil; device = weight.device
     }
+    public init(quantized: QuantizedWeight, bias: Tensor?, dtype: DType, device: Device, adapters: [LinearAdapter] = []) {
+        self.quantized = quantized; self.bias = bias; self.dtype = dtype; self.device = device; self.adapters = adapters
+        weight = Tensor.zeros([1], dtype: dtype).reshape([1, 1]).expand(quantized.shape)
+    }
+    /// Bytes the layer's weight holds (int8 + scales when quantized; the bias not counted).
+    public var weightBytes: Int { quantized?.byteCount ?? (weight.isContiguous ? weight.byteCount : 0) }
+    /// The weight the product uses, in the layer's dtype on its device.
+    public func effectiveWeight() -> Tensor { quantized?.dequantized(dtype, device: device) ?? weight }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         computed(in: dtype, x) { x in
-            var y = x.linear(weight, bias: bias)
+            var y = x.linear(effectiveWeight(), bias: bias)
             for a in adapters { y = y + a(x) }
             return y
         }

@@ -1,0 +1,139 @@
+import NewBieTensor
+
+/// How one linear layer's weight is held (docs/QUANTIZATION.md).
+public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
+    /// 16/32-bit as the precision policy says (no quantization).
+    case none
+    /// int8 weight-only, one fp32 scale per output channel (row).
+    case int8
+    /// int8 weight-only, one fp32 scale per group of 128 input features of each row.
+    case int8g128 = "int8-g128"
+
+    /// Input features per scale (nil: the whole row).
+    public var groupSize: Int? { self == .int8g128 ? 128 : nil }
+
+    /// The names users type.
+    public static let userNames = "int8, int8-g128 or none"
+}
+
+/// One quantization override: linear layers whose module path matches `pattern` (or lies inside
+/// a module that does) are held as `scheme`. The pattern grammar is the precision rules': dotted
+/// module paths, `*` for any text inside one component, "" for the whole model.
+public struct QuantRule: Sendable, Equatable, CustomStringConvertible {
+    public let pattern: String
+    public let scheme: QuantScheme
+    public init(pattern: String, scheme: QuantScheme) { self.pattern = pattern; self.scheme = scheme }
+    public var description: String { (pattern.isEmpty ? "*" : pattern) + "=" + scheme.rawValue }
+
+    var components: [Substring] { pattern.isEmpty ? [] : pattern.split(separator: ".", omittingEmptySubsequences: false) }
+
+    func matchDepth(_ path: [Substring]) -> Int? {
+        let p = components
+        guard p.count <= path.count else { return nil }
+        for (a, b) in zip(p, path) where !globMatch(a, b) { return nil }
+        return p.count
+    }
+}
+
+/// Which linear layers of one model are quantized. The most specific rule covering a layer wins
+/// (deepest match; the later among equals). A whole-model rule ("" pattern, `dit=int8`) skips the
+/// layers kept in 16 bits by default (`keptByDefault`); a rule naming a path inside the model
+/// quantizes what it names, those included.
+public struct ModuleQuantization: Sendable, Equatable, CustomStringConvertible {
+    public var rules: [QuantRule]
+    public init(rules: [QuantRule] = []) { self.rules = rules }
+    public static let none = ModuleQuantization()
+
+    public var isEmpty: Bool { rules.isEmpty }
+
+    /// Path components of the layers a whole-model rule leaves in 16 bits: the embedders and input
+    /// projections (DiT x/t/caption embedders, time_text_embed, clip_text_pooled_proj: small, and
+    /// they set the scale of everything after), adaLN modulation (its output scales and gates every
+    /// block's activations: an error there is an error everywhere), the final layer (writes the
+    /// velocity directly) and any norm. Together a few percent of the DiT's weights.
+    public static let keptByDefault = ["*embed*", "clip_text_pooled_proj", "adaLN_modulation*", "final_layer", "*norm*"]
+
+    public static func isKeptByDefault(_ path: String) -> Bool {
+        path.split(separator: ".").contains { c in keptByDefault.contains { globMatch(Substring($0), c) } }
+    }
+
+    /// The scheme of the linear layer at `path`.
+    public func scheme(for path: String) -> QuantScheme {
+        guard !rules.isEmpty else { return .none }
+        let parts = path.isEmpty ? [] : path.split(separator: ".", omittingEmptySubsequences: false)
+        var best: (depth: Int, rule: QuantRule)? = nil
+        for r in rules {
+            if let d = r.matchDepth(parts), d >= (best?.depth ?? -1) { best = (d, r) }
+        }
+        guard let b = best else { return .none }
+        if b.rule.pattern.isEmpty && ModuleQuantization.isKeptByDefault(path) { return .none }
+        return b.rule.scheme
+    }
+
+    /// Path rules that name no module among `modules` (every module path the model built).
+    public func unmatchedRules(modules: Set<String>) -> [QuantRule] {
+        rules.filter { r in
+            r.pattern.isEmpty ? false : !modules.contains { m in
+                let parts = m.split(separator: ".", omittingEmptySubsequences: false)
+                return parts.count == r.components.count && r.matchDepth(parts) != nil
+            }
+        }
+    }
+
+    public var description: String { rules.map(\.description).joined(separator: ",") }
+}
+
+/// An int8 weight with fp32 scales: `w[o, i] ≈ q[o, i] * scale[o, i / group]` (group = the row
+/// when per channel). Held on the host; widened to a float weight one layer at a time, just
+/// before its matrix product.
+public struct QuantizedWeight: @unchecked Sendable {
+    public let scheme: QuantScheme
+    /// [out, in], int8 in [-127, 127].
+    public let q: Tensor
+    /// [out, groups] fp32 (groups = 1 per channel).
+    public let scales: Tensor
+    public var shape: [Int] { q.shape }
+    /// Bytes held (int8 values plus scales).
+    public var byteCount: Int { q.byteCount + scales.byteCount }
+
+    /// Quantizes a [out, in] float weight (any float dtype, any device; read in fp32):
+    /// scale = max|w| / 127 over the row (or group), q = round-half-to-even(w / scale) (torch.round),
+    /// clamped to ±127; an all-zero row or group has scale 0 and q 0.
+    public static func quantize(_ w: Tensor, scheme: QuantScheme) -> QuantizedWeight {
+        precondition(w.rank == 2 && scheme != .none)
+        let out = w.shape[0], inF = w.shape[1]
+        let g = min(scheme.groupSize ?? inF, max(inF, 1))
+        let groups = (inF + g - 1) / g
+        let v = w.to(.f32, device: .cpu).contiguous().toFloats()
+        let q = Tensor.empty([out, inF], dtype: .i8)
+        var scales = [Float](repeating: 0, count: out * groups)
+        let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
+        for o in 0..<out {
+            for k in 0..<groups {
+                let lo = o * inF + k * g, hi = o * inF + min((k + 1) * g, inF)
+                var amax: Float = 0
+                for i in lo..<hi { amax = max(amax, abs(v[i])) }
+                let s = amax / 127
+                scales[o * groups + k] = s
+                for i in lo..<hi {
+                    qp[i] = s == 0 ? 0 : Int8(max(-127, min(127, (v[i] / s).rounded(.toNearestOrEven))))
+                }
+            }
+        }
+        return QuantizedWeight(scheme: scheme, q: q, scales: Tensor(scales, shape: [out, groups]))
+    }
+
+    /// The float weight q * scale, computed in fp32, then cast to `dtype` on `device`.
+    public func dequantized(_ dtype: DType = .f32, device: Device = .cpu) -> Tensor {
+        let out = q.shape[0], inF = q.shape[1], groups = scales.shape[1]
+        let g = (inF + groups - 1) / max(groups, 1)
+        let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
+        let sp = scales.hostPointer.assumingMemoryBound(to: Float.self)
+        let w = Tensor.empty([out, inF], dtype: .f32)
+        let wp = w.hostPointer.assumingMemoryBound(to: Float.self)
+        for o in 0..<out {
+            for i in 0..<inF { wp[o * inF + i] = Float(qp[o * inF + i]) * sp[o * groups + i / g] }
+        }
+        return dtype == .f32 && device == .cpu ? w : w.to(dtype, device: device)
+    }
+}

@@ -24,6 +24,9 @@ public struct GPUCheck {
 
     /// Runs every check on GPU 0. Throws a `DeviceError` when there is no usable GPU.
     public func run(log: (String) -> Void = { print($0) }) throws -> [Row] {
+        // the CPU reference's matrix products need a BLAS: say so before any check runs (an error
+        // of this machine's setup, not a missing GPU)
+        do { _ = try Backends.open(.cpu) } catch { throw PipelineError("gpu-check: the CPU reference: \(error)") }
         let cuda = try DeviceSupport.openCUDA(0)
         cuda.poisonAllocations = true
         defer { cuda.poisonAllocations = false }

@@ -105,12 +105,14 @@ public enum Backends {
     /// and the reason (no BLAS library for the CPU, no driver or no such GPU for CUDA).
     @discardableResult
     public static func open(_ device: Device) throws -> Backend {
+        // checked before the table: `backend(for: .cpu)` registers the CPU without a BLAS, and the
+        // CPU's matrix products would then trap instead of this error being thrown
+        if device == .cpu && BLAS.shared == nil { throw DeviceError("cpu: \(BLAS.loadError)") }
         lock.lock()
         if let b = table[device] { lock.unlock(); return b }
         let opener = openers[device.kind]
         lock.unlock()
         if device == .cpu {
-            guard BLAS.shared != nil else { throw DeviceError("cpu: \(BLAS.loadError)") }
             let cpu = CPUBackend.shared
             register(cpu)
             return cpu

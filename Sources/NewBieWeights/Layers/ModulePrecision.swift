@@ -9,14 +9,22 @@ public struct PrecisionRule: Sendable, Equatable, CustomStringConvertible {
     public init(pattern: String, dtype: DType) { self.pattern = pattern; self.dtype = dtype }
     public var description: String { (pattern.isEmpty ? "*" : pattern) + "=" + dtype.userName }
 
-    var components: [Substring] { pattern.isEmpty ? [] : pattern.split(separator: ".", omittingEmptySubsequences: false) }
+    var components: [Substring] { ModulePathPattern.components(pattern) }
+    func matchDepth(_ path: [Substring]) -> Int? { ModulePathPattern.matchDepth(components, path) }
+}
 
-    /// How deep a match `path` (or one of its ancestors) makes, or nil when none matches.
-    func matchDepth(_ path: [Substring]) -> Int? {
-        let p = components
-        guard p.count <= path.count else { return nil }
-        for (a, b) in zip(p, path) where !globMatch(a, b) { return nil }
-        return p.count
+/// The pattern grammar of the per-module rules (precision and quantization): dotted module paths,
+/// `*` for any text inside one component, "" for the whole model.
+enum ModulePathPattern {
+    static func components(_ pattern: String) -> [Substring] {
+        pattern.isEmpty ? [] : pattern.split(separator: ".", omittingEmptySubsequences: false)
+    }
+
+    /// How deep a match the module at `path` (or one of its ancestors) makes, or nil when none matches.
+    static func matchDepth(_ pattern: [Substring], _ path: [Substring]) -> Int? {
+        guard pattern.count <= path.count else { return nil }
+        for (a, b) in zip(pattern, path) where !globMatch(a, b) { return nil }
+        return pattern.count
     }
 }
 

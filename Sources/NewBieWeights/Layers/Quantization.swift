@@ -25,14 +25,8 @@ public struct QuantRule: Sendable, Equatable, CustomStringConvertible {
     public init(pattern: String, scheme: QuantScheme) { self.pattern = pattern; self.scheme = scheme }
     public var description: String { (pattern.isEmpty ? "*" : pattern) + "=" + scheme.rawValue }
 
-    var components: [Substring] { pattern.isEmpty ? [] : pattern.split(separator: ".", omittingEmptySubsequences: false) }
-
-    func matchDepth(_ path: [Substring]) -> Int? {
-        let p = components
-        guard p.count <= path.count else { return nil }
-        for (a, b) in zip(p, path) where !globMatch(a, b) { return nil }
-        return p.count
-    }
+    var components: [Substring] { ModulePathPattern.components(pattern) }
+    func matchDepth(_ path: [Substring]) -> Int? { ModulePathPattern.matchDepth(components, path) }
 }
 
 /// Which linear layers of one model are quantized. The most specific rule covering a layer wins

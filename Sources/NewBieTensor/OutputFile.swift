@@ -161,18 +161,22 @@ public enum OutputFile {
                 throw OutputError(path, "cannot create the folder \(folder): \(errnoText(error))")
             }
         }
-        var template = Array(PathName.join(folder, ".\(PathName.lastComponent(final)).tmp-XXXXXX").utf8CString)
-        // the signals that remove temporary files wait until the new one is registered
+        // The temporary file's name is registered for removal *before* the file is created: a
+        // SIGINT sent to the process can land on any thread, so blocking signals on this one
+        // (the earlier way) left a window in which another thread's handler missed the new file.
         TemporaryFiles.installSignalHandlers()
-        var blocked = sigset_t(), previous = sigset_t()
-        sigemptyset(&blocked)
-        for sig in TemporaryFiles.signals { sigaddset(&blocked, sig) }
-        pthread_sigmask(SIG_BLOCK, &blocked, &previous)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        let createError = errno
-        let tmp = String(cString: template)
-        let slot = fd >= 0 ? TemporaryFiles.register(tmp) : -1
-        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        var fd: Int32 = -1, tmp = "", slot = -1, createError: Int32 = 0
+        for _ in 0..<100 {
+            let suffix = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+            tmp = PathName.join(folder, ".\(PathName.lastComponent(final)).tmp-\(getpid())-\(suffix)")
+            slot = TemporaryFiles.register(tmp)
+            fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            createError = errno
+            if fd >= 0 { break }
+            TemporaryFiles.unregister(slot)
+            slot = -1
+            if createError != EEXIST { break }
+        }
         guard fd >= 0 else {
             throw OutputError(path, "cannot create a temporary file in \(folder) (\(String(cString: strerror(createError))))")
         }

@@ -3,6 +3,7 @@ import NewBieDiffusion
 import NewBieImage
 import NewBieMetrics
 import NewBiePipeline
+import NewBieWeights
 import NewBieTensor
 
 /// What `newbie precision-report` runs: the same prompts, seeds, sampler and size under several
@@ -52,6 +53,21 @@ public struct PrecisionReportConfig: Sendable {
                 settings: SamplingSettings, output: String, command: String, deviceName: String) {
         self.paths = paths; self.configs = configs; self.device = device; self.cuda = cuda; self.cases = cases
         self.settings = settings; self.output = output; self.command = command; self.deviceName = deviceName
+    }
+
+    /// One config's precision spec and quantization spec. A config is `PRECISION`, `PRECISION+QUANTIZE`
+    /// (`bf16+dit=int8,gemma=int8`: the `--quantize` form after the "+", an empty precision meaning
+    /// auto) or a bare quantization type (`int8`: auto precision, that type for the DiT and both text
+    /// encoders, the layers kept in 16 bits by default excepted), so quantized runs join the table.
+    public static func split(config spec: String) -> (precision: String, quantize: String) {
+        if let plus = spec.firstIndex(of: "+") {
+            let p = spec[..<plus].trimmingCharacters(in: .whitespaces)
+            return (p.isEmpty ? "auto" : p, spec[spec.index(after: plus)...].trimmingCharacters(in: .whitespaces))
+        }
+        if let q = QuantScheme(rawValue: spec), q != .none {
+            return ("auto", [ModelSlot.dit, .gemma, .jina].map { "\($0.rawValue)=\(q.rawValue)" }.joined(separator: ","))
+        }
+        return (spec, "")
     }
 
     /// Splits a `--configs` list ("fp32;bf16;fp16,vae=fp32"): items separated by ";", blanks dropped.
@@ -393,7 +409,8 @@ public enum PrecisionReportRunner {
         row.peakHostIsPerConfig = HostMemory.resetPeak()
         cpu.resetPeakMemory()
         do {
-            let policy = try PlacementPolicy.parse(precision: spec, device: c.device)
+            let parts = PrecisionReportConfig.split(config: spec)
+            let policy = try PlacementPolicy.parse(precision: parts.precision, device: c.device, quantize: parts.quantize)
             row.precision = policy.precisionSpec
             row.device = policy.deviceSpec
             let options = StageOptions(placement: policy, cuda: c.cuda)
@@ -528,14 +545,12 @@ public enum PrecisionReportRunner {
               "--shift", "\(s.shift)", "--cfg", "\(s.cfg.scale)", "--cfg-trunc", "\(s.cfg.truncation)", "--renorm", "\(s.cfg.renorm)",
               "--seed", "\(k.seed)", "--rng", s.rng.rawValue, "--precision", quote(options.placement.precisionSpec),
               "--device", quote(options.placement.deviceSpec)]
+        if !options.placement.quantizeSpec.isEmpty { a += ["--quantize", quote(options.placement.quantizeSpec)] }
         for slot in ModelSlot.allCases { if let p = c.paths.path(slot) { a += ["--\(slot.rawValue)", quote(p)] } }
         return a.joined(separator: " ")
     }
 
-    static func quote(_ s: String) -> String {
-        if !s.isEmpty && s.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=,+".contains($0) }) && s.unicodeScalars.allSatisfy(\.isASCII) { return s }
-        return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
-    }
+    static func quote(_ s: String) -> String { ShellWords.quote(s) }
 
     static func machine() -> PrecisionReport.Machine {
         var u = utsname()

@@ -102,8 +102,19 @@ public enum GenerationMetadata {
         return s
     }
 
-    /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:.
+    /// The prompt keys, which a PNG holds once: inside `newbie:command` when the image has one (it
+    /// must carry them to run as written), as chunks of their own otherwise.
+    static let promptKeys = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt]
+
+    /// PNG text chunks: the parameters in a fixed order, then anything else under newbie:. With a
+    /// `newbie:command`, the prompts are only in it (`parameters(png:)` reads them back).
     public static func pngText(_ m: [String: String], software: String) -> [(key: String, value: String)] {
+        var m = m
+        // dropped only when the command really carries them, so nothing is lost
+        if let cmd = m[MetadataKey.command], let p = prompts(inCommand: cmd), p[MetadataKey.prompt] == m[MetadataKey.prompt],
+           (p[MetadataKey.negativePrompt] ?? "") == (m[MetadataKey.negativePrompt] ?? "") {
+            for k in promptKeys { m[k] = nil }
+        }
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
                      MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.scheduler, MetadataKey.shift, MetadataKey.cfg,
                      MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
@@ -113,6 +124,32 @@ public enum GenerationMetadata {
         for k in order { if let v = m[k] { out.append((k, v)) } }
         for k in m.keys.sorted() where k.hasPrefix("newbie:") && !order.contains(k) { out.append((k, m[k]!)) }
         return out
+    }
+
+    /// The prompts inside a recorded `newbie generate` command: the first word after `generate` is
+    /// the prompt, `--negative-prompt` and `--system-prompt` follow their flags (the system prompt
+    /// as recorded: a preset name or the literal text). Nil when `command` is not such a command.
+    public static func prompts(inCommand command: String) -> [String: String]? {
+        guard let w = try? ShellWords.split(command), w.count >= 3, w[0] == "newbie", w[1] == "generate", !w[2].hasPrefix("-") else { return nil }
+        var out = [MetadataKey.prompt: w[2]]
+        var i = 3
+        while i + 1 < w.count {
+            if w[i] == "--negative-prompt" { out[MetadataKey.negativePrompt] = w[i + 1]; i += 2 }
+            else if w[i] == "--system-prompt" { out[MetadataKey.systemPrompt] = w[i + 1]; i += 2 }
+            else { i += 1 }
+        }
+        return out
+    }
+
+    /// A PNG's parameters with its prompts in front: the text chunks as written, the prompts read
+    /// back out of `newbie:command` when they are not chunks of their own.
+    public static func parameters(png text: [(key: String, value: String)]) -> [(key: String, value: String)] {
+        guard !text.contains(where: { $0.key == MetadataKey.prompt }),
+              let cmd = text.first(where: { $0.key == MetadataKey.command })?.value,
+              let p = prompts(inCommand: cmd) else { return text }
+        let front = promptKeys.compactMap { k in p[k].map { (key: k, value: $0) } }
+        let software = text.filter { $0.key == "Software" }
+        return software + front + text.filter { $0.key != "Software" }
     }
 }
 

@@ -356,10 +356,7 @@ final class ProgressReporter {
 }
 
 /// Single-quotes a string for a POSIX shell.
-func shellQuote(_ s: String) -> String {
-    if !s.isEmpty && s.allSatisfy({ $0.isLetter || $0.isNumber || "-_./:=,+".contains($0) }) && s.unicodeScalars.allSatisfy(\.isASCII) { return s }
-    return "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'"
-}
+func shellQuote(_ s: String) -> String { ShellWords.quote(s) }
 
 /// `newbie generate`: prompt -> PNG.
 struct GenerateCommand: ParsableCommand {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NewBieImage
 import NewBiePipeline
 import NewBieTensor
 import NewBieWeights
@@ -10,9 +11,9 @@ import NewBieWeights
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect",
-        abstract: "Show the tensors a checkpoint holds (safetensors file, shard index, GGUF, or folder), or the parts of a model folder.")
+        abstract: "Show the tensors a checkpoint holds (safetensors file, shard index, GGUF, or folder), the parts of a model folder, or the parameters stored in a PNG.")
 
-    @Argument(help: "A .safetensors file, a *.safetensors.index.json, a .gguf, a folder (e.g. transformer/), or a model folder in the official layout (transformer/, text_encoder/, clip_model/, vae/).")
+    @Argument(help: "A .safetensors file, a *.safetensors.index.json, a .gguf, a .png made by newbie, a folder (e.g. transformer/), or a model folder in the official layout (transformer/, text_encoder/, clip_model/, vae/).")
     var path: String
 
     @Option(help: "Only list tensors whose name contains this text.")
@@ -22,6 +23,7 @@ struct InspectCommand: ParsableCommand {
     var json = false
 
     func run() throws {
+        if path.lowercased().hasSuffix(".png") { return try inspectPNG() }
         // a model root in the official layout: list its parts, each described as `inspect PART` does
         if let parts = try modelRootParts() {
             var report: [[String: Any]] = []
@@ -81,5 +83,20 @@ struct InspectCommand: ParsableCommand {
             return FileManager.default.fileExists(atPath: p) ? (slot, p) : nil
         }
         return parts.isEmpty ? nil : parts
+    }
+
+    /// A PNG's parameters (its text chunks), the prompts read back out of `newbie:command`.
+    func inspectPNG() throws {
+        let png = try PNG.read(path)   // its errors name the file
+        let params = GenerationMetadata.parameters(png: png.text)
+        if json {
+            var o: [String: Any] = ["path": path, "width": png.image.width, "height": png.image.height]
+            o["parameters"] = Dictionary(params.map { ($0.key, $0.value) }, uniquingKeysWith: { a, _ in a })
+            let data = try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("\(path): PNG \(png.image.width)x\(png.image.height), \(params.isEmpty ? "no parameters" : "\(params.count) parameters")")
+        for (k, v) in params where !(filter.map { !k.contains($0) } ?? false) { print("\(k): \(v)") }
     }
 }

@@ -69,7 +69,8 @@ struct PrecisionReportCommand: ParsableCommand {
         abstract: "Run the same prompts and seeds under several precisions and report time, memory and image quality against the first.",
         discussion: """
         Every config in --configs is a precision spec as --precision takes it (fp32, bf16, fp16, "bf16,vae=fp32", \
-        "fp16,dit.layers.*.attention=fp32", ...); the first is the reference (--precision and --dtype do not apply here). Each config runs the text encoders, \
+        "fp16,dit.layers.*.attention=fp32", ...), optionally with quantized weights after a "+" in the --quantize form \
+        ("bf16+dit=int8,gemma=int8"), or a bare quantization type ("int8": the DiT and both text encoders); the first is the reference (--precision and --dtype do not apply here). Each config runs the text encoders, \
         the DiT sampling and the VAE on every prompt and seed with the same sampler and size. Per config and \
         prompt the report holds the wall time of each stage and DiT step, the peak host memory (and the GPU's), \
         the first module output with NaN or Inf (path and model evaluation), the latent's relative L2 error \
@@ -181,7 +182,14 @@ struct PrecisionReportCommand: ParsableCommand {
         try settings.validate()
         let cuda = try deviceOptions.cudaOptions()
         guard deviceOptions.quantize.isEmpty else {
-            throw PipelineError("precision-report: --quantize is not supported here yet (its configs are precision specs); compare quantized runs with `newbie generate --quantize` and `newbie compare`")
+            throw PipelineError("precision-report: quantization is part of each config, not a --quantize for all: write \"fp32;bf16;bf16+dit=int8,gemma=int8\" or \"fp32;bf16;int8\"")
+        }
+        // every config's syntax is checked before any model runs (module paths when its turn comes)
+        for spec in configList {
+            let parts = PrecisionReportConfig.split(config: spec)
+            do { _ = try PlacementPolicy.parse(precision: parts.precision, device: deviceOptions.device, quantize: parts.quantize) } catch {
+                throw PipelineError("--configs: config \"\(spec)\": \(error)")
+            }
         }
         // the device spec is checked here (a bad one fails before any model runs); precisions per config later
         let placement = try PlacementPolicy.parse(precision: "auto", device: deviceOptions.device)

@@ -86,6 +86,15 @@ enum CLI {
 
     static let pngSignature = Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
 
+    /// The prompt a PNG made by newbie carries, as `newbie inspect PNG --json` reads it back (out of
+    /// `newbie:command`, where generate stores it once).
+    static func pngPrompt(_ path: String) -> String? {
+        let r = run(["inspect", path, "--json"])
+        guard r.status == 0, let o = try? JSONSerialization.jsonObject(with: r.stdout) as? [String: Any],
+              let p = o["parameters"] as? [String: String] else { return nil }
+        return p["newbie:prompt"]
+    }
+
     static func isPNG(_ path: String) -> Bool {
         guard let d = FileManager.default.contents(atPath: path) else { return false }
         return d.prefix(8) == pngSignature

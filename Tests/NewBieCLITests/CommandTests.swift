@@ -100,7 +100,9 @@ final class MetadataTests: XCTestCase {
         let first = try PNG.read(path)
         let command = try XCTUnwrap(first.textValue("newbie:command"))
         XCTAssertTrue(command.contains(path), command)
+        XCTAssertNil(first.textValue("newbie:prompt"), "the prompt is stored once, in the command")
         try FileManager.default.moveItem(atPath: path, toPath: dir + "/first.png")
+        XCTAssertEqual(CLI.pngPrompt(dir + "/first.png"), "1girl, it's \"quoted\"")
         let binDir = URL(fileURLWithPath: CLI.binary).deletingLastPathComponent().path
         let other = CLI.tempDir("repro-elsewhere")
         let p = Process()

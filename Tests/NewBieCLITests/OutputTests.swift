@@ -77,7 +77,7 @@ final class OutputTests: XCTestCase {
         var st = stat()
         XCTAssertEqual(stat(dir + "/real/target.png", &st), 0)
         XCTAssertEqual(st.st_mode & 0o777, 0o600)
-        XCTAssertEqual(try PNG.read(dir + "/link.png").textValue("newbie:prompt"), "1boy")
+        XCTAssertEqual(CLI.pngPrompt(dir + "/link.png"), "1boy")
     }
 
     /// `-o -` writes to standard output for every command that writes a file; no file named - appears.
@@ -88,7 +88,7 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual(g.stdout.prefix(8), CLI.pngSignature)
         let png = dir + "/g.png"
         FileManager.default.createFile(atPath: png, contents: g.stdout)
-        XCTAssertEqual(try PNG.read(png).textValue("newbie:prompt"), "1girl")
+        XCTAssertEqual(CLI.pngPrompt(png), "1girl")
 
         let e = CLI.run(["encode", "--model", model, "1girl", "-o", "-"], cwd: dir)
         XCTAssertEqual(e.status, 0, e.stderr)

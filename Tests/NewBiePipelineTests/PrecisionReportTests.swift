@@ -235,6 +235,33 @@ final class PrecisionReportTests: XCTestCase {
         XCTAssertEqual(tracer.firstNonFinite?.path, "vae.decoder")
     }
 
+    /// Quantized configs join the table: a bare type and a precision with a `+` quantization spec.
+    func testQuantizedConfigsJoinTheReport() throws {
+        XCTAssertEqual(PrecisionReportConfig.split(config: "int8").precision, "auto")
+        XCTAssertEqual(PrecisionReportConfig.split(config: "int8").quantize, "dit=int8,gemma=int8,jina=int8")
+        XCTAssertEqual(PrecisionReportConfig.split(config: "bf16,vae=fp32+dit.layers.0=int8-g128").precision, "bf16,vae=fp32")
+        XCTAssertEqual(PrecisionReportConfig.split(config: "bf16,vae=fp32+dit.layers.0=int8-g128").quantize, "dit.layers.0=int8-g128")
+        XCTAssertEqual(PrecisionReportConfig.split(config: "+dit=int8").precision, "auto")
+        XCTAssertEqual(PrecisionReportConfig.split(config: "fp16").quantize, "")
+
+        let out = NSTemporaryDirectory() + "newbie-precision-quant-\(getpid())"
+        try? FileManager.default.removeItem(atPath: out)
+        var c = try config(out)
+        c.configs = ["fp32", "int8", "fp32+dit.layers.0=int8", "fp32+dit.nowhere=int8"]
+        let r = try PrecisionReportRunner.run(c, log: { _ in })
+        for i in 1...2 {
+            XCTAssertNil(r.configs[i].error, "\(r.configs[i])")
+            let x = try XCTUnwrap(r.configs[i].results.first)
+            let e = try XCTUnwrap(x.latentRelativeL2)
+            XCTAssertTrue(e > 1e-6 && e < 0.2, "config \(r.configs[i].spec): latent error \(e)")
+            XCTAssertTrue(r.configs[i].generateCommand.contains("--quantize"), r.configs[i].generateCommand)
+        }
+        XCTAssertTrue(r.configs[1].generateCommand.contains("--quantize dit=int8,gemma=int8,jina=int8"), r.configs[1].generateCommand)
+        // quantizing one block moves the latent less than quantizing every model
+        XCTAssertLessThan(r.configs[2].results[0].latentRelativeL2!, r.configs[1].results[0].latentRelativeL2!)
+        XCTAssertEqual(r.configs[3].error.map { $0.contains("nowhere") }, true, "\(String(describing: r.configs[3].error))")
+    }
+
     func testConfigList() throws {
         XCTAssertEqual(try PrecisionReportConfig.parseConfigs("fp32; bf16;;fp16,dit.layers.*.attention=fp32 "),
                        ["fp32", "bf16", "fp16,dit.layers.*.attention=fp32"])

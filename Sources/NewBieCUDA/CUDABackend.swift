@@ -260,16 +260,24 @@ public final class CUDABackend: Backend, @unchecked Sendable {
             driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset), bytes.baseAddress, bytes.count, stream), "upload")
             return
         }
-        pool.staged(bytes.count) { staging, chunk in
+        // Two halves of the pinned buffer in turn: while one half's copy to the device runs, the
+        // next piece is copied into the other half by several threads at once (reading a mapped,
+        // page-cached file is bound by page faults, which parallel threads take in parallel). An
+        // event per half says when its last copy has finished; nothing waits for the stream, so
+        // consecutive tensors keep the copy engine busy too.
+        pool.staged { staging, halfBytes, events, nextHalf in
             var done = 0
             while done < bytes.count {
-                let n = Swift.min(chunk, bytes.count - done)
-                driver.must(driver.cuStreamSynchronize(stream), "sync before staging")
-                staging.copyMemory(from: bytes.baseAddress! + done, byteCount: n)
-                driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset + done), staging, n, stream), "upload")
+                let n = Swift.min(halfBytes, bytes.count - done)
+                let half = nextHalf
+                nextHalf ^= 1
+                let dst = staging + half * halfBytes
+                driver.must(driver.cuEventSynchronize(events[half]), "wait for the staging buffer")
+                ParallelCopy.copy(to: dst, from: bytes.baseAddress! + done, count: n)
+                driver.must(driver.cuMemcpyHtoDAsync(buffer.deviceAddress + UInt64(byteOffset + done), dst, n, stream), "upload")
+                driver.must(driver.cuEventRecord(events[half], stream), "record the staging copy")
                 done += n
             }
-            driver.must(driver.cuStreamSynchronize(stream), "upload")
         }
     }
 
@@ -792,7 +800,9 @@ final class MemoryPool: @unchecked Sendable {
     private var current = 0, peak = 0, reserved = 0
     private let lock = NSLock()
     private var staging: UnsafeMutableRawPointer?
-    private let stagingBytes = 64 << 20
+    private let stagingHalfBytes = 64 << 20
+    private var stagingEvents: [OpaquePointer?] = [nil, nil]
+    private var stagingNextHalf = 0
     private let stagingLock = NSLock()
 
     init(driver: CUDADriver) { self.driver = driver }
@@ -899,15 +909,20 @@ final class MemoryPool: @unchecked Sendable {
 
     func resetPeak() { lock.lock(); peak = current + graphReserved; lock.unlock() }
 
-    /// A pinned host buffer for uploads (allocated once, 64 MiB).
-    func staged(_ bytes: Int, _ body: (UnsafeMutableRawPointer, Int) -> Void) {
+    /// A pinned host buffer for uploads in two halves (allocated once, 2 x 64 MiB), with one event
+    /// per half marking its last copy to the device (never recorded at first: a wait returns at
+    /// once), and the half to fill next.
+    func staged(_ body: (UnsafeMutableRawPointer, Int, [OpaquePointer?], inout Int) -> Void) {
         stagingLock.lock(); defer { stagingLock.unlock() }
         if staging == nil {
             var p: UnsafeMutableRawPointer? = nil
-            driver.must(driver.cuMemHostAlloc(&p, stagingBytes, 0), "cuMemHostAlloc(staging)")
+            driver.must(driver.cuMemHostAlloc(&p, 2 * stagingHalfBytes, 0), "cuMemHostAlloc(staging)")
             staging = p
+            for i in 0..<2 {
+                driver.must(driver.cuEventCreate(&stagingEvents[i], 0x2 /* CU_EVENT_DISABLE_TIMING */), "cuEventCreate(staging)")
+            }
         }
-        body(staging!, stagingBytes)
+        body(staging!, stagingHalfBytes, stagingEvents, &stagingNextHalf)
     }
 }
 
@@ -943,5 +958,22 @@ public final class CUDAGraph: RecordedWork, @unchecked Sendable {
         if let g = graph { _ = backend.driver.cuGraphDestroy(g) }
         for p in pinned { _ = backend.driver.cuMemFreeHost(p) }
         backend.pool.release(memory)
+    }
+}
+
+/// memcpy of large host ranges by several threads, each a contiguous slice: copying out of a
+/// mapped file is bound by page faults, which threads take in parallel.
+enum ParallelCopy {
+    static let sliceBytes = 8 << 20
+    static let maxThreads = Swift.max(1, Swift.min(8, ProcessInfo.processInfo.activeProcessorCount))
+
+    static func copy(to dst: UnsafeMutableRawPointer, from src: UnsafeRawPointer, count: Int) {
+        let slices = Swift.min(maxThreads, (count + sliceBytes - 1) / sliceBytes)
+        guard slices > 1 else { dst.copyMemory(from: src, byteCount: count); return }
+        let per = (count + slices - 1) / slices
+        DispatchQueue.concurrentPerform(iterations: slices) { i in
+            let lo = i * per, n = Swift.min(per, count - lo)
+            if n > 0 { (dst + lo).copyMemory(from: src + lo, byteCount: n) }
+        }
     }
 }

@@ -47,6 +47,14 @@ public struct GPUCheck {
             rows.append(Row(name: name, dtype: dt.rawValue, error: gpu.shape == cpu.shape ? err : .infinity, limit: tol))
         }
 
+        // uploads over 4 MiB go through the two pinned halves with no wait between tensors: three
+        // of 70 MB back to back (each spans both halves, the last piece odd-sized), then combined
+        let ups = (0..<3).map { i in rand([17_500_003 + i], scale: Float(i + 1)) }
+        check("upload 3 x 70 MB (staged)", .f32) { d in
+            let t = ups.map { $0.to(device: d) }
+            return t[0] * t[1] + t[2]
+        }
+
         for dt in [DType.f32, .bf16, .f16] {
             let x = rand([3, 37, 130], dt)
             let g = { (t: Tensor, d: Device) in t.to(device: d) }

@@ -78,7 +78,11 @@ public final class JinaTextTower: @unchecked Sendable {
             let aFull = try s.stored("lora_A", shape: embedding ? [n, rows, r] : [n, r, cols])
             let bFull = try s.stored("lora_B", shape: embedding ? [n, r, cols] : [n, rows, r])
             if s.isPlanning { return w }
-            let a = aFull.select(0, cfg.loraTask).to(.f32), b = bFull.select(0, cfg.loraTask).to(.f32)
+            // merged where the model runs: on a GPU the stored weight goes up as it is and the fp32
+            // work (about 0.3 G elements for jina-clip-v2) stays off the host
+            let dev = s.device
+            let a = aFull.select(0, cfg.loraTask).to(.f32, device: dev), b = bFull.select(0, cfg.loraTask).to(.f32, device: dev)
+            let wd = w.to(device: dev)
             // LoRAParametrization: linear W + B[t] @ A[t]; embedding (swapped layout) W + A[t] @ B[t].
             // Both are "rows of W + (rows of the left factor) @ right factor", merged in fp32 and
             // rounded once, in blocks of rows so the 250k x 1024 word table never exists in fp32 whole.
@@ -89,7 +93,7 @@ public final class JinaTextTower: @unchecked Sendable {
             while start < rows {
                 let m = min(block, rows - start)
                 let delta = left.narrow(0, start: start, length: m).matmul(right)
-                parts.append((w.narrow(0, start: start, length: m).to(.f32) + delta * cfg.loraScale).to(s.dtype))
+                parts.append((wd.narrow(0, start: start, length: m).to(.f32) + delta * cfg.loraScale).to(s.dtype))
                 start += m
             }
             return s.place(parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0))

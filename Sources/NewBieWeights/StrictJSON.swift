@@ -312,8 +312,8 @@ func isValidUTF8<S: Sequence>(_ bytes: S) -> Bool where S.Element == UInt8 {
 }
 
 /// Writes JSON text (strings escaped so that any Swift string round-trips).
-enum JSONWriter {
-    static func quote(_ s: String) -> String {
+public enum JSONWriter {
+    public static func quote(_ s: String) -> String {
         var out = "\""
         for u in s.unicodeScalars {
             switch u {

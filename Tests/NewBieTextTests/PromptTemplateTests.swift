@@ -57,7 +57,8 @@ final class PromptTemplateTests: XCTestCase {
         // escapes in names and captions survive a render
         // (the XML is written raw, as the template's string replacement does: no quotes there)
         let q = TemplatePrompt(characters: [TemplatePrompt.Character(number: 1, name: "A \"B\"")], tags: "<character_1>\n<n>A B</n>\n</character_1>",
-                               caption: "line\none \\ two")
+                               caption: "line\none \\ two\u{7}")
+        XCTAssertTrue(q.render().contains(#"two\u0007""#), "control characters are escaped as JSON requires: \(q.render())")
         XCTAssertEqual(TemplatePrompt.parse(q.render()).prompt, q)
     }
 

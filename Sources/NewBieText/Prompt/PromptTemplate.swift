@@ -1,4 +1,5 @@
 import Foundation
+import NewBieWeights
 
 /// The prompt of ComfyUI's official NewBie template (`image_newbieimage_exp0_1-t2i.json` in the
 /// PyPI package comfyui-workflow-templates-json): a JSON-shaped object around the XML prompt, with a
@@ -92,20 +93,7 @@ public struct TemplatePrompt: Equatable, Sendable {
         return lines.joined(separator: "\n")
     }
 
-    static func quote(_ s: String) -> String {
-        var o = "\""
-        for ch in s.unicodeScalars {
-            switch ch {
-            case "\"": o += "\\\""
-            case "\\": o += "\\\\"
-            case "\n": o += "\\n"
-            case "\t": o += "\\t"
-            case "\r": o += "\\r"
-            default: o.unicodeScalars.append(ch)
-            }
-        }
-        return o + "\""
-    }
+    static func quote(_ s: String) -> String { JSONWriter.quote(s) }
 
     // MARK: parsing and checking
 

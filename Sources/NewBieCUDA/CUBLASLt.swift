@@ -74,13 +74,14 @@ final class CUBLASLt: @unchecked Sendable {
     /// `accumulate`: C += A B, added in fp32 before C is rounded (once) to `type`.
     func gemm(m: Int, n: Int, k: Int, batch: Int, type: Int32, a: CUdeviceptr, strideA: Int,
               b: CUdeviceptr, strideB: Int, transposeB: Bool, c: CUdeviceptr, strideC: Int,
-              bias: CUdeviceptr?, allowTF32: Bool, accumulate: Bool = false, stream: OpaquePointer?) throws {
-        let key = "\(m),\(n),\(k),\(batch),\(type),\(strideA),\(strideB),\(transposeB),\(strideC),\(bias != nil),\(allowTF32)"
+              bias: CUdeviceptr?, allowTF32: Bool, accumulate: Bool = false, ldc: Int? = nil, stream: OpaquePointer?) throws {
+        let ldc = ldc ?? n
+        let key = "\(m),\(n),\(k),\(batch),\(type),\(strideA),\(strideB),\(transposeB),\(strideC),\(bias != nil),\(allowTF32),\(ldc)"
         lock.lock(); defer { lock.unlock() }
         let plan: Plan
         if let p = plans[key] { plan = p } else {
             plan = try makePlan(m: m, n: n, k: k, batch: batch, type: type, strideA: strideA, strideB: strideB,
-                                transposeB: transposeB, strideC: strideC, hasBias: bias != nil, allowTF32: allowTF32)
+                                transposeB: transposeB, strideC: strideC, hasBias: bias != nil, allowTF32: allowTF32, ldc: ldc)
             plans[key] = plan
         }
         if let bp = bias {
@@ -101,7 +102,7 @@ final class CUBLASLt: @unchecked Sendable {
     }
 
     private func makePlan(m: Int, n: Int, k: Int, batch: Int, type: Int32, strideA: Int, strideB: Int,
-                          transposeB: Bool, strideC: Int, hasBias: Bool, allowTF32: Bool) throws -> Plan {
+                          transposeB: Bool, strideC: Int, hasBias: Bool, allowTF32: Bool, ldc: Int) throws -> Plan {
         let p = Plan()
         let compute = (type == CUBLASLt.CUDA_R_32F && allowTF32) ? CUBLASLt.COMPUTE_32F_FAST_TF32 : CUBLASLt.COMPUTE_32F
         try ok(descCreate(&p.desc, compute, CUBLASLt.CUDA_R_32F), "matmul descriptor")
@@ -122,7 +123,8 @@ final class CUBLASLt: @unchecked Sendable {
             try ok(layoutCreate(&p.a, type, UInt64(n), UInt64(k), Int64(n)), "layout B")
         }
         try ok(layoutCreate(&p.b, type, UInt64(k), UInt64(m), Int64(k)), "layout A")
-        try ok(layoutCreate(&p.c, type, UInt64(n), UInt64(m), Int64(n)), "layout C")
+        // C's rows may be longer than n (a band of columns written into a wider matrix)
+        try ok(layoutCreate(&p.c, type, UInt64(n), UInt64(m), Int64(ldc)), "layout C")
         if batch > 1 {
             var count = Int32(batch)
             for (l, stride) in [(p.a, strideB), (p.b, strideA), (p.c, strideC)] {

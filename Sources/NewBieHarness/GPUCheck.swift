@@ -148,6 +148,14 @@ public struct GPUCheck {
             let pw = rand([16, 64, 1, 1], dt, scale: 0.1)
             check("conv 1x1", dt) { d in g(img, d).conv2d(g(pw, d), bias: nil) }
             check("conv 3x3 stride 2 asym", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
+            // im2col in bands of output rows: bands of 1 row (stride 1, 9 wide) and 2 rows (stride 2,
+            // asymmetric pad, 4 wide; the last band short), two images in the batch
+            let img2 = rand([2, 64, 11, 9], dt)
+            let saved = CUDABackend.im2colBandBytes
+            CUDABackend.im2colBandBytes = 64 * 9 * 4 * 2 * dt.byteSize
+            check("conv 3x3 pad 1 banded", dt) { d in g(img2, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            check("conv 3x3 stride 2 asym banded", dt) { d in g(img2, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
+            CUDABackend.im2colBandBytes = saved
             check("upsample nearest 2x", dt) { d in g(img, d).upsampleNearest2x() }
         }
 

@@ -90,7 +90,7 @@ extension CUDABackend {
     }
 }
 
-/// Mirrors `AttnParams` in ops.cu (7 x i64, float, 4 x int, pad, 2 x i64 = 96 bytes).
+/// Mirrors `AttnParams` in attention.cu (7 x i64, float, 4 x int, pad, 2 x i64 = 96 bytes).
 struct AttnParamsRaw {
     var i64s: [Int64] = []
     var scale: Float = 1

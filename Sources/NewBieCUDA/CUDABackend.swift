@@ -70,24 +70,37 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         try loadKernels()
     }
 
-    /// Kernel sources (package resources) and the functions each defines.
+    /// Kernel sources (package resources, one module per op family) and the functions each defines.
     static let modules: [(String, [String])] = [
-        ("ops", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_reduce", "nb_softmax", "nb_rmsnorm",
-                 "nb_layernorm", "nb_groupnorm", "nb_rope", "nb_attention_ref", "nb_embedding", "nb_im2col",
-                 "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_groupnorm_partial", "nb_groupnorm_stats", "nb_groupnorm_apply", "nb_upsample2x", "nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
+        ("elementwise", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_embedding"]),
+        ("norms", ["nb_reduce", "nb_softmax", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
+                   "nb_groupnorm_apply"]),
+        ("attention", ["nb_rope", "nb_attention_ref"]),
+        ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_upsample2x"]),
+        ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
+    /// Headers the modules include (`#include "common.cuh"`), handed to NVRTC by name.
+    static let headers = ["common.cuh"]
+
+    /// The text of kernel resource `file` (e.g. "norms.cu").
+    static func kernelSource(_ file: String) throws -> String {
+        let url = URL(fileURLWithPath: file)
+        let (base, ext) = (url.deletingPathExtension().lastPathComponent, url.pathExtension)
+        guard let u = Bundle.module.url(forResource: base, withExtension: ext, subdirectory: "Kernels")
+                ?? Bundle.module.url(forResource: base, withExtension: ext) else {
+            throw CUDAError("kernel source \(file) is missing from the NewBieCUDA resources (keep the NewBie_NewBieCUDA.resources folder next to the binary)")
+        }
+        return try String(contentsOf: u, encoding: .utf8)
+    }
 
     private func loadKernels() throws {
         let nvrtc = try NVRTC()
+        let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
         for (name, kernels) in CUDABackend.modules {
-            guard let url = Bundle.module.url(forResource: name, withExtension: "cu", subdirectory: "Kernels")
-                    ?? Bundle.module.url(forResource: name, withExtension: "cu") else {
-                throw CUDAError("kernel source \(name).cu is missing from the NewBieCUDA resources (keep the NewBie_NewBieCUDA.resources folder next to the binary)")
-            }
-            let source = try String(contentsOf: url, encoding: .utf8)
-            let cubin = try nvrtc.cubin(source: source, name: name, arch: computeCapability)
+            let source = try CUDABackend.kernelSource(name + ".cu")
+            let cubin = try nvrtc.cubin(source: source, name: name, arch: computeCapability, headers: headers)
             var module: OpaquePointer? = nil
             try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress), "cuModuleLoadData(\(name))") }
             for f in kernels {

@@ -90,7 +90,7 @@ final class KernelArgs {
     func i32(_ v: Int32) -> KernelArgs { value(v) }
     func f32(_ v: Float) -> KernelArgs { value(v) }
 
-    /// `Strided` in ops.cu: int rank, int small, i64 shape[8], i64 stride[8], i64 offset. The
+    /// `Strided` in common.cuh: int rank, int small, i64 shape[8], i64 stride[8], i64 offset. The
     /// logical shape is the same for every operand of a kernel, but each operand's own view of it
     /// can drop size-1 axes and merge axes it stores contiguously: the index decomposition then
     /// lands on the same elements with fewer divisions (rank 1 for a contiguous tensor).

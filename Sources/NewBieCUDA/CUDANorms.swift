@@ -81,7 +81,7 @@ extension CUDABackend {
         return out
     }
 
-    // MARK: fused transformer ops (kernels in ops.cu round where the default compositions do)
+    // MARK: fused transformer ops (kernels in fused.cu round where the default compositions do)
 
     /// The suffix of the fast fused kernels ("bf16" / "f16") when every operand is contiguous, of that one
     /// 16-bit dtype, 16-byte aligned and rows are whole 16-byte vectors; nil for the generic kernels.

@@ -48,17 +48,31 @@ final class NVRTC: @unchecked Sendable {
     }
 
     /// Compiles `source` for `sm_<arch>` and returns the cubin (from the cache when present).
-    func cubin(source: String, name: String, arch: Int) throws -> Data {
+    /// `headers` are what the source may `#include "name"`: NVRTC reads no files, so each is handed
+    /// over by name with its text (and is part of the cache key).
+    func cubin(source: String, name: String, arch: Int, headers: [(name: String, source: String)] = []) throws -> Data {
         var options = ["--gpu-architecture=sm_\(arch)", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo"]
         // register and spill report from ptxas in the log (cache key includes it, so it recompiles)
         if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { options.append("--ptxas-options=-v") }
-        let key = NVRTC.fnv1a(version + "|" + options.joined(separator: " ") + "|" + source)
+        let headerKey = headers.map { "\($0.name)\n\($0.source)" }.joined(separator: "|")
+        let key = NVRTC.fnv1a(version + "|" + options.joined(separator: " ") + "|" + headerKey + "|" + source)
         let dir = NVRTC.cacheDirectory
         let file = dir.appendingPathComponent("\(name)-sm\(arch)-\(key).cubin")
         if let data = try? Data(contentsOf: file), !data.isEmpty { return data }
 
         var prog: OpaquePointer? = nil
-        let rc = source.withCString { src in name.withCString { nm in create(&prog, src, nm, 0, nil, nil) } }
+        let headerTexts = headers.map { strdup($0.source) }, headerNames = headers.map { strdup($0.name) }
+        defer { (headerTexts + headerNames).forEach { free($0) } }
+        let rc = source.withCString { src in
+            name.withCString { nm in
+                headerTexts.map { UnsafePointer($0) }.withUnsafeBufferPointer { texts in
+                    headerNames.map { UnsafePointer($0) }.withUnsafeBufferPointer { names in
+                        create(&prog, src, nm, Int32(headers.count), headers.isEmpty ? nil : texts.baseAddress,
+                               headers.isEmpty ? nil : names.baseAddress)
+                    }
+                }
+            }
+        }
         guard rc == 0 else { throw CUDAError("nvrtcCreateProgram(\(name)) failed (\(rc))") }
         defer { _ = destroy(&prog) }
         let cOptions = options.map { strdup($0) }

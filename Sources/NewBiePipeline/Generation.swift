@@ -29,6 +29,8 @@ public struct PipelineEvents {
     public var stageEnded: ((_ stage: String, _ seconds: Double) -> Void)?
     /// A sampler step of image `image` (0-based) of `images`.
     public var step: ((_ step: SamplerStep, _ image: Int, _ images: Int) -> Void)?
+    /// Tiled VAE decoding of image `image` of `images`: `done` of `total` windows decoded (all passes).
+    public var decodeProgress: ((_ done: Int, _ total: Int, _ image: Int, _ images: Int) -> Void)?
     /// Image `image` was written to `path`.
     public var wrote: ((_ path: String, _ image: Int) -> Void)?
     /// Something the user should know (adapter files read, defaults taken, keys skipped).
@@ -40,9 +42,10 @@ public struct PipelineEvents {
     public var warning: ((_ message: String, _ request: Int) -> Void)?
     public init(stageEnded: ((String, Double) -> Void)? = nil, step: ((SamplerStep, Int, Int) -> Void)? = nil,
                 wrote: ((String, Int) -> Void)? = nil, note: ((String) -> Void)? = nil,
+                decodeProgress: ((Int, Int, Int, Int) -> Void)? = nil,
                 evaluation: ((ModelEvaluation, Int) -> Void)? = nil, warning: ((String, Int) -> Void)? = nil) {
         self.stageEnded = stageEnded; self.step = step; self.wrote = wrote; self.note = note
-        self.evaluation = evaluation; self.warning = warning
+        self.decodeProgress = decodeProgress; self.evaluation = evaluation; self.warning = warning
     }
 }
 
@@ -55,6 +58,7 @@ public enum GenerationMetadata {
          MetadataKey.cfgTrunc: "\(s.cfg.truncation)", MetadataKey.renorm: "\(s.cfg.renorm)",
          MetadataKey.seed: "\(s.seed)", MetadataKey.rng: s.rng.rawValue, MetadataKey.strength: "\(s.strength)"]
             .merging(s.effectiveScheduler.map { [MetadataKey.scheduler: $0.rawValue] } ?? [:]) { $1 }
+            .merging(s.stepCache.map { [MetadataKey.stepCache: $0.recorded] } ?? [:]) { $1 }
     }
 
     public static func options(_ o: StageOptions) -> [String: String] {
@@ -99,6 +103,7 @@ public enum GenerationMetadata {
                                  cfg: CFGOptions(scale: c, truncation: ct, renorm: r), seed: seed, rng: rng)
         if let v = m[MetadataKey.strength].flatMap(Float.init) { s.strength = v }
         if let v = m[MetadataKey.scheduler] { s.scheduler = ComfyScheduler(rawValue: v) }
+        if let v = m[MetadataKey.stepCache] { s.stepCache = StepCacheOptions(recorded: v) }
         return s
     }
 
@@ -117,7 +122,7 @@ public enum GenerationMetadata {
         }
         let order = [MetadataKey.prompt, MetadataKey.negativePrompt, MetadataKey.systemPrompt, MetadataKey.width,
                      MetadataKey.height, MetadataKey.steps, MetadataKey.sampler, MetadataKey.scheduler, MetadataKey.shift, MetadataKey.cfg,
-                     MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
+                     MetadataKey.cfgTrunc, MetadataKey.renorm, MetadataKey.stepCache, MetadataKey.seed, MetadataKey.rng, MetadataKey.strength,
                      MetadataKey.initImage, MetadataKey.precision,
                      MetadataKey.device, MetadataKey.lora, MetadataKey.loraMode, MetadataKey.pixelRounding] + ModelSlot.allCases.map(MetadataKey.model) + [MetadataKey.command]
         var out: [(key: String, value: String)] = [("Software", software)]
@@ -233,7 +238,8 @@ public enum Pipeline {
                 try den.run(encoded[i], settings: r.settings, initLatent: initLatents[i], onStep: { events.step?($0, i, requests.count) },
                             onEvaluation: events.evaluation.map { f in { f($0, i) } })
             }
-            let image = try timed("decode") { try dec.run(latent) }
+            if let st = den.stepCacheStats, let o = r.settings.stepCache { events.note?(StepCacheStats.describe(st, o)) }
+            let image = try timed("decode") { try dec.run(latent, progress: events.decodeProgress.map { f in { f($0, $1, i, requests.count) } }) }
             var md = encoded[i].metadata
             md.merge(GenerationMetadata.sampling(r.settings)) { $1 }
             md.merge(GenerationMetadata.options(options)) { $1 }

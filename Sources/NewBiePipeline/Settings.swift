@@ -57,6 +57,8 @@ public struct SamplingSettings: Sendable, Equatable {
     /// schedule of `steps` steps (`ComfyKSampler`); nil: the official grids. ComfyUI-only samplers
     /// (euler_ancestral, dpmpp_2m, res_multistep) take `simple` when none is given.
     public var scheduler: ComfyScheduler? = nil
+    /// The opt-in step cache (`--step-cache`): nil computes every DiT block at every call.
+    public var stepCache: StepCacheOptions? = nil
 
     /// The scheduler the run uses (nil: the official grids).
     public var effectiveScheduler: ComfyScheduler? { scheduler ?? (sampler.isComfyOnly ? .simple : nil) }

@@ -95,6 +95,8 @@ public enum MetadataKey {
     public static let rng = "newbie:rng"
     public static let strength = "newbie:strength"
     public static let initImage = "newbie:init_image"
+    /// The step cache as `mode:threshold` (`teacache:0.3`); absent when off.
+    public static let stepCache = "newbie:step_cache"
     /// The resolved precision policy (`--precision` form).
     public static let precision = "newbie:precision"
     public static let device = "newbie:device"
@@ -248,6 +250,8 @@ public final class DenoiseStage {
     /// The adapters applied (nil: none). In unmerged mode, `adapters.strengths[i].value` changes
     /// adapter i's strength for the next run without reloading the DiT.
     public private(set) var adapters: ModelAdapters?
+    /// What the step cache did in the last run (nil when it was off).
+    public private(set) var stepCacheStats: StepCacheStats?
 
     public init(paths: ModelPaths, options: StageOptions) throws {
         path = try paths.require(.dit)
@@ -316,6 +320,10 @@ public final class DenoiseStage {
             dit.moduleHook = { path, out in try tr.report("dit." + path, step: evaluations, t: currentT, out) }
         }
         defer { dit.moduleHook = nil }
+        // a fresh cache per run: nothing of another image's residual may leak in
+        let stepCache = settings.stepCache.map(StepCache.init)
+        dit.stepCache = stepCache
+        defer { dit.stepCache = nil; stepCacheStats = stepCache?.stats }
         let model: VelocityFunction = { [dit] x, t in
             currentT = t
             try tracer?.report("dit.input", step: evaluations, t: t, x)
@@ -372,7 +380,8 @@ public final class DecodeStage {
 
     /// Latent [1, C, h, w] -> 8-bit RGB image ((x + 1) / 2, clamped, times 255, truncated or
     /// rounded by `pixelRounding`).
-    public func run(_ latent: Tensor) throws -> RGBImage {
+    /// `progress` sees each window of a tiled decode (done, total).
+    public func run(_ latent: Tensor, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) throws -> RGBImage {
         var x = latent.to(.f32, device: .cpu)
         if x.rank == 3 { x = x.unsqueeze(0) }
         guard x.rank == 4, x.shape[0] == 1, x.shape[1] == vae.config.latentChannels else {
@@ -387,7 +396,7 @@ public final class DecodeStage {
             }
         }
         defer { vae.moduleHook = nil }
-        let img = vae.decode(x, tiling: tiling).to(device: .cpu)
+        let img = vae.decode(x, tiling: tiling, progress: progress).to(device: .cpu)
         try Backends.check(vae.device)
         if let e = traceError { throw e }
         try tracer?.report("vae.decoder", img)

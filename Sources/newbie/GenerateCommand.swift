@@ -188,6 +188,10 @@ struct SamplingOptions: ParsableArguments {
     var seed = "0"
     @Option(help: "Noise generator: torch (PyTorch CPU torch.randn bit for bit, AVX2 path) or torch-scalar.")
     var rng = "torch"
+    @Option(name: .customLong("step-cache"), help: "Opt-in speed over exactness: teacache (skip the DiT's joint blocks while the first block's modulated input changed little since the last full step) or fbcache (First-Block-Cache: run the first block, skip the rest while its residual changed little); off (default). Recorded in the PNG.")
+    var stepCache: String?
+    @Option(name: .customLong("cache-threshold"), help: "Step cache threshold on the relative L1 change (teacache: accumulated; fbcache: per call); 0 never skips (default: teacache 0.3, fbcache 0.1).")
+    var cacheThreshold: Float?
     @Option(help: "img2img strength in [0, 1]: start at t = 1 - strength from the init image mixed with the noise (1 = text-to-image). The official code has no img2img; this follows the usual flow-matching recipe (the init latent mixed with the noise at the start time).")
     var strength: Float = 1
 
@@ -207,6 +211,7 @@ struct SamplingOptions: ParsableArguments {
         if let v = cfgTrunc { st.cfg.truncation = v }
         if let v = renorm { st.cfg.renorm = v }
         st.strength = strength
+        st.stepCache = try StepCacheOptions.parse(mode: stepCache, threshold: cacheThreshold)
         try st.validate()
         return st
     }
@@ -319,6 +324,20 @@ final class ProgressReporter {
         }
     }
 
+    /// Tiled VAE decoding: a bar of windows on a terminal, a line every tenth otherwise.
+    func decodeWindows(_ done: Int, _ total: Int, image: Int, images: Int) {
+        if quiet { return }
+        let head = images > 1 ? "image \(image + 1)/\(images) " : ""
+        if terminal {
+            let width = 30, filled = width * done / max(total, 1)
+            let bar = String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled)
+            FileHandle.standardError.write(Data("\r\(head)decode [\(bar)] \(done)/\(total) tile windows\u{1B}[K".utf8))
+            if done == total { FileHandle.standardError.write(Data("\n".utf8)) }
+        } else if done == total || done % max(total / 10, 1) == 0 {
+            line("\(head)decode: \(done)/\(total) tile windows")
+        }
+    }
+
     static func duration(_ s: Double) -> String {
         if !s.isFinite { return "?" }
         if s < 60 { return String(format: "%.1fs", s) }
@@ -345,6 +364,7 @@ final class ProgressReporter {
                            if path == "-" { line("wrote the image to standard output") } else { print("wrote \(path)"); fflush(stdout) }
                        },
                        note: { [self] in note($0) },
+                       decodeProgress: { [self] in decodeWindows($0, $1, image: $2, images: $3) },
                        warning: { [self] message, request in line("warning: image \(request + 1): \(message)") })
     }
 

@@ -118,6 +118,7 @@ struct DenoiseCommand: ParsableCommand {
                 save(String(format: "eval_%03d.safetensors", ev.index), [("x", ev.x), ("velocity", ev.velocity)], ["t": "\(ev.t)"])
             })
             progress.stage("denoise", ProgressReporter.now() - t1)
+            if !report.quiet, let st = stage.stepCacheStats, let o = settings.stepCache { print(StepCacheStats.describe(st, o)) }
             if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
             var md = inMeta.filter { $0.key.hasPrefix("newbie:") }
             md.merge(GenerationMetadata.sampling(settings)) { $1 }
@@ -161,7 +162,8 @@ struct DecodeCommand: ParsableCommand {
             let paths = try models.paths()
             try options.placement.checkRules(paths: paths)
             let stage = try DecodeStage(paths: paths, options: options)
-            let image = try stage.run(x)
+            let progress = ProgressReporter(quiet: false)
+            let image = try stage.run(x, progress: { progress.decodeWindows($0, $1, image: 0, images: 1) })
             var md = file.metadata.filter { $0.key.hasPrefix("newbie:") }
             md.merge(GenerationMetadata.options(options, ran: [.vae], over: file.metadata)) { $1 }
             md[MetadataKey.model(.vae)] = stage.path

@@ -26,11 +26,11 @@ struct VAEOptions: ParsableArguments {
 }
 
 struct TilingOptions: ParsableArguments {
-    @Option(help: "Tiled decoding: auto (above 1024x1024), always or never.")
+    @Option(help: "Tiled decoding: auto (above 1536x1536), always or never.")
     var tiled = "auto"
 
-    @Option(help: "Tile side in latent cells (x8 pixels).")
-    var tile = 64
+    @Option(help: "Largest tile side in latent cells (x8 pixels); tiles shrink to the fewest that cover the image.")
+    var tile = 128
 
     @Option(help: "Minimum overlap of tiles in latent cells (half of it is context for each tile).")
     var overlap = 32

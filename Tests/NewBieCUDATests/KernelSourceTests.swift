@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+@testable import NewBieCUDA
 
 /// The CUDA kernels are compiled by NVRTC on the GPU machine only; this syntax-checks them
 /// everywhere (CI included) with the toolchain's clang in CUDA device mode, so a stray brace or
@@ -44,7 +45,7 @@ final class KernelSourceTests: XCTestCase {
         let kernels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
         let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
-        XCTAssertEqual(sources, ["flash.cu", "ops.cu"])
+        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "norms.cu"])
         let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
         try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: prelude) }
@@ -64,5 +65,31 @@ final class KernelSourceTests: XCTestCase {
             }
             XCTAssertEqual(p.terminationStatus, 0, "\(name) does not parse:\n\(text)")
         }
+    }
+}
+
+/// Every kernel module compiled by the real NVRTC (for sm_90; no GPU needed), the shared header
+/// handed over by name as at load time, and every kernel the backend looks up present in its
+/// module's cubin. Skipped where libnvrtc cannot be loaded (LD_LIBRARY_PATH must reach it, e.g. the
+/// nvidia/cu13/lib folder of a PyTorch CUDA wheel).
+final class KernelModuleTests: XCTestCase {
+    func testEveryModuleCompilesWithTheSharedHeader() throws {
+        let nvrtc: NVRTC
+        do { nvrtc = try NVRTC() } catch { throw XCTSkip("NVRTC is not loadable here: \(error)") }
+        let cache = NSTemporaryDirectory() + "newbie-kernel-cache-\(getpid())"
+        setenv("NEWBIE_KERNEL_CACHE", cache, 1)
+        defer { unsetenv("NEWBIE_KERNEL_CACHE"); try? FileManager.default.removeItem(atPath: cache) }
+        let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
+        var names: [String] = []
+        for (module, kernels) in CUDABackend.modules {
+            let source = try CUDABackend.kernelSource(module + ".cu")
+            XCTAssertTrue(source.contains("#include \"common.cuh\""), "\(module).cu")
+            let cubin = try nvrtc.cubin(source: source, name: module, arch: 90, headers: headers)
+            for k in kernels { XCTAssertNotNil(cubin.range(of: Data(k.utf8)), "\(k) is not in \(module).cu's cubin") }
+            names += kernels
+        }
+        XCTAssertEqual(names.count, Set(names).count, "a kernel listed in two modules")
+        // without the header the include cannot resolve: the header really is what NVRTC reads
+        XCTAssertThrowsError(try nvrtc.cubin(source: try CUDABackend.kernelSource("norms.cu"), name: "norms", arch: 90))
     }
 }

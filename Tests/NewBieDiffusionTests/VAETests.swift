@@ -186,12 +186,14 @@ final class VAETests: XCTestCase {
         let t = VAETiling(mode: .always, tileLatent: 12, overlapLatent: 4, blendLatent: 4)
         XCTAssertEqual(t.starts(10), [0])
         XCTAssertEqual(t.starts(12), [0])
+        XCTAssertEqual(t.windowLength(13), 9, "two windows of 9 cover 13 with an overlap of 5")
         for n in [13, 20, 24, 31, 128] {
-            let s = t.starts(n)
+            let s = t.starts(n), len = t.windowLength(n)
+            XCTAssertLessThanOrEqual(len, 12)
             XCTAssertEqual(s.first, 0)
-            XCTAssertEqual(s.last! + 12, n, "last tile must end at the edge for n=\(n)")
+            XCTAssertEqual(s.last! + len, n, "last tile must end at the edge for n=\(n)")
             for i in 1..<s.count {
-                XCTAssertGreaterThanOrEqual(s[i - 1] + 12 - s[i], 4, "overlap for n=\(n): \(s)")
+                XCTAssertGreaterThanOrEqual(s[i - 1] + len - s[i], 4, "overlap for n=\(n): \(s)")
                 XCTAssertGreaterThan(s[i], s[i - 1])
             }
             // cores partition the axis, each inside its window with half the overlap as context
@@ -207,10 +209,13 @@ final class VAETests: XCTestCase {
                 }
             }
         }
-        XCTAssertFalse(VAETiling.auto.tiles(latentHeight: 128, latentWidth: 128))
-        XCTAssertTrue(VAETiling.auto.tiles(latentHeight: 136, latentWidth: 128))
+        // auto tiles for memory only: 1040x1040 (130 cells) decodes untiled, 1600x1536 tiles
+        XCTAssertFalse(VAETiling.auto.tiles(latentHeight: 130, latentWidth: 130))
+        XCTAssertFalse(VAETiling.auto.tiles(latentHeight: 192, latentWidth: 192))
+        XCTAssertTrue(VAETiling.auto.tiles(latentHeight: 200, latentWidth: 192))
         XCTAssertFalse(VAETiling.never.tiles(latentHeight: 512, latentWidth: 512))
-        XCTAssertTrue(VAETiling.always.tiles(latentHeight: 65, latentWidth: 8))
+        XCTAssertTrue(VAETiling.always.tiles(latentHeight: 129, latentWidth: 8))
+        XCTAssertFalse(VAETiling.always.tiles(latentHeight: 128, latentWidth: 8))
     }
 
     /// A smooth latent (low-frequency waves), as real latents of smooth content are.
@@ -244,6 +249,26 @@ final class VAETests: XCTestCase {
         // A window covering the whole latent is the untiled decode.
         let one = vae.decode(x, tiling: VAETiling(mode: .always, tileLatent: 20, overlapLatent: 4))
         XCTAssertEqual(one.toFloats(), untiled.toFloats())
+    }
+
+    /// Exact statistics make one pass over the windows per GroupNorm, then the output pass, and
+    /// report each window once.
+    func testTiledDecodeReportsProgress() throws {
+        let vae = try loadDiffusers(.f32, parts: .decoder)
+        let x = Self.smoothLatent(16, 20, 20)
+        let layout = VAETiling(mode: .always, tileLatent: 18, overlapLatent: 16, blendLatent: 4)
+        var reports: [(Int, Int)] = []
+        let out = vae.decode(x, tiling: layout) { reports.append(($0, $1)) }
+        XCTAssertFalse(out.toFloats().contains { !$0.isFinite })
+        let total = 4 * (vae.requireDecoder().upperGroupNorms + 1)  // 2 x 2 windows
+        XCTAssertEqual(layout.passes(groupNorms: vae.requireDecoder().upperGroupNorms) * 4, total)
+        XCTAssertEqual(reports.map(\.0), Array(1...total))
+        XCTAssertTrue(reports.allSatisfy { $0.1 == total })
+        var perWindow = layout
+        perWindow.globalNormStatistics = false
+        var n = 0
+        _ = vae.decode(x, tiling: perWindow) { _, _ in n += 1 }
+        XCTAssertEqual(n, 4)
     }
 
     /// Peak memory of tiled decoding follows the tile, not the image.

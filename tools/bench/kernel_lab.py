@@ -22,7 +22,9 @@ ap.add_argument("--runs", type=int, default=20)
 ap.add_argument("--min-blocks", type=int, default=0, help="__launch_bounds__ minimum blocks per SM for the 4-warp kernels")
 ap.add_argument("--ncu-once", action="store_true", help="one launch of the new flash kernel (for ncu)")
 args = ap.parse_args()
-OPTS = ("--gpu-architecture=sm_90", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo")
+# the kernel sources include the shared "common.cuh" from their own folder
+OPTS = ("--gpu-architecture=sm_90", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo",
+        "--include-path=Sources/NewBieCUDA/Kernels")
 
 FLASH_WRAP = """
 #define LAB(name, D, W, BF) extern "C" __global__ void LAB_LB(W) name(const u16* q, const u16* k, const u16* v, \
@@ -192,7 +194,7 @@ if args.only in (None, "flash") or args.ncu_once:
     print(f"flash correctness sweep (2 dtypes x 3 head dims x 2 shapes x 3 sizes x 6 mask kinds): worst rel L2 {worst:.2e}")
 
 if args.only in (None, "fused"):
-    ops = cp.RawModule(code=open("Sources/NewBieCUDA/Kernels/ops.cu").read(), options=OPTS)
+    ops = cp.RawModule(code=open("Sources/NewBieCUDA/Kernels/fused.cu").read(), options=OPTS)
     DT_BF16 = 2
     T, Dm, F_ = 8704, 2304, 9216
     x = torch.randn(2, T // 2, Dm, device=dev, dtype=torch.bfloat16)

@@ -9,9 +9,7 @@
 // masked), causal and sliding-window masks and an additive f32 bias [Bb, Hb, Lq, Lk].
 // Rows whose keys are all masked produce zeros (as the CPU backend does).
 
-typedef unsigned short u16;
-typedef long long i64;
-#define NB_INF __int_as_float(0x7f800000)
+#include "common.cuh"  // u16, i64, NB_INF, f2b, f2h
 
 struct FlashParams {
     i64 B, Lq, Lk, Hq, Hkv;
@@ -27,8 +25,6 @@ template <bool BF16> __device__ __forceinline__ unsigned cvt2(float lo, float hi
     else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
-__device__ __forceinline__ u16 f2b(float f) { u16 b; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
-__device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
 
 // Not volatile: a pure register operation, so the compiler may interleave independent products.
 template <bool BF16>

@@ -27,6 +27,9 @@ public final class NextDiT: @unchecked Sendable {
     /// Replays of the current recorded step (for reports and tests).
     public internal(set) var recordedReplays = 0
     var stepGraph: StepGraph?
+    /// The opt-in step cache of the current sampling run (`--step-cache`); nil computes every
+    /// joint block at every call. Its decisions are made on the host, so it turns recorded steps off.
+    public var stepCache: StepCache?
 
     /// One JointTransformerBlock. `dtype` is the block's compute dtype; its attention and
     /// feed-forward may compute in another (precision rules), with one cast in and out each.
@@ -275,9 +278,19 @@ public final class NextDiT: @unchecked Sendable {
         var hs = Tensor.concat(rows, axis: 0)
         let jointMask = tables.jointMask
 
-        for (i, blk) in layers.enumerated() {
-            hs = runBlock(blk, hs, mask: jointMask, rope: jointRope, cSilu: cSilu)
-            try hook?("layers.\(i)", hs)
+        func jointBlocks(_ range: Range<Int>, _ x: Tensor) throws -> Tensor {
+            var h = x
+            for i in range {
+                h = runBlock(layers[i], h, mask: jointMask, rope: jointRope, cSilu: cSilu)
+                try hook?("layers.\(i)", h)
+            }
+            return h
+        }
+        if let cache = stepCache, !layers.isEmpty {
+            hs = try cache.run(hs, modulatedInput: { [self] x in firstModulatedInput(x, cSilu: cSilu) },
+                               first: { try jointBlocks(0..<1, $0) }, rest: { try jointBlocks(1..<layers.count, $0) })
+        } else {
+            hs = try jointBlocks(0..<layers.count, hs)
         }
 
         // 7: final layer
@@ -336,6 +349,15 @@ public final class NextDiT: @unchecked Sendable {
             let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
             let f = computed(in: blk.ffnDType, h2) { h2 in blk.w2(blk.w1(h2).swiglu(blk.w3(h2))) }
             return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
+        }
+    }
+
+    /// TeaCache's signal: the first joint block's modulated input, RMSNorm(x) (1 + scale_msa).
+    func firstModulatedInput(_ x: Tensor, cSilu: Tensor) -> Tensor {
+        let blk = layers[0]
+        return computed(in: blk.dtype, x) { x in
+            let scale = blk.adaLN.map { $0(cSilu.to(blk.dtype)).chunk(4, axis: 1)[0] }
+            return x.rmsNormModulate(weight: blk.attnNorm1, eps: config.normEps, scale: scale)
         }
     }
 

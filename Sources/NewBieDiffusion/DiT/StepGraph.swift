@@ -29,10 +29,11 @@ final class StepGraph {
 
 extension NextDiT {
     /// The guided velocity through a recorded step, or nil where recording does not apply (the
-    /// CPU, tracing hooks, CFG renorm, which decides on the host, or recording switched off).
+    /// CPU, tracing hooks, CFG renorm and the step cache, which decide on the host, or recording
+    /// switched off).
     func recordedVelocity(_ x: Tensor, t: Float, cond: DiTConditioning, uncond: DiTConditioning,
                           options: CFGOptions) throws -> Tensor? {
-        guard useRecordedSteps, device != .cpu, moduleHook == nil else { return nil }
+        guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil else { return nil }
         let n = x.shape[0]
         let guided = CFGCombine.isActive(t: t, truncation: options.truncation)
         if guided && options.renorm > 0 { return nil }

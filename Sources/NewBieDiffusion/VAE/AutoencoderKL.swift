@@ -168,6 +168,9 @@ public struct VAEDecoder {
     }
 
     /// conv_in and the mid block (with its global attention), at latent resolution.
+    /// GroupNorms in `upper` (two per resnet, plus the output norm).
+    var upperGroupNorms: Int { up.reduce(0) { $0 + 2 * $1.resnets.count } + 1 }
+
     func lower(_ z: Tensor) -> Tensor {
         mid(convIn(z.to(dtype, device: device)))
     }

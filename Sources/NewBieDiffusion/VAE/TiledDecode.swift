@@ -14,18 +14,23 @@ import NewBieTensor
 /// `globalNormStatistics` (the default) the statistics of every GroupNorm are gathered over the
 /// window cores before any window is normalised with them: GroupNorm k's statistics need a pass
 /// over all windows up to GroupNorm k, so the top of the decoder runs about K/2 times (K = 25
-/// GroupNorms in FLUX's top; in practice 5-10 times the work, since the early ones sit at low
-/// resolution). The result then equals the untiled decode wherever the margin (half the
-/// overlap) covers the receptive field (about 12.3 latent cells for the FLUX layout).
-/// Without it each window normalises itself (one pass, as diffusers' `tiled_decode` does),
-/// which is fast but lets windows of smooth content drift apart in tone.
+/// GroupNorms in FLUX's top). The result then equals the untiled decode wherever the margin (half
+/// the overlap) covers the receptive field (about 12.3 latent cells for the FLUX layout). Since
+/// that costs about ten untiled decodes, `.auto` tiles only where the untiled decode would not fit
+/// (see `autoAboveLatentCells`). Without it each window normalises itself (one pass, as
+/// diffusers' `tiled_decode` does), which is fast but lets windows of smooth content drift apart
+/// in tone. (Recording every GroupNorm's statistics in one pass over per-window-normalised
+/// windows, and refining them over 2-3 such passes, was tried: on the fixture VAE it stayed at
+/// 5-7% relative L2 from the untiled decode, not better than per-window statistics by enough to
+/// keep.)
 ///
 /// Working memory, on the model's device: one window's decode, plus the latent-resolution bottom,
 /// the output image and one Float of blend weight per output pixel, whatever the image size.
 public struct VAETiling: Sendable, Equatable {
     public enum Mode: String, Sendable { case auto, always, never }
     public var mode: Mode
-    /// Window side in latent cells (64 = 512 pixels with FLUX's x8).
+    /// Largest window side in latent cells (128 = 1024 pixels with FLUX's x8: what decodes untiled
+    /// anyway). Windows are made as small as the count of windows along the axis allows.
     public var tileLatent: Int
     /// Minimum overlap of neighbouring windows in latent cells; half of it is context each window
     /// sees beyond its core.
@@ -33,15 +38,22 @@ public struct VAETiling: Sendable, Equatable {
     /// Width in latent cells of the linear blend across each core boundary (at most the overlap).
     public var blendLatent: Int
     public var globalNormStatistics: Bool
-    /// With `.auto`, tile when the latent has more cells than this (128*128 = 1024x1024 pixels).
+    /// With `.auto`, tile when the latent has more cells than this (192*192 = 1536x1536 pixels).
+    /// Tiling exists for memory: the untiled decode of the full FLUX VAE at 1536x1536 needs about
+    /// 7 GiB in fp32 on the CPU (a 128-channel fp32 activation is 1.1 GiB there), which these
+    /// machines hold; tiling just above 1024x1024 only cost time.
     public var autoAboveLatentCells: Int
 
-    public init(mode: Mode = .auto, tileLatent: Int = 64, overlapLatent: Int = 32, blendLatent: Int = 4,
-                globalNormStatistics: Bool = true, autoAboveLatentCells: Int = 128 * 128) {
+    public init(mode: Mode = .auto, tileLatent: Int = 128, overlapLatent: Int = 32, blendLatent: Int = 4,
+                globalNormStatistics: Bool = true, autoAboveLatentCells: Int = 192 * 192) {
         self.mode = mode; self.tileLatent = tileLatent; self.overlapLatent = overlapLatent
         self.blendLatent = blendLatent; self.globalNormStatistics = globalNormStatistics
         self.autoAboveLatentCells = autoAboveLatentCells
     }
+
+    /// Passes over all windows a tiled decode makes: one per GroupNorm of the decoder's tiled
+    /// part (`groupNorms`) for the statistics, then the output pass.
+    public func passes(groupNorms: Int) -> Int { globalNormStatistics ? groupNorms + 1 : 1 }
 
     public static let auto = VAETiling()
     public static let never = VAETiling(mode: .never)
@@ -56,13 +68,29 @@ public struct VAETiling: Sendable, Equatable {
         }
     }
 
+    /// Windows along an axis of `n` latent cells: the fewest of side at most `tileLatent` that
+    /// overlap by at least `overlapLatent`.
+    public func windowCount(_ n: Int) -> Int {
+        let t = tileLatent
+        if n <= t { return 1 }
+        let step = t - overlapLatent
+        return 1 + (n - t + step - 1) / step
+    }
+
+    /// Window side along an axis of `n` cells: the smallest that covers the axis with
+    /// `windowCount(n)` windows overlapping by `overlapLatent` (less work than `tileLatent` where
+    /// the last window would mostly repeat its neighbour).
+    public func windowLength(_ n: Int) -> Int {
+        let c = windowCount(n)
+        if c == 1 { return Swift.min(tileLatent, n) }
+        return Swift.min(tileLatent, (n + (c - 1) * overlapLatent + c - 1) / c)
+    }
+
     /// Window starts along an axis of `n` latent cells: evenly spread, first at 0, last ending at
     /// n, neighbours overlapping by at least `overlapLatent`.
     public func starts(_ n: Int) -> [Int] {
-        let t = tileLatent
-        if n <= t { return [0] }
-        let step = t - overlapLatent
-        let count = 1 + (n - t + step - 1) / step
+        let count = windowCount(n), t = windowLength(n)
+        if count == 1 { return [0] }
         return (0..<count).map { i in Int((Double(i) * Double(n - t) / Double(count - 1)).rounded()) }
     }
 
@@ -73,7 +101,7 @@ public struct VAETiling: Sendable, Equatable {
 
     public func axisTiles(_ n: Int) -> [AxisTile] {
         let s = starts(n)
-        let len = Swift.min(tileLatent, n)
+        let len = windowLength(n)
         return s.indices.map { i in
             let coreStart = i == 0 ? 0 : (s[i] + s[i - 1] + len) / 2
             let coreEnd = i == s.count - 1 ? n : (s[i + 1] + s[i] + len) / 2
@@ -124,23 +152,7 @@ final class TileStatistics: VAENormHook {
         if k == gatherIndex {
             reached = true
             finished = true
-            let s = x.shape[2] / windowHeight
-            let region = x.narrow(2, start: core.y0 * s, length: (core.y1 - core.y0) * s)
-                .narrow(3, start: core.x0 * s, length: (core.x1 - core.x0) * s)
-                .to(.f32).reshape([b, g, -1])
-            let n = Double(region.shape[2])
-            let mean = region.reduce(.mean, axes: [2], keepDims: true)
-            let m2 = (region - mean).reduce(.sumSquares, axes: [2]).toFloats()
-            let means = mean.toFloats()
-            if accumulator.isEmpty { accumulator = [Acc](repeating: Acc(), count: b * g) }
-            for i in 0..<(b * g) {
-                var a = accumulator[i]
-                let total = a.n + n, delta = Double(means[i]) - a.mean
-                a.mean += delta * n / total
-                a.m2 += Double(m2[i]) + delta * delta * a.n * n / total
-                a.n = total
-                accumulator[i] = a
-            }
+            accumulate(x, groups: g, into: &accumulator)
             return x  // the pass ends here; the value is not used
         }
         precondition(k < known.count && known[k].count == b * g, "VAE tiling: GroupNorm statistics do not match the decoder")
@@ -152,6 +164,28 @@ final class TileStatistics: VAENormHook {
         return (y * w + bias).to(x.dtype)
     }
 
+    /// Adds the statistics of `x` over the current window's core to `acc`, per batch x group.
+    func accumulate(_ x: Tensor, groups g: Int, into acc: inout [Acc]) {
+        let b = x.shape[0]
+        let s = x.shape[2] / windowHeight
+        let region = x.narrow(2, start: core.y0 * s, length: (core.y1 - core.y0) * s)
+            .narrow(3, start: core.x0 * s, length: (core.x1 - core.x0) * s)
+            .to(.f32).reshape([b, g, -1])
+        let n = Double(region.shape[2])
+        let mean = region.reduce(.mean, axes: [2], keepDims: true)
+        let m2 = (region - mean).reduce(.sumSquares, axes: [2]).toFloats()
+        let means = mean.toFloats()
+        if acc.isEmpty { acc = [Acc](repeating: Acc(), count: b * g) }
+        for i in 0..<(b * g) {
+            var a = acc[i]
+            let total = a.n + n, delta = Double(means[i]) - a.mean
+            a.mean += delta * n / total
+            a.m2 += Double(m2[i]) + delta * delta * a.n * n / total
+            a.n = total
+            acc[i] = a
+        }
+    }
+
     /// (mean, 1/sqrt(var + eps)) per batch x group of GroupNorm `gatherIndex`.
     func statistics(eps: Float) -> [(Double, Double)] {
         accumulator.map { a in (a.mean, 1 / (a.m2 / a.n + Double(eps)).squareRoot()) }
@@ -161,12 +195,13 @@ final class TileStatistics: VAENormHook {
 extension AutoencoderKL {
     /// NewBie latent -> image in about [-1, 1] (Float32, on the model's device), tiled or not as
     /// `tiling` decides.
-    public func decode(_ x: Tensor, tiling: VAETiling) -> Tensor {
-        decodeRaw(unscale(x), tiling: tiling)
+    /// `progress` sees (windows decoded, windows in all passes) after each window of a tiled decode.
+    public func decode(_ x: Tensor, tiling: VAETiling, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) -> Tensor {
+        decodeRaw(unscale(x), tiling: tiling, progress: progress)
     }
 
     /// VAE latent -> image (Float32, on the model's device), tiled or not as `tiling` decides.
-    public func decodeRaw(_ z: Tensor, tiling: VAETiling) -> Tensor {
+    public func decodeRaw(_ z: Tensor, tiling: VAETiling, progress: ((_ done: Int, _ total: Int) -> Void)? = nil) -> Tensor {
         checkLatent(z)
         guard tiling.tiles(latentHeight: z.shape[2], latentWidth: z.shape[3]) else { return decodeRaw(z).to(.f32) }
         tiling.validate()
@@ -176,6 +211,9 @@ extension AutoencoderKL {
         let (oh, ow) = (h * f, w * f)
         let ys = tiling.axisTiles(h), xs = tiling.axisTiles(w)
         let bottom = decoder.lower(z)
+        let windows = ys.count * xs.count
+        var done = 0
+        let total = tiling.passes(groupNorms: decoder.upperGroupNorms) * windows
 
         func run(_ hook: TileStatistics?, _ body: (VAETiling.AxisTile, VAETiling.AxisTile, Tensor) -> Void) {
             for ty in ys {
@@ -185,6 +223,8 @@ extension AutoencoderKL {
                     hook?.startWindow(coreY: (ty.coreStart - ty.start)..<(ty.coreEnd - ty.start),
                                       coreX: (tx.coreStart - tx.start)..<(tx.coreEnd - tx.start), windowHeight: ty.length)
                     body(ty, tx, decoder.upper(window, hook))
+                    done += 1
+                    progress?(done, total)
                 }
             }
         }
@@ -192,10 +232,11 @@ extension AutoencoderKL {
         var final: TileStatistics? = nil
         if tiling.globalNormStatistics {
             var known: [[(Double, Double)]] = []
-            while true {
+            // one pass per GroupNorm; the decoder's count ends the loop (no pass only to find none left)
+            while known.count < decoder.upperGroupNorms {
                 let pass = TileStatistics(known: known, gatherIndex: known.count)
                 run(pass) { _, _, _ in }
-                guard pass.reached else { break }
+                precondition(pass.reached, "VAE tiling: the decoder has fewer GroupNorms than counted")
                 known.append(pass.statistics(eps: config.normEps))
             }
             final = TileStatistics(known: known, gatherIndex: nil)

@@ -1,0 +1,151 @@
+// Shared by every NewBie kernel module (NVRTC gets it as a named header, see NVRTC.swift):
+// storage types, dtype codes, loads and stores in any dtype, strided views, block reductions,
+// the unary op codes and rounding. Self-contained (no CUDA headers).
+#pragma once
+
+#define NB_INF __int_as_float(0x7f800000)
+typedef unsigned short u16;
+typedef long long i64;
+
+// dtype codes (must match CUDABackend.dtypeCode)
+#define DT_F32 0
+#define DT_F16 1
+#define DT_BF16 2
+#define DT_I32 3
+#define DT_I64 4
+#define DT_U8 5
+#define DT_F64 6
+#define DT_I8 7
+#define DT_I16 8
+
+__device__ __forceinline__ float h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
+__device__ __forceinline__ u16 f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+__device__ __forceinline__ float b2f(u16 b) { return __uint_as_float(((unsigned)b) << 16); }
+__device__ __forceinline__ u16 f2b(float f) { u16 b; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
+
+__device__ __forceinline__ float ld(const void* p, int dt, i64 i) {
+    switch (dt) {
+    case DT_F32: return ((const float*)p)[i];
+    case DT_F16: return h2f(((const u16*)p)[i]);
+    case DT_BF16: return b2f(((const u16*)p)[i]);
+    case DT_I32: return (float)((const int*)p)[i];
+    case DT_I64: return (float)((const i64*)p)[i];
+    case DT_U8: return (float)((const unsigned char*)p)[i];
+    case DT_F64: return (float)((const double*)p)[i];
+    case DT_I8: return (float)((const signed char*)p)[i];
+    case DT_I16: return (float)((const short*)p)[i];
+    }
+    return 0.f;
+}
+
+__device__ __forceinline__ void st(void* p, int dt, i64 i, float v) {
+    switch (dt) {
+    case DT_F32: ((float*)p)[i] = v; break;
+    case DT_F16: ((u16*)p)[i] = f2h(v); break;
+    case DT_BF16: ((u16*)p)[i] = f2b(v); break;
+    case DT_I32: ((int*)p)[i] = (int)v; break;
+    case DT_I64: ((i64*)p)[i] = (i64)v; break;
+    case DT_U8: ((unsigned char*)p)[i] = (unsigned char)v; break;
+    case DT_F64: ((double*)p)[i] = (double)v; break;
+    case DT_I8: ((signed char*)p)[i] = (signed char)v; break;
+    case DT_I16: ((short*)p)[i] = (short)v; break;
+    }
+}
+
+// A strided view: element i of the logical (row-major) shape lives at offset + sum(idx_d * stride_d).
+struct Strided { int rank; int small; i64 shape[8]; i64 stride[8]; i64 offset; };  // small: every axis < 2^31
+
+// The host merges contiguous axes first, so a contiguous operand arrives with rank 1 and costs one
+// multiply-add; 64-bit division is slow on the GPU, so indices that fit use 32-bit arithmetic.
+__device__ __forceinline__ i64 where(const Strided& s, i64 i) {
+    if (s.rank == 1) return s.offset + i * s.stride[0];
+    i64 off = s.offset;
+    if (s.small && i < 0x7fffffffLL) {
+        unsigned u = (unsigned)i;
+        for (int d = s.rank - 1; d >= 0; --d) {
+            unsigned n = (unsigned)s.shape[d];
+            off += (i64)(u % n) * s.stride[d];
+            u /= n;
+        }
+        return off;
+    }
+    for (int d = s.rank - 1; d >= 0; --d) {
+        i64 n = s.shape[d];
+        off += (i % n) * s.stride[d];
+        i /= n;
+    }
+    return off;
+}
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
+
+// unary op codes (must match CUDABackend.unaryCode)
+__device__ __forceinline__ float unary(int op, float x, float a, float b) {
+    switch (op) {
+    case 0: return x;
+    case 1: return -x;
+    case 2: return fabsf(x);
+    case 3: return x * x;
+    case 4: return sqrtf(x);
+    case 5: return 1.f / sqrtf(x);
+    case 6: return expf(x);
+    case 7: return logf(x);
+    case 8: return tanhf(x);
+    case 9: return 1.f / (1.f + expf(-x));
+    case 10: return x > 0.f ? x : (x != x ? x : 0.f);
+    case 11: return x / (1.f + expf(-x));
+    case 12: { float c = 0.7978845608028654f; return 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x))); }
+    case 13: return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    case 14: return x * a + b;
+    case 15: return x != x ? x : fminf(fmaxf(x, a), b);
+    case 16: return sinf(x);
+    case 17: return cosf(x);
+    }
+    return x;
+}
+
+// ---- block reductions (blockDim.x == 256) ----
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+__device__ float block_sum(float v) {
+    __shared__ float part[32];
+    v = warp_sum(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < nw) ? part[threadIdx.x] : 0.f;
+    if (w == 0) v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+    __syncthreads();
+    return part[0];
+}
+__device__ float block_max(float v) {
+    __shared__ float part[32];
+    v = warp_max(v);
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    __syncthreads();
+    if (l == 0) part[w] = v;
+    __syncthreads();
+    int nw = (blockDim.x + 31) >> 5;
+    v = (threadIdx.x < nw) ? part[threadIdx.x] : -NB_INF;
+    if (w == 0) v = warp_max(v);
+    if (threadIdx.x == 0) part[0] = v;
+    __syncthreads();
+    return part[0];
+}
+
+// round v to dtype dt's precision (bf16 / fp16), as a store and a load would
+
+__device__ __forceinline__ float round_to(float v, int dt) {
+    if (dt == DT_BF16) return b2f(f2b(v));
+    if (dt == DT_F16) return h2f(f2h(v));
+    return v;
+}

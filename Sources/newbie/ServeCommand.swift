@@ -27,8 +27,10 @@ struct ServeCommand: ParsableCommand {
     var tokenFile: String?
     @Option(help: "Folder of the job store (jobs.sqlite) and the images (jobs/<id>/<n>.png).")
     var outputs = "newbie-outputs"
-    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode). PostgreSQL (postgres://...) is not in this build yet.")
+    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode, this server the only worker) or postgres://user@host[:port]/database (shared with other servers and `newbie worker` processes; they must see the same --outputs folder).")
     var queue = "sqlite"
+    @Flag(name: .customLong("no-worker"), help: "API only: load no model and run no job (needs --queue postgres://...; `newbie worker` processes run the jobs).")
+    var noWorker = false
 
     @Option(name: .customLong("max-queued"), help: "Waiting jobs before POST /v1/jobs answers 429 with Retry-After.")
     var maxQueued = 64
@@ -48,8 +50,10 @@ struct ServeCommand: ParsableCommand {
     var lease: Double = 30
 
     func run() throws {
-        guard queue == "sqlite" else {
-            throw ValidationError("--queue \(queue): this build has the SQLite queue only (PostgreSQL workers are not implemented yet)")
+        let backend: QueueBackend
+        do { backend = try QueueBackend.parse(queue) } catch { throw ValidationError("\(error)") }
+        if noWorker && backend == .sqlite {
+            throw ValidationError("--no-worker needs --queue postgres://...: with the SQLite queue this server is the only worker")
         }
         var server = ServerOptions()
         server.host = host
@@ -65,9 +69,9 @@ struct ServeCommand: ParsableCommand {
         let preview = try previewMap.map { try LatentPreview.load($0) }
         if preview != nil { ws.previewEvery = max(1, previewEvery) }
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("newbie serve: " + $0 + "\n").utf8)) }
-        let options = try deviceOptions.stageOptions()
-        let setup = try ServeSetup(outputs: outputs, paths: try models.paths(), options: options, limits: limits, worker: ws, log: log)
-        setup.pipeline.previewMap = preview
+        let modelChoice = noWorker ? nil : (paths: try models.paths(), options: try deviceOptions.stageOptions())
+        let setup = try ServeSetup(outputs: outputs, queue: backend, models: modelChoice, limits: limits, worker: ws, log: log)
+        setup.pipeline?.previewMap = preview
         let host = self.host
         let sem = DispatchSemaphore(value: 0)
         let box = ErrorBox()

@@ -64,7 +64,7 @@ let package = Package(
         // `newbie serve`: the HTTP API (Hummingbird 2), server-sent events, the web page and the
         // OpenAPI document (resources).
         .target(name: "NewBieServer", dependencies: ["NewBieQueue", "NewBiePostgresQueue", "NewBieText", "NewBiePipeline", "NewBieImage",
-                                                     .product(name: "Metrics", package: "swift-metrics"),
+                                                     .product(name: "CoreMetrics", package: "swift-metrics"),
                                                      .product(name: "Prometheus", package: "swift-prometheus"),
                                                      .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                      .product(name: "Hummingbird", package: "hummingbird"),

@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import NewBiePipeline
 import NewBieQueue
 import NewBiePostgresQueue
@@ -116,24 +117,41 @@ public final class ServeSetup: @unchecked Sendable {
     }
 
     /// Starts the worker, serves until SIGTERM/SIGINT (graceful: open requests finish), then stops
-    /// the worker (a job it was running goes back to the queue for the next start).
+    /// the worker (a job it was running goes back to the queue for the next start). One
+    /// swift-service-lifecycle `ServiceGroup` runs the HTTP server and the queue's service; on the
+    /// signal it shuts them down in reverse order, the queue first: the worker stops and every event
+    /// stream ends, so the HTTP server's graceful shutdown, which waits for open requests, does not
+    /// wait for a followed job to finish.
     public func run(options: ServerOptions, logger: Logger? = nil, onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
         let app = try HTTPAdapter.application(api: api, options: options, logger: logger, onRunning: onRunning)
+        let queueService = QueueService(worker: worker, relay: relay, hub: hub)
+        let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: queueService)],
+                                                      gracefulShutdownSignals: [.sigterm, .sigint],
+                                                      logger: logger ?? Logger(label: "newbie-serve")))
+        try await group.run()
+    }
+}
+
+/// The worker and the event relay as a service of the server's `ServiceGroup`.
+struct QueueService: Service {
+    let worker: JobWorker?
+    let relay: StoreEventRelay?
+    let hub: JobEventHub
+
+    func run() async throws {
         worker?.start()
         relay?.start()
-        defer { worker?.stop(); relay?.stop() }
-        // The HTTP server's graceful shutdown waits for open requests, and an event stream lasts
-        // as long as its job: on the signal, stop the worker and end the streams first.
-        let sources = [SIGTERM, SIGINT].map { sig -> any DispatchSourceSignal in
-            let src = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            src.setEventHandler { [worker, hub] in
-                worker?.requestStop()
-                hub.finishAll()
+        // until the group shuts down (a signal) or is cancelled (a test ends the server)
+        try? await gracefulShutdown()
+        worker?.requestStop()
+        hub.finishAll()
+        // JobWorker.stop waits on a semaphore: off the cooperative pool
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread { [worker, relay] in
+                worker?.stop()
+                relay?.stop()
+                c.resume()
             }
-            src.resume()
-            return src
         }
-        defer { sources.forEach { $0.cancel() } }
-        try await app.runService()
     }
 }

@@ -60,7 +60,7 @@ public final class ServeSetup: @unchecked Sendable {
     /// to the queue before the worker starts; `models` nil (API only) needs the PostgreSQL queue,
     /// where workers run elsewhere.
     public init(outputs: String, queue: QueueBackend, models modelChoice: (paths: ModelPaths, options: StageOptions)?,
-                limits: JobLimits = JobLimits(), worker settings: WorkerSettings = WorkerSettings(),
+                residency: Residency = .all, limits: JobLimits = JobLimits(), worker settings: WorkerSettings = WorkerSettings(),
                 log: @escaping @Sendable (String) -> Void = { _ in }) throws {
         if modelChoice == nil && queue == .sqlite {
             throw JobRequestError("--no-worker needs --queue postgres://...: with the SQLite queue this server is the only worker")
@@ -83,7 +83,7 @@ public final class ServeSetup: @unchecked Sendable {
         var models: [String: Any] = ["resident": modelChoice != nil]
         if let (paths, options) = modelChoice {
             let t0 = Date()
-            let pipeline = try ResidentPipeline(paths: paths, options: options)
+            let pipeline = try ResidentPipeline(paths: paths, options: options, residency: residency)
             log(String(format: "models loaded in %.2f s (%@)", Date().timeIntervalSince(t0),
                        pipeline.loadSeconds.map { String(format: "%@ %.2f s", $0.0, $0.1) }.joined(separator: ", ")))
             let worker = JobWorker(store: store, executor: pipeline, hub: hub, outputs: outputs, settings: settings)
@@ -93,13 +93,14 @@ public final class ServeSetup: @unchecked Sendable {
             models["precision"] = options.placement.precisionSpec
             models["device"] = options.placement.deviceSpec
             models["load_seconds"] = Dictionary(pipeline.loadSeconds.map { ($0.0, $0.1) }, uniquingKeysWith: { a, _ in a })
+            models["residency"] = pipeline.residency.rawValue
             // model names, not server paths: a client learns which checkpoint runs, not where it lives
             var parts: [String: Any] = [:]
             for slot in ModelSlot.allCases {
                 if let p = paths.path(slot) { parts[slot.rawValue] = (p as NSString).lastPathComponent }
             }
-            parts["dit_config"] = ["dim": pipeline.denoise.dit.config.dim, "layers": pipeline.denoise.dit.config.nLayers,
-                                   "latent_channels": pipeline.denoise.dit.config.inChannels]
+            parts["dit_config"] = ["dim": pipeline.ditConfig.dim, "layers": pipeline.ditConfig.nLayers,
+                                   "latent_channels": pipeline.ditConfig.inChannels]
             models["models"] = parts
         } else {
             pipeline = nil

@@ -46,6 +46,8 @@ struct ServeCommand: ParsableCommand {
     var previewMap: String?
     @Option(name: .customLong("preview-every"), help: "With --preview-map: a preview event every N sampler steps.")
     var previewEvery = 2
+    @Option(help: "Models kept loaded between jobs: all (loaded once at start; no load time in a job) or stage (one stage at a time in stage order, loaded and freed in every job: for a device that cannot hold the text encoders, the DiT and the VAE together).")
+    var resident = "all"
     @Option(help: "Seconds a worker's lease on a job lasts without a heartbeat (a job whose worker died runs again after it).")
     var lease: Double = 30
 
@@ -70,7 +72,9 @@ struct ServeCommand: ParsableCommand {
         if preview != nil { ws.previewEvery = max(1, previewEvery) }
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("newbie serve: " + $0 + "\n").utf8)) }
         let modelChoice = noWorker ? nil : (paths: try models.paths(), options: try deviceOptions.stageOptions())
-        let setup = try ServeSetup(outputs: outputs, queue: backend, models: modelChoice, limits: limits, worker: ws, log: log)
+        let residency: Residency
+        do { residency = try Residency.parse(resident) } catch { throw ValidationError("\(error)") }
+        let setup = try ServeSetup(outputs: outputs, queue: backend, models: modelChoice, residency: residency, limits: limits, worker: ws, log: log)
         setup.pipeline?.previewMap = preview
         let host = self.host
         let sem = DispatchSemaphore(value: 0)

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import XCTest
 import NewBieHarness
 import NewBiePostgresQueue
@@ -134,5 +137,72 @@ final class WorkerProcessTests: XCTestCase {
                        "whole images only, no temporary files")
         XCTAssertTrue(second.log.contains("job \(job.id): done (2 images, attempt 2)"), second.log)
         XCTAssertTrue(second.log.contains("lease expired; back in the queue"), second.log)
+    }
+}
+
+/// `newbie serve --queue postgres://... --no-worker` (no model) with one `newbie worker`: a job
+/// submitted over HTTP runs in the worker, its events reach the client through the store (the
+/// relay), and the server serves the worker's image.
+final class APIOnlyServerTests: XCTestCase {
+    override class func tearDown() { WorkerProcessTests.cluster?.stop(); WorkerProcessTests.cluster = nil }
+
+    func testAPIServerWithoutModelsAndAWorkerProcess() async throws {
+        if WorkerProcessTests.cluster == nil && WorkerProcessTests.skip == nil { WorkerProcessTests.setUp() }
+        if let e = WorkerProcessTests.skip { throw e }
+        guard let bin = WorkerProcessTests.binary else { throw XCTSkip("the newbie binary is not built (swift build --product newbie)") }
+        let url = try WorkerProcessTests.cluster!.makeDatabase()
+        let out = NSTemporaryDirectory() + "newbie-pg-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: bin)
+        server.arguments = ["serve", "--queue", url, "--no-worker", "--outputs", out, "--port", "0"]
+        let logPath = out + "/serve.log"
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        server.standardError = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        server.standardOutput = FileHandle.nullDevice
+        try server.run()
+        defer { if server.isRunning { server.terminate(); server.waitUntilExit() } }
+        var port = 0
+        for _ in 0..<600 where port == 0 {
+            let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
+            if let r = log.range(of: "listening on http://127.0.0.1:") { port = Int(log[r.upperBound...].prefix { $0.isNumber }) ?? 0 }
+            if !server.isRunning { break }
+            try await Task.sleep(nanoseconds: 100_000_000)
+        }
+        XCTAssertNotEqual(port, 0, (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "")
+        guard port != 0 else { return }
+        let base = "http://127.0.0.1:\(port)"
+        let serverLog = { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+        XCTAssertFalse(serverLog().contains("models loaded"), "an API-only server loads no model")
+
+        var post = URLRequest(url: URL(string: base + "/v1/jobs")!)
+        post.httpMethod = "POST"
+        post.httpBody = Data(#"{"prompt": "1girl", "width": 64, "height": 64, "steps": 12}"#.utf8)
+        let (body, resp) = try await URLSession.shared.data(for: post)
+        XCTAssertEqual((resp as? HTTPURLResponse)?.statusCode, 201)
+        let id = try XCTUnwrap((try JSONSerialization.jsonObject(with: body) as? [String: Any])?["id"] as? String)
+        let health = try await URLSession.shared.data(from: URL(string: base + "/healthz")!).0
+        XCTAssertTrue(String(decoding: health, as: UTF8.self).contains("\"worker\":\"none\""), String(decoding: health, as: UTF8.self))
+
+        // follow the events while a worker starts and runs the job
+        let events = Task { () -> String in
+            let (d, _) = try await URLSession.shared.data(from: URL(string: base + "/v1/jobs/\(id)/events")!)
+            return String(decoding: d, as: UTF8.self)
+        }
+        let worker = try WorkerProcessTests.Worker(binary: bin, queue: url, outputs: out, name: "gpu-0", lease: 5)
+        defer { worker.stop() }
+        let text = try await events.value
+        XCTAssertTrue(text.hasPrefix("event: queued"), text)
+        XCTAssertTrue(text.contains("event: started"), text)
+        XCTAssertTrue(text.hasSuffix("event: done\ndata: {\"images\":[\"/v1/jobs/\(id)/images/0.png\"]}\n\n"), text)
+        let (png, imageResponse) = try await URLSession.shared.data(from: URL(string: base + "/v1/jobs/\(id)/images/0.png")!)
+        XCTAssertEqual((imageResponse as? HTTPURLResponse)?.statusCode, 200)
+        XCTAssertEqual(Array(png.prefix(4)), [0x89, 0x50, 0x4E, 0x47])
+        let job = try await URLSession.shared.data(from: URL(string: base + "/v1/jobs/\(id)")!).0
+        let j = try XCTUnwrap(try JSONSerialization.jsonObject(with: job) as? [String: Any])
+        XCTAssertEqual(j["state"] as? String, "done")
+        XCTAssertEqual(j["attempts"] as? Int, 1)
+        XCTAssertTrue(worker.log.contains("job \(id): done (1 image, attempt 1)"), worker.log)
     }
 }

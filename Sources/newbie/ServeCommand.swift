@@ -9,11 +9,12 @@ import NewBieServer
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Serve the HTTP API and the web page; the models load once and stay resident; jobs queue in a SQLite file in --outputs.",
+        abstract: "Serve the HTTP API and the web page; the models load once and stay resident; jobs queue in a SQLite file in --outputs or in PostgreSQL (--queue postgres://...).",
         discussion: """
         Binds 127.0.0.1:8188 by default. Any other address needs --token-file (clients send Authorization: Bearer TOKEN). \
         Jobs, their parameters, state and images live in --outputs (jobs.sqlite in WAL mode, jobs/<id>/<n>.png); a job \
-        running when the process stopped runs again at the next start. The API is described at /openapi.json.
+        running when the process stopped runs again at the next start. With --queue postgres://... the queue is shared \
+        with other servers and `newbie worker` processes (--no-worker: API only, no model). The API is described at /openapi.json.
         """)
 
     @OptionGroup var models: ModelOptions

@@ -209,6 +209,26 @@ final class PostgresJobStoreTests: XCTestCase {
         XCTAssertTrue(try a.list(limit: 100, before: nil, state: nil).allSatisfy { $0.attempts == 1 })
     }
 
+    /// A database server restart closes the connection; the store opens a new one and nothing
+    /// written before is lost (fsync is off in the test cluster, but a fast shutdown checkpoints).
+    func testReconnectsAfterTheServerRestarts() throws {
+        let s = try store()
+        let j = try s.submit(params(), maxQueued: 10, now: 0)
+        try Self.cluster!.restart()
+        var answer: Job?
+        var failures = 0
+        for _ in 0..<50 where answer == nil {
+            do { answer = try s.job(j.id) } catch {
+                failures += 1
+                XCTAssertTrue("\(error)".contains("PostgreSQL at postgres://newbie@/"), "\(error)")
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+        }
+        XCTAssertEqual(answer?.id, j.id, "the job is still there after the restart")
+        XCTAssertLessThanOrEqual(failures, 1, "at most the call that found the connection closed fails")
+        XCTAssertEqual(try s.claim(worker: "w", lease: 10, now: 1)?.id, j.id)
+    }
+
     func testUnreachableServerIsAClearError() throws {
         let url = try PostgresURL(parsing: "postgres://nobody@/none?host=/tmp/newbie-no-such-folder")
         XCTAssertThrowsError(try PostgresJobStore(url: url)) { e in

@@ -11,12 +11,15 @@
 #   tools/bench/gpu-serve-warm.sh BIN OUT_DIR
 #
 # BIN is a release `newbie` (NewBie_NewBieCUDA.resources/ beside it). Needs curl. Environment:
-# DEVICE (cuda), STEPS (official default when unset), WEIGHTS (/tmp/newbie-random), PORT (8391).
+# DEVICE (cuda), STEPS (official default when unset), WEIGHTS (/tmp/newbie-random), PORT (8391),
+# SIZE (1024), MAKE_WEIGHTS (1; 0 uses WEIGHTS as it is: a dry run on the tiny model is
+# `MAKE_WEIGHTS=0 WEIGHTS=<newbie make-tiny-model dir> DEVICE=cpu SIZE=64 STEPS=4`).
 set -euo pipefail
 bin=$1 out=$2
 device=${DEVICE:-cuda}
 weights=${WEIGHTS:-/tmp/newbie-random}
 port=${PORT:-8391}
+size=${SIZE:-1024}
 prompt="1girl, red eyes, school uniform, cherry blossoms"
 steps_json="" steps_cli=()
 if [ -n "${STEPS:-}" ]; then steps_json=", \"steps\": $STEPS"; steps_cli=(--steps "$STEPS"); fi
@@ -25,12 +28,14 @@ now() { date +%s.%N; }
 secs() { echo "$1 $2" | awk '{printf "%.2f", $2 - $1}'; }
 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv | tee "$out/gpu.txt"
-echo "== random full-size weights in $weights"
-timeout "${WEIGHTS_SECONDS:-300}" "$bin" bench-pipeline --weights "$weights" --weights-only 2>&1 | tail -2
+if [ "${MAKE_WEIGHTS:-1}" = 1 ]; then
+    echo "== random full-size weights in $weights"
+    timeout "${WEIGHTS_SECONDS:-300}" "$bin" bench-pipeline --weights "$weights" --weights-only 2>&1 | tail -2
+fi
 
-echo "== cold: newbie generate 1024x1024 (new process, loads included)"
+echo "== cold: newbie generate ${size}x${size} (new process, loads included)"
 t0=$(now)
-"$bin" generate --model "$weights" --device "$device" "$prompt" --width 1024 --height 1024 "${steps_cli[@]}" --seed 7 \
+"$bin" generate --model "$weights" --device "$device" "$prompt" --width "$size" --height "$size" ${steps_cli[@]+"${steps_cli[@]}"} --seed 7 \
     -o "$out/cold.png" > "$out/cold.log" 2>&1
 t1=$(now)
 cold=$(secs "$t0" "$t1")
@@ -38,7 +43,7 @@ echo "cold generate: $cold s"
 
 echo "== warm: newbie serve, second request"
 rm -rf "$out/serve"
-"$bin" serve --model "$weights" --device "$device" --outputs "$out/serve" --port "$port" --max-width 1024 --max-height 1024 \
+"$bin" serve --model "$weights" --device "$device" --outputs "$out/serve" --port "$port" --max-width "$size" --max-height "$size" \
     > "$out/serve.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
@@ -55,7 +60,7 @@ request() {
     local name=$1 seed=$2 t0 id t1
     t0=$(now)
     id=$(curl -sf -XPOST "$base/v1/jobs" -H 'Content-Type: application/json' \
-        -d "{\"prompt\": \"$prompt\", \"width\": 1024, \"height\": 1024, \"seed\": $seed$steps_json}" |
+        -d "{\"prompt\": \"$prompt\", \"width\": $size, \"height\": $size, \"seed\": $seed$steps_json}" |
         sed -n 's/.*"id" *: *"\([0-9a-f]\{32\}\)".*/\1/p')
     [ -n "$id" ] || { echo "submit failed" >&2; return 1; }
     curl -sfN "$base/v1/jobs/$id/events" > "$out/$name-events.txt"
@@ -70,5 +75,5 @@ second=$(request warm 8)
 echo "second request, request to PNG: $second s"
 
 echo "== result"
-printf "cold CLI generate 1024x1024: %s s\nwarm server request 1024x1024: %s s\nratio cold/warm: %s\n" "$cold" "$second" \
+printf "cold CLI generate %sx%s: %s s\nwarm server request %sx%s: %s s\nratio cold/warm: %s\n" "$size" "$size" "$cold" "$size" "$size" "$second" \
     "$(echo "$cold $second" | awk '{printf "%.2f", $1 / $2}')" | tee "$out/result.txt"

@@ -19,14 +19,6 @@ public enum QueueBackend: Sendable, Equatable {
         if PostgresURL.isPostgres(s) { return .postgres(try PostgresURL(parsing: s)) }
         throw JobRequestError("--queue \(s): expected sqlite or postgres://user@host[:port]/database")
     }
-
-    /// Opens the PostgreSQL store (the SQLite one lives in an outputs folder: `ServeSetup`).
-    public func openShared() throws -> (any JobStore)? {
-        switch self {
-        case .sqlite: return nil
-        case .postgres(let url): return try PostgresJobStore(url: url)
-        }
-    }
 }
 
 /// `newbie serve` put together: the outputs folder, the store (SQLite in the folder, locked; or

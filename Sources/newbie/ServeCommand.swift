@@ -47,12 +47,13 @@ struct ServeCommand: ParsableCommand {
     var previewMap: String?
     @Option(name: .customLong("preview-every"), help: "With --preview-map: a preview event every N sampler steps.")
     var previewEvery = 2
-    @Option(help: "Models kept loaded between jobs: all (loaded once at start; no load time in a job) or stage (one stage at a time in stage order, loaded and freed in every job: for a device that cannot hold the text encoders, the DiT and the VAE together).")
+    @Option(help: ArgumentHelp(ResidentOption.help))
     var resident = "all"
     @Option(help: "Seconds a worker's lease on a job lasts without a heartbeat (a job whose worker died runs again after it).")
     var lease: Double = 30
 
     func run() throws {
+        try ResidentOption.check(resident)
         let backend: QueueBackend
         do { backend = try QueueBackend.parse(queue) } catch { throw ValidationError("\(error)") }
         if noWorker && backend == .sqlite {
@@ -73,8 +74,7 @@ struct ServeCommand: ParsableCommand {
         if preview != nil { ws.previewEvery = max(1, previewEvery) }
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("newbie serve: " + $0 + "\n").utf8)) }
         let modelChoice = noWorker ? nil : (paths: try models.paths(), options: try deviceOptions.stageOptions())
-        let residency: Residency
-        do { residency = try Residency.parse(resident) } catch { throw ValidationError("\(error)") }
+        let residency = try modelChoice.map { try ResidentOption.resolve(resident, paths: $0.paths, options: $0.options, log: log) } ?? .all
         let setup = try ServeSetup(outputs: outputs, queue: backend, models: modelChoice, residency: residency, limits: limits, worker: ws, log: log)
         setup.pipeline?.previewMap = preview
         let host = self.host

@@ -27,7 +27,7 @@ struct WorkerCommand: ParsableCommand {
     var outputs = "newbie-outputs"
     @Option(help: "Seconds a lease on a job lasts without a heartbeat (a job whose worker died runs again after it).")
     var lease: Double = 30
-    @Option(help: "Models kept loaded between jobs: all (loaded once at start; no load time in a job) or stage (one stage at a time in stage order, loaded and freed in every job: for a device that cannot hold the text encoders, the DiT and the VAE together).")
+    @Option(help: ArgumentHelp(ResidentOption.help))
     var resident = "all"
     @Option(help: "Seconds between looks at an empty queue.")
     var poll: Double = 1
@@ -40,10 +40,9 @@ struct WorkerCommand: ParsableCommand {
         }
         let url: PostgresURL
         do { url = try PostgresURL(parsing: queue) } catch { throw ValidationError("\(error)") }
+        try ResidentOption.check(resident)
         guard lease >= 1, lease <= 3600 else { throw ValidationError("--lease \(lease): expected 1 to 3600 seconds") }
         guard poll > 0, poll <= 60 else { throw ValidationError("--poll \(poll): expected more than 0 and at most 60 seconds") }
-        let residency: Residency
-        do { residency = try Residency.parse(resident) } catch { throw ValidationError("\(error)") }
         let paths = try models.paths()
         let options = try deviceOptions.stageOptions()
         try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
@@ -51,6 +50,7 @@ struct WorkerCommand: ParsableCommand {
         // the queue first: a wrong URL is reported before minutes of loading
         let store = try PostgresJobStore(url: url)
         let t0 = Date()
+        let residency = try ResidentOption.resolve(resident, paths: paths, options: options, log: log)
         let pipeline = try ResidentPipeline(paths: paths, options: options, residency: residency)
         var ws = WorkerSettings()
         ws.lease = lease

@@ -17,6 +17,12 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        // The PostgreSQL queue of `newbie serve --queue postgres://` and `newbie worker`.
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        // /metrics: counters and gauges through swift-metrics, exposed by swift-prometheus.
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // Hot scalar loops that pick CPU features at run time (F16C conversions, vector exp).
@@ -50,9 +56,17 @@ let package = Package(
         // No HTTP here, so it is tested without a server.
         .target(name: "NewBieQueue", dependencies: ["NewBieTensor", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBiePipeline",
                                                     .product(name: "GRDB", package: "GRDB.swift")]),
+        // The PostgreSQL job store (postgres-nio): many API servers and `newbie worker` processes
+        // on one queue; claims with FOR UPDATE SKIP LOCKED.
+        .target(name: "NewBiePostgresQueue", dependencies: ["NewBieQueue",
+                                                           .product(name: "PostgresNIO", package: "postgres-nio"),
+                                                           .product(name: "Logging", package: "swift-log")]),
         // `newbie serve`: the HTTP API (Hummingbird 2), server-sent events, the web page and the
         // OpenAPI document (resources).
-        .target(name: "NewBieServer", dependencies: ["NewBieQueue", "NewBieText", "NewBiePipeline", "NewBieImage",
+        .target(name: "NewBieServer", dependencies: ["NewBieQueue", "NewBiePostgresQueue", "NewBieText", "NewBiePipeline", "NewBieImage",
+                                                     .product(name: "CoreMetrics", package: "swift-metrics"),
+                                                     .product(name: "Prometheus", package: "swift-prometheus"),
+                                                     .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                                                      .product(name: "Hummingbird", package: "hummingbird"),
                                                      .product(name: "Logging", package: "swift-log"),
                                                      .product(name: "HTTPTypes", package: "swift-http-types")],
@@ -61,7 +75,7 @@ let package = Package(
             name: "newbie",
             dependencies: [
                 "NewBieTensor", "NewBieWeights", "NewBieText", "NewBieDiffusion", "NewBieImage", "NewBieCUDA", "NewBiePipeline", "NewBieHarness", "NewBieMetrics",
-                "NewBieQueue", "NewBieServer",
+                "NewBieQueue", "NewBiePostgresQueue", "NewBieServer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         // Shared test helpers: fixture paths, relative-error comparisons.
@@ -78,6 +92,7 @@ let package = Package(
         .testTarget(name: "NewBieCLITests", dependencies: ["NewBieImage", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBiePipelineTests", dependencies: ["NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieMetrics", "NewBieWeights", "NewBieTestSupport"]),
         .testTarget(name: "NewBieQueueTests", dependencies: ["NewBieQueue", "NewBiePipeline", "NewBieHarness", "NewBieImage", "NewBieTestSupport"]),
+        .testTarget(name: "NewBiePostgresQueueTests", dependencies: ["NewBiePostgresQueue", "NewBieQueue", "NewBieHarness", "NewBieTestSupport"]),
         .testTarget(name: "NewBieServerTests", dependencies: ["NewBieServer", "NewBieQueue", "NewBieHarness", "NewBieImage", "NewBieTestSupport",
                                                           .product(name: "Logging", package: "swift-log")]),
     ],

@@ -234,6 +234,7 @@ public final class JobWorker: @unchecked Sendable {
             switch outcome {
             case .success:
                 try store.complete(id: job.id, worker: id, images: relative, now: now)
+                log("job \(job.id): done (\(p.count) image\(p.count == 1 ? "" : "s"), attempt \(job.attempts))")
                 lock.lock(); imagesWritten += p.count; lock.unlock()
                 if let s = context.progress, s.step > 0 {
                     let per = (now - started) / Double(s.image * s.steps + s.step)

@@ -5,25 +5,46 @@ import NewBiePipeline
 import NewBieTensor
 import NewBieText
 
-/// The three pipeline stages loaded once and kept: a job runs text encoding, sampling and decoding
-/// on them with no load time (what `Pipeline.generate` does per process, minus the loads). Sampling
-/// is `DenoiseStage.run`'s loop with a cancel check before every model evaluation, so a cancel
-/// takes effect within one step.
+/// Which models stay loaded between jobs (`--resident`).
+public enum Residency: String, Sendable, CaseIterable {
+    /// All three stages loaded once at start and kept: no load time in a job (the default).
+    case all
+    /// One stage at a time, in stage order, for a device that cannot hold all three: each job
+    /// loads the text encoders, encodes, frees them; loads the DiT, samples every image, frees it;
+    /// loads the VAE, decodes, frees it. Jobs pay the loads; the images are the same.
+    case stage
+
+    public static func parse(_ s: String) throws -> Residency {
+        guard let r = Residency(rawValue: s) else { throw PipelineError("--resident \(s): expected all or stage") }
+        return r
+    }
+}
+
+/// The pipeline stages of a server or worker: loaded once and kept (`Residency.all`), so a job
+/// runs text encoding, sampling and decoding with no load time (what `Pipeline.generate` does per
+/// process, minus the loads), or loaded per job in stage order (`Residency.stage`). Sampling is
+/// `DenoiseStage.run`'s loop with a cancel check before every model evaluation, so a cancel takes
+/// effect within one step.
 public final class ResidentPipeline: JobExecutor {
     public let paths: ModelPaths
     public let options: StageOptions
-    public let text: TextStage
-    public let denoise: DenoiseStage
-    public let decode: DecodeStage
-    /// Seconds each load took (text encoders, DiT, VAE), for /v1/models and the log.
-    public let loadSeconds: [(String, Double)]
+    public let residency: Residency
+    /// The stages kept between jobs (nil with `Residency.stage`).
+    public let text: TextStage?
+    public let denoise: DenoiseStage?
+    public let decode: DecodeStage?
+    /// The DiT's configuration (read from the checkpoint without loading it in stage mode).
+    public let ditConfig: NextDiTConfig
+    /// Seconds each load took (text encoders, DiT, VAE), for /v1/models and the log; with
+    /// `Residency.stage`, the loads of the last job.
+    public private(set) var loadSeconds: [(String, Double)]
     /// Latent -> RGB for previews (nil: previews off).
     public var previewMap: LatentPreview?
 
-    public init(paths: ModelPaths, options: StageOptions) throws {
+    public init(paths: ModelPaths, options: StageOptions, residency: Residency = .all) throws {
         for slot in ModelSlot.allCases { _ = try paths.require(slot) }
         try options.placement.checkRules(paths: paths)
-        self.paths = paths; self.options = options
+        self.paths = paths; self.options = options; self.residency = residency
         var times: [(String, Double)] = []
         func timed<T>(_ name: String, _ body: () throws -> T) rethrows -> T {
             let t0 = Date()
@@ -31,41 +52,86 @@ public final class ResidentPipeline: JobExecutor {
             times.append((name, Date().timeIntervalSince(t0)))
             return r
         }
-        text = try timed("text encoders") { try TextStage(paths: paths, options: options) }
-        denoise = try timed("dit") { try DenoiseStage(paths: paths, options: options) }
-        decode = try timed("vae") { try DecodeStage(paths: paths, options: options) }
-        loadSeconds = times
-        guard denoise.dit.config.inChannels == decode.vae.config.latentChannels else {
-            throw PipelineError("the DiT (--dit) makes \(denoise.dit.config.inChannels)-channel latents but the VAE (--vae) decodes \(decode.vae.config.latentChannels) channels: the VAE does not belong to this DiT")
+        switch residency {
+        case .all:
+            let text = try timed("text encoders") { try TextStage(paths: paths, options: options) }
+            let denoise = try timed("dit") { try DenoiseStage(paths: paths, options: options) }
+            let decode = try timed("vae") { try DecodeStage(paths: paths, options: options) }
+            guard denoise.dit.config.inChannels == decode.vae.config.latentChannels else {
+                throw PipelineError("the DiT (--dit) makes \(denoise.dit.config.inChannels)-channel latents but the VAE (--vae) decodes \(decode.vae.config.latentChannels) channels: the VAE does not belong to this DiT")
+            }
+            self.text = text; self.denoise = denoise; self.decode = decode
+            ditConfig = denoise.dit.config
+        case .stage:
+            // the checkpoint's header and config only (memory-mapped, nothing on the device): a
+            // wrong DiT path fails here, before the first job
+            let (source, json) = try NextDiT.openCheckpoint(path: try paths.require(.dit), configPath: nil)
+            ditConfig = try NextDiT.checkedWeights(source: source, json: json).1
+            text = nil; denoise = nil; decode = nil
         }
+        loadSeconds = times
     }
 
     public func run(_ job: Job, outputs: [String], context: JobRunContext) throws {
         let p = job.parameters
-        precondition(outputs.count == p.count)
+        guard outputs.count == p.count else { throw PipelineError("job \(job.id): \(outputs.count) output paths for \(p.count) images") }
         let system = SystemPrompt.resolve(p.systemPrompt, prompt: p.prompt)
         try context.checkCancelled()
-        let encoded = try text.encode(prompt: p.prompt, negativePrompt: p.negativePrompt, systemPrompt: system)
-        try denoise.check(encoded)
-        for i in 0..<p.count {
-            try context.checkCancelled()
-            let settings = try p.settings(image: i)
-            let latent = try sample(encoded, settings: settings, image: i, context: context)
-            try context.checkCancelled()
-            let image = try decode.run(latent)
-            var md = encoded.metadata
-            md.merge(GenerationMetadata.sampling(settings)) { $1 }
-            md.merge(GenerationMetadata.options(options)) { $1 }
-            md.merge(GenerationMetadata.models(paths)) { $1 }
-            md["newbie:job"] = job.id
+        var times: [(String, Double)] = []
+        // each stage is the resident one, or loaded now and released when the closure returns
+        func withStage<S, R>(_ resident: S?, _ name: String, _ load: () throws -> S, _ body: (S) throws -> R) throws -> R {
+            if let s = resident { return try body(s) }
+            let t0 = Date()
+            let s = try load()
+            times.append((name, Date().timeIntervalSince(t0)))
+            return try body(s)
+        }
+        let encoded = try withStage(text, "text encoders", { try TextStage(paths: paths, options: options) }) {
+            try $0.encode(prompt: p.prompt, negativePrompt: p.negativePrompt, systemPrompt: system)
+        }
+        func write(_ image: RGBImage, _ i: Int, _ settings: SamplingSettings) throws {
+            var m = encoded.metadata
+            m.merge(GenerationMetadata.sampling(settings)) { $1 }
+            m.merge(GenerationMetadata.options(options)) { $1 }
+            m.merge(GenerationMetadata.models(paths)) { $1 }
+            m["newbie:job"] = job.id
             // PNG.write goes through a temporary file renamed into place: never a half-written image
-            try PNG.write(image, to: outputs[i], text: GenerationMetadata.pngText(md, software: "newbie serve"))
+            try PNG.write(image, to: outputs[i], text: GenerationMetadata.pngText(m, software: "newbie serve"))
             context.wrote(image: i)
         }
+        if residency == .all, let denoise, let decode {
+            try denoise.check(encoded)
+            for i in 0..<p.count {
+                try context.checkCancelled()
+                let settings = try p.settings(image: i)
+                let latent = try sample(denoise, encoded, settings: settings, image: i, context: context)
+                try context.checkCancelled()
+                try write(try decode.run(latent), i, settings)
+            }
+            return
+        }
+        // stage order: every latent first, then every decode (one model on the device at a time)
+        try context.checkCancelled()
+        let latents: [(Tensor, SamplingSettings)] = try withStage(nil as DenoiseStage?, "dit", { try DenoiseStage(paths: paths, options: options) }) { denoise in
+            try denoise.check(encoded)
+            return try (0..<p.count).map { i in
+                try context.checkCancelled()
+                let settings = try p.settings(image: i)
+                return (try sample(denoise, encoded, settings: settings, image: i, context: context), settings)
+            }
+        }
+        try context.checkCancelled()
+        try withStage(nil as DecodeStage?, "vae", { try DecodeStage(paths: paths, options: options) }) { decode in
+            for (i, (latent, settings)) in latents.enumerated() {
+                try context.checkCancelled()
+                try write(try decode.run(latent), i, settings)
+            }
+        }
+        loadSeconds = times
     }
 
     /// `DenoiseStage.run` for text-to-image, with the cancel check and step reports.
-    func sample(_ e: EncodedPrompt, settings: SamplingSettings, image: Int, context: JobRunContext) throws -> Tensor {
+    func sample(_ denoise: DenoiseStage, _ e: EncodedPrompt, settings: SamplingSettings, image: Int, context: JobRunContext) throws -> Tensor {
         let dit = denoise.dit
         let z = settings.noise(channels: dit.config.inChannels)
         let sampler = try settings.makeSampler()

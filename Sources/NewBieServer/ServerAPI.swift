@@ -48,18 +48,17 @@ public final class ServerAPI: @unchecked Sendable {
     public var keepaliveSeconds: Double = 15
     /// HTTP requests by method and status (for /metrics); the transport counts them.
     private let lock = NSLock()
-    private var requestCounts: [String: Int] = [:]
-    private var rejected: [String: Int] = [:]
+    let metricsRegistry = ServerMetrics()
 
     public init(store: any JobStore, hub: JobEventHub, worker: JobWorker?, outputs: String, limits: JobLimits, models: [String: Any]) {
         self.store = store; self.hub = hub; self.worker = worker; self.outputs = outputs; self.limits = limits; self.models = models
     }
 
     public func countRequest(method: String, status: Int) {
-        lock.lock(); requestCounts["\(method) \(status)", default: 0] += 1; lock.unlock()
+        metricsRegistry.countRequest(method: method, status: status)
     }
 
-    func countRejection(_ reason: String) { lock.lock(); rejected[reason, default: 0] += 1; lock.unlock() }
+    func countRejection(_ reason: String) { metricsRegistry.reject(reason) }
 
     // MARK: jobs
 
@@ -344,40 +343,12 @@ public final class ServerAPI: @unchecked Sendable {
         }
     }
 
-    /// Prometheus text exposition (version 0.0.4).
+    /// Prometheus text exposition (version 0.0.4), through swift-metrics and swift-prometheus
+    /// (`ServerMetrics`).
     public func metrics() -> APIResponse {
-        var out = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
-            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, v) in samples { out += "\(name)\(labels) \(v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v))\n" }
-        }
-        if let s = try? store.stats(now: clock()) {
-            metric("newbie_jobs", "gauge", "Jobs in the store by state.",
-                   JobState.allCases.map { ("{state=\"\($0.rawValue)\"}", Double(s.byState[$0] ?? 0)) })
-            metric("newbie_queue_oldest_seconds", "gauge", "Age of the oldest queued job.", [("", s.oldestQueuedAge ?? 0)])
-        }
-        if let w = worker {
-            metric("newbie_worker_busy", "gauge", "1 while the worker runs a job.", [("", w.runningJob == nil ? 0 : 1)])
-            metric("newbie_worker_jobs_total", "counter", "Jobs this worker ran to an end.", [("", Double(w.jobsRun))])
-            metric("newbie_worker_images_total", "counter", "Images this worker wrote.", [("", Double(w.imagesWritten))])
-            metric("newbie_step_seconds", "gauge", "Mean sampler step time of the last job.", [("", w.stepSeconds ?? 0)])
-        }
-        if let loads = models["load_seconds"] as? [String: Double] {
-            metric("newbie_model_load_seconds", "gauge", "Seconds each model took to load at start.",
-                   loads.keys.sorted().map { ("{model=\"\($0)\"}", loads[$0]!) })
-        }
-        lock.lock()
-        let counts = requestCounts, rej = rejected
-        lock.unlock()
-        metric("newbie_http_requests_total", "counter", "HTTP requests by method and status.",
-               counts.keys.sorted().map { k in
-                   let parts = k.split(separator: " ")
-                   return ("{method=\"\(parts[0])\",status=\"\(parts[1])\"}", Double(counts[k]!))
-               })
-        metric("newbie_jobs_rejected_total", "counter", "Job submissions refused, by reason.",
-               ["invalid", "queue_full"].map { ("{reason=\"\($0)\"}", Double(rej[$0] ?? 0)) })
-        metric("newbie_event_listeners", "gauge", "Open event streams.", [("", Double(hub.listenerCount))])
-        metric("newbie_uptime_seconds", "gauge", "Seconds since the server started.", [("", Date().timeIntervalSince(started).rounded())])
+        let out = metricsRegistry.exposition(stats: try? store.stats(now: clock()), worker: worker, listenerCount: hub.listenerCount,
+                                             loadSeconds: models["load_seconds"] as? [String: Double] ?? [:],
+                                             uptimeSeconds: Date().timeIntervalSince(started))
         return APIResponse(status: 200, headers: [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body: .bytes(Data(out.utf8)))
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NewBiePipeline
 import NewBieTensor
+import NewBieQueue
 
 // Input and output helpers shared by the commands: every failure names the option and the path.
 
@@ -67,5 +68,31 @@ func writeText(_ text: String, to path: String, option: String) throws {
     if path == OutputFile.standardOutput { print(text, terminator: ""); return }
     do { try OutputFile.write(Data(text.utf8), to: path, binary: false) } catch let e as OutputError {
         throw PipelineError("\(option) \(e.description)")
+    }
+}
+
+/// `--resident all|stage|auto` of `serve` and `worker`.
+enum ResidentOption {
+    static let help = "Models kept loaded between jobs: all (loaded once at start; no load time in a job), stage (one stage at a time in stage order, loaded and freed in every job: for a device that cannot hold the text encoders, the DiT and the VAE together), or auto (all when the weights fit in 80% of each device's memory, else stage; docs/SERVER.md)."
+
+    /// The value's spelling, checked before anything is opened or loaded.
+    static func check(_ spec: String) throws {
+        guard spec == "auto" || Residency(rawValue: spec) != nil else { throw ValidationError("--resident \(spec): expected all, stage or auto") }
+    }
+
+    static func resolve(_ spec: String, paths: ModelPaths, options: StageOptions, log: (String) -> Void) throws -> Residency {
+        if spec == "auto" {
+            let (choice, why) = try ResidencyChoice.choose(paths: paths, options: options) { device in
+                switch device {
+                case .cpu: return RunCheck.physicalMemory()
+                case .cuda(let i): return try DeviceSupport.openCUDA(i, cuda: options.cuda).totalMemory
+                case .emulated: return nil   // a test device: no memory of its own to judge
+                }
+            }
+            log("--resident auto: \(choice.rawValue) (\(why))")
+            return choice
+        }
+        try check(spec)
+        return Residency(rawValue: spec) ?? .all
     }
 }

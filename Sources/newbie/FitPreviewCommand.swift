@@ -42,10 +42,13 @@ struct FitPreviewCommand: ParsableCommand {
             var p = JobParameters(prompt: Self.prompts[i % Self.prompts.count])
             p.width = size; p.height = size; p.steps = steps; p.seed = UInt64(i)
             try p.validate(JobLimits())
-            let e = try pipeline.text.encode(prompt: p.prompt, negativePrompt: "", systemPrompt: SystemPrompt.resolve("auto", prompt: p.prompt))
-            let latent = try pipeline.denoise.run(e, settings: try p.settings(image: 0))
+            guard let text = pipeline.text, let denoise = pipeline.denoise, let decode = pipeline.decode else {
+                throw PipelineError("fit-preview needs the models resident")
+            }
+            let e = try text.encode(prompt: p.prompt, negativePrompt: "", systemPrompt: SystemPrompt.resolve("auto", prompt: p.prompt))
+            let latent = try denoise.run(e, settings: try p.settings(image: 0))
             latents.append(latent)
-            decoded.append(try pipeline.decode.run(latent))
+            decoded.append(try decode.run(latent))
             FileHandle.standardError.write(Data("image \(i + 1)/\(images)\n".utf8))
         }
         let fit = try LatentPreview.fit(latents: latents, images: decoded)

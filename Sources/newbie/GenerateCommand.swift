@@ -5,6 +5,7 @@ import NewBieDiffusion
 import NewBieImage
 import NewBieHarness
 import NewBiePipeline
+import NewBieQueue
 import NewBieTensor
 import NewBieText
 import NewBieWeights
@@ -412,6 +413,13 @@ struct GenerateCommand: ParsableCommand {
     @Option(name: .customLong("save-steps"), help: "Folder for every model evaluation (eval_NNN.safetensors: x, velocity, t) and every step's state (step_NNN.safetensors); with several images, one sub-folder image-N per image.")
     var saveSteps: String?
 
+    @Option(name: .customLong("preview"), help: "Live preview: a PNG of the current latent (1/8 of the image size, through --preview-map, no VAE), rewritten atomically every --preview-every sampler steps and at the last; with several images, the one being sampled.")
+    var preview: String?
+    @Option(name: .customLong("preview-every"), help: "With --preview: rewrite it every N sampler steps.")
+    var previewEvery = 1
+    @Option(name: .customLong("preview-map"), help: "With --preview: the latent->RGB map written by `newbie fit-preview` (JSON).")
+    var previewMap: String?
+
     @Flag(name: .customLong("skip-memory-check"), help: "Run even when the memory estimate for the size is larger than this machine's memory.")
     var skipMemoryCheck = false
 
@@ -468,6 +476,21 @@ struct GenerateCommand: ParsableCommand {
         let progress = ProgressReporter(quiet: report.quiet)
         progress.gridPoints = requests.first.flatMap { $0.settings.sampler == .dpm || $0.settings.effectiveScheduler != nil ? nil : $0.settings.steps }
         var events = progress.events
+        let livePreview = try livePreviewSetup(outputs: outs)
+        var previewError: Error? = nil
+        if let (file, map) = livePreview {
+            let step = events.step
+            let every = previewEvery
+            events.step = { s, image, images in
+                step?(s, image, images)
+                guard previewError == nil, (s.index + 1) % every == 0 || s.index + 1 == s.count else { return }
+                // PNG.write renames a finished temporary file over the last preview: a viewer
+                // never reads a half-written one
+                do { try PNG.write(try map.image(latent: s.x), to: file, text: [(key: "newbie:preview-step", value: "\(s.index + 1)/\(s.count)")]) } catch {
+                    previewError = error
+                }
+            }
+        }
         var saveError: Error? = nil
         if let d = saveSteps {
             let folders = requests.count == 1 ? [d] : requests.indices.map { PathName.join(d, "image-\($0)") }
@@ -500,10 +523,37 @@ struct GenerateCommand: ParsableCommand {
             return md
         }, events: events, tracer: report.tracer(options), checkMemory: !skipMemoryCheck)
         if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
+        if let e = previewError { throw PipelineError("--preview \(preview ?? ""): \(e)") }
         if report.stats { progress.printStats(device: options.device) }
     }
 
     static let maxCount = 10_000
+
+    /// --preview, --preview-every and --preview-map checked before anything loads: the map read,
+    /// the file's folder present, the file not one of the outputs.
+    func livePreviewSetup(outputs: [String]) throws -> (file: String, map: LatentPreview)? {
+        guard let file = preview else {
+            if previewMap != nil { throw ValidationError("--preview-map needs --preview FILE") }
+            return nil
+        }
+        guard previewEvery >= 1 else { throw ValidationError("--preview-every \(previewEvery): expected 1 or more") }
+        guard file != "-" else { throw ValidationError("--preview -: the preview is rewritten as sampling goes; give a file") }
+        guard let mapPath = previewMap else {
+            throw ValidationError("--preview needs --preview-map MAP.json (fit one with `newbie fit-preview`, docs/SERVER.md)")
+        }
+        let map: LatentPreview
+        do { map = try LatentPreview.load(mapPath) } catch { throw ValidationError("--preview-map \(mapPath): \(error)") }
+        let folder = PathName.parent(file).isEmpty ? "." : PathName.parent(file)
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDir), isDir.boolValue else {
+            throw ValidationError("--preview \(file): the folder \(folder) does not exist")
+        }
+        let standard = { (p: String) in URL(fileURLWithPath: p).standardizedFileURL.path }
+        guard !outputs.map(standard).contains(standard(file)) else {
+            throw ValidationError("--preview \(file): is also an output image; give another file")
+        }
+        return (file, map)
+    }
 
     /// The command line that makes this image again, as written: every setting, the model paths
     /// and the output path (absolute, so it runs from any folder).

@@ -24,7 +24,7 @@ struct NewBie: ParsableCommand {
             MiniEvalCommand.self,
             PrecisionReportCommand.self,
             PromptCommand.self,
-            ServeCommand.self, FitPreviewCommand.self,
+            ServeCommand.self, WorkerCommand.self, FitPreviewCommand.self,
             VAEDecodeCommand.self, VAEEncodeCommand.self, VAETilingCommand.self,
         ])
 

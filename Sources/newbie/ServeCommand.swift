@@ -9,11 +9,12 @@ import NewBieServer
 struct ServeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "serve",
-        abstract: "Serve the HTTP API and the web page; the models load once and stay resident; jobs queue in a SQLite file in --outputs.",
+        abstract: "Serve the HTTP API and the web page; the models load once and stay resident; jobs queue in a SQLite file in --outputs or in PostgreSQL (--queue postgres://...).",
         discussion: """
         Binds 127.0.0.1:8188 by default. Any other address needs --token-file (clients send Authorization: Bearer TOKEN). \
         Jobs, their parameters, state and images live in --outputs (jobs.sqlite in WAL mode, jobs/<id>/<n>.png); a job \
-        running when the process stopped runs again at the next start. The API is described at /openapi.json.
+        running when the process stopped runs again at the next start. With --queue postgres://... the queue is shared \
+        with other servers and `newbie worker` processes (--no-worker: API only, no model). The API is described at /openapi.json.
         """)
 
     @OptionGroup var models: ModelOptions
@@ -27,8 +28,10 @@ struct ServeCommand: ParsableCommand {
     var tokenFile: String?
     @Option(help: "Folder of the job store (jobs.sqlite) and the images (jobs/<id>/<n>.png).")
     var outputs = "newbie-outputs"
-    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode). PostgreSQL (postgres://...) is not in this build yet.")
+    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode, this server the only worker) or postgres://user@host[:port]/database (shared with other servers and `newbie worker` processes; they must see the same --outputs folder).")
     var queue = "sqlite"
+    @Flag(name: .customLong("no-worker"), help: "API only: load no model and run no job (needs --queue postgres://...; `newbie worker` processes run the jobs).")
+    var noWorker = false
 
     @Option(name: .customLong("max-queued"), help: "Waiting jobs before POST /v1/jobs answers 429 with Retry-After.")
     var maxQueued = 64
@@ -44,12 +47,17 @@ struct ServeCommand: ParsableCommand {
     var previewMap: String?
     @Option(name: .customLong("preview-every"), help: "With --preview-map: a preview event every N sampler steps.")
     var previewEvery = 2
+    @Option(help: ArgumentHelp(ResidentOption.help))
+    var resident = "all"
     @Option(help: "Seconds a worker's lease on a job lasts without a heartbeat (a job whose worker died runs again after it).")
     var lease: Double = 30
 
     func run() throws {
-        guard queue == "sqlite" else {
-            throw ValidationError("--queue \(queue): this build has the SQLite queue only (PostgreSQL workers are not implemented yet)")
+        try ResidentOption.check(resident)
+        let backend: QueueBackend
+        do { backend = try QueueBackend.parse(queue) } catch { throw ValidationError("\(error)") }
+        if noWorker && backend == .sqlite {
+            throw ValidationError("--no-worker needs --queue postgres://...: with the SQLite queue this server is the only worker")
         }
         var server = ServerOptions()
         server.host = host
@@ -65,9 +73,10 @@ struct ServeCommand: ParsableCommand {
         let preview = try previewMap.map { try LatentPreview.load($0) }
         if preview != nil { ws.previewEvery = max(1, previewEvery) }
         let log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(("newbie serve: " + $0 + "\n").utf8)) }
-        let options = try deviceOptions.stageOptions()
-        let setup = try ServeSetup(outputs: outputs, paths: try models.paths(), options: options, limits: limits, worker: ws, log: log)
-        setup.pipeline.previewMap = preview
+        let modelChoice = noWorker ? nil : (paths: try models.paths(), options: try deviceOptions.stageOptions())
+        let residency = try modelChoice.map { try ResidentOption.resolve(resident, paths: $0.paths, options: $0.options, log: log) } ?? .all
+        let setup = try ServeSetup(outputs: outputs, queue: backend, models: modelChoice, residency: residency, limits: limits, worker: ws, log: log)
+        setup.pipeline?.previewMap = preview
         let host = self.host
         let sem = DispatchSemaphore(value: 0)
         let box = ErrorBox()

@@ -40,6 +40,36 @@ final class ResidentPipelineTests: XCTestCase {
         }
     }
 
+    /// Stage residency (each job loads the text encoders, the DiT, the VAE in turn and frees each)
+    /// makes the same files' pixels and parameters as resident mode, and keeps no stage.
+    func testStageResidencySameImagesAsResident() throws {
+        let dir = tempDir("resident-stage")
+        let stage = try ResidentPipeline(paths: TinyQueueFixture.pipeline.paths, options: StageOptions(), residency: .stage)
+        XCTAssertNil(stage.text)
+        XCTAssertNil(stage.denoise)
+        XCTAssertNil(stage.decode)
+        XCTAssertEqual(stage.ditConfig.inChannels, TinyQueueFixture.pipeline.ditConfig.inChannels)
+        var p = params("1girl, red eyes", count: 2, steps: 4)
+        p.width = 48; p.height = 32; p.seed = 11
+        let job = Job(id: Job.newID(), seq: 1, state: .running, parameters: p, createdAt: 0)
+        var wrote: [Int] = []
+        var steps = 0
+        let context = JobRunContext(onStep: { _, _, _, _ in steps += 1 }, onImage: { wrote.append($0) })
+        try stage.run(job, outputs: [dir + "/s0.png", dir + "/s1.png"], context: context)
+        XCTAssertEqual(stage.loadSeconds.map(\.0), ["text encoders", "dit", "vae"], "the loads of the job, in stage order")
+        try TinyQueueFixture.pipeline.run(job, outputs: [dir + "/r0.png", dir + "/r1.png"], context: JobRunContext())
+        XCTAssertEqual(wrote, [0, 1])
+        XCTAssertGreaterThan(steps, 0)
+        for i in 0..<2 {
+            let a = try PNG.read(dir + "/s\(i).png"), b = try PNG.read(dir + "/r\(i).png")
+            XCTAssertEqual(a.image, b.image, "image \(i)")
+            XCTAssertEqual(a.text.map { "\($0.key)=\($0.value)" }, b.text.map { "\($0.key)=\($0.value)" })
+        }
+        let s0 = try PNG.read(dir + "/s0.png"), s1 = try PNG.read(dir + "/s1.png")
+        XCTAssertNotEqual(s0.image, s1.image, "two seeds, two images")
+        XCTAssertThrowsError(try Residency.parse("some")) { XCTAssertTrue("\($0)".contains("--resident some"), "\($0)") }
+    }
+
     /// A cancel request seen at step 2's report stops the sampler before its next model call.
     func testCancelMidSampling() throws {
         let dir = tempDir("resident-cancel")

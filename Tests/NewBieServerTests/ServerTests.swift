@@ -50,7 +50,7 @@ final class RunningServer: @unchecked Sendable {
         let app = try HTTPAdapter.application(api: setup.api, options: options, logger: quiet, onRunning: { port in
             portStream.continuation.yield(port)
         })
-        if startWorker { setup.worker.start() }
+        if startWorker { setup.worker?.start() }
         task = Task { try await app.run() }
         var it = portStream.stream.makeAsyncIterator()
         let port = await it.next()!
@@ -59,7 +59,7 @@ final class RunningServer: @unchecked Sendable {
 
     func stop() {
         task.cancel()
-        setup.worker.stop()
+        setup.worker?.stop()
     }
 
     struct Reply {

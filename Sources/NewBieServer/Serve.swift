@@ -8,16 +8,26 @@ import NewBiePostgresQueue
 
 /// Where the jobs are kept (`--queue`).
 public enum QueueBackend: Sendable, Equatable {
-    /// `jobs.sqlite` in the outputs folder, one server process (the default).
-    case sqlite
+    /// A SQLite file, one server process: `jobs.sqlite` in the outputs folder (path nil, the
+    /// default) or the file `sqlite:PATH` names.
+    case sqlite(path: String?)
     /// A PostgreSQL database shared by API servers and `newbie worker` processes.
     case postgres(PostgresURL)
 
-    /// `sqlite` or a `postgres://` URL (see `PostgresURL`); throws a message naming `--queue`.
+    public var isSQLite: Bool { if case .sqlite = self { return true } else { return false } }
+
+    /// `sqlite`, `sqlite:PATH` or a `postgres://` URL (see `PostgresURL`); throws a message naming `--queue`.
     public static func parse(_ s: String) throws -> QueueBackend {
-        if s == "sqlite" { return .sqlite }
+        if s == "sqlite" { return .sqlite(path: nil) }
+        if s.hasPrefix("sqlite:") {
+            let path = String(s.dropFirst("sqlite:".count))
+            guard !path.isEmpty, !path.hasSuffix("/") else {
+                throw JobRequestError("--queue \(s): sqlite:PATH needs the database file's path (e.g. sqlite:/var/lib/newbie/jobs.sqlite)")
+            }
+            return .sqlite(path: path)
+        }
         if PostgresURL.isPostgres(s) { return .postgres(try PostgresURL(parsing: s)) }
-        throw JobRequestError("--queue \(s): expected sqlite or postgres://user@host[:port]/database")
+        throw JobRequestError("--queue \(s): expected sqlite, sqlite:PATH or postgres://user@host[:port]/database")
     }
 }
 
@@ -44,7 +54,7 @@ public final class ServeSetup: @unchecked Sendable {
     /// A server with a worker on resident models and the SQLite queue.
     public convenience init(outputs: String, paths: ModelPaths, options: StageOptions, limits: JobLimits = JobLimits(),
                             worker settings: WorkerSettings = WorkerSettings(), log: @escaping @Sendable (String) -> Void = { _ in }) throws {
-        try self.init(outputs: outputs, queue: .sqlite, models: (paths, options), limits: limits, worker: settings, log: log)
+        try self.init(outputs: outputs, queue: .sqlite(path: nil), models: (paths, options), limits: limits, worker: settings, log: log)
     }
 
     /// Opens the outputs folder and the queue, and loads the models when there are any (the long
@@ -54,16 +64,19 @@ public final class ServeSetup: @unchecked Sendable {
     public init(outputs: String, queue: QueueBackend, models modelChoice: (paths: ModelPaths, options: StageOptions)?,
                 residency: Residency = .all, limits: JobLimits = JobLimits(), worker settings: WorkerSettings = WorkerSettings(),
                 log: @escaping @Sendable (String) -> Void = { _ in }) throws {
-        if modelChoice == nil && queue == .sqlite {
+        if modelChoice == nil && queue.isSQLite {
             throw JobRequestError("--no-worker needs --queue postgres://...: with the SQLite queue this server is the only worker")
         }
         try FileManager.default.createDirectory(atPath: outputs, withIntermediateDirectories: true)
         self.outputs = outputs
         self.queue = queue
         switch queue {
-        case .sqlite:
-            lock = try StoreLock(path: (outputs as NSString).appendingPathComponent("serve.lock"))
-            let sqlite = try SQLiteJobStore(path: Self.storePath(outputs: outputs))
+        case .sqlite(let path):
+            // one server per store: the lock sits beside the database file
+            let db = path ?? Self.storePath(outputs: outputs)
+            if path != nil { try FileManager.default.createDirectory(atPath: (db as NSString).deletingLastPathComponent, withIntermediateDirectories: true) }
+            lock = try StoreLock(path: path.map { $0 + ".lock" } ?? (outputs as NSString).appendingPathComponent("serve.lock"))
+            let sqlite = try SQLiteJobStore(path: db)
             try sqlite.expireAllLeases()
             store = sqlite
         case .postgres(let url):

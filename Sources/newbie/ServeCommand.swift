@@ -28,7 +28,7 @@ struct ServeCommand: ParsableCommand {
     var tokenFile: String?
     @Option(help: "Folder of the job store (jobs.sqlite) and the images (jobs/<id>/<n>.png).")
     var outputs = "newbie-outputs"
-    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode, this server the only worker) or postgres://user@host[:port]/database (shared with other servers and `newbie worker` processes; they must see the same --outputs folder).")
+    @Option(help: "Queue backend: sqlite (jobs.sqlite in --outputs, WAL mode, this server the only worker), sqlite:PATH (that database file) or postgres://user@host[:port]/database (shared with other servers and `newbie worker` processes; they must see the same --outputs folder).")
     var queue = "sqlite"
     @Flag(name: .customLong("no-worker"), help: "API only: load no model and run no job (needs --queue postgres://...; `newbie worker` processes run the jobs).")
     var noWorker = false
@@ -56,7 +56,7 @@ struct ServeCommand: ParsableCommand {
         try ResidentOption.check(resident)
         let backend: QueueBackend
         do { backend = try QueueBackend.parse(queue) } catch { throw ValidationError("\(error)") }
-        if noWorker && backend == .sqlite {
+        if noWorker && backend.isSQLite {
             throw ValidationError("--no-worker needs --queue postgres://...: with the SQLite queue this server is the only worker")
         }
         var server = ServerOptions()

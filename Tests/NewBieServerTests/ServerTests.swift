@@ -344,4 +344,17 @@ final class ServerEndToEndTests: XCTestCase {
         XCTAssertThrowsError(try ServeSetup(outputs: out, paths: paths, options: StageOptions()))
         _ = first
     }
+
+    /// `--queue sqlite:PATH`: the store (and its lock) where the path says, images still in the
+    /// outputs folder; a second server on the same database is refused even with other outputs.
+    func testSQLiteQueueAtAPath() throws {
+        let db = tempDir("serve-db") + "/sub/queue.sqlite"
+        let paths = try ModelPaths.resolve(root: TinyServerFixture.model)
+        let models = (paths: paths, options: StageOptions())
+        let first = try ServeSetup(outputs: tempDir("serve-db-out1"), queue: .sqlite(path: db), models: models)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: db))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: ServeSetup.storePath(outputs: first.outputs)))
+        XCTAssertThrowsError(try ServeSetup(outputs: tempDir("serve-db-out2"), queue: .sqlite(path: db), models: models))
+        _ = first
+    }
 }

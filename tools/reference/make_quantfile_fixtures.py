@@ -9,8 +9,9 @@ Regenerate (from the repository root, with a venv holding those versions, e.g. /
 
 Outputs:
   dit.safetensors        a tiny NextDiT (dim 64, 1 layer + 1 noise + 1 context refiner, heads 4/2,
-                         ffn 128) in the official naming with random bf16-exact weights, stored bf16;
-                         no config.json (the loader infers everything from the shapes).
+                         ffn 128) in the official naming with random bf16-exact weights, stored bf16.
+  config.json            its official config (read by the loaders for every file of the folder: the
+                         RoPE axes of head_dim 16 cannot be inferred from shapes).
   dit.<type>.gguf        the same weights as city96's ComfyUI-GGUF convert.py lays a Lumina 2 DiT
                          out: arch "lumina2", official tensor names, 1-D tensors and tensors of at
                          most 1024 values in F32, every other tensor quantized to <type> with
@@ -28,8 +29,10 @@ Outputs:
   dit.comfy_fp8.safetensors  the tiny DiT as ComfyUI's scaled fp8 checkpoints store one: every
                          2-D weight of the blocks F8_E4M3 (w / scale cast by torch) with a float32
                          scalar "<module>.scale_weight", plus the empty "scaled_fp8" marker tensor;
-                         "expected/<tensor>" (the three qkv weights) is torch's `w8.to(float32) * scale_weight`.
+                         dit.comfy_fp8_expected.safetensors holds, for the three qkv weights, torch's
+                         `w8.to(float32) * scale_weight`.
 """
+import json
 import os
 import sys
 
@@ -136,6 +139,11 @@ def write_gguf(path, sd, type_of, keep_expected):
 
 def main():
     sd = tiny_dit()
+    config = {"model_type": "nextdit_clip", "patch_size": 2, "dim": DIM, "n_layers": 1, "n_heads": HEADS,
+              "n_kv_heads": KV, "in_channels": 16, "axes_dims": [4, 4, 8], "axes_lens": [64, 32, 32],
+              "clip_text_dim": CLIP, "clip_img_dim": CLIP}
+    with open(os.path.join(OUT, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
     save_file(sd, os.path.join(OUT, "dit.safetensors"),
               metadata={"generator": "tools/reference/make_quantfile_fixtures.py"})
     expected = {}
@@ -165,6 +173,7 @@ def main():
 
     # ComfyUI scaled fp8: weight = w8.to(dtype) * scale_weight
     comfy = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    comfy_expected = {}
     for name, t in sd.items():
         blockish = name.startswith(("layers.", "noise_refiner.", "context_refiner.")) and t.ndim == 2
         if blockish:
@@ -175,10 +184,12 @@ def main():
             comfy[name] = w8
             comfy[module + ".scale_weight"] = scale
             if name.endswith(".0.attention.qkv.weight"):
-                comfy["expected/" + name] = w8.to(torch.float32) * scale
+                comfy_expected[name] = w8.to(torch.float32) * scale
         else:
             comfy[name] = t
     save_file(comfy, os.path.join(OUT, "dit.comfy_fp8.safetensors"),
+              metadata={"generator": "tools/reference/make_quantfile_fixtures.py", "torch": torch.__version__})
+    save_file(comfy_expected, os.path.join(OUT, "dit.comfy_fp8_expected.safetensors"),
               metadata={"generator": "tools/reference/make_quantfile_fixtures.py", "torch": torch.__version__})
 
     # self-check with the gguf package's own reader

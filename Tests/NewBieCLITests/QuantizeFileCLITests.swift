@@ -47,4 +47,21 @@ final class QuantizeFileCLITests: XCTestCase {
         XCTAssertTrue(keep.all.contains("nolayer.*"), keep.all)
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/x.safetensors") || FileManager.default.fileExists(atPath: dir + "/x.gguf"))
     }
+
+    /// The tiny model's DiT quantized to each file type runs through `generate --dit`, and
+    /// `inspect` shows each file's quantization.
+    func testQuantizedDiTFilesGenerate() throws {
+        let dir = CLI.tempDir("quantize-generate")
+        for (to, file, layout) in [("q8_0", "dit.gguf", "blocks of 32, one fp16 scale each"),
+                                   ("int8-g128", "dit-int8.safetensors", "int8, one fp32 scale per 128 inputs of each row"),
+                                   ("fp8", "dit-fp8.safetensors", "fp8 e4m3, one fp32 scale per tensor")] {
+            let q = CLI.run(["quantize", CLI.tinyModel + "/transformer", "--to", to, "-o", file], cwd: dir)
+            XCTAssertEqual(q.status, 0, q.all)
+            let inspect = CLI.run(["inspect", file], cwd: dir)
+            XCTAssertTrue(inspect.out.contains(layout) && inspect.out.contains("quantized:"), inspect.all)
+            let g = CLI.run(["generate", "--model", CLI.tinyModel, "--dit", file, "1girl"] + CLI.quick + ["-o", to + ".png"], cwd: dir)
+            XCTAssertEqual(g.status, 0, g.all)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/" + to + ".png"), to)
+        }
+    }
 }

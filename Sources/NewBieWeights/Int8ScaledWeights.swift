@@ -2,8 +2,8 @@ import NewBieTensor
 
 /// A safetensors file written by `newbie quantize --to int8|int8-g128`: each quantized `X.weight`
 /// is I8 [out, in] beside an F32 `X.weight_scale`, [out] (one scale per output row) or
-/// [out, groups] (one per group of `in / groups` input features, the last group shorter when
-/// `in` is not a multiple), `w = q * scale`. Linear layers take the int8 values and scales as they
+/// [out, ceil(in / 128)] (one per group of 128 input features, the last group shorter when `in`
+/// is not a multiple of 128), `w = q * scale`. Linear layers take the int8 values and scales as they
 /// are (`quantizedWeight`); `loadTensor` gives the float32 product for anything else. The scale
 /// tensors are not listed as weights.
 public final class Int8ScaledWeights: WeightSource, @unchecked Sendable {
@@ -32,10 +32,10 @@ public final class Int8ScaledWeights: WeightSource, @unchecked Sendable {
             }
             let s = file.info(name)!
             let out = w.shape[0], inF = w.shape[1]
-            let groups = s.shape.count == 2 ? s.shape[1] : 1
-            guard s.dtype == .f32, s.shape == [out] || (s.shape.count == 2 && s.shape[0] == out && groups >= 1 && groups <= max(inF, 1)) else {
+            let g128 = (inF + 127) / 128
+            guard s.dtype == .f32, s.shape == [out] || s.shape == [out, 1] || s.shape == [out, g128] else {
                 throw WeightsError(.invalidArgument, file: file.path, tensor: name,
-                                   "scale of shape \(s.shape) (\(s.dtype.safetensorsName)) fits \(weight) \(w.shape) neither as F32 [\(out)] nor as F32 [\(out), groups]")
+                                   "scale of shape \(s.shape) (\(s.dtype.safetensorsName)) fits \(weight) \(w.shape) neither as F32 [\(out)] (per row) nor as F32 [\(out), \(g128)] (per 128 inputs)")
             }
         }
         for name in tensorNames where file.info(name)?.dtype == .i8 && file.info(name + Int8ScaledWeights.suffix) == nil {
@@ -50,19 +50,13 @@ public final class Int8ScaledWeights: WeightSource, @unchecked Sendable {
 
     public func quantizedWeight(_ name: String) throws -> QuantizedWeight? {
         guard let w = file.info(name), w.dtype == .i8, let s = file.info(name + Int8ScaledWeights.suffix) else { return nil }
-        let out = w.shape[0], inF = w.shape[1]
+        let out = w.shape[0]
         let groups = s.shape.count == 2 ? s.shape[1] : 1
-        // the group width the scales imply must be the one dequantization uses (ceil(in / groups))
-        let width = (inF + groups - 1) / groups
-        guard groups == 1 || (inF + width - 1) / width == groups else {
-            throw WeightsError(.invalidArgument, file: file.path, tensor: name + Int8ScaledWeights.suffix,
-                               "\(groups) scale groups do not split \(inF) input features into equal groups")
-        }
         let scales = try file.tensor(name + Int8ScaledWeights.suffix).contiguous().reshape([out, groups])
         for v in scales.toFloats() where !v.isFinite {
             throw WeightsError(.invalidArgument, file: file.path, tensor: name + Int8ScaledWeights.suffix, "the scale holds \(v)")
         }
-        let scheme: QuantScheme = groups == 1 ? .int8 : (width == 128 ? .int8g128 : .int8)
+        let scheme: QuantScheme = groups == 1 ? .int8 : .int8g128
         return QuantizedWeight(scheme: scheme, q: try file.tensor(name), scales: scales)
     }
 

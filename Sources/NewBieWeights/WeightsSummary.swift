@@ -66,7 +66,7 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
             quantization = { n, info in
                 guard info.dtype == .i8, let s = int8.file.info(n + Int8ScaledWeights.suffix) else { return nil }
                 if s.shape.count == 1 { return "int8, one fp32 scale per row \(s.shape) (\(n + Int8ScaledWeights.suffix))" }
-                let width = (info.shape[1] + s.shape[1] - 1) / s.shape[1]
+                let width = s.shape[1] == 1 ? info.shape[1] : 128
                 return "int8, one fp32 scale per \(width) inputs of each row \(s.shape) (\(n + Int8ScaledWeights.suffix))"
             }
         }

@@ -89,6 +89,25 @@ final class QuantizedFileWriterTests: XCTestCase {
         }
     }
 
+    /// Rows that are not whole groups of 128: the file holds ceil(in / 128) scales per row and
+    /// reads back to the values the writer quantized.
+    func testInt8G128FileWithAShortLastGroup() throws {
+        let dir = try folder()
+        let input = dir + "/w.safetensors", out = dir + "/q.safetensors"
+        let w = Tensor((0..<(4 * 200)).map { k in sin(Float(k)) * (k % 200 < 128 ? 1 : 5) }, shape: [4, 200])
+        try SafeTensorsWriter.write([("layers.0.feed_forward.w2.weight", w)], toPath: input)
+        _ = try QuantizedFileWriter(target: .int8g128, architecture: "lumina2").write(try openWeights(path: input), to: out)
+        XCTAssertEqual(try SafeTensorsFile(path: out).info("layers.0.feed_forward.w2.weight_scale")?.shape, [4, 2])
+        let q = try XCTUnwrap(try openWeights(path: out).quantizedWeight("layers.0.feed_forward.w2.weight"))
+        XCTAssertEqual(q.scheme, .int8g128)
+        let back = q.dequantized().toFloats(), orig = w.toFloats()
+        let s = q.scales.toFloats()
+        for k in orig.indices {
+            // each value within half a step of its own group's scale
+            XCTAssertLessThanOrEqual(abs(back[k] - orig[k]), s[(k / 200) * 2 + (k % 200) / 128] * 0.5001, "\(k)")
+        }
+    }
+
     func testNonFiniteWeightsAreRefusedNamingTheTensor() throws {
         let dir = try folder()
         let bad = dir + "/nan.safetensors"

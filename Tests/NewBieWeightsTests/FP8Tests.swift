@@ -30,3 +30,19 @@ final class FP8Tests: XCTestCase {
         XCTAssertEqual(mismatches, 0)
     }
 }
+
+/// int8-g128 rows whose length is not a multiple of 128: the last group is shorter, and
+/// dequantization must use groups of 128 too (not in / groups).
+final class ShortLastGroupTests: XCTestCase {
+    func testDequantizationUsesGroupsOf128() {
+        let inF = 200
+        // the two groups of a row have different ranges, so their scales differ
+        let w = Tensor((0..<(2 * inF)).map { k in (Float((k * 37) % 101) / 50 - 1) * (k % inF < 128 ? 1 : 3) }, shape: [2, inF])
+        let q = QuantizedWeight.quantize(w, scheme: .int8g128)
+        XCTAssertEqual(q.scales.shape, [2, 2])
+        XCTAssertNotEqual(q.scales.toFloats()[0], q.scales.toFloats()[1])
+        let qs = q.q.toFloats(), s = q.scales.toFloats()
+        let want = (0..<(2 * inF)).map { k in qs[k] * s[(k / inF) * 2 + (k % inF) / 128] }
+        XCTAssertEqual(q.dequantized().toFloats(), want)
+    }
+}

@@ -36,8 +36,10 @@ final class QuantizedFileTests: XCTestCase {
     }
 
     /// Relative L2 of the DiT output from each GGUF against the fp32 forward of the bf16 source,
-    /// bounded by 3x the file's own weight error (relative L2 over all its weights). Written
-    /// down before measuring: "output error about 2x the weight error"; measured ratios are printed.
+    /// bounded by 3x the file's own weight error (relative L2 over all its weights). The first
+    /// fixed bounds (1e-2, 5e-2, 1e-1 for Q8_0, Q5_0, Q4_0, guessed from the weight errors)
+    /// failed at 1.0e-2, 9.6e-2, 1.5e-1; the output error is 2.1-2.7x the weight error on this
+    /// random model, so the bound follows the weight error instead (ratios are printed).
     func testForwardFromEachGGUFTypeIsCloseToFP32() throws {
         let source = try SafeTensorsFile(path: fixture("dit.safetensors"))
         let reference = try forward(try NextDiT.load(path: fixture("dit.safetensors"), dtype: .f32))

@@ -130,6 +130,13 @@ public final class ModelWeights: @unchecked Sendable {
         }
     }
 
+    /// The int8 values and scales of an internal tensor stored quantized ahead of time (a
+    /// published tensor used as is), or nil.
+    public func quantizedWeight(_ internalName: String) throws -> QuantizedWeight? {
+        guard specs[internalName] != nil, case .tensor(let n) = naming.recipe(internalName) else { return nil }
+        return try source.quantizedWeight(prefix + n)
+    }
+
     public func scope(_ path: String) -> ScopedWeights { ScopedWeights(weights: self, path: path) }
 }
 

@@ -89,6 +89,9 @@ public struct TensorInfo: Sendable, Equatable {
     /// Byte range inside the data section (after the header).
     public let dataBegin: Int
     public let dataEnd: Int
+    /// Stored as float8 e4m3fn (safetensors `F8_E4M3`, one byte per value); `dtype` is then
+    /// `.f32`, what `SafeTensorsFile.tensor` decodes it to.
+    public var storedAsFP8E4M3: Bool = false
     public var count: Int { shape.reduce(1, *) }
     public var byteCount: Int { dataEnd - dataBegin }
 }
@@ -271,7 +274,8 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard let dtValue = field("dtype") else { throw bad(.invalidEntry, "missing dtype") }
         guard case .string(let dt) = dtValue else { throw bad(.invalidEntry, "dtype is \(dtValue.kindName), not a string") }
         guard let bits = SafeTensorsDTypeTable.bits[dt] else { throw bad(.unknownDType, "unknown dtype \(JSONWriter.quote(dt))") }
-        guard let dtype = DType(safetensorsName: dt) else {
+        let fp8 = dt == "F8_E4M3"
+        guard let dtype = fp8 ? .f32 : DType(safetensorsName: dt) else {
             throw bad(.unsupportedDType, "dtype \(dt) (\(bits)-bit) is a safetensors dtype NewBie does not support")
         }
 
@@ -291,7 +295,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
             guard !overflow else { throw bad(.shapeOverflow, "shape \(shape) has too many elements (overflow)") }
             count = c
         }
-        let (bytes, overflow) = count.multipliedReportingOverflow(by: dtype.byteSize)
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: fp8 ? 1 : dtype.byteSize)
         guard !overflow else { throw bad(.shapeOverflow, "shape \(shape) of \(dt) needs more bytes than can be counted (overflow)") }
 
         guard let offValue = field("data_offsets") else { throw bad(.invalidEntry, "missing data_offsets") }
@@ -306,7 +310,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard bytes == end - begin else {
             throw bad(.sizeMismatch, "shape \(shape) of \(dt) needs \(bytes) bytes but data_offsets [\(begin), \(end)] hold \(end - begin)")
         }
-        return TensorInfo(name: name, dtype: dtype, shape: shape, dataBegin: begin, dataEnd: end)
+        return TensorInfo(name: name, dtype: dtype, shape: shape, dataBegin: begin, dataEnd: end, storedAsFP8E4M3: fp8)
     }
 
     public func info(_ name: String) -> TensorInfo? { infos[name] }
@@ -329,6 +333,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
         // base is non-nil: the file has at least 8 bytes (checked in init).
         let p = file.base! + dataStart + info.dataBegin
         let n = info.byteCount
+        if info.storedAsFP8E4M3 {
+            let t = Tensor.empty(info.shape, dtype: .f32)
+            FP8E4M3.decode(p, count: info.count, into: t.hostPointer.assumingMemoryBound(to: Float.self))
+            return t
+        }
         if Int(bitPattern: p) % info.dtype.byteSize == 0 {
             return Tensor.borrowing(host: p, byteCount: n, dtype: info.dtype, shape: info.shape, owner: file)
         }

@@ -19,7 +19,8 @@ import Darwin
 public enum SafeTensorsWriter {
     /// The header bytes (JSON plus padding, without the 8-byte length) and the data size for
     /// tensors of the given names, dtypes and shapes.
-    static func header(_ entries: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String]?)
+    static func header(_ entries: [(name: String, dtype: DType, shape: [Int])], metadata: [String: String]?,
+                       storedAs: [String: String] = [:])
         throws -> (bytes: [UInt8], dataSize: Int) {
         var seen = Set<String>()
         var parts: [String] = []
@@ -42,7 +43,7 @@ public enum SafeTensorsWriter {
             }
             let n = count * e.dtype.byteSize
             let shape = "[" + e.shape.map(String.init).joined(separator: ",") + "]"
-            parts.append("\(JSONWriter.quote(e.name)):{\"dtype\":\"\(e.dtype.safetensorsName)\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + n)]}")
+            parts.append("\(JSONWriter.quote(e.name)):{\"dtype\":\"\(storedAs[e.name] ?? e.dtype.safetensorsName)\",\"shape\":\(shape),\"data_offsets\":[\(offset),\(offset + n)]}")
             offset += n
         }
         var bytes = Array(("{" + parts.joined(separator: ",") + "}").utf8)
@@ -57,10 +58,13 @@ public enum SafeTensorsWriter {
     }
 
     /// The same to a path given as text, where `-` is standard output.
-    public static func write(_ tensors: [(String, Tensor)], metadata: [String: String]? = nil, toPath path: String) throws {
+    /// `storedAs` names a safetensors dtype for tensors whose bytes are held in a one-byte
+    /// container (e.g. "F8_E4M3" for fp8 bytes in a `.u8` tensor).
+    public static func write(_ tensors: [(String, Tensor)], metadata: [String: String]? = nil, storedAs: [String: String] = [:],
+                             toPath path: String) throws {
         let header: [UInt8], dataSize: Int
         do {
-            (header, dataSize) = try Self.header(tensors.map { ($0.0, $0.1.dtype, $0.1.shape) }, metadata: metadata)
+            (header, dataSize) = try Self.header(tensors.map { ($0.0, $0.1.dtype, $0.1.shape) }, metadata: metadata, storedAs: storedAs)
         } catch let e as WeightsError {
             throw e.withFile(path)
         }

@@ -188,7 +188,15 @@ public func openWeights(path: String) throws -> WeightSource {
         let shown = magic.map { String(format: "%02x", $0) }.joined(separator: " ")
         throw WeightsError(.unsupportedFormat, file: path, "not a GGUF file: it does not start with the GGUF magic (first bytes: \(shown.isEmpty ? "none, the file is shorter than 4 bytes" : shown))")
     }
-    return try SafeTensorsFile(path: path)
+    return try openSafeTensorsFile(path)
+}
+
+/// One safetensors file; an int8 one from `newbie quantize` or a ComfyUI scaled-fp8 one is seen
+/// through its scales (`Int8ScaledWeights`, `ComfyFP8Weights`).
+private func openSafeTensorsFile(_ path: String) throws -> WeightSource {
+    let file = try SafeTensorsFile(path: path)
+    if Int8ScaledWeights.applies(to: file) { return try Int8ScaledWeights(file) }
+    return ComfyFP8Weights.applies(to: file) ? try ComfyFP8Weights(file) : file
 }
 
 private func firstBytes(_ path: String, _ n: Int) throws -> [UInt8] {
@@ -223,7 +231,7 @@ private func openWeightsFolder(_ folder: String) throws -> WeightSource {
         }
         throw WeightsError(.io, file: folder, "the folder holds no .safetensors file, no *.safetensors.index.json and no .gguf file")
     }
-    if files.count == 1 { return try SafeTensorsFile(path: base.appendingPathComponent(files[0]).path) }
+    if files.count == 1 { return try openSafeTensorsFile(base.appendingPathComponent(files[0]).path) }
     return try ShardedSafeTensors(shardPaths: files.map { base.appendingPathComponent($0).path }, description: folder)
 }
 

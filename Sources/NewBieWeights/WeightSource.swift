@@ -12,6 +12,13 @@ public protocol WeightSource: AnyObject, Sendable {
     func tensorInfo(_ name: String) -> TensorInfo?
     /// The tensor on the CPU (zero-copy where the format allows).
     func loadTensor(_ name: String) throws -> Tensor
+    /// The weight as stored int8 values and scales, for files quantized ahead of time (nil: the
+    /// tensor is not stored that way; `loadTensor` still gives its float values).
+    func quantizedWeight(_ name: String) throws -> QuantizedWeight?
+}
+
+extension WeightSource {
+    public func quantizedWeight(_ name: String) throws -> QuantizedWeight? { nil }
 }
 
 extension SafeTensorsFile: WeightSource {

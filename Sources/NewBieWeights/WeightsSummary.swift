@@ -14,6 +14,8 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         public let bytes: Int
         /// The shard file (last path component) for sharded checkpoints.
         public let file: String?
+        /// How a quantized tensor is stored: block or group size and scale layout (nil: plain).
+        public var quantization: String? = nil
     }
 
     public struct DTypeCount: Codable, Equatable, Sendable {
@@ -41,12 +43,33 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
     public let dtypes: [DTypeCount]
     /// Sorted by name, with digit runs compared by value (`layers.2` before `layers.10`).
     public let tensors: [Entry]
+    /// Totals over the quantized tensors (`Entry.quantization` set); 0 when none.
+    public var quantizedTensors = 0, quantizedParameters = 0, quantizedBytes = 0
 
     public init(path: String, source: WeightSource, filter: String? = nil) {
         self.path = path
         self.filter = filter
         var shardOf: (String) -> String? = { _ in nil }
         var storageType: (String, TensorInfo) -> String = { $1.dtype.rawValue }
+        var quantization: (String, TensorInfo) -> String? = { _, _ in nil }
+        var source = source
+        if let fp8 = source as? ComfyFP8Weights {
+            source = fp8.file
+            storageType = { $1.storedAsFP8E4M3 ? "f8_e4m3" : $1.dtype.rawValue }
+            quantization = { n, info in
+                guard info.storedAsFP8E4M3 else { return nil }
+                guard let scaleName = ComfyFP8Weights.scaleName(n), let s = fp8.file.info(scaleName) else { return "fp8 e4m3, no scale" }
+                return s.count == 1 ? "fp8 e4m3, one fp32 scale per tensor (\(scaleName))" : "fp8 e4m3, one scale per row \(s.shape) (\(scaleName))"
+            }
+        } else if let int8 = source as? Int8ScaledWeights {
+            source = int8.file
+            quantization = { n, info in
+                guard info.dtype == .i8, let s = int8.file.info(n + Int8ScaledWeights.suffix) else { return nil }
+                if s.shape.count == 1 { return "int8, one fp32 scale per row \(s.shape) (\(n + Int8ScaledWeights.suffix))" }
+                let width = s.shape[1] == 1 ? info.shape[1] : 128
+                return "int8, one fp32 scale per \(width) inputs of each row \(s.shape) (\(n + Int8ScaledWeights.suffix))"
+            }
+        }
         if let sharded = source as? ShardedSafeTensors {
             format = "safetensors-sharded"
             files = (sharded.indexPath.map { [$0] } ?? []) + sharded.shards.map(\.path)
@@ -61,6 +84,7 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
             files = [gguf.path]
             metadata = gguf.metadata.mapValues { $0.string ?? $0.description }
             storageType = { gguf.tensors[$0]?.type.name.lowercased() ?? $1.dtype.rawValue }
+            quantization = { n, _ in gguf.tensors[n].flatMap { WeightsSummary.ggmlLayout($0.type) } }
         } else {
             format = String(describing: type(of: source))
             files = [source.sourceDescription]
@@ -72,11 +96,13 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         var entries: [Entry] = []
         var byType: [String: (Int, Int, Int)] = [:]
         var params = 0, bytes = 0
+        var qCounts = (0, 0, 0)
         for n in names {
             guard let info = source.tensorInfo(n) else { continue }
             // Bytes as stored (for block-quantised GGUF tensors, less than count x dtype size).
             let e = Entry(name: n, dtype: storageType(n, info), shape: info.shape, parameters: info.count,
-                          bytes: info.byteCount, file: shardOf(n))
+                          bytes: info.byteCount, file: shardOf(n), quantization: quantization(n, info))
+            if e.quantization != nil { qCounts.0 += 1; qCounts.1 += e.parameters; qCounts.2 += e.bytes }
             entries.append(e)
             params += e.parameters
             bytes += e.bytes
@@ -84,11 +110,24 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
             byType[e.dtype] = (c.0 + 1, c.1 + e.parameters, c.2 + e.bytes)
         }
         tensors = entries
+        (quantizedTensors, quantizedParameters, quantizedBytes) = qCounts
         tensorCount = entries.count
         parameterCount = params
         totalBytes = bytes
         dtypes = byType.map { DTypeCount(dtype: $0.key, tensors: $0.value.0, parameters: $0.value.1, bytes: $0.value.2) }
             .sorted { ($0.bytes, $1.dtype) > ($1.bytes, $0.dtype) }
+    }
+
+    /// The block layout of a quantized GGML type (nil for plain F32/F16/BF16 and integers).
+    static func ggmlLayout(_ t: GGMLType) -> String? {
+        switch t.id {
+        case GGMLType.f32.id, GGMLType.f16.id, GGMLType.bf16.id, 24, 25, 26, 27, 28: return nil
+        case GGMLType.q8_0.id, GGMLType.q4_0.id, GGMLType.q5_0.id: return "blocks of 32, one fp16 scale each"
+        case GGMLType.q4_K.id, GGMLType.q5_K.id:
+            return "super-blocks of 256: fp16 scale and min, 6-bit scale and min per 32"
+        case GGMLType.q6_K.id: return "super-blocks of 256: fp16 scale, 8-bit scale per 16"
+        default: return "GGML blocks of \(t.blockSize) values in \(t.blockBytes) bytes"
+        }
     }
 
     /// The summary as pretty-printed JSON with sorted keys.
@@ -119,6 +158,9 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         out.append("tensors:     \(tensorCount)")
         out.append("parameters:  \(Self.grouped(parameterCount))" + (parameterCount >= 1000 ? " (\(Self.short(Double(parameterCount), unit: "")))" : ""))
         out.append("bytes:       \(Self.grouped(totalBytes)) (\(Self.short(Double(totalBytes), unit: "B")))")
+        if quantizedTensors > 0 {
+            out.append("quantized:   \(quantizedTensors) tensors, \(Self.grouped(quantizedParameters)) parameters in \(Self.short(Double(quantizedBytes), unit: "B")) (scales of int8/fp8 files not counted)")
+        }
         for (i, d) in dtypes.enumerated() {
             let label = i == 0 ? "dtypes:      " : "             "
             let typeWidth = max(5, dtypes.map(\.dtype.count).max() ?? 0)
@@ -137,12 +179,15 @@ public struct WeightsSummary: Codable, Equatable, Sendable {
         let shapeWidth = max(5, shapes.map(\.count).max() ?? 0)
         let typeWidth = max(5, tensors.map(\.dtype.count).max() ?? 0)
         func pad(_ s: String, _ w: Int) -> String { s.count >= w ? s : s + String(repeating: " ", count: w - s.count) }
+        let showQuant = tensors.contains { $0.quantization != nil }
         var headerRow = pad("name", nameWidth) + "  " + pad("dtype", typeWidth) + "  " + pad("shape", shapeWidth)
         if showFile { headerRow += "  file" }
+        if showQuant { headerRow += "  quantization" }
         out.append(headerRow.trimmingTrailingSpaces())
         for (t, shape) in zip(tensors, shapes) {
             var row = pad(t.name, nameWidth) + "  " + pad(t.dtype, typeWidth) + "  " + pad(shape, shapeWidth)
             if showFile { row += "  " + (t.file ?? "") }
+            if showQuant { row += "  " + (t.quantization ?? "") }
             out.append(row.trimmingTrailingSpaces())
         }
         return out.joined(separator: "\n") + "\n"

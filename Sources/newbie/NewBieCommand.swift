@@ -21,6 +21,7 @@ struct NewBie: ParsableCommand {
             GenerateCommand.self, EncodeCommand.self, DenoiseCommand.self, DecodeCommand.self, MakeTinyModelCommand.self,
             GPUCheckCommand.self,
             InspectCommand.self,
+            QuantizeCommand.self,
             MiniEvalCommand.self,
             PrecisionReportCommand.self,
             PromptCommand.self,

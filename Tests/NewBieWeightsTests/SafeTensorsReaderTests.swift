@@ -210,8 +210,15 @@ final class SafeTensorsReaderTests: XCTestCase {
     func testUnknownAndUnsupportedDType() throws {
         let p = try file(#"{"w":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}"#, data: [1])
         assertWeightsError(.unknownDType, file: p, tensor: "w", contains: ["unknown dtype \"Q4\""]) { try SafeTensorsFile(path: p) }
-        let q = try file(#"{"w":{"dtype":"F8_E4M3","shape":[1],"data_offsets":[0,1]}}"#, data: [1], name: "f8.safetensors")
-        assertWeightsError(.unsupportedDType, file: q, tensor: "w", contains: ["F8_E4M3", "not support"]) { try SafeTensorsFile(path: q) }
+        let q = try file(#"{"w":{"dtype":"F8_E5M2","shape":[1],"data_offsets":[0,1]}}"#, data: [1], name: "f8.safetensors")
+        assertWeightsError(.unsupportedDType, file: q, tensor: "w", contains: ["F8_E5M2", "not support"]) { try SafeTensorsFile(path: q) }
+        // F8_E4M3 is read (decoded to float32); one byte per value, so a 2-byte range is a size error
+        let e = try file(#"{"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}}"#, data: [0x38, 0xC4], name: "e4m3.safetensors")
+        let ef = try SafeTensorsFile(path: e)
+        XCTAssertEqual(ef.info("w")?.storedAsFP8E4M3, true)
+        XCTAssertEqual(try ef.tensor("w").toFloats(), [1.0, -3.0])
+        let bad = try file(#"{"w":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0], name: "e4m3bad.safetensors")
+        assertWeightsError(.sizeMismatch, file: bad, tensor: "w", contains: ["needs 2 bytes"]) { try SafeTensorsFile(path: bad) }
         // dtype names are case-sensitive in the format.
         let r = try file(#"{"w":{"dtype":"f32","shape":[1],"data_offsets":[0,4]}}"#, data: [0, 0, 0, 0], name: "lc.safetensors")
         assertWeightsError(.unknownDType, file: r, tensor: "w") { try SafeTensorsFile(path: r) }

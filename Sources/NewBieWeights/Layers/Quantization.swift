@@ -120,7 +120,9 @@ public struct QuantizedWeight: @unchecked Sendable {
     /// The float weight q * scale, computed in fp32, then cast to `dtype` on `device`.
     public func dequantized(_ dtype: DType = .f32, device: Device = .cpu) -> Tensor {
         let out = q.shape[0], inF = q.shape[1], groups = scales.shape[1]
-        let g = (inF + groups - 1) / max(groups, 1)
+        // the scheme's group width (the last group of a row may be shorter); in / groups would
+        // misplace every value past the first group when `in` is not a multiple of 128
+        let g = groups == 1 ? max(inF, 1) : (scheme.groupSize ?? (inF + groups - 1) / groups)
         let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
         let sp = scales.hostPointer.assumingMemoryBound(to: Float.self)
         let w = Tensor.empty([out, inF], dtype: .f32)

@@ -39,9 +39,9 @@ public struct VAETiling: Sendable, Equatable {
     public var blendLatent: Int
     public var globalNormStatistics: Bool
     /// With `.auto`, tile when the latent has more cells than this (192*192 = 1536x1536 pixels).
-    /// Tiling exists for memory: the untiled decode of the full FLUX VAE at 1536x1536 needs about
-    /// 7 GiB in fp32 on the CPU (a 128-channel fp32 activation is 1.1 GiB there), which these
-    /// machines hold; tiling just above 1024x1024 only cost time.
+    /// Tiling exists for memory, and with exact statistics it costs about ten untiled decodes:
+    /// `RunCheck` estimates the untiled decode of the full FLUX VAE at 1536x1536 in fp32 at about
+    /// 9 GiB of activations, which a 24 GiB machine holds (at 1024x1024, the old limit, 4 GiB).
     public var autoAboveLatentCells: Int
 
     public init(mode: Mode = .auto, tileLatent: Int = 128, overlapLatent: Int = 32, blendLatent: Int = 4,

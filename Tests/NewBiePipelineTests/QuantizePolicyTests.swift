@@ -116,3 +116,16 @@ final class QuantizePolicyTests: XCTestCase {
         }
     }
 }
+
+/// The step cache is a sampling setting: recorded in the metadata and read back.
+final class StepCacheMetadataTests: XCTestCase {
+    func testStepCacheIsRecordedAndReadBack() throws {
+        var s = SamplingSettings.officialDemo
+        XCTAssertNil(GenerationMetadata.sampling(s)[MetadataKey.stepCache], "off: nothing recorded")
+        s.stepCache = try StepCacheOptions(mode: .fbcache, threshold: 0.15)
+        let md = GenerationMetadata.sampling(s)
+        XCTAssertEqual(md[MetadataKey.stepCache], "fbcache:0.15")
+        XCTAssertEqual(GenerationMetadata.settings(from: md), s)
+        XCTAssertTrue(GenerationMetadata.pngText(md, software: "t").contains { $0.key == MetadataKey.stepCache && $0.value == "fbcache:0.15" })
+    }
+}

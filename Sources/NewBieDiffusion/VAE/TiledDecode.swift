@@ -21,8 +21,8 @@ import NewBieTensor
 /// diffusers' `tiled_decode` does), which is fast but lets windows of smooth content drift apart
 /// in tone. (Recording every GroupNorm's statistics in one pass over per-window-normalised
 /// windows, and refining them over 2-3 such passes, was tried: on the fixture VAE it stayed at
-/// 5-7% relative L2 from the untiled decode, not better than per-window statistics by enough to
-/// keep.)
+/// 9-14% relative L2 from the untiled decode, against 19% for per-window statistics, without
+/// improving steadily with more passes, so it was not kept.)
 ///
 /// Working memory, on the model's device: one window's decode, plus the latent-resolution bottom,
 /// the output image and one Float of blend weight per output pixel, whatever the image size.
@@ -39,9 +39,9 @@ public struct VAETiling: Sendable, Equatable {
     public var blendLatent: Int
     public var globalNormStatistics: Bool
     /// With `.auto`, tile when the latent has more cells than this (192*192 = 1536x1536 pixels).
-    /// Tiling exists for memory: the untiled decode of the full FLUX VAE at 1536x1536 needs about
-    /// 7 GiB in fp32 on the CPU (a 128-channel fp32 activation is 1.1 GiB there), which these
-    /// machines hold; tiling just above 1024x1024 only cost time.
+    /// Tiling exists for memory, and with exact statistics it costs about ten untiled decodes:
+    /// `RunCheck` estimates the untiled decode of the full FLUX VAE at 1536x1536 in fp32 at about
+    /// 9 GiB of activations, which a 24 GiB machine holds (at 1024x1024, the old limit, 4 GiB).
     public var autoAboveLatentCells: Int
 
     public init(mode: Mode = .auto, tileLatent: Int = 128, overlapLatent: Int = 32, blendLatent: Int = 4,

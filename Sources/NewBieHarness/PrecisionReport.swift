@@ -55,19 +55,39 @@ public struct PrecisionReportConfig: Sendable {
         self.settings = settings; self.output = output; self.command = command; self.deviceName = deviceName
     }
 
-    /// One config's precision spec and quantization spec. A config is `PRECISION`, `PRECISION+QUANTIZE`
-    /// (`bf16+dit=int8,gemma=int8`: the `--quantize` form after the "+", an empty precision meaning
-    /// auto) or a bare quantization type (`int8`: auto precision, that type for the DiT and both text
-    /// encoders, the layers kept in 16 bits by default excepted), so quantized runs join the table.
-    public static func split(config spec: String) -> (precision: String, quantize: String) {
-        if let plus = spec.firstIndex(of: "+") {
-            let p = spec[..<plus].trimmingCharacters(in: .whitespaces)
-            return (p.isEmpty ? "auto" : p, spec[spec.index(after: plus)...].trimmingCharacters(in: .whitespaces))
+    /// One config's parts. A config is `PRECISION`, `PRECISION+QUANTIZE` (`bf16+dit=int8,gemma=int8`:
+    /// the `--quantize` form after the "+", an empty precision meaning auto) or a bare quantization
+    /// type (`int8`: auto precision, that type for the DiT and both text encoders, the layers kept in
+    /// 16 bits by default excepted), so quantized runs join the table; any of them may end in
+    /// `@MODE[:THRESHOLD]` to sample with the step cache (`bf16@teacache:0.3`, `@fbcache`).
+    public static func split(config spec: String) -> (precision: String, quantize: String, stepCache: String?) {
+        var body = spec, cache: String? = nil
+        if let at = spec.firstIndex(of: "@") {
+            body = String(spec[..<at]).trimmingCharacters(in: .whitespaces)
+            cache = spec[spec.index(after: at)...].trimmingCharacters(in: .whitespaces)
+            if body.isEmpty { body = "auto" }
         }
-        if let q = QuantScheme(rawValue: spec), q != .none {
-            return ("auto", [ModelSlot.dit, .gemma, .jina].map { "\($0.rawValue)=\(q.rawValue)" }.joined(separator: ","))
+        if let plus = body.firstIndex(of: "+") {
+            let p = body[..<plus].trimmingCharacters(in: .whitespaces)
+            return (p.isEmpty ? "auto" : p, body[body.index(after: plus)...].trimmingCharacters(in: .whitespaces), cache)
         }
-        return (spec, "")
+        if let q = QuantScheme(rawValue: body), q != .none {
+            return ("auto", [ModelSlot.dit, .gemma, .jina].map { "\($0.rawValue)=\(q.rawValue)" }.joined(separator: ","), cache)
+        }
+        return (body, "", cache)
+    }
+
+    /// The step cache of a config's `@MODE[:THRESHOLD]` part (nil: none); errors name the part.
+    public static func stepCache(_ part: String?) throws -> StepCacheOptions? {
+        guard let part else { return nil }
+        let pieces = part.split(separator: ":", maxSplits: 1).map(String.init)
+        var threshold: Float? = nil
+        if pieces.count == 2 {
+            guard let t = Float(pieces[1]) else { throw PipelineError("step cache \"@\(part)\": the threshold \"\(pieces[1])\" is not a number") }
+            threshold = t
+        }
+        guard let mode = pieces.first, !mode.isEmpty else { throw PipelineError("step cache \"@\(part)\": give teacache or fbcache, e.g. @teacache:0.3") }
+        return try StepCacheOptions.parse(mode: mode, threshold: threshold)
     }
 
     /// Splits a `--configs` list ("fp32;bf16;fp16,vae=fp32"): items separated by ";", blanks dropped.
@@ -411,10 +431,11 @@ public enum PrecisionReportRunner {
         do {
             let parts = PrecisionReportConfig.split(config: spec)
             let policy = try PlacementPolicy.parse(precision: parts.precision, device: c.device, quantize: parts.quantize)
+            let stepCache = try PrecisionReportConfig.stepCache(parts.stepCache)
             row.precision = policy.precisionSpec
             row.device = policy.deviceSpec
             let options = StageOptions(placement: policy, cuda: c.cuda)
-            row.generateCommand = generateCommand(c, case: c.cases[0], options: options)
+            row.generateCommand = generateCommand(c, case: c.cases[0], options: options, stepCache: stepCache)
             for d in policy.usedDevices {
                 _ = try DeviceSupport.open(d, cuda: c.cuda)
                 if d != .cpu { deviceBackend = Backends.backend(for: d) }
@@ -455,6 +476,7 @@ public enum PrecisionReportRunner {
                     den.tracer = tracers[i]
                     var s = c.settings
                     s.seed = k.seed
+                    s.stepCache = stepCache
                     var mark = clock()
                     t0 = mark
                     do {
@@ -536,7 +558,8 @@ public enum PrecisionReportRunner {
         }.prefix(60))
     }
 
-    static func generateCommand(_ c: PrecisionReportConfig, case k: PrecisionReportConfig.Case, options: StageOptions) -> String {
+    static func generateCommand(_ c: PrecisionReportConfig, case k: PrecisionReportConfig.Case, options: StageOptions,
+                                stepCache: StepCacheOptions? = nil) -> String {
         let s = c.settings
         var a = ["newbie", "generate", quote(k.prompt)]
         if !k.negativePrompt.isEmpty { a += ["--negative-prompt", quote(k.negativePrompt)] }
@@ -546,6 +569,7 @@ public enum PrecisionReportRunner {
               "--seed", "\(k.seed)", "--rng", s.rng.rawValue, "--precision", quote(options.placement.precisionSpec),
               "--device", quote(options.placement.deviceSpec)]
         if !options.placement.quantizeSpec.isEmpty { a += ["--quantize", quote(options.placement.quantizeSpec)] }
+        if let sc = stepCache { a += ["--step-cache", sc.mode.rawValue, "--cache-threshold", "\(sc.threshold)"] }
         for slot in ModelSlot.allCases { if let p = c.paths.path(slot) { a += ["--\(slot.rawValue)", quote(p)] } }
         return a.joined(separator: " ")
     }

@@ -70,7 +70,8 @@ struct PrecisionReportCommand: ParsableCommand {
         discussion: """
         Every config in --configs is a precision spec as --precision takes it (fp32, bf16, fp16, "bf16,vae=fp32", \
         "fp16,dit.layers.*.attention=fp32", ...), optionally with quantized weights after a "+" in the --quantize form \
-        ("bf16+dit=int8,gemma=int8"), or a bare quantization type ("int8": the DiT and both text encoders); the first is the reference (--precision and --dtype do not apply here). Each config runs the text encoders, \
+        ("bf16+dit=int8,gemma=int8"), or a bare quantization type ("int8": the DiT and both text encoders), and may end in @teacache[:X] or \
+        @fbcache[:X] to sample with the step cache ("bf16@teacache:0.3"); the first is the reference (--precision and --dtype do not apply here). Each config runs the text encoders, \
         the DiT sampling and the VAE on every prompt and seed with the same sampler and size. Per config and \
         prompt the report holds the wall time of each stage and DiT step, the peak host memory (and the GPU's), \
         the first module output with NaN or Inf (path and model evaluation), the latent's relative L2 error \
@@ -187,7 +188,10 @@ struct PrecisionReportCommand: ParsableCommand {
         // every config's syntax is checked before any model runs (module paths when its turn comes)
         for spec in configList {
             let parts = PrecisionReportConfig.split(config: spec)
-            do { _ = try PlacementPolicy.parse(precision: parts.precision, device: deviceOptions.device, quantize: parts.quantize) } catch {
+            do {
+                _ = try PlacementPolicy.parse(precision: parts.precision, device: deviceOptions.device, quantize: parts.quantize)
+                _ = try PrecisionReportConfig.stepCache(parts.stepCache)
+            } catch {
                 throw PipelineError("--configs: config \"\(spec)\": \(error)")
             }
         }

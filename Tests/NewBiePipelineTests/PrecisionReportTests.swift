@@ -243,11 +243,17 @@ final class PrecisionReportTests: XCTestCase {
         XCTAssertEqual(PrecisionReportConfig.split(config: "bf16,vae=fp32+dit.layers.0=int8-g128").quantize, "dit.layers.0=int8-g128")
         XCTAssertEqual(PrecisionReportConfig.split(config: "+dit=int8").precision, "auto")
         XCTAssertEqual(PrecisionReportConfig.split(config: "fp16").quantize, "")
+        XCTAssertNil(PrecisionReportConfig.split(config: "fp16").stepCache)
+        let cached = PrecisionReportConfig.split(config: "bf16+dit=int8@teacache:0.3")
+        XCTAssertEqual([cached.precision, cached.quantize, cached.stepCache], ["bf16", "dit=int8", "teacache:0.3"])
+        XCTAssertEqual(try PrecisionReportConfig.stepCache("fbcache")?.threshold, 0.1)
+        XCTAssertThrowsError(try PrecisionReportConfig.stepCache("teacache:x"))
+        XCTAssertThrowsError(try PrecisionReportConfig.stepCache("warpcache"))
 
         let out = NSTemporaryDirectory() + "newbie-precision-quant-\(getpid())"
         try? FileManager.default.removeItem(atPath: out)
         var c = try config(out)
-        c.configs = ["fp32", "int8", "fp32+dit.layers.0=int8", "fp32+dit.nowhere=int8"]
+        c.configs = ["fp32", "int8", "fp32+dit.layers.0=int8", "fp32+dit.nowhere=int8", "fp32@teacache:1000", "fp32@fbcache:0"]
         let r = try PrecisionReportRunner.run(c, log: { _ in })
         for i in 1...2 {
             XCTAssertNil(r.configs[i].error, "\(r.configs[i])")
@@ -260,6 +266,11 @@ final class PrecisionReportTests: XCTestCase {
         // quantizing one block moves the latent less than quantizing every model
         XCTAssertLessThan(r.configs[2].results[0].latentRelativeL2!, r.configs[1].results[0].latentRelativeL2!)
         XCTAssertEqual(r.configs[3].error.map { $0.contains("nowhere") }, true, "\(String(describing: r.configs[3].error))")
+        // the step cache: a huge threshold skips calls (the latent moves), threshold 0 skips none (identical)
+        XCTAssertNil(r.configs[4].error)
+        XCTAssertGreaterThan(r.configs[4].results[0].latentRelativeL2!, 1e-4)
+        XCTAssertTrue(r.configs[4].generateCommand.contains("--step-cache teacache --cache-threshold 1000.0"), r.configs[4].generateCommand)
+        XCTAssertEqual(r.configs[5].results[0].latentRelativeL2, 0)
     }
 
     func testConfigList() throws {

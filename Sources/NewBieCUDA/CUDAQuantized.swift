@@ -31,10 +31,8 @@ extension CUDABackend {
         let sd = (scales.device == device ? scales : scales.to(device: device)).to(.f32)
         let groups = sd.shape[1], group = (cols + groups - 1) / Swift.max(groups, 1)
         setCurrent()
-        profiled("dequant int8") {
-            launch("nb_dequant_i8", grid: blocks(rows * cols), KernelArgs().ptr(ptr(qd)).ptr(ptr(sd)).i64(rows).i64(cols)
-                .i64(groups).i64(group).ptr(ptr(out)).i32(code))
-        }
+        launch2D("nb_dequant_i8", grid: (Swift.min((cols + 1023) / 1024, 65536), Swift.min(rows, 65535)),
+                 KernelArgs().ptr(ptr(qd)).ptr(ptr(sd)).i64(rows).i64(cols).i64(groups).i64(group).ptr(ptr(out)).i32(code))
         return out
     }
 

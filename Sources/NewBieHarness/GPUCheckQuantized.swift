@@ -35,8 +35,12 @@ extension GPUCheck {
                 let s = scale.toFloats()[0]
                 return Tensor(codes.toInts().map { FloatE4M3.decode(UInt8($0)) * s }, shape: x.shape)
             }
-            check("fp8 W8A8 linear + bias", dt) { d in
-                Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
+            // the 16-bit compute dtypes only: with fp32 outputs the comparison would measure the FP8
+            // tensor cores' accumulation (fewer bits than fp32 between promotions), not our code
+            if dt != .f32 {
+                check("fp8 W8A8 linear + bias", dt) { d in
+                    Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
+                }
             }
         }
     }

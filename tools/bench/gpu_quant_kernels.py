@@ -51,7 +51,7 @@ def dequant(q, scales, dtype):
     rows, cols = q.shape
     groups = scales.shape[1]
     out = torch.empty(rows, cols, dtype=dtype, device=dev)
-    K["nb_dequant_i8"]((blocks(rows * cols),), (256,), (p(q), p(scales), np.int64(rows), np.int64(cols), np.int64(groups),
+    K["nb_dequant_i8"]((min((cols + 1023) // 1024, 65536), min(rows, 65535)), (256,), (p(q), p(scales), np.int64(rows), np.int64(cols), np.int64(groups),
                        np.int64((cols + groups - 1) // groups), p(out), np.int32(DT[dtype])))
     return out
 

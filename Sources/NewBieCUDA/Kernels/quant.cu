@@ -26,13 +26,23 @@ __device__ __forceinline__ void q_st(void* p, int dt, i64 i, float v) {
     else ((float*)p)[i] = v;
 }
 
-// w[o, i] = q[o, i] * scale[o, i / group] in fp32, rounded once to the output type.
+// w[o, i] = q[o, i] * scale[o, i / group] in fp32, rounded once to the output type. Grid: y over
+// rows (striding past 65535), x over each row's columns, 4 per thread; 32-bit column arithmetic
+// (a row is far below 2^31 columns) and no division at all per channel (groups == 1).
 extern "C" __global__ void nb_dequant_i8(const signed char* q, const float* scales, i64 rows, i64 cols,
                                          i64 groups, i64 group, void* out, int outType) {
-    i64 n = rows * cols;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        i64 o = i / cols, c = i - o * cols;
-        q_st(out, outType, i, (float)q[i] * scales[o * groups + c / group]);
+    int ncols = (int)cols, g = (int)group, ng = (int)groups;
+    for (i64 o = blockIdx.y; o < rows; o += gridDim.y) {
+        const signed char* qr = q + o * cols;
+        const float* sr = scales + o * groups;
+        i64 base = o * cols;
+        for (int c = (blockIdx.x * blockDim.x + threadIdx.x) * 4; c < ncols; c += gridDim.x * blockDim.x * 4) {
+            #pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int cc = c + j;
+                if (cc < ncols) q_st(out, outType, base + cc, (float)qr[cc] * (ng == 1 ? sr[0] : sr[cc / g]));
+            }
+        }
     }
 }
 
@@ -65,8 +75,9 @@ __device__ __forceinline__ unsigned char q_e4m3(float f) {
 // Zeroes the amax cell (kept on the device: no host round trip between the kernels and the GEMM).
 extern "C" __global__ void nb_amax_reset(unsigned* amax) { *amax = 0u; }
 
-// amax = max |x| over n elements, as float bits (non-negative floats order like their bits);
-// a NaN in x makes amax NaN-ish bits larger than inf, so the scale and the output turn NaN too.
+// amax = max |x| over n elements, as float bits (non-negative floats order like their bits). A NaN
+// in x gives NaN bits (above inf's): the scale falls back to 1, as torch.where(amax > 0, ...) does,
+// the NaN element's code is NaN and the rows it reaches in the product come out NaN.
 extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* amax) {
     __shared__ unsigned warpMax[32];
     unsigned m = 0u;

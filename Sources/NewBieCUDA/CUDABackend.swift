@@ -25,6 +25,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     let blas: CUBLASLt
     var functions: [String: OpaquePointer?] = [:]
     let pool: MemoryPool
+    /// cuBLASLt FP8 GEMM plans (CUDAQuantized.swift).
+    let fp8Plans = FP8Plans()
     private let lock = NSLock()
 
     private static let sharedLock = NSLock()
@@ -79,6 +81,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_upsample2x"]),
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
+        ("quant", CUDABackend.quantKernels),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
     /// Headers the modules include (`#include "common.cuh"`), handed to NVRTC by name.

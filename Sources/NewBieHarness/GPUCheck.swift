@@ -178,6 +178,7 @@ public struct GPUCheck {
                 }
             }
         }
+        checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check)
         do {
             try checkModels(log: log) { name, dt, err, limit in
                 rows.append(Row(name: name, dtype: dt, error: err, limit: limit ?? (dt == "fp32" || dt == "f32" ? 1e-5 : 1e-2)))

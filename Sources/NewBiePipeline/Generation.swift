@@ -160,7 +160,9 @@ public enum GenerationMetadata {
 
 /// The whole pipeline over several requests: all prompts are encoded first (then the text
 /// encoders are freed), then each latent is sampled, decoded and written as a PNG with its
-/// parameters before the next one starts (the DiT and the VAE decoder are held together).
+/// parameters before the next one starts (the DiT and the VAE decoder are held together; the DiT
+/// is freed before the last decode, so the device's peak is the larger of the stages' peaks, not
+/// their sum).
 public enum Pipeline {
     public static func generate(_ requests: [GenerationRequest], paths: ModelPaths, options: StageOptions,
                                 extraMetadata: (GenerationRequest) -> [String: String] = { _ in [:] },
@@ -223,7 +225,7 @@ public enum Pipeline {
         // beside the DiT) is loaded with the DiT, so each image is written as soon as it is
         // finished and an interrupt or a later failure keeps the images already made
         var written: [String] = []
-        let den = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
+        var den: DenoiseStage! = try timed("load DiT") { try DenoiseStage(paths: paths, options: options) }
         for n in den.adapterNotes { events.note?(n) }
         den.tracer = tracer
         for e in encoded { try den.check(e) }
@@ -239,6 +241,8 @@ public enum Pipeline {
                             onEvaluation: events.evaluation.map { f in { f($0, i) } })
             }
             if let st = den.stepCacheStats, let o = r.settings.stepCache { events.note?(StepCacheStats.describe(st, o)) }
+            // the last image decodes without the DiT: freed first, it does not add to the decoder's peak
+            if i == requests.count - 1 { den = nil }
             let image = try timed("decode") { try dec.run(latent, progress: events.decodeProgress.map { f in { f($0, $1, i, requests.count) } }) }
             var md = encoded[i].metadata
             md.merge(GenerationMetadata.sampling(r.settings)) { $1 }

@@ -41,6 +41,9 @@ public protocol Backend: AnyObject, Sendable {
     func linear(_ x: Tensor, weight: Tensor, bias: Tensor?) -> Tensor
     /// Batched a [batch, m, k] times b [batch, k, n] (or b [batch, n, k] with transposeB); contiguous.
     func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool) -> Tensor
+    /// Quantized weights (QuantizedOps.swift: definitions, and the host defaults the CPU runs).
+    func dequantizeInt8(_ q: Tensor, scales: Tensor, group: Int, dtype: DType) -> Tensor
+    func fp8Linear(_ x: Tensor, weight: Tensor, weightScale: Tensor, bias: Tensor?) -> Tensor
 
     // MARK: transformer ops
     /// x [B, L, H, D] rotated by angles whose cos/sin are [B or 1, L, D/2] (Float32).

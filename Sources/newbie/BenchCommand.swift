@@ -5,6 +5,7 @@ import NewBieDiffusion
 import NewBieHarness
 import NewBiePipeline
 import NewBieTensor
+import NewBieWeights
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -42,6 +43,9 @@ struct BenchCommand: ParsableCommand {
 
     @Option(help: "With --dit: compute dtype (bf16, fp16, fp32).")
     var dtype: String = "bf16"
+
+    @Option(help: "With --dit: quantize the DiT's linear layers: int8, int8-g128 or fp8 (the layers `--quantize dit=TYPE` quantizes); default none.")
+    var quantize: String?
 
     @Option(help: "With --device cuda: time the VAE decoder of this model (folder or file) at --size x --size instead of single ops.")
     var vae: String?
@@ -169,7 +173,17 @@ struct BenchCommand: ParsableCommand {
         cuda.allowTF32 = tf32
         let config = NextDiTConfig.newBieExp01
         let t0 = DispatchTime.now().uptimeNanoseconds
-        let model = try NextDiT(config: config, dtype: dt, device: .cuda(0), tensor: try randomDiTWeights(config, seed: 7))
+        var precision = ModulePrecision.uniform(dt)
+        if let q = quantize {
+            guard let scheme = QuantScheme(rawValue: q.lowercased()) else {
+                throw ValidationError("--quantize \(q): use \(QuantScheme.userNames)")
+            }
+            precision.quantization = ModuleQuantization(rules: scheme == .none ? [] : [QuantRule(pattern: "", scheme: scheme)])
+        }
+        let tensor = try randomDiTWeights(config, seed: 7)
+        let specs = try NextDiT.plan(config).requested
+        let weights = try ModelWeights(source: ClosureWeightSource(specs: specs, tensor: tensor), expected: specs, naming: .identity())
+        let model = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", device: .cuda(0), precision: precision))
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes
@@ -195,7 +209,7 @@ struct BenchCommand: ParsableCommand {
         let finite = out.allSatisfy { $0.isFinite }
         let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
         let peak = cuda.memoryStats.peakBytes
-        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : ""), batch 2, \(size)x\(size), \(cap) caption tokens")
+        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? ""), batch 2, \(size)x\(size), \(cap) caption tokens")
         print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
                      ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
 

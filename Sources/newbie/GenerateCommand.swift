@@ -288,6 +288,10 @@ final class ProgressReporter {
     /// When the last stage or image ended: the first step of the next image is timed from here.
     var mark: Double = ProgressReporter.now()
     var stageTimes: [(String, Double)] = []
+    /// Peak bytes of device tensors during each stage (the largest over repeats), when `device` is a GPU.
+    var stagePeaks: [String: Int] = [:]
+    /// The device whose memory is followed per stage (set before the run; the CPU: none).
+    var device: Device = .cpu
     /// The --steps the user gave when it counts grid points (euler, midpoint, rk4): shown beside
     /// the sampler's step count, which is one less.
     var gridPoints: Int?
@@ -301,6 +305,12 @@ final class ProgressReporter {
     func stage(_ name: String, _ seconds: Double) {
         mark = ProgressReporter.now()
         if let i = stageTimes.firstIndex(where: { $0.0 == name }) { stageTimes[i].1 += seconds } else { stageTimes.append((name, seconds)) }
+        if device != .cpu {
+            // the peak since the last stage ended, then a fresh count for the next one
+            let b = Backends.backend(for: device)
+            stagePeaks[name] = max(stagePeaks[name] ?? 0, b.memoryStats.peakBytes)
+            b.resetPeakMemory()
+        }
     }
 
     func step(_ s: SamplerStep, image: Int, images: Int) {
@@ -349,11 +359,13 @@ final class ProgressReporter {
         var lines = ["stage times:"]
         func row(_ name: String, _ t: Double) -> String {
             "  " + name.padding(toLength: 20, withPad: " ", startingAt: 0) + String(format: "%9.3f s", t)
+                + (stagePeaks[name].map { ", peak \(device) tensors " + formatBytes($0) } ?? "")
         }
         for (name, t) in stageTimes { lines.append(row(name, t)) }
         lines.append(row("total", stageTimes.reduce(0) { $0 + $1.1 }))
+        let devicePeak = max(stagePeaks.values.max() ?? 0, device == .cpu ? 0 : Backends.backend(for: device).memoryStats.peakBytes)
         lines.append("peak memory: process RSS \(formatBytes(PipelineBench.peakRSS())), CPU tensors \(formatBytes(Backends.backend(for: .cpu).memoryStats.peakBytes))"
-                     + (device == .cpu ? "" : ", \(device) tensors \(formatBytes(Backends.backend(for: device).memoryStats.peakBytes))"))
+                     + (device == .cpu ? "" : ", \(device) tensors \(formatBytes(devicePeak))"))
         FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
 
@@ -474,6 +486,7 @@ struct GenerateCommand: ParsableCommand {
         options.jinaSeesSystemPrompt = preset.jinaSeesSystemPrompt
         let paths = try models.paths()
         let progress = ProgressReporter(quiet: report.quiet)
+        if report.stats { progress.device = options.device }   // peak device memory per stage in the stats
         progress.gridPoints = requests.first.flatMap { $0.settings.sampler == .dpm || $0.settings.effectiveScheduler != nil ? nil : $0.settings.steps }
         var events = progress.events
         let livePreview = try livePreviewSetup(outputs: outs)

@@ -22,6 +22,8 @@ final class KernelSourceTests: XCTestCase {
     __device__ int __float_as_int(float);
     __device__ void __syncthreads();
     __device__ float __shfl_xor_sync(unsigned, float, int);
+    __device__ unsigned __shfl_xor_sync(unsigned, unsigned, int);
+    __device__ unsigned atomicMax(unsigned*, unsigned);
     __device__ int __all_sync(unsigned, int);
     __device__ int __any_sync(unsigned, int);
     __device__ float rsqrtf(float); __device__ float sqrtf(float); __device__ float expf(float); __device__ float exp2f(float);
@@ -45,7 +47,7 @@ final class KernelSourceTests: XCTestCase {
         let kernels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
         let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
-        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "norms.cu"])
+        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "norms.cu", "quant.cu"])
         let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
         try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: prelude) }

@@ -35,7 +35,7 @@ final class QuantizePolicyTests: XCTestCase {
         XCTAssertTrue(message("unet=int8").contains("unknown model \"unet\""), message("unet=int8"))
         XCTAssertTrue(message("unet=int8").contains("dit, gemma, jina, vae"))
         XCTAssertTrue(message("dit=int4").contains("unknown type \"int4\""), message("dit=int4"))
-        XCTAssertTrue(message("dit=int4").contains("int8, int8-g128 or none"))
+        XCTAssertTrue(message("dit=int4").contains("int8, int8-g128, fp8 or none"))
         XCTAssertTrue(message("int8").contains("needs MODEL=SCHEME"), message("int8"))
         XCTAssertTrue(message("dit..x=int8").contains("empty module path component"))
     }
@@ -114,6 +114,29 @@ final class QuantizePolicyTests: XCTestCase {
             XCTAssertEqual(a.weightBytes, b.weight.shape[0] * b.weight.shape[1] + b.weight.shape[0] * 4)
             XCTAssertEqual(b.weightBytes, b.weight.shape[0] * b.weight.shape[1] * 4)
         }
+    }
+
+    /// fp8 W8A8 (emulated on the CPU) in the DiT, and fp8 DiT + int8 Gemma, on the tiny model:
+    /// measured 12.6% and 14.3% relative L2 from fp32 (bound 16%), three to four times int8's: e4m3
+    /// keeps 3 mantissa bits on both operands, ~5% per layer on random weights
+    /// (FP8QuantizationTests), and the per-tensor activation scale spends the range on the
+    /// largest token. Documented in docs/QUANTIZATION.md; the real model is not measured. The DiT's
+    /// block layers hold one byte per weight plus one scale; the default-kept layers stay float.
+    func testFP8TinyModelIsCloseToFloat() throws {
+        let r = try latent("").0.toFloats()
+        let (f, den) = try latent("dit=fp8")
+        let (fg, _) = try latent("dit=fp8,gemma=int8")
+        XCTAssertTrue(f.toFloats().allSatisfy(\.isFinite))
+        let ef = relativeL2(f.toFloats(), r), efg = relativeL2(fg.toFloats(), r)
+        print("fp8 tiny latent: relative L2 vs fp32 \(ef) DiT alone, \(efg) with int8 Gemma")
+        XCTAssertGreaterThan(ef, 0)
+        XCTAssertLessThan(ef, 0.16)
+        XCTAssertLessThan(efg, 0.16)
+        XCTAssertGreaterThan(efg, ef)                               // int8 Gemma adds its own error
+        let qkv = den.dit.layers[0].qkv
+        XCTAssertEqual(qkv.quantized?.scheme, .fp8)
+        XCTAssertEqual(qkv.weightBytes, qkv.weight.shape[0] * qkv.weight.shape[1] + 4)
+        XCTAssertNil(den.dit.finalLinear.quantized)
     }
 }
 

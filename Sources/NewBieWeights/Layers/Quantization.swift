@@ -8,12 +8,15 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
     case int8
     /// int8 weight-only, one fp32 scale per group of 128 input features of each row.
     case int8g128 = "int8-g128"
+    /// fp8 e4m3fn weights with one fp32 scale per tensor, and activations quantized to e4m3 per
+    /// tensor at each call (W8A8): cuBLASLt's FP8 GEMM on Hopper and later, emulated elsewhere.
+    case fp8
 
     /// Input features per scale (nil: the whole row).
     public var groupSize: Int? { self == .int8g128 ? 128 : nil }
 
     /// The names users type.
-    public static let userNames = "int8, int8-g128 or none"
+    public static let userNames = "int8, int8-g128, fp8 or none"
 }
 
 /// One quantization override: linear layers whose module path matches `pattern` (or lies inside
@@ -77,14 +80,15 @@ public struct ModuleQuantization: Sendable, Equatable, CustomStringConvertible {
     public var description: String { rules.map(\.description).joined(separator: ",") }
 }
 
-/// An int8 weight with fp32 scales: `w[o, i] ≈ q[o, i] * scale[o, i / group]` (group = the row
-/// when per channel). Held on the host; widened to a float weight one layer at a time, just
-/// before its matrix product.
+/// A quantized weight with fp32 scales. int8: `w[o, i] ≈ q[o, i] * scale[o, i / group]` (group =
+/// the row when per channel). fp8: `w[o, i] ≈ e4m3(q[o, i]) * scale` (one scale). Held on the
+/// layer's device (`on(_:)`); int8 is widened to a float weight one layer at a time, just before
+/// its matrix product; fp8 goes to the FP8 product as it is.
 public struct QuantizedWeight: @unchecked Sendable {
     public let scheme: QuantScheme
-    /// [out, in], int8 in [-127, 127].
+    /// [out, in]: int8 in [-127, 127], or (fp8) u8 e4m3fn codes.
     public let q: Tensor
-    /// [out, groups] fp32 (groups = 1 per channel).
+    /// [out, groups] fp32 (groups = 1 per channel; [1, 1] for fp8, one scale per tensor).
     public let scales: Tensor
     public var shape: [Int] { q.shape }
     /// Bytes held (int8 values plus scales).
@@ -93,9 +97,13 @@ public struct QuantizedWeight: @unchecked Sendable {
     /// Quantizes a [out, in] float weight (any float dtype, any device; read in fp32):
     /// scale = max|w| / 127 over the row (or group), q = round-half-to-even(w / scale) (torch.round),
     /// clamped to ±127; an all-zero row or group has scale 0 and q 0.
+    ///
+    /// fp8: scale = max|w| / 448 over the tensor (1 for an all-zero tensor), q = e4m3fn(w / scale)
+    /// as torch's cast (`FloatE4M3.encode`).
     public static func quantize(_ w: Tensor, scheme: QuantScheme) -> QuantizedWeight {
         precondition(w.rank == 2 && scheme != .none)
         let out = w.shape[0], inF = w.shape[1]
+        if scheme == .fp8 { return quantizeFP8(w.to(.f32, device: .cpu).contiguous().toFloats(), shape: [out, inF]) }
         let g = min(scheme.groupSize ?? inF, max(inF, 1))
         let groups = (inF + g - 1) / g
         let v = w.to(.f32, device: .cpu).contiguous().toFloats()
@@ -117,19 +125,35 @@ public struct QuantizedWeight: @unchecked Sendable {
         return QuantizedWeight(scheme: scheme, q: q, scales: Tensor(scales, shape: [out, groups]))
     }
 
+    static func quantizeFP8(_ v: [Float], shape: [Int]) -> QuantizedWeight {
+        var amax: Float = 0
+        for x in v { amax = max(amax, abs(x)) }
+        let s = FloatE4M3.scale(amax: amax)
+        let q = Tensor.empty(shape, dtype: .u8)
+        let qp = q.hostPointer.assumingMemoryBound(to: UInt8.self)
+        for i in v.indices { qp[i] = FloatE4M3.encode(v[i] / s) }
+        return QuantizedWeight(scheme: .fp8, q: q, scales: Tensor([s], shape: [1, 1]))
+    }
+
+    /// The same weight held on `device` (the values and scales copied there once, at load).
+    public func on(_ device: Device) -> QuantizedWeight {
+        QuantizedWeight(scheme: scheme, q: q.to(device: device), scales: scales.to(device: device))
+    }
+
     /// The float weight q * scale, computed in fp32, then cast to `dtype` on `device`.
     public func dequantized(_ dtype: DType = .f32, device: Device = .cpu) -> Tensor {
-        let out = q.shape[0], inF = q.shape[1], groups = scales.shape[1]
+        if scheme == .fp8 {
+            let codes = q.to(device: .cpu).contiguous()
+            let cp = codes.hostPointer.assumingMemoryBound(to: UInt8.self)
+            let s = scales.toFloats()[0]
+            let w = Tensor((0..<codes.count).map { FloatE4M3.decode(cp[$0]) * s }, shape: q.shape)
+            return dtype == .f32 && device == .cpu ? w : w.to(dtype, device: device)
+        }
         // the scheme's group width (the last group of a row may be shorter); in / groups would
         // misplace every value past the first group when `in` is not a multiple of 128
+        let inF = q.shape[1], groups = scales.shape[1]
         let g = groups == 1 ? max(inF, 1) : (scheme.groupSize ?? (inF + groups - 1) / groups)
-        let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
-        let sp = scales.hostPointer.assumingMemoryBound(to: Float.self)
-        let w = Tensor.empty([out, inF], dtype: .f32)
-        let wp = w.hostPointer.assumingMemoryBound(to: Float.self)
-        for o in 0..<out {
-            for i in 0..<inF { wp[o * inF + i] = Float(qp[o * inF + i]) * sp[o * groups + i / g] }
-        }
-        return dtype == .f32 && device == .cpu ? w : w.to(dtype, device: device)
+        let w = Backends.backend(for: device).dequantizeInt8(q, scales: scales, group: g, dtype: dtype)
+        return w
     }
 }

@@ -202,7 +202,7 @@ public struct ModuleScope {
     }
 
     private func plainOrAdapted(_ s: ModuleScope, shape: [Int], bias b: Tensor?, scheme: QuantScheme) throws -> Linear {
-        /// int8: quantized from the checkpoint's float weight (read in fp32), held on the host.
+        /// Quantized from the checkpoint's float weight (read in fp32) on the host, then held on the device.
         func held(_ w: @autoclosure () throws -> Tensor) throws -> Linear {
             // a file quantized ahead of time: its int8 values and scales as they are
             if case .load(let weights) = loader.mode, let q = try weights.quantizedWeight(s.name("weight")) {
@@ -213,7 +213,7 @@ public struct ModuleScope {
                 return Linear(quantized: q, bias: b, dtype: s.dtype, device: loader.device)
             }
             if scheme == .none || isPlanning { return Linear(weight: try w(), bias: b, dtype: s.dtype) }
-            return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme), bias: b,
+            return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme).on(loader.device), bias: b,
                           dtype: s.dtype, device: loader.device)
         }
         guard !isPlanning, let adapters = loader.adapters, let terms = adapters.terms[s.path], !terms.isEmpty else {
@@ -224,7 +224,7 @@ public struct ModuleScope {
             var w = try s.stored("weight", shape: shape).to(.f32, device: loader.device)
             for t in terms { w = w + t.delta(on: loader.device) }
             if scheme != .none {
-                return Linear(quantized: .quantize(w, scheme: scheme), bias: b, dtype: s.dtype, device: loader.device)
+                return Linear(quantized: .quantize(w, scheme: scheme).on(loader.device), bias: b, dtype: s.dtype, device: loader.device)
             }
             return Linear(weight: w.to(s.dtype), bias: b, dtype: s.dtype)
         case .unmerged:
@@ -241,7 +241,7 @@ public struct ModuleScope {
         loader.registerLinear(path, w.shape)
         let scheme = loader.precision.quantization.scheme(for: path)
         let l = scheme == .none || isPlanning ? Linear(weight: w, bias: bias, dtype: dtype)
-            : Linear(quantized: .quantize(w, scheme: scheme), bias: bias, dtype: dtype, device: loader.device)
+            : Linear(quantized: .quantize(w, scheme: scheme).on(loader.device), bias: bias, dtype: dtype, device: loader.device)
         loader.addLinearBytes(l.weightBytes)
         return l
     }
@@ -265,8 +265,9 @@ public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Te
 
 /// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
 /// result cast back), plus the side products of unmerged adapters (y += scale * f(x), in order).
-/// A quantized layer holds int8 values and fp32 scales instead of `weight`, and widens them to the
-/// layer's dtype on its device at each call, just before the matrix product (one layer at a time).
+/// A quantized layer holds int8/fp8 values and fp32 scales on its device instead of `weight`. int8
+/// is widened to the layer's dtype at each call, just before the matrix product (one layer at a
+/// time; on CUDA by a kernel into a pooled scratch weight); fp8 runs the backend's W8A8 product.
 public struct Linear {
     /// The float weight [out, in]; for a quantized layer, the int8 values' shape only (a
     /// placeholder: use `effectiveWeight()` for values).
@@ -293,7 +294,13 @@ public struct Linear {
     public func effectiveWeight() -> Tensor { quantized?.dequantized(dtype, device: device) ?? weight }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         computed(in: dtype, x) { x in
-            var y = x.linear(effectiveWeight(), bias: bias)
+            var y: Tensor
+            if let qw = quantized, qw.scheme == .fp8 {
+                y = x.backend.fp8Linear(x.contiguous(), weight: qw.q, weightScale: qw.scales,
+                                        bias: bias.map { $0.dtype == x.dtype ? $0 : $0.to(x.dtype) })
+            } else {
+                y = x.linear(effectiveWeight(), bias: bias)
+            }
             for a in adapters { y = y + a(x) }
             return y
         }

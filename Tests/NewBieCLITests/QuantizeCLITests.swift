@@ -24,7 +24,7 @@ final class QuantizeCLITests: XCTestCase {
 
     func testBadQuantizeSpecsAreErrorsNamingWhatExists() {
         let dir = CLI.tempDir("quantize-bad")
-        for (spec, expected) in [("unet=int8", "the models are dit, gemma, jina, vae"), ("dit=int4", "use int8, int8-g128 or none"),
+        for (spec, expected) in [("unet=int8", "the models are dit, gemma, jina, vae"), ("dit=int4", "use int8, int8-g128, fp8 or none"),
                                  ("dit.layer.*=int8", "its linear layers are: "), ("gemma.layers.*.mpl=int8", "names no linear layer of the gemma model")] {
             let r = CLI.run(["generate", "--model", model, "1girl", "--quantize", spec] + CLI.quick + ["-o", "x.png"], cwd: dir)
             XCTAssertNotEqual(r.status, 0, spec)
@@ -33,10 +33,11 @@ final class QuantizeCLITests: XCTestCase {
         }
     }
 
-    /// precision-report builds its own policies: --quantize there is refused, not silently dropped.
+    /// precision-report builds its own policies: --quantize there is refused (pointing at the config
+    /// form), not silently dropped.
     func testPrecisionReportRefusesQuantize() {
         let r = CLI.run(["precision-report", "--model", model, "--prompt", "1girl", "--quantize", "dit=int8", "-o", CLI.tempDir("quantize-report") + "/r"])
         XCTAssertNotEqual(r.status, 0, r.all)
-        XCTAssertTrue(r.stderr.contains("--quantize is not supported here yet"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("quantization is part of each config") && r.stderr.contains("bf16+dit=int8"), r.stderr)
     }
 }

@@ -26,7 +26,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 src = open(os.path.join(ROOT, "Sources/NewBieCUDA/Kernels/quant.cu")).read()
-mod = cp.RawModule(code=src, options=("--std=c++17", "--fmad=true"))
+mod = cp.RawModule(code=src, options=("--std=c++17", "--fmad=true", "--include-path=" + os.path.join(ROOT, "Sources/NewBieCUDA/Kernels")))
 K = {n: mod.get_function(n) for n in ["nb_dequant_i8", "nb_amax_reset", "nb_absmax", "nb_quant_e4m3"]}
 DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 dev = torch.device("cuda")

@@ -1,30 +1,8 @@
 // NewBie CUDA kernels for quantized linear layers (docs/QUANTIZATION.md): int8 weight-only
 // dequantization into a 16/32-bit scratch weight, and fp8 e4m3 activation quantization (per-tensor
-// amax, then scale and cast) for cuBLASLt's FP8 GEMM. Self-contained like ops.cu (no CUDA headers).
+// amax, then scale and cast) for cuBLASLt's FP8 GEMM. Storage types, dtype codes, loads and stores from common.cuh.
 
-typedef unsigned short u16;
-typedef long long i64;
-
-#define QDT_F32 0
-#define QDT_F16 1
-#define QDT_BF16 2
-
-__device__ __forceinline__ float q_h2f(u16 h) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h)); return f; }
-__device__ __forceinline__ u16 q_f2h(float f) { u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
-__device__ __forceinline__ float q_b2f(u16 b) { return __uint_as_float(((unsigned)b) << 16); }
-__device__ __forceinline__ u16 q_f2b(float f) { u16 b; asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(b) : "f"(f)); return b; }
-
-__device__ __forceinline__ float q_ld(const void* p, int dt, i64 i) {
-    if (dt == QDT_F16) return q_h2f(((const u16*)p)[i]);
-    if (dt == QDT_BF16) return q_b2f(((const u16*)p)[i]);
-    return ((const float*)p)[i];
-}
-
-__device__ __forceinline__ void q_st(void* p, int dt, i64 i, float v) {
-    if (dt == QDT_F16) ((u16*)p)[i] = q_f2h(v);
-    else if (dt == QDT_BF16) ((u16*)p)[i] = q_f2b(v);
-    else ((float*)p)[i] = v;
-}
+#include "common.cuh"
 
 // w[o, i] = q[o, i] * scale[o, i / group] in fp32, rounded once to the output type. Grid: y over
 // rows (striding past 65535), x over each row's columns, 4 per thread; 32-bit column arithmetic
@@ -40,7 +18,7 @@ extern "C" __global__ void nb_dequant_i8(const signed char* q, const float* scal
             #pragma unroll
             for (int j = 0; j < 4; j++) {
                 int cc = c + j;
-                if (cc < ncols) q_st(out, outType, base + cc, (float)qr[cc] * (ng == 1 ? sr[0] : sr[cc / g]));
+                if (cc < ncols) st(out, outType, base + cc, (float)qr[cc] * (ng == 1 ? sr[0] : sr[cc / g]));
             }
         }
     }
@@ -82,7 +60,7 @@ extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* ama
     __shared__ unsigned warpMax[32];
     unsigned m = 0u;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        unsigned b = __float_as_uint(fabsf(q_ld(x, dt, i)));
+        unsigned b = __float_as_uint(fabsf(ld(x, dt, i)));
         m = m > b ? m : b;
     }
     for (int o = 16; o > 0; o >>= 1) { unsigned v = __shfl_xor_sync(0xffffffffu, m, o); m = m > v ? m : v; }
@@ -102,5 +80,5 @@ extern "C" __global__ void nb_quant_e4m3(const void* x, int dt, i64 n, const uns
     float s = a > 0.f ? a / 448.f : 1.f;
     if (blockIdx.x == 0 && threadIdx.x == 0) *scaleOut = s;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        out[i] = q_e4m3(q_ld(x, dt, i) / s);
+        out[i] = q_e4m3(ld(x, dt, i) / s);
 }

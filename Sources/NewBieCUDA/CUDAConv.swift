@@ -6,8 +6,11 @@ import NewBieTensor
 extension CUDABackend {
     // MARK: convolution
 
-    /// The most bytes of im2col columns a convolution holds at once (see conv2d).
-    nonisolated(unsafe) public static var im2colBandBytes = 256 << 20
+    /// The most bytes of im2col columns a convolution holds at once (see conv2d); the environment
+    /// variable NEWBIE_IM2COL_BAND_BYTES overrides it (a huge value gives one band: the whole
+    /// column matrix, for comparing).
+    nonisolated(unsafe) public static var im2colBandBytes: Int =
+        ProcessInfo.processInfo.environment["NEWBIE_IM2COL_BAND_BYTES"].flatMap { Int($0) }.map { Swift.max($0, 1) } ?? 256 << 20
 
     public func conv2d(_ x: Tensor, weight: Tensor, bias: Tensor?, options o: Conv2dOptions) -> Tensor {
         let (batch, cin, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])

@@ -11,7 +11,8 @@
 #
 # NEWBIE_BIN is the static `newbie` (or newbie.xz) with NewBie_NewBieCUDA.resources/ beside it.
 # Run from a checkout. Every step has a timeout (seconds, overridable: WEIGHTS_SECONDS,
-# PIPELINE_SECONDS, DIT_SECONDS, KERNEL_SECONDS) and a failed step does not stop the others;
+# PIPELINE_SECONDS, DIT_SECONDS, KERNEL_SECONDS; SKIP_KERNELS=1 skips step 1, ROUNDS sets the DiT
+# rounds) and a failed step does not stop the others;
 # OUT_DIR/summary.txt collects the lines that matter.
 set -uo pipefail
 bin=$1 out=$2
@@ -25,7 +26,9 @@ note() { echo "$*" | tee -a "$summary"; }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.used --format=csv | tee "$out/gpu.txt"
 
 note "== 1. kernels (quant.cu, FP8 GEMM descriptor) against torch"
-if python3 -c "import torch, cupy" 2>/dev/null; then
+if [ "${SKIP_KERNELS:-0}" = 1 ]; then
+    note "SKIP: SKIP_KERNELS=1"
+elif python3 -c "import torch, cupy" 2>/dev/null; then
     timeout "${KERNEL_SECONDS:-200}" python3 tools/bench/gpu_quant_kernels.py > "$out/kernels.txt" 2>&1
     note "kernel check exit $?"
     grep -E "FAIL|checks|one block|x;" "$out/kernels.txt" | tee -a "$summary"
@@ -51,7 +54,7 @@ run_pipeline int8-all "dit=int8,gemma=int8,jina=int8"
 run_pipeline fp8dit-int8gemma "dit=fp8,gemma=int8"
 
 note "== 3. DiT step, batch 2, 1024x1024, bf16 compute (bf16, int8, fp8 weights; two rounds)"
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-2}"); do
     for q in none int8 fp8; do
         timeout "${DIT_SECONDS:-150}" "$bin" bench --device cuda --dit --dtype bf16 --quantize $q > "$out/dit-$q-$round.txt" 2>&1
         note "-- $q, round $round: exit $?"

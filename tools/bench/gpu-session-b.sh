@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU call for quantized compute and the warm server: tools/bench/gpu-quant.sh (kernel check,
+# One GPU call for gpu-check, quantized compute and the warm server: tools/bench/gpu-quant.sh (kernel check,
 # peak memory of whole images, DiT step with bf16/int8/fp8 weights), then
 # tools/bench/gpu-serve-warm.sh (cold CLI run against a warm server request). Output in OUT.
 #   tools/bench/gpu-session-b.sh AFTER_DIR OUT
@@ -7,7 +7,10 @@ set -uo pipefail
 after=$1 out=$2
 mkdir -p "$out/quant" "$out/serve"
 [ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
-timeout 330 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
+echo "== gpu-check"
+stdbuf -oL -eL timeout 150 scripts/gpu-check "$after/newbie" > "$out/gpu-check.txt" 2>&1
+echo "gpu-check exit $?"; grep -E "FAIL|of [0-9]+ " "$out/gpu-check.txt" | tail -12; tail -3 "$out/gpu-check.txt"
+SKIP_KERNELS=1 ROUNDS=1 PIPELINE_SECONDS=70 DIT_SECONDS=60 timeout 330 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
 echo "== serve, warm against cold"
-MAKE_WEIGHTS=0 timeout 200 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
+MAKE_WEIGHTS=0 timeout 150 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
 exit 0

@@ -224,7 +224,7 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
         return try r.decode(Bool.self)
     }
 
-    func finish(_ id: String, worker: String, state: JobState, images: [String] = [], error: String? = nil, now: Double) throws {
+    public func finish(_ id: String, worker: String, state: JobState, images: [String] = [], error: String? = nil, now: Double) throws {
         let imagesJSON = String(decoding: (try? JSONEncoder().encode(images)) ?? Data("[]".utf8), as: UTF8.self)
         let s = state.rawValue
         let changed = try run("""
@@ -235,18 +235,6 @@ public final class PostgresJobStore: JobStore, @unchecked Sendable {
             RETURNING id
             """).rows.count
         guard changed == 1 else { throw JobStoreError.leaseLost(job: id) }
-    }
-
-    public func complete(id: String, worker: String, images: [String], now: Double) throws {
-        try finish(id, worker: worker, state: .done, images: images, now: now)
-    }
-
-    public func fail(id: String, worker: String, message: String, now: Double) throws {
-        try finish(id, worker: worker, state: .failed, error: message, now: now)
-    }
-
-    public func finishCancelled(id: String, worker: String, now: Double) throws {
-        try finish(id, worker: worker, state: .cancelled, error: "cancelled", now: now)
     }
 
     public func cancel(id: String, now: Double) throws -> Job {

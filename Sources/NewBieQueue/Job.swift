@@ -102,8 +102,8 @@ public struct QueueStats: Sendable, Equatable {
     public var running: Int { byState[.running] ?? 0 }
 }
 
-/// The queue contract every backend keeps (SQLite here; a PostgreSQL one would claim with
-/// `FOR UPDATE SKIP LOCKED`). Time is passed in (`now`, unix seconds) so tests drive the clock.
+/// The queue contract every backend keeps (SQLite here, PostgreSQL in NewBiePostgresQueue, which
+/// claims with `FOR UPDATE SKIP LOCKED`). Time is passed in (`now`, unix seconds) so tests drive the clock.
 public protocol JobStore: Sendable {
     /// Adds a queued job; throws `queueFull` when `maxQueued` jobs already wait.
     func submit(_ p: JobParameters, maxQueued: Int, now: Double) throws -> Job
@@ -115,12 +115,10 @@ public protocol JobStore: Sendable {
     /// Renews the lease and records progress; returns whether a cancel was requested. Throws
     /// `leaseLost` when the worker no longer holds the job.
     func heartbeat(id: String, worker: String, lease: Double, now: Double, progress: (image: Int, step: Int, steps: Int)?) throws -> Bool
-    /// running -> done with the images, only while `worker` holds the lease; else `leaseLost`.
-    func complete(id: String, worker: String, images: [String], now: Double) throws
-    /// running -> failed, only while `worker` holds the lease.
-    func fail(id: String, worker: String, message: String, now: Double) throws
-    /// running -> cancelled (the worker saw the request), only while `worker` holds the lease.
-    func finishCancelled(id: String, worker: String, now: Double) throws
+    /// running -> `state` (done with its images, failed or cancelled with a message), only while
+    /// `worker` holds the lease; else `leaseLost`. `complete`, `fail` and `finishCancelled` below
+    /// are its three uses.
+    func finish(_ id: String, worker: String, state: JobState, images: [String], error: String?, now: Double) throws
     /// A client's cancel: queued -> cancelled at once; running: the request is recorded for the
     /// worker; final: nothing. Returns the job after it.
     func cancel(id: String, now: Double) throws -> Job
@@ -130,4 +128,19 @@ public protocol JobStore: Sendable {
     /// Newest first; `before` is a `seq` cursor from the previous page.
     func list(limit: Int, before: Int64?, state: JobState?) throws -> [Job]
     func stats(now: Double) throws -> QueueStats
+}
+
+extension JobStore {
+    /// running -> done with the images.
+    public func complete(id: String, worker: String, images: [String], now: Double) throws {
+        try finish(id, worker: worker, state: .done, images: images, error: nil, now: now)
+    }
+    /// running -> failed.
+    public func fail(id: String, worker: String, message: String, now: Double) throws {
+        try finish(id, worker: worker, state: .failed, images: [], error: message, now: now)
+    }
+    /// running -> cancelled (the worker saw the request).
+    public func finishCancelled(id: String, worker: String, now: Double) throws {
+        try finish(id, worker: worker, state: .cancelled, images: [], error: "cancelled", now: now)
+    }
 }

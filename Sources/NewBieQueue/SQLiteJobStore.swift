@@ -138,7 +138,7 @@ public final class SQLiteJobStore: JobStore, @unchecked Sendable {
         }
     }
 
-    func finish(_ id: String, worker: String, state: JobState, images: [String] = [], error: String? = nil, now: Double) throws {
+    public func finish(_ id: String, worker: String, state: JobState, images: [String] = [], error: String? = nil, now: Double) throws {
         let imagesJSON = String(decoding: (try? JSONEncoder().encode(images)) ?? Data("[]".utf8), as: UTF8.self)
         try pool.write { db in
             try db.execute(sql: """
@@ -148,18 +148,6 @@ public final class SQLiteJobStore: JobStore, @unchecked Sendable {
                 """, arguments: [state.rawValue, imagesJSON, error, now, state.rawValue, id, worker])
             guard db.changesCount == 1 else { throw JobStoreError.leaseLost(job: id) }
         }
-    }
-
-    public func complete(id: String, worker: String, images: [String], now: Double) throws {
-        try finish(id, worker: worker, state: .done, images: images, now: now)
-    }
-
-    public func fail(id: String, worker: String, message: String, now: Double) throws {
-        try finish(id, worker: worker, state: .failed, error: message, now: now)
-    }
-
-    public func finishCancelled(id: String, worker: String, now: Double) throws {
-        try finish(id, worker: worker, state: .cancelled, error: "cancelled", now: now)
     }
 
     public func cancel(id: String, now: Double) throws -> Job {

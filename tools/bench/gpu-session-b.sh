@@ -8,9 +8,9 @@ after=$1 out=$2
 mkdir -p "$out/quant" "$out/serve"
 [ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
 echo "== gpu-check"
-stdbuf -oL -eL timeout 150 scripts/gpu-check "$after/newbie" > "$out/gpu-check.txt" 2>&1
+stdbuf -oL -eL timeout 100 scripts/gpu-check "$after/newbie" > "$out/gpu-check.txt" 2>&1
 echo "gpu-check exit $?"; grep -E "FAIL|of [0-9]+ " "$out/gpu-check.txt" | tail -12; tail -3 "$out/gpu-check.txt"
-SKIP_KERNELS=1 ROUNDS=1 PIPELINE_SECONDS=70 DIT_SECONDS=60 timeout 330 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
+SKIP_KERNELS=1 ROUNDS=1 PIPELINE_SECONDS=70 DIT_SECONDS=60 timeout 280 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
 echo "== serve, warm against cold"
-MAKE_WEIGHTS=0 timeout 150 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
+MAKE_WEIGHTS=0 timeout 120 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
 exit 0

@@ -10,7 +10,7 @@ mkdir -p "$out/quant" "$out/serve"
 echo "== gpu-check"
 stdbuf -oL -eL timeout 100 scripts/gpu-check "$after/newbie" > "$out/gpu-check.txt" 2>&1
 echo "gpu-check exit $?"; grep -E "FAIL|of [0-9]+ " "$out/gpu-check.txt" | tail -12; tail -3 "$out/gpu-check.txt"
-SKIP_KERNELS=1 ROUNDS=1 PIPELINE_SECONDS=70 DIT_SECONDS=60 timeout 280 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
+SKIP_KERNELS=1 ROUNDS=1 PIPELINE_SECONDS=70 DIT_SECONDS=60 timeout 220 tools/bench/gpu-quant.sh "$after/newbie" "$out/quant"
 echo "== serve, warm against cold"
-MAKE_WEIGHTS=0 timeout 120 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
+MAKE_WEIGHTS=0 timeout 100 tools/bench/gpu-serve-warm.sh "$after/newbie" "$out/serve" 2>&1 | tail -15
 exit 0

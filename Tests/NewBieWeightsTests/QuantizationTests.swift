@@ -23,6 +23,27 @@ final class QuantizationTests: XCTestCase {
         }
     }
 
+    /// Load-time quantization runs split over the cores by rows and reads 16-bit weights row by row:
+    /// a weight large enough to be split, given in bf16, must quantize exactly as its fp32 copy, and
+    /// fp8's one scale must come from the largest magnitude anywhere (here in the last row).
+    func testParallelQuantizationOfA16BitWeightEqualsItsFloatCopy() {
+        var rng = SplitMix(seed: 7)
+        let out = 600, inF = 260
+        var v = (0..<(out * inF)).map { _ in Float.random(in: -1...1, using: &rng) }
+        v[out * inF - 3] = 9.5
+        let w16 = Tensor(v, shape: [out, inF]).to(.bf16)
+        let w32 = w16.to(.f32)
+        for scheme in [QuantScheme.int8, .int8g128, .fp8] {
+            let a = QuantizedWeight.quantize(w16, scheme: scheme), b = QuantizedWeight.quantize(w32, scheme: scheme)
+            XCTAssertEqual(a.q.toFloats(), b.q.toFloats(), scheme.rawValue)
+            XCTAssertEqual(a.scales.toFloats(), b.scales.toFloats(), scheme.rawValue)
+        }
+        XCTAssertEqual(QuantizedWeight.quantize(w16, scheme: .fp8).scales.toFloats(), [9.5 / 448])
+        let g = QuantizedWeight.quantize(w32, scheme: .int8g128)
+        XCTAssertEqual(g.scales.shape, [out, 3])      // 128 + 128 + a short group of 4
+        XCTAssertEqual(g.scales.toFloats()[3 * (out - 1) + 2], 9.5 / 127)
+    }
+
     func testRoundingIsHalfToEvenAndZeroRowsStayZero() {
         // row max 127 -> scale 1: w / scale is w itself
         let w = Tensor([127, 2.5, 3.5, -2.5, -0.5, 0.5, 1.5, 0, 0, 0, 0, 0, 0, 0], shape: [2, 7])

@@ -13,6 +13,8 @@ extension GPUCheck {
         let bias = rand([96], .f32, 1)
         let int8 = QuantizedWeight.quantize(w, scheme: .int8), g128 = QuantizedWeight.quantize(w, scheme: .int8g128)
         let fp8 = QuantizedWeight.quantize(w, scheme: .fp8)
+        let odd = rand([40, 300], .f32, 0.2)
+        let oddInt8 = QuantizedWeight.quantize(odd, scheme: .int8), oddG128 = QuantizedWeight.quantize(odd, scheme: .int8g128)
         for dt in [DType.f32, .bf16, .f16] {
             let x = rand([2, 37, 384], dt, 1)
             let b = bias.to(dt)
@@ -24,15 +26,22 @@ extension GPUCheck {
                     Linear(quantized: qw.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
                 }
             }
-            check("fp8 activation codes x scale", dt) { d in
-                if d == .cpu {
-                    let v = x.toFloats()
-                    let s = FloatE4M3.scale(amax: v.map { Swift.abs($0) }.max() ?? 0)
-                    return Tensor(v.map { FloatE4M3.decode(FloatE4M3.encode($0 / s)) * s }, shape: x.shape)
+            // the 16-bit rows above take the 8-wide kernels (lengths multiples of 8); these take the
+            // scalar ones (a row of 300 and 3 x 5 x 7 elements)
+            for (name, qw) in [("int8", oddInt8), ("int8-g128", oddG128)] {
+                check("dequant \(name), rows of 300", dt) { d in qw.on(d).dequantized(dt, device: d) }
+            }
+            for (label, xa) in [("", x), (", 105 elements", rand([3, 5, 7], dt, 1))] {
+                check("fp8 activation codes x scale\(label)", dt) { d in
+                    if d == .cpu {
+                        let v = xa.toFloats()
+                        let s = FloatE4M3.scale(amax: v.map { Swift.abs($0) }.max() ?? 0)
+                        return Tensor(v.map { FloatE4M3.decode(FloatE4M3.encode($0 / s)) * s }, shape: xa.shape)
+                    }
+                    let (codes, scale) = cuda.quantizeActivationE4M3(xa.to(device: d))
+                    let s = scale.toFloats()[0]
+                    return Tensor(codes.toInts().map { FloatE4M3.decode(UInt8($0)) * s }, shape: xa.shape)
                 }
-                let (codes, scale) = cuda.quantizeActivationE4M3(x.to(device: d))
-                let s = scale.toFloats()[0]
-                return Tensor(codes.toInts().map { FloatE4M3.decode(UInt8($0)) * s }, shape: x.shape)
             }
             // the 16-bit compute dtypes only: with fp32 outputs the comparison would measure the FP8
             // tensor cores' accumulation (fewer bits than fp32 between promotions), not our code

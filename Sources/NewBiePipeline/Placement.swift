@@ -263,6 +263,20 @@ public enum DeviceSupport {
         return b
     }
 
+    /// The kernel-family profile (`--cuda-profile`) of every open GPU among `devices` since it was
+    /// last read, as printable lines (empty when nothing was profiled).
+    public static func profileLines(_ devices: [Device]) -> [String] {
+        var lines: [String] = []
+        for d in Set(devices) where d != .cpu {
+            guard let c = try? Backends.open(d) as? CUDABackend, c.profiling else { continue }
+            let prof = c.profileReport()
+            let total = prof.reduce(0) { $0 + $1.ms }
+            lines.append("device time by kernel family on \(d) (events around each launch; total \(String(format: "%.1f", total)) ms):")
+            for p in prof { lines.append(String(format: "  %-32@ %10.2f ms %8d launches", p.name as NSString, p.ms, p.count)) }
+        }
+        return lines
+    }
+
     /// Opens GPU `index` as the CUDA backend itself (for the checks and benchmarks that drive it
     /// directly).
     public static func openCUDA(_ index: Int = 0, cuda: CUDAOptions = CUDAOptions()) throws -> CUDABackend {

@@ -538,6 +538,9 @@ struct GenerateCommand: ParsableCommand {
         if let e = saveError { throw PipelineError("--save-steps \(saveSteps ?? ""): \(e)") }
         if let e = previewError { throw PipelineError("--preview \(preview ?? ""): \(e)") }
         if report.stats { progress.printStats(device: options.device) }
+        if deviceOptions.cudaProfile {
+            for line in DeviceSupport.profileLines(Array(options.placement.devices.values)) { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        }
     }
 
     static let maxCount = 10_000

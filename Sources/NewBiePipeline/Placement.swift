@@ -65,7 +65,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
                 continue
             }
             let dot = key.firstIndex(of: ".")
-            let slotName = dot.map { String(key[..<$0]) } ?? key
+            let slotName = (dot.map { String(key[..<$0]) } ?? key).lowercased()
             guard let slot = ModelSlot(rawValue: slotName) else {
                 throw PipelineError("--precision \(precision): unknown model \"\(slotName)\" in \"\(item)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", ")) (e.g. vae=fp32, dit.final_layer=fp32)")
             }
@@ -106,7 +106,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
                 throw PipelineError("--quantize \(spec): \"\(item)\" needs MODEL=SCHEME or MODEL.MODULE_PATH=SCHEME (e.g. dit=int8, dit.layers.*=int8); the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             let dot = key.firstIndex(of: ".")
-            let slotName = dot.map { String(key[..<$0]) } ?? key
+            let slotName = (dot.map { String(key[..<$0]) } ?? key).lowercased()
             guard let slot = ModelSlot(rawValue: slotName) else {
                 throw PipelineError("--quantize \(spec): unknown model \"\(slotName)\" in \"\(item)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
             }
@@ -139,7 +139,8 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
 
     static func split(_ item: String) -> (String, String)? {
         guard let eq = item.firstIndex(of: "=") else { return nil }
-        return (String(item[..<eq]).trimmingCharacters(in: .whitespaces).lowercased(),
+        // the model name is case-insensitive; module paths are not (adaLN_modulation)
+        return (String(item[..<eq]).trimmingCharacters(in: .whitespaces),
                 String(item[item.index(after: eq)...]).trimmingCharacters(in: .whitespaces))
     }
 

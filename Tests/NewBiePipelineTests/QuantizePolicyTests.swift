@@ -40,6 +40,19 @@ final class QuantizePolicyTests: XCTestCase {
         XCTAssertTrue(message("dit..x=int8").contains("empty module path component"))
     }
 
+    /// Module paths keep their case (adaLN_modulation); only the model name is case-insensitive.
+    /// The parser once lowercased the whole key, so no spec could name the adaLN layers.
+    func testModulePathsKeepTheirCase() throws {
+        let p = try PlacementPolicy.parse(precision: "bf16,DiT.layers.*.adaLN_modulation.*=fp32",
+                                          quantize: "Dit=int8,dit.layers.*.adaLN_modulation.*=int8")
+        XCTAssertEqual(p.precision(.dit).quantization.rules.last, QuantRule(pattern: "layers.*.adaLN_modulation.*", scheme: .int8))
+        XCTAssertEqual(p.precision(.dit).rules.last?.pattern, "layers.*.adaLN_modulation.*")
+        let plan = try NextDiT.plan(TinyModel.ditConfig, precision: p.precision(.dit))
+        XCTAssertNoThrow(try plan.checkRules(model: "dit"))
+        XCTAssertEqual(p.precision(.dit).quantization.scheme(for: "layers.0.adaLN_modulation.1"), .int8)
+        XCTAssertEqual(p.precision(.dit).quantization.scheme(for: "final_layer.adaLN_modulation.1"), .none)
+    }
+
     func testPathsNamingNoLinearLayerAreAnErrorListingThem() throws {
         let plan = try NextDiT.plan(TinyModel.ditConfig, precision: ModulePrecision(
             base: .f32, quantization: ModuleQuantization(rules: [QuantRule(pattern: "layers.*.feed_foward", scheme: .int8)])))

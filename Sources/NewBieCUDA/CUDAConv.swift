@@ -74,7 +74,11 @@ extension CUDABackend {
                 let rows = Swift.min(bandRows, oh - r0), n = rows * ow
                 // the band's first output row reads input row r0 * strideH - padTop: a shifted top pad
                 let pt = o.padTop - r0 * o.strideH
-                if cin < 65536 && (xb == 2 || xb == 4) {
+                if Self.fuseVAEOps && xb == 2 && kw == 3 && o.strideH == 1 && o.strideW == 1 && ow % 8 == 0 && cin < 65536 {
+                    launch2D("nb_im2col_u16_k3w8", grid: ((n / 8 + 255) / 256, cin),
+                             KernelArgs().ptr(ptr(x) + UInt64(bi * cin * h * w * xb)).ptr(ptr(col)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))
+                        .i32(Int32(kh)).i32(Int32(pt)).i32(Int32(o.padLeft)).i32(Int32(rows)).i32(Int32(ow)))
+                } else if cin < 65536 && (xb == 2 || xb == 4) {
                     // x and col share the dtype: a raw copy
                     launch2D(xb == 2 ? "nb_im2col_u16" : "nb_im2col_u32", grid: ((n + 1023) / 1024, cin),
                              KernelArgs().ptr(ptr(x) + UInt64(bi * cin * h * w * xb)).ptr(ptr(col)).i32(Int32(cin)).i32(Int32(h)).i32(Int32(w))

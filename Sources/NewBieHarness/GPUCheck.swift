@@ -161,6 +161,17 @@ public struct GPUCheck {
             // the bias folded into the product needs kdim + 1 padded to 8: 8 input channels x 3x3 = 72
             let cw8 = rand([16, 8, 3, 3], dt, scale: 0.1), img8 = rand([2, 8, 9, 11], dt)
             check("conv 3x3 bias folded (kdim 72)", dt) { d in g(img8, d).conv2d(g(cw8, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            // rows of whole 8-pixel vectors: the 8-wide im2col (16-bit), whole and in bands of 2 and 3 rows
+            let img16 = rand([2, 64, 13, 16], dt)
+            check("conv 3x3 pad 1 8-wide im2col", dt) { d in g(img16, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            let savedBand = CUDABackend.im2colBandBytes
+            for bandRows in [2, 3] {
+                CUDABackend.im2colBandBytes = (64 * 9 + 8) * 16 * bandRows * dt.byteSize
+                check("conv 3x3 pad 1 8-wide im2col bands of \(bandRows)", dt) { d in
+                    g(img16, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1))
+                }
+            }
+            CUDABackend.im2colBandBytes = savedBand
             CUDABackend.fuseVAEOps = false
             check("conv 3x3 pad 1 bias filled (unfused)", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
             check("conv 1x1 + bias (unfused)", dt) { d in g(img, d).conv2d(g(pw, d), bias: g(pb, d)) }

@@ -152,8 +152,6 @@ extern "C" __global__ void nb_groupnorm_apply(const void* x, int dt, i64 xoff, c
 // scale = rstd w, shift = b - mean scale), rounds to the storage type, applies SiLU when asked and
 // writes once. DT is the storage type's code, VEC elements travel as one 16-byte load (1: scalar).
 
-struct alignas(16) nb_v16 { unsigned w[4]; };
-
 template <int DT, int VEC>
 __device__ __forceinline__ void gn_load(const void* p, i64 i, float* v) {
     if (VEC == 1) { v[0] = ld(p, DT, i); return; }

@@ -76,9 +76,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     static let modules: [(String, [String])] = [
         ("elementwise", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_embedding"]),
         ("norms", ["nb_reduce", "nb_softmax", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
-                   "nb_groupnorm_apply"]),
+                   "nb_groupnorm_apply"] + ["f32", "f16", "bf16", "f32x4", "f16x8", "bf16x8"].flatMap { ["nb_gn_chunk_stats_" + $0, "nb_gn_apply_" + $0] }),
         ("attention", ["nb_rope", "nb_attention_ref"]),
-        ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_upsample2x"]),
+        ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_im2col_u16_k3w8", "nb_upsample2x"]),
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("quant", CUDABackend.quantKernels),

@@ -55,7 +55,57 @@ extension CUDABackend {
         return out
     }
 
+    /// False (environment NEWBIE_VAE_UNFUSED=1) runs GroupNorm, SiLU and the convolution bias as
+    /// before the fusion (five GroupNorm passes, SiLU apart, the bias filled in first), for
+    /// measuring one against the other in the same binary.
+    nonisolated(unsafe) public static var fuseVAEOps: Bool = ProcessInfo.processInfo.environment["NEWBIE_VAE_UNFUSED"] != "1"
+
     public func groupNorm(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        if Self.fuseVAEOps, let out = fusedGroupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: false) { return out }
+        return unfusedGroupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps)
+    }
+
+    public func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        if Self.fuseVAEOps, let out = fusedGroupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps, silu: true) { return out }
+        return unfusedGroupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps).silu()
+    }
+
+    /// GroupNorm (then SiLU) in two kernels (norms.cu, `nb_gn_*`); nil for dtypes other than
+    /// fp32/fp16/bf16. Each group is cut in chunks of about 16K elements, so a 1024x1024 image's
+    /// 32 groups still fill every SM.
+    func fusedGroupNorm(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool) -> Tensor? {
+        let name: String
+        switch x.dtype {
+        case .f32: name = "f32"
+        case .f16: name = "f16"
+        case .bf16: name = "bf16"
+        default: return nil
+        }
+        let out = empty(x.shape, x.dtype)
+        let c = x.shape[1], s = x.shape.dropFirst(2).reduce(1, *), batch = x.shape[0]
+        let n = (c / groups) * s
+        if out.count == 0 { return out }
+        let vec = x.dtype == .f32 ? 4 : 8
+        // 16-byte vectors when every plane, chunk and pointer lines up with them
+        let vectorised = s % vec == 0 && x.offset % vec == 0 && ptr(x) % 16 == 0 && ptr(out) % 16 == 0
+        let step = vectorised ? vec : 1
+        let wanted = Swift.max(1, Swift.min(1024, n / (1 << 14)))
+        let len = ((n + wanted - 1) / wanted + step - 1) / step * step
+        let chunks = (n + len - 1) / len
+        let suffix = vectorised ? name + (vec == 4 ? "x4" : "x8") : name
+        let wdt = weight?.dtype ?? bias?.dtype ?? .f32
+        let b = bias.map { $0.dtype == wdt ? $0 : $0.to(wdt) }
+        let part = empty([batch * groups * chunks * 2], .f32)
+        launch2D("nb_gn_chunk_stats_" + suffix, grid: (chunks, batch * groups), KernelArgs().ptr(base(x)).i64(x.offset)
+            .ptr(ptr(part)).i64(n).i64(len).i32(Int32(chunks)))
+        let perPlane = Swift.max(1, Swift.min(1024, (s + 256 * step * 4 - 1) / (256 * step * 4)))
+        launch2D("nb_gn_apply_" + suffix, grid: (perPlane, batch * c), KernelArgs().ptr(base(x)).i64(x.offset)
+            .ptr(weight.map(ptr) ?? 0).ptr(b.map(ptr) ?? 0).i32(Self.dtypeCode(wdt)).ptr(ptr(out)).ptr(ptr(part))
+            .i64(c).i64(s).i32(Int32(groups)).i64(len).i32(Int32(chunks)).f32(eps).i32(silu ? 1 : 0))
+        return out
+    }
+
+    func unfusedGroupNorm(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
         let out = empty(x.shape, x.dtype)
         let c = x.shape[1], s = x.shape.dropFirst(2).reduce(1, *)
         let wdt = weight?.dtype ?? bias?.dtype ?? .f32

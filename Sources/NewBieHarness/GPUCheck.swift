@@ -85,6 +85,15 @@ public struct GPUCheck {
             check("groupNorm", dt) { d in g(img, d).groupNorm(groups: 32, weight: g(gw, d), bias: g(gb, d), eps: 1e-6) }
             let bigImg = rand([1, 128, 128, 128], dt), bw = rand([128], dt), bb = rand([128], dt)
             check("groupNorm large groups", dt) { d in g(bigImg, d).groupNorm(groups: 32, weight: g(bw, d), bias: g(bb, d), eps: 1e-6) }
+            // the fused GroupNorm(+SiLU) kernels: scalar (9x11 planes) and 16-byte vectors (128x128),
+            // against the CPU's GroupNorm then SiLU; then the unfused path kept for comparison
+            check("groupNorm+SiLU", dt) { d in g(img, d).groupNormSiLU(groups: 32, weight: g(gw, d), bias: g(gb, d), eps: 1e-6) }
+            check("groupNorm+SiLU large groups", dt) { d in g(bigImg, d).groupNormSiLU(groups: 32, weight: g(bw, d), bias: g(bb, d), eps: 1e-6) }
+            let shifted = rand([2, 128, 32, 40], dt, scale: 3).affine(scale: 1, shift: 40).to(dt)
+            check("groupNorm+SiLU mean 40", dt) { d in g(shifted, d).groupNormSiLU(groups: 32, weight: g(bw, d), bias: g(bb, d), eps: 1e-6) }
+            CUDABackend.fuseVAEOps = false
+            check("groupNorm+SiLU unfused", dt) { d in g(bigImg, d).groupNormSiLU(groups: 32, weight: g(bw, d), bias: g(bb, d), eps: 1e-6) }
+            CUDABackend.fuseVAEOps = true
             let lw = rand([96, 130], dt, scale: 0.2), lb = rand([96], dt)
             check("linear + bias", dt) { d in g(x, d).linear(g(lw, d), bias: g(lb, d)) }
             let a3 = rand([4, 33, 40], dt), b3 = rand([4, 40, 27], dt), bt = rand([4, 27, 40], dt)
@@ -147,6 +156,26 @@ public struct GPUCheck {
             check("conv 3x3 pad 1", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
             let pw = rand([16, 64, 1, 1], dt, scale: 0.1)
             check("conv 1x1", dt) { d in g(img, d).conv2d(g(pw, d), bias: nil) }
+            let pb = rand([16], dt)
+            check("conv 1x1 + bias", dt) { d in g(img, d).conv2d(g(pw, d), bias: g(pb, d)) }
+            // the bias folded into the product needs kdim + 1 padded to 8: 8 input channels x 3x3 = 72
+            let cw8 = rand([16, 8, 3, 3], dt, scale: 0.1), img8 = rand([2, 8, 9, 11], dt)
+            check("conv 3x3 bias folded (kdim 72)", dt) { d in g(img8, d).conv2d(g(cw8, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            // rows of whole 8-pixel vectors: the 8-wide im2col (16-bit), whole and in bands of 2 and 3 rows
+            let img16 = rand([2, 64, 13, 16], dt)
+            check("conv 3x3 pad 1 8-wide im2col", dt) { d in g(img16, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            let savedBand = CUDABackend.im2colBandBytes
+            for bandRows in [2, 3] {
+                CUDABackend.im2colBandBytes = (64 * 9 + 8) * 16 * bandRows * dt.byteSize
+                check("conv 3x3 pad 1 8-wide im2col bands of \(bandRows)", dt) { d in
+                    g(img16, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1))
+                }
+            }
+            CUDABackend.im2colBandBytes = savedBand
+            CUDABackend.fuseVAEOps = false
+            check("conv 3x3 pad 1 bias filled (unfused)", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: Conv2dOptions(stride: 1, padding: 1)) }
+            check("conv 1x1 + bias (unfused)", dt) { d in g(img, d).conv2d(g(pw, d), bias: g(pb, d)) }
+            CUDABackend.fuseVAEOps = true
             check("conv 3x3 stride 2 asym", dt) { d in g(img, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
             // im2col in bands of output rows: bands of 1 row (stride 1, 9 wide) and 2 rows (stride 2,
             // asymmetric pad, 4 wide; the last band short), two images in the batch
@@ -157,6 +186,18 @@ public struct GPUCheck {
             check("conv 3x3 stride 2 asym banded", dt) { d in g(img2, d).conv2d(g(cw, d), bias: g(cb, d), options: .downsampleAsymmetric) }
             CUDABackend.im2colBandBytes = saved
             check("upsample nearest 2x", dt) { d in g(img, d).upsampleNearest2x() }
+        }
+
+        // classifier-free guidance with renorm: the host's branch and Double norms on the CPU, device
+        // work only on the GPU (CFGCombine.renormOnDevice); renorm 1 rescales, 100 leaves v alone
+        for dt in [DType.f32, .bf16] {
+            let c = rand([2, 16, 12, 10]).to(dt), u = rand([2, 16, 12, 10], scale: 0.5).to(dt)
+            for renorm: Float in [1, 100] {
+                check("CFG combine renorm \(Int(renorm))", dt) { d in
+                    do { return try CFGCombine.combine(cond: c.to(device: d), uncond: u.to(device: d), scale: 4.5, renorm: renorm, dtype: dt) }
+                    catch { return Tensor.full([1], value: .nan) }
+                }
+            }
         }
 
         // fast paths of the fused ops (rows of whole 16-byte vectors) beside the generic ones above

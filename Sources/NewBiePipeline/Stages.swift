@@ -232,7 +232,8 @@ public final class TextStage {
 public struct ModelEvaluation {
     public let index: Int
     public let t: Float
-    /// The state the model saw and the guided velocity it returned, [1, C, h, w] Float32.
+    /// The state the model saw and the guided velocity it returned, [1, C, h, w] Float32, on the
+    /// DiT's device (the sampler keeps them there).
     public let x: Tensor
     public let velocity: Tensor
 }
@@ -327,15 +328,17 @@ public final class DenoiseStage {
         let model: VelocityFunction = { [dit] x, t in
             currentT = t
             try tracer?.report("dit.input", step: evaluations, t: t, x)
-            // the state stays on the CPU in Float32; the DiT moves what it needs to its device
-            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            // the state and the velocity stay on the DiT's device in Float32: the guidance and the
+            // sampler's update are device work, nothing is downloaded or uploaded per step (the host
+            // runs ahead as far as the launch queue lets it; errors surface at the next check)
+            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32)
             try Backends.check(dit.device)
             try tracer?.report("dit.velocity", step: evaluations, t: t, v)
             onEvaluation?(ModelEvaluation(index: evaluations, t: t, x: x, velocity: v))
             evaluations += 1
             return v
         }
-        return try sampler.sample(x0, model: model, onStep: onStep).to(device: .cpu)
+        return try sampler.sample(x0.to(.f32, device: dit.device), model: model, onStep: onStep).to(device: .cpu)
     }
 }
 

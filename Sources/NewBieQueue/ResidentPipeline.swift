@@ -140,12 +140,13 @@ public final class ResidentPipeline: JobExecutor {
         let uncond = clip ? e.uncond : DiTConditioning(capFeats: e.uncond.capFeats, capMask: e.uncond.capMask, clipPooled: nil)
         let model: VelocityFunction = { x, t in
             try context.checkCancelled()
-            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32, device: .cpu)
+            // on the DiT's device, as the state (DenoiseStage.run)
+            let v = try dit.guidedVelocity(x, t: t, cond: cond, uncond: uncond, options: settings.cfg).to(.f32)
             try Backends.check(dit.device)
             return v
         }
         let preview = previewMap
-        return try sampler.sample(z, model: model, onStep: { s in
+        return try sampler.sample(z.to(.f32, device: dit.device), model: model, onStep: { s in
             context.step(image: image, step: s.index + 1, steps: s.count, t: Double(s.to))
             if let map = preview, context.previewEvery > 0, (s.index + 1) % context.previewEvery == 0 || s.index + 1 == s.count,
                let png = try? map.png(latent: s.x) {

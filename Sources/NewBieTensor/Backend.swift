@@ -67,6 +67,9 @@ public protocol Backend: AnyObject, Sendable {
     func rmsNormGatedResidual(_ x: Tensor, _ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor
     /// `a.silu() * b` (SwiGLU), same shapes.
     func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor
+    /// `x.groupNorm(...).silu()` (the VAE's norm-then-activation): x [B, C, *spatial] contiguous,
+    /// the normalised value rounded to x's dtype before SiLU, as the two ops round.
+    func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor
     /// Splits a fused projection qkv [B, L, (Hq + 2 Hkv) * D] into q [B, L, Hq, D] and k, v
     /// [B, L, Hkv, D], with per-head RMSNorm (`roundThenWeight`) and RoPE applied to q and k.
     func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
@@ -112,6 +115,10 @@ extension Backend {
     }
 
     public func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor { a.silu() * b }
+
+    public func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        groupNorm(x, groups: groups, weight: weight, bias: bias, eps: eps).silu()
+    }
 
     public func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
                             cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {

@@ -74,6 +74,12 @@ extension Tensor {
         return backend.groupNorm(contiguous(), groups: groups, weight: weight?.contiguous(), bias: bias?.contiguous(), eps: eps)
     }
 
+    /// `groupNorm(...).silu()`, one fused pass where the backend has one (same rounding points).
+    public func groupNormSiLU(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
+        precondition(rank >= 2 && shape[1] % groups == 0, "groupNormSiLU: \(shape[1]) channels do not split into \(groups) groups")
+        return backend.groupNormSiLU(contiguous(), groups: groups, weight: weight?.contiguous(), bias: bias?.contiguous(), eps: eps)
+    }
+
     // MARK: matrix products
 
     /// y = x W^T + b, W [out, in].

@@ -30,6 +30,7 @@ final class KernelSourceTests: XCTestCase {
     __device__ float logf(float); __device__ float tanhf(float); __device__ float erff(float); __device__ float sinf(float);
     __device__ float cosf(float); __device__ float fmaxf(float, float); __device__ float fminf(float, float);
     __device__ float fabsf(float); __device__ float fmaf(float, float, float);
+    __device__ float __fadd_rn(float, float); __device__ float __fmul_rn(float, float);
 
     """
 

@@ -183,6 +183,50 @@ final class SamplingTests: XCTestCase {
         }
     }
 
+    /// The renorm as device work (tensor ops only, what the GPU runs; here on the CPU backend)
+    /// against the official outputs: the branch-free factor min(1, maxNorm / newNorm) must make the
+    /// same decision per sample.
+    func testRenormAsDeviceWorkMatchesOfficial() throws {
+        var renormed = 0
+        for c in cases("cfg") {
+            let name = c["name"] as! String
+            let renorm = Float(c["renorm"] as! Double), scale = Float(c["scale"] as! Double)
+            guard renorm > 0 else { continue }
+            let cond = try ref("\(name)/cond"), uncond = try ref("\(name)/uncond")
+            let v = uncond + (cond - uncond) * scale
+            let out = CFGCombine.renormOnDevice(v, cond: cond, renorm: renorm, dtype: .f32)
+            let want = try ref("\(name)/out")
+            for i in 0..<want.shape[0] {
+                let ei = relativeL2(out.select(0, i).toFloats(), want.select(0, i).toFloats())
+                XCTAssertLessThanOrEqual(ei, 1e-6, "\(name) sample \(i)")
+                if relativeL2(v.select(0, i).toFloats(), want.select(0, i).toFloats()) > 1e-3 { renormed += 1 }
+            }
+        }
+        XCTAssertGreaterThan(renormed, 0, "no fixture sample exercises the rescaling")
+    }
+
+    /// In bf16 the device form rounds where the host's does: same outputs as the host branch on
+    /// samples that are and are not rescaled, and 0/0 gives NaN on both.
+    func testRenormAsDeviceWorkRoundsAsTheHostInBF16() throws {
+        var rng = SplitMix(seed: 7)
+        let n = 4 * 3 * 5 * 6
+        let c = Tensor((0..<n).map { _ in rng.uniform() }, shape: [4, 3, 5, 6], dtype: .bf16)
+        // samples 0, 1: a large guided difference (rescaled); 2, 3: uncond = 1.2 cond, so that
+        // v = 0.3 cond is shorter than cond (left alone)
+        let u = Tensor.concat([Tensor((0..<n / 2).map { _ in rng.uniform() * 2 }, shape: [2, 3, 5, 6], dtype: .bf16),
+                               c.narrow(0, start: 2, length: 2) * 1.2], axis: 0)
+        let host = try CFGCombine.combine(cond: c, uncond: u, scale: 4.5, renorm: 1, dtype: .bf16)
+        let v = u + (c - u) * 4.5
+        let device = CFGCombine.renormOnDevice(v, cond: c, renorm: 1, dtype: .bf16).to(.f32)
+        XCTAssertEqual(device.toFloats(), host.toFloats())
+        XCTAssertNotEqual(host.select(0, 0).toFloats(), v.select(0, 0).to(.f32).toFloats(), "sample 0 must be rescaled")
+        XCTAssertEqual(host.select(0, 3).toFloats(), v.select(0, 3).to(.f32).toFloats(), "sample 3 must be left alone")
+        let zero = Tensor.zeros([1, 3, 5, 6], dtype: .bf16)
+        let hostZero = try CFGCombine.combine(cond: zero, uncond: zero, scale: 4.5, renorm: 1, dtype: .bf16).toFloats()
+        let deviceZero = CFGCombine.renormOnDevice(zero, cond: zero, renorm: 1, dtype: .bf16).toFloats()
+        XCTAssertTrue(hostZero.allSatisfy { $0.isNaN } && deviceZero.allSatisfy { $0.isNaN })
+    }
+
     func testGuidedUsesConditionalOnlyWhenTruncated() throws {
         let x = Tensor([1, 2, 3, 4], shape: [1, 4])
         var both = 0, single = 0

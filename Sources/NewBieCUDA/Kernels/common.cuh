@@ -6,6 +6,8 @@
 #define NB_INF __int_as_float(0x7f800000)
 typedef unsigned short u16;
 typedef long long i64;
+// 16 bytes moved as one load or store (8 bf16/fp16 or 4 fp32 values)
+struct alignas(16) nb_v16 { unsigned w[4]; };
 
 // dtype codes (must match CUDABackend.dtypeCode)
 #define DT_F32 0

@@ -52,6 +52,35 @@ extern "C" __global__ void nb_im2col_u16(const u16* x, u16* col, int Cin, int H,
 extern "C" __global__ void nb_im2col_u32(const unsigned* x, unsigned* col, int Cin, int H, int W, int kh, int kw, int sh, int sw, int pt,
                                          int pl, int oh, int ow) { im2col_same<unsigned>(x, col, Cin, H, W, kh, kw, sh, sw, pt, pl, oh, ow); }
 
+// The 16-bit 3-wide stride-1 case (every VAE decoder convolution), when output rows are whole
+// multiples of 8 pixels: each thread takes 8 pixels of one output row, reads the kh input row
+// segments they need once (10 values each) and writes each of the kh x 3 column rows as one
+// 16-byte store (the 4-pixel kernel above issues 36 two-byte stores per 4 pixels).
+extern "C" __global__ void nb_im2col_u16_k3w8(const u16* x, u16* col, int Cin, int H, int W, int kh, int pt, int pl, int oh, int ow) {
+    const int n = oh * ow, ci = blockIdx.y;
+    const int p0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (p0 >= n) return;
+    const int oy = p0 / ow, ox0 = p0 - oy * ow;   // ow % 8 == 0: the 8 pixels share a row
+    const u16* xc = x + (size_t)ci * H * W;
+    for (int ky = 0; ky < kh; ++ky) {
+        const int iy = oy - pt + ky;
+        const bool rowIn = iy >= 0 && iy < H;
+        u16 r[10];
+#pragma unroll
+        for (int e = 0; e < 10; ++e) {
+            const int ix = ox0 - pl + e;
+            r[e] = (rowIn && ix >= 0 && ix < W) ? xc[(size_t)iy * W + ix] : (u16)0;
+        }
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx) {
+            nb_v16 q;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) q.w[e] = (unsigned)r[kx + 2 * e] | ((unsigned)r[kx + 2 * e + 1] << 16);
+            *(nb_v16*)(col + (size_t)((ci * kh + ky) * 3 + kx) * n + p0) = q;
+        }
+    }
+}
+
 // out [B, C, S] = bias[C] (the start of a convolution's accumulation)
 extern "C" __global__ void nb_channel_fill(void* out, int dt, const void* bias, int bdt, i64 C, i64 S, i64 total) {
     GRID_STRIDE(i, total) { st(out, dt, i, ld(bias, bdt, (i / S) % C)); }

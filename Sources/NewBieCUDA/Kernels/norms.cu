@@ -143,3 +143,123 @@ extern "C" __global__ void nb_groupnorm_apply(const void* x, int dt, i64 xoff, c
         st(out, dt, plane * S + j, v);
     }
 }
+
+// ---- fused GroupNorm (+ SiLU), typed and vectorised (the VAE's resnet norms) ----
+// Two kernels instead of five passes plus a separate SiLU: `nb_gn_chunk_stats` reads each chunk of
+// a group twice (the second time from L2) for its own mean and centred sum of squares; each block
+// of `nb_gn_apply` merges its group's chunks (Chan's formula: M2 = sum M2_k + n_k (mean_k - mean)^2,
+// as stable as two passes over the whole group), then normalises as the CPU does (x scale + shift,
+// scale = rstd w, shift = b - mean scale), rounds to the storage type, applies SiLU when asked and
+// writes once. DT is the storage type's code, VEC elements travel as one 16-byte load (1: scalar).
+
+template <int DT, int VEC>
+__device__ __forceinline__ void gn_load(const void* p, i64 i, float* v) {
+    if (VEC == 1) { v[0] = ld(p, DT, i); return; }
+    nb_v16 q = DT == DT_F32 ? *(const nb_v16*)((const float*)p + i) : *(const nb_v16*)((const u16*)p + i);
+    if (DT == DT_F32) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) v[e] = __uint_as_float(q.w[e]);
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            const u16 h = (u16)(q.w[e / 2] >> (16 * (e % 2)));
+            v[e] = DT == DT_BF16 ? b2f(h) : h2f(h);
+        }
+    }
+}
+
+template <int DT, int VEC>
+__device__ __forceinline__ void gn_store(void* p, i64 i, const float* v) {
+    if (VEC == 1) { st(p, DT, i, v[0]); return; }
+    nb_v16 q;
+    if (DT == DT_F32) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) q.w[e] = __float_as_uint(v[e]);
+        *(nb_v16*)((float*)p + i) = q;
+    } else {
+#pragma unroll
+        for (int e = 0; e < VEC / 2; ++e) {
+            const u16 lo = DT == DT_BF16 ? f2b(v[2 * e]) : f2h(v[2 * e]);
+            const u16 hi = DT == DT_BF16 ? f2b(v[2 * e + 1]) : f2h(v[2 * e + 1]);
+            q.w[e] = (unsigned)lo | ((unsigned)hi << 16);
+        }
+        *(nb_v16*)((u16*)p + i) = q;
+    }
+}
+
+// grid (chunks, B*G); x [B, C, S] contiguous from xoff (a multiple of VEC), a group's n = C/G x S
+// elements contiguous. part[(bg * chunks + c) * 2 + {0, 1}] = the chunk's mean and M2. Chunks are
+// `len` long (a multiple of VEC), the last one shorter.
+template <int DT, int VEC>
+__device__ void gn_chunk_stats(const void* x, i64 xoff, float* part, i64 n, i64 len, int chunks) {
+    const int c = blockIdx.x;
+    const i64 bg = blockIdx.y;
+    const i64 begin = (i64)c * len, end = begin + len < n ? begin + len : n;
+    const i64 base = xoff + bg * n;
+    float v[VEC];
+    float s = 0.f;
+    for (i64 j = begin + (i64)threadIdx.x * VEC; j < end; j += (i64)blockDim.x * VEC) {
+        gn_load<DT, VEC>(x, base + j, v);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) s += v[e];
+    }
+    const float cnt = (float)(end > begin ? end - begin : 0);
+    const float mean = cnt > 0.f ? block_sum(s) / cnt : 0.f;
+    float q = 0.f;
+    for (i64 j = begin + (i64)threadIdx.x * VEC; j < end; j += (i64)blockDim.x * VEC) {
+        gn_load<DT, VEC>(x, base + j, v);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) { const float d = v[e] - mean; q += d * d; }
+    }
+    q = block_sum(q);
+    if (threadIdx.x == 0) { part[(bg * chunks + c) * 2] = mean; part[(bg * chunks + c) * 2 + 1] = q; }
+}
+
+// grid (blocks along a plane, B*C); the statistics merged from the group's chunks, then the plane
+// (S elements, a multiple of VEC) normalised.
+template <int DT, int VEC>
+__device__ void gn_apply(const void* x, i64 xoff, const void* w, const void* b, int wdt, void* out, const float* part,
+                         i64 C, i64 S, int G, i64 len, int chunks, float eps, int silu) {
+    const i64 plane = blockIdx.y;            // batch * C + channel
+    const i64 ch = plane % C, bg = (plane / C) * G + ch / (C / G);
+    const i64 n = (C / G) * S;
+    const float* pp = part + bg * chunks * 2;
+    float s = 0.f;
+    for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
+        const i64 begin = (i64)k * len, end = begin + len < n ? begin + len : n;
+        s += (float)(end - begin) * pp[2 * k];
+    }
+    const float mean = block_sum(s) / (float)n;
+    float m2 = 0.f;
+    for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
+        const i64 begin = (i64)k * len, end = begin + len < n ? begin + len : n;
+        const float d = pp[2 * k] - mean;
+        m2 += pp[2 * k + 1] + (float)(end - begin) * d * d;
+    }
+    const float rstd = rsqrtf(block_sum(m2) / (float)n + eps);
+    const float scale = w ? rstd * ld(w, wdt, ch) : rstd;
+    const float shift = (b ? ld(b, wdt, ch) : 0.f) - mean * scale;
+    float v[VEC];
+    for (i64 j = ((i64)blockIdx.x * blockDim.x + threadIdx.x) * VEC; j < S; j += (i64)blockDim.x * gridDim.x * VEC) {
+        gn_load<DT, VEC>(x, xoff + plane * S + j, v);
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+            float y = round_to(__fadd_rn(__fmul_rn(v[e], scale), shift), DT);  // the GroupNorm's own rounding
+            v[e] = silu ? y / (1.f + expf(-y)) : y;
+        }
+        gn_store<DT, VEC>(out, plane * S + j, v);
+    }
+}
+
+#define NB_GN_KERNELS(SUF, DT, VEC) \
+extern "C" __global__ void nb_gn_chunk_stats_##SUF(const void* x, i64 xoff, float* part, i64 n, i64 len, int chunks) { \
+    gn_chunk_stats<DT, VEC>(x, xoff, part, n, len, chunks); } \
+extern "C" __global__ void nb_gn_apply_##SUF(const void* x, i64 xoff, const void* w, const void* b, int wdt, void* out, \
+    const float* part, i64 C, i64 S, int G, i64 len, int chunks, float eps, int silu) { \
+    gn_apply<DT, VEC>(x, xoff, w, b, wdt, out, part, C, S, G, len, chunks, eps, silu); }
+NB_GN_KERNELS(f32, DT_F32, 1)
+NB_GN_KERNELS(f16, DT_F16, 1)
+NB_GN_KERNELS(bf16, DT_BF16, 1)
+NB_GN_KERNELS(f32x4, DT_F32, 4)
+NB_GN_KERNELS(f16x8, DT_F16, 8)
+NB_GN_KERNELS(bf16x8, DT_BF16, 8)

@@ -12,6 +12,7 @@ final class StepGraph {
         let stateShape: [Int]
         let guided: Bool
         let scale: Float
+        let renorm: Float
         let conditioning: [ObjectIdentifier]
         let captionShapes: [[Int]]
     }
@@ -29,15 +30,14 @@ final class StepGraph {
 
 extension NextDiT {
     /// The guided velocity through a recorded step, or nil where recording does not apply (the
-    /// CPU, tracing hooks, CFG renorm and the step cache, which decide on the host, or recording
-    /// switched off).
+    /// CPU, tracing hooks and the step cache, which decide on the host, or recording switched off).
+    /// The CFG renorm is device work on the GPU (`CFGCombine.renormOnDevice`), so it is recorded too.
     func recordedVelocity(_ x: Tensor, t: Float, cond: DiTConditioning, uncond: DiTConditioning,
                           options: CFGOptions) throws -> Tensor? {
         guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil else { return nil }
         let n = x.shape[0]
         let guided = CFGCombine.isActive(t: t, truncation: options.truncation)
-        if guided && options.renorm > 0 { return nil }
-        let key = StepGraph.Key(stateShape: x.shape, guided: guided, scale: guided ? options.scale : 0,
+        let key = StepGraph.Key(stateShape: x.shape, guided: guided, scale: guided ? options.scale : 0, renorm: guided ? options.renorm : 0,
                                 conditioning: [cond.capFeats, cond.capMask, uncond.capFeats, uncond.capMask].map { ObjectIdentifier($0.buffer) }
                                     + [cond.clipPooled, uncond.clipPooled].compactMap { $0.map { ObjectIdentifier($0.buffer) } },
                                 captionShapes: [cond.capFeats.shape, uncond.capFeats.shape])
@@ -71,7 +71,7 @@ extension NextDiT {
             let out = try self.forwardRaw(g.xIn, t: g.tIn, capFeats: g.capFeats, capMask: g.capMask, clipPooled: g.clip)
             if !guided { return out.to(.f32) }
             return try CFGCombine.combine(cond: out.narrow(0, start: 0, length: n), uncond: out.narrow(0, start: n, length: n),
-                                          scale: options.scale, renorm: 0, dtype: self.dtype)
+                                          scale: options.scale, renorm: options.renorm, dtype: self.dtype)
         }
         if g.work == nil {
             if g.calls == 1 { return try body() }

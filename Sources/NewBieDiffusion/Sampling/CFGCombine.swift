@@ -25,6 +25,7 @@ public enum CFGCombine {
         let c = cond.to(dtype), u = uncond.to(dtype)
         let v = u + (c - u) * scale
         if !(renorm > 0) { return v.to(.f32) }
+        if c.device != .cpu { return renormOnDevice(v, cond: c, renorm: renorm, dtype: dtype).to(.f32) }
         let n = c.shape[0]
         var parts: [Tensor] = []
         for i in 0..<n {
@@ -48,6 +49,22 @@ public enum CFGCombine {
             return try combine(cond: c, uncond: u, scale: scale, renorm: renorm)
         }
         return try condOnly(x, t).to(.f32)
+    }
+
+    /// The renorm of `combine` as device work only (no download, so a step can be recorded and the
+    /// host need not wait): the same roundings in the same order, per sample as [N, 1, ...] tensors.
+    /// `min(1, round(maxNorm / newNorm))` is the host's branch: the ratio is <= 1 exactly when
+    /// newNorm >= maxNorm, and rounds to 1 (a no-op factor) otherwise; 0 / 0 stays NaN on both.
+    /// The one difference: norms accumulate in fp32 on the device, in Double on the host.
+    static func renormOnDevice(_ v: Tensor, cond c: Tensor, renorm: Float, dtype: DType) -> Tensor {
+        let axes = Array(1..<c.rank)
+        func norm(_ x: Tensor) -> Tensor {
+            axes.isEmpty ? x.to(.f32).apply(.abs).to(dtype)
+                : x.to(.f32).reduce(.sumSquares, axes: axes, keepDims: true).sqrt().to(dtype)
+        }
+        let maxNorm = norm(c) * renorm
+        let factor = (maxNorm / norm(v)).clamp(-.infinity, 1)
+        return v * factor
     }
 
     /// L2 norm of all elements, accumulated in Double, rounded to float32.

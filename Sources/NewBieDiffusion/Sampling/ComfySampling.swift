@@ -222,7 +222,7 @@ public struct ComfyKSampler: FlowSampler {
                     let renoise = (sn * sn - sDown * sDown * aNext * aNext / (aDown * aDown)).squareRoot()
                     let r = sDown / s
                     x = x * r + d0 * (1 - r)
-                    x = x * (aNext / aDown) + noiseGen.randn(x.shape) * renoise
+                    x = x * (aNext / aDown) + noiseGen.randn(x.shape).to(device: x.device) * renoise
                 }
             case .dpmpp2mSDE:
                 if sn == 0 {
@@ -238,7 +238,7 @@ public struct ComfyKSampler: FlowSampler {
                         let r = hLast / h
                         x = x + (d0 - old) * (0.5 * alphaT * c * (1 / r))
                     }
-                    x = x + brownian!(s, sn) * (sn * (-Foundation.expm1(-2 * h)).squareRoot())
+                    x = x + brownian!(s, sn).to(device: x.device) * (sn * (-Foundation.expm1(-2 * h)).squareRoot())
                     hLast = h
                 }
             case .dpmppSDE:
@@ -259,14 +259,14 @@ public struct ComfyKSampler: FlowSampler {
                     var (sd, su) = ancestral(Foundation.exp(-ls), Foundation.exp(-ls1))
                     var hh = -Foundation.log(sd) - ls
                     var x2 = x * (aS1 / aS * Foundation.exp(-hh)) - d0 * (aS1 * Foundation.expm1(-hh))
-                    x2 = x2 + brownian!(s, s1) * (aS1 * su)
+                    x2 = x2 + brownian!(s, s1).to(device: x.device) * (aS1 * su)
                     let d2 = try denoised(x2, s1)
                     evaluations += 1
                     // step 2: to sigma_next with the midpoint's denoised
                     (sd, su) = ancestral(Foundation.exp(-ls), Foundation.exp(-lt))
                     hh = -Foundation.log(sd) - ls
                     x = x * (aT / aS * Foundation.exp(-hh)) - d2 * (aT * Foundation.expm1(-hh))
-                    x = x + brownian!(s, sn) * (aT * su)
+                    x = x + brownian!(s, sn).to(device: x.device) * (aT * su)
                 }
             case .dpmpp2m:
                 let t = -Foundation.log(s), tn = -Foundation.log(sn)   // tn = +inf at sigma 0

@@ -207,7 +207,7 @@ public struct DPMSolverPP2M: FlowSampler {
         func dataPrediction(_ x: Tensor, _ s: Float) throws -> Tensor {
             let v = try velocity(model, x, 1 - s)
             let noise = x - v * (1 - s)
-            return (x - noise * s) / Tensor.full([1], value: 1 - s)
+            return (x - noise * s) / Tensor.full([1], value: 1 - s, device: x.device)
         }
         var x = x0.to(.f32)
         let steps = stepCount

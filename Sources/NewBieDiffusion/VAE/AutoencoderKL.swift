@@ -21,6 +21,13 @@ struct VAEGroupNorm {
             return x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps)
         }
     }
+    /// GroupNorm then SiLU: one fused pass on backends that have it. The two ops run apart when a
+    /// hook supplies the statistics (tiled decoding) or when the norm's dtype differs from its
+    /// input's (SiLU then runs in the input's dtype, after the cast back).
+    func silu(_ x: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
+        if hook != nil || x.dtype != dtype { return self(x, hook).silu() }
+        return x.groupNormSiLU(groups: groups, weight: weight, bias: bias, eps: eps)
+    }
 }
 
 /// Replaces GroupNorm's own statistics (tiled decoding uses statistics of the whole image).
@@ -46,10 +53,10 @@ struct VAEResnet {
     }
     func callAsFunction(_ input: Tensor, _ hook: VAENormHook? = nil) -> Tensor {
         computed(in: dtype, input) { x in
-            var h = norm1(x, hook).silu()
+            var h = norm1.silu(x, hook)
             if hook?.finished == true { return x }
             h = conv1(h)
-            h = norm2(h, hook).silu()
+            h = norm2.silu(h, hook)
             if hook?.finished == true { return x }
             h = conv2(h)
             return (shortcut.map { $0(x) } ?? x) + h
@@ -160,7 +167,7 @@ public struct VAEDecoder {
             }
             hook("decoder.up_blocks.\(j)", h)
         }
-        h = normOut(h, nil).silu()
+        h = normOut.silu(h, nil)
         hook("decoder.conv_norm_out", h)
         h = convOut(h)
         hook("decoder.conv_out", h)
@@ -192,7 +199,7 @@ public struct VAEDecoder {
             }
             if done { return h }
         }
-        h = normOut(h, hook).silu()
+        h = normOut.silu(h, hook)
         if hook?.finished == true { return h }
         return convOut(h)
     }
@@ -240,7 +247,7 @@ public struct VAEEncoder {
             }
         }
         h = mid(h)
-        h = normOut(h).silu()
+        h = normOut.silu(h)
         return convOut(h)
     }
 }

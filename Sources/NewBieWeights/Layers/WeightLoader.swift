@@ -204,13 +204,14 @@ public struct ModuleScope {
     private func plainOrAdapted(_ s: ModuleScope, shape: [Int], bias b: Tensor?, scheme: QuantScheme) throws -> Linear {
         /// Quantized from the checkpoint's float weight (read in fp32) on the host, then held on the device.
         func held(_ w: @autoclosure () throws -> Tensor) throws -> Linear {
-            // a file quantized ahead of time: its int8 values and scales as they are
+            // a file quantized ahead of time (int8 values and scales, GGUF blocks): held as stored,
+            // copied to the model's device once
             if case .load(let weights) = loader.mode, let q = try weights.quantizedWeight(s.name("weight")) {
                 loader.requested.append(TensorSpec(s.name("weight"), shape))
                 guard q.shape == shape else {
                     throw WeightsError("\(weights.source.sourceDescription): \(s.name("weight")) has shape \(q.shape), the model expects \(shape)")
                 }
-                return Linear(quantized: q, bias: b, dtype: s.dtype, device: loader.device)
+                return Linear(quantized: q.on(loader.device), bias: b, dtype: s.dtype, device: loader.device)
             }
             if scheme == .none || isPlanning { return Linear(weight: try w(), bias: b, dtype: s.dtype) }
             return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme).on(loader.device), bias: b,

@@ -266,9 +266,10 @@ public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Te
 
 /// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
 /// result cast back), plus the side products of unmerged adapters (y += scale * f(x), in order).
-/// A quantized layer holds int8/fp8 values and fp32 scales on its device instead of `weight`. int8
-/// is widened to the layer's dtype at each call, just before the matrix product (one layer at a
-/// time; on CUDA by a kernel into a pooled scratch weight); fp8 runs the backend's W8A8 product.
+/// A quantized layer holds int8/fp8 values and fp32 scales, or a GGUF file's blocks, on its device
+/// instead of `weight`. int8 and blocks are widened to the layer's dtype at each call, just before
+/// the matrix product (one layer at a time; on CUDA by a kernel into a pooled scratch weight); fp8
+/// runs the backend's W8A8 product.
 public struct Linear {
     /// The float weight [out, in]; for a quantized layer, the int8 values' shape only (a
     /// placeholder: use `effectiveWeight()` for values).
@@ -277,7 +278,7 @@ public struct Linear {
     public let dtype: DType
     /// Unmerged LoRA / LoKr side products (empty: a plain linear layer).
     public var adapters: [LinearAdapter]
-    /// The int8 weight, when this layer is quantized.
+    /// The quantized weight (int8, fp8 or GGUF blocks), when this layer is quantized.
     public let quantized: QuantizedWeight?
     /// Where a quantized layer's widened weight goes.
     let device: Device

@@ -38,3 +38,36 @@ final class KQuantWriterTests: XCTestCase {
         }
     }
 }
+
+/// `newbie quantize --to q6_k|q5_k|q4_k`: rows of whole 256-value blocks become K-quant blocks
+/// (ggml's bytes, as above); other rows and 1-D tensors are copied (float32 sources as F32).
+final class KQuantFileTests: XCTestCase {
+    func testKQuantFilesHoldKQuantBlocksWhereRowsAreWholeBlocks() throws {
+        let f = try SafeTensorsFile(path: Fixtures.path("quant/kquants.safetensors"))
+        let x = try f.tensor("x").contiguous()
+        let narrow = Tensor((0..<(40 * 64)).map { Float($0 % 7) * 0.25 - 0.5 }, shape: [40, 64])
+        let bias = Tensor([Float](repeating: 0.5, count: 15), shape: [15])
+        let source = ClosureWeightSource(specs: [TensorSpec("blk.proj.weight", x.shape), TensorSpec("blk.proj.bias", [15]),
+                                                 TensorSpec("blk.narrow.weight", [40, 64])]) { name in
+            switch name {
+            case "blk.proj.weight": return x
+            case "blk.proj.bias": return bias
+            default: return narrow
+            }
+        }
+        for (target, type) in [(QuantizedFileTarget.q6_K, GGMLType.q6_K), (.q5_K, .q5_K), (.q4_K, .q4_K)] {
+            let out = NSTemporaryDirectory() + "newbie-kq-\(UUID().uuidString).gguf"
+            defer { try? FileManager.default.removeItem(atPath: out) }
+            let report = try QuantizedFileWriter(target: target, architecture: "lumina2").write(source, to: out)
+            XCTAssertEqual(report.quantized, ["blk.proj.weight"])
+            let g = try GGUFFile(path: out)
+            XCTAssertEqual(g.tensors["blk.proj.weight"]?.type, type)
+            XCTAssertEqual(g.tensors["blk.narrow.weight"]?.type, .f32)
+            XCTAssertEqual(g.tensors["blk.proj.bias"]?.type, .f32)
+            let info = g.tensors["blk.proj.weight"]!
+            let data = try Data(contentsOf: URL(fileURLWithPath: out)).subdata(in: info.fileBegin..<info.fileEnd)
+            let want = try f.tensor(target.rawValue).contiguous().toInts().map { UInt8($0) }
+            XCTAssertEqual(Array(data), want, target.rawValue)
+        }
+    }
+}

@@ -1,3 +1,5 @@
+import Foundation
+
 /// GGML block formats a quantized linear layer can hold as they are stored (docs/QUANTIZATION.md):
 /// each row of `cols` values is cut into blocks of `blockSize` values, `blockBytes` bytes each, and
 /// a backend widens the blocks to a float weight just before the matrix product.
@@ -166,10 +168,15 @@ extension Backend {
     public func dequantizeBlocks(_ blocks: Tensor, format: BlockFormat, rows: Int, cols: Int, dtype: DType) -> Tensor {
         let host = blocks.contiguous().to(device: .cpu)
         let w = Tensor.empty([rows, cols], dtype: .f32)
-        if rows * cols > 0 {
-            format.decode(UnsafeRawPointer(host.hostPointer), blocks: rows * cols / format.blockSize,
-                          into: w.hostPointer.assumingMemoryBound(to: Float.self))
+        // blocks are independent: chunks of 64 Ki values over the cores (a layer is widened per call)
+        let blocks = rows * cols / format.blockSize, chunk = Swift.max(1, (1 << 16) / format.blockSize)
+        let src = UnsafeRawPointer(host.hostPointer), dst = w.hostPointer.assumingMemoryBound(to: Float.self)
+        let chunks = (blocks + chunk - 1) / chunk
+        let body = { (c: Int) in
+            let b0 = c * chunk, n = Swift.min(blocks, b0 + chunk) - b0
+            format.decode(src + b0 * format.blockBytes, blocks: n, into: dst + b0 * format.blockSize)
         }
+        if chunks == 1 { body(0) } else if chunks > 1 { DispatchQueue.concurrentPerform(iterations: chunks, execute: body) }
         let d = w.to(dtype)
         return device == .cpu ? d : d.to(device: device)
     }

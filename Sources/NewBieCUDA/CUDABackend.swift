@@ -82,6 +82,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
         ("quant", CUDABackend.quantKernels),
+        ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
     /// Headers the modules include (`#include "common.cuh"`), handed to NVRTC by name.

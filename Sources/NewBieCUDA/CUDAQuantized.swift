@@ -18,6 +18,27 @@ extension CUDABackend {
         (t.dtype == .bf16 || t.dtype == .f16) && rowLength % 8 == 0 && ptr(t) % 16 == 0
     }
 
+    /// Kernels of Kernels/gguf.cu, one per block format.
+    static let blockKernels: [BlockFormat: String] = [
+        .q8_0: "nb_dequant_q8_0", .q5_0: "nb_dequant_q5_0", .q4_0: "nb_dequant_q4_0",
+        .q6_K: "nb_dequant_q6_K", .q5_K: "nb_dequant_q5_K", .q4_K: "nb_dequant_q4_K",
+    ]
+
+    /// GGML blocks resident on the device, widened into a pooled weight of `dtype` (the layer's)
+    /// by the format's kernel, bit for bit `BlockFormat.decode` before the one rounding to `dtype`.
+    public func dequantizeBlocks(_ blocks: Tensor, format: BlockFormat, rows: Int, cols: Int, dtype: DType) -> Tensor {
+        let out = empty([rows, cols], dtype)
+        guard let code = Self.floatCode(dtype), blocks.dtype == .u8, let kernel = Self.blockKernels[format] else {
+            driver.fail("dequantizeBlocks: \(format) blocks to \(dtype) are not supported on CUDA"); return out
+        }
+        if rows * cols == 0 || driver.failed { return out }
+        let bd = blocks.device == device ? blocks.contiguous() : blocks.contiguous().to(device: device)
+        setCurrent()
+        launch2D(kernel, grid: (Swift.min((cols + 255) / 256, 65536), Swift.min(rows, 65535)),
+                 KernelArgs().ptr(ptr(bd)).i64(rows).i64(cols).i64(format.rowBytes(cols)).ptr(ptr(out)).i32(code))
+        return out
+    }
+
     static func floatCode(_ d: DType) -> Int32? {
         switch d {
         case .f32: return 0

@@ -219,7 +219,18 @@ public struct GPUCheck {
                 }
             }
         }
+        // bit for bit: error = elements whose bits differ (a NaN anywhere counts as one), limit 0
+        func exact(_ name: String, _ dt: DType, _ body: (Device) -> Tensor) {
+            let cpu = body(.cpu).to(.f32).contiguous().toFloats()
+            let gpu = body(.cuda(0)).to(device: .cpu).to(.f32).contiguous().toFloats()
+            let differing = cpu.count != gpu.count ? Double.infinity
+                : Double(zip(cpu, gpu).filter { $0.bitPattern != $1.bitPattern || $0.isNaN || $1.isNaN }.count)
+            rows.append(Row(name: name, dtype: dt.rawValue, error: differing, limit: 0))
+        }
         checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check)
+        checkBlockFormats(rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, randomBytes: { n in
+            (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        }, check: check, exact: exact)
         do {
             try checkModels(log: log) { name, dt, err, limit in
                 rows.append(Row(name: name, dtype: dt, error: err, limit: limit ?? (dt == "fp32" || dt == "f32" ? 1e-5 : 1e-2)))

@@ -53,3 +53,56 @@ extension GPUCheck {
         }
     }
 }
+
+extension GPUCheck {
+    /// Byte offsets of a block's f16 scales (d, and dmin for Q4_K/Q5_K).
+    static func scaleOffsets(_ f: BlockFormat) -> [Int] {
+        switch f {
+        case .q8_0, .q5_0, .q4_0: return [0]
+        case .q4_K, .q5_K: return [0, 2]
+        case .q6_K: return [208]
+        }
+    }
+
+    /// Weight blocks [rows, rowBytes(cols)] of random bytes (every quant, scale and high-bit field
+    /// pattern occurs) whose f16 scales are overwritten with `scales` values (finite: random bytes
+    /// would give f16 infinities and NaNs, whose products are not a comparison of arithmetic).
+    public static func randomBlocks(_ f: BlockFormat, rows: Int, cols: Int, bytes: [UInt8], scales: [Float]) -> Tensor {
+        let n = rows * f.rowBytes(cols)
+        precondition(bytes.count >= n && scales.count >= rows * cols / f.blockSize * scaleOffsets(f).count)
+        var b = Array(bytes.prefix(n))
+        var k = 0
+        for block in 0..<(rows * cols / f.blockSize) {
+            for off in scaleOffsets(f) {
+                let h = Half.f16Bits(scales[k]); k += 1
+                b[block * f.blockBytes + off] = UInt8(h & 0xFF)
+                b[block * f.blockBytes + off + 1] = UInt8(h >> 8)
+            }
+        }
+        let t = Tensor.empty([rows, f.rowBytes(cols)], dtype: .u8)
+        b.withUnsafeBytes { t.hostPointer.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        return t
+    }
+
+    /// Rows for Kernels/gguf.cu: each block format's widening against the CPU decoder
+    /// (`BlockFormat.decode`, itself bit-exact with the gguf package), bit for bit in fp32 and after
+    /// the one rounding to bf16/f16, and a linear layer holding the blocks against the CPU's.
+    func checkBlockFormats(rand: ([Int], DType, Float) -> Tensor, randomBytes: (Int) -> [UInt8],
+                           check: (String, DType, (Device) -> Tensor) -> Void,
+                           exact: (String, DType, (Device) -> Tensor) -> Void) {
+        let rows = 96, cols = 512
+        for f in BlockFormat.allCases {
+            let blocks = Self.randomBlocks(f, rows: rows, cols: cols, bytes: randomBytes(rows * f.rowBytes(cols)),
+                                           scales: rand([rows * cols / f.blockSize * 2], .f32, 0.01).toFloats())
+            let w = QuantizedWeight(blocks: blocks, format: f, shape: [rows, cols])
+            let bias = rand([rows], .f32, 1)
+            for dt in [DType.f32, .bf16, .f16] {
+                exact("dequant \(f) (bit for bit)", dt) { d in w.on(d).dequantized(dt, device: d) }
+            }
+            let x = rand([2, 37, cols], .bf16, 1)
+            check("\(f) linear + bias", .bf16) { d in
+                Linear(quantized: w.on(d), bias: bias.to(.bf16).to(device: d), dtype: .bf16, device: d)(x.to(device: d))
+            }
+        }
+    }
+}

@@ -71,7 +71,7 @@ public struct PrecisionReportConfig: Sendable {
             let p = body[..<plus].trimmingCharacters(in: .whitespaces)
             return (p.isEmpty ? "auto" : p, body[body.index(after: plus)...].trimmingCharacters(in: .whitespaces), cache)
         }
-        if let q = QuantScheme(rawValue: body), q != .none {
+        if let q = QuantScheme(userName: body), q != .none {
             return ("auto", [ModelSlot.dit, .gemma, .jina].map { "\($0.rawValue)=\(q.rawValue)" }.joined(separator: ","), cache)
         }
         return (body, "", cache)

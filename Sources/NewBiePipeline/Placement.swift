@@ -110,7 +110,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
             guard let slot = ModelSlot(rawValue: slotName) else {
                 throw PipelineError("--quantize \(spec): unknown model \"\(slotName)\" in \"\(item)\"; the models are \(ModelSlot.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            guard let scheme = QuantScheme(rawValue: value.lowercased()) else {
+            guard let scheme = QuantScheme(userName: value.lowercased()) else {
                 throw PipelineError("--quantize \(spec): unknown type \"\(value)\" in \"\(item)\"; use \(QuantScheme.userNames)")
             }
             var path = ""

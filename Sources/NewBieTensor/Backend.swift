@@ -43,6 +43,8 @@ public protocol Backend: AnyObject, Sendable {
     func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool) -> Tensor
     /// Quantized weights (QuantizedOps.swift: definitions, and the host defaults the CPU runs).
     func dequantizeInt8(_ q: Tensor, scales: Tensor, group: Int, dtype: DType) -> Tensor
+    /// GGML blocks widened to a float weight (BlockFormats.swift).
+    func dequantizeBlocks(_ blocks: Tensor, format: BlockFormat, rows: Int, cols: Int, dtype: DType) -> Tensor
     func fp8Linear(_ x: Tensor, weight: Tensor, weightScale: Tensor, bias: Tensor?) -> Tensor
 
     // MARK: transformer ops

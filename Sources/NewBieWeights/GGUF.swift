@@ -77,6 +77,11 @@ public final class GGUFFile: @unchecked Sendable {
     public let dataStart: Int
     /// The dtype quantised tensors are dequantised to (f32, or bf16/f16 to halve memory).
     public var quantizedOutput: DType = .f32
+    /// Whether linear layers hold this file's block-quantized weights as they are stored (widened
+    /// per layer at each call, `quantizedWeight`) rather than dequantised once at load. On by
+    /// default: the blocks are what saves device memory. Off gives the widened-at-load layers
+    /// (same values; more memory, no per-call widening).
+    public var keepsBlocksResident = true
     private let file: MappedFile
 
     static let maxCount = 1 << 24
@@ -338,4 +343,16 @@ extension GGUFFile: WeightSource {
         return TensorInfo(name: name, dtype: dtype, shape: t.shape, dataBegin: t.fileBegin - dataStart, dataEnd: t.fileEnd - dataStart)
     }
     public func loadTensor(_ name: String) throws -> Tensor { try tensor(name) }
+
+    /// A 2-D tensor of a block format as its raw blocks (zero-copy from the mapped file), for a
+    /// linear layer to hold resident; nil for plain types, other shapes, or when
+    /// `keepsBlocksResident` is off.
+    public func quantizedWeight(_ name: String) throws -> QuantizedWeight? {
+        guard keepsBlocksResident, let info = tensors[name], let format = info.type.blockFormat, info.ne.count == 2 else { return nil }
+        let cols = info.ne[0], rows = info.ne[1]
+        let rowBytes = format.rowBytes(cols)
+        let blocks = Tensor.borrowing(host: file.base! + info.fileBegin, byteCount: rows * rowBytes, dtype: .u8,
+                                      shape: [rows, rowBytes], owner: file)
+        return QuantizedWeight(blocks: blocks, format: format, shape: [rows, cols])
+    }
 }

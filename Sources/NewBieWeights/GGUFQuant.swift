@@ -72,13 +72,13 @@ public struct GGMLType: Hashable, Sendable, CustomStringConvertible {
 
     /// The type with this GGUF id, or nil for an id the format does not define.
     public static func byId(_ id: UInt32) -> GGMLType? { byID[id] }
+
+    /// The block format a linear layer can hold resident (nil: a plain or unsupported type).
+    public var blockFormat: BlockFormat? { BlockFormat(rawValue: id) }
 }
 
-/// Dequantisation of GGML blocks to Float32, following the block layouts of ggml
-/// (`block_q4_0`, `block_q5_0`, `block_q8_0`, `block_q4_K`, `block_q5_K`, `block_q6_K`).
-///
-/// The arithmetic is done in Float32 in the same order as the `gguf` Python package
-/// (`gguf.quants`), e.g. Q4_K: `(d * sc) * q - (dmin * m)`, so results match it bit for bit.
+/// Dequantisation of GGUF tensors to Float32: the plain types here, the block formats by
+/// `BlockFormat.decode` (NewBieTensor), bit for bit the `gguf` Python package's values.
 public enum GGUFQuant {
     /// Dequantises `count` values (a multiple of the type's block size) from `src` into `dst`.
     /// Splits the work over the CPU's cores for large tensors.
@@ -99,124 +99,16 @@ public enum GGUFQuant {
         else { DispatchQueue.concurrentPerform(iterations: chunks, execute: body) }
     }
 
-    @inline(__always) static func f16(_ p: UnsafeRawPointer, _ off: Int) -> Float {
-        Half.f16ToFloat(p.loadUnaligned(fromByteOffset: off, as: UInt16.self).littleEndian)
-    }
-
-    /// Scale and min of sub-block j (0..<8) of a Q4_K/Q5_K block's 12 packed scale bytes.
-    @inline(__always) static func scaleMinK4(_ j: Int, _ q: UnsafePointer<UInt8>) -> (UInt8, UInt8) {
-        if j < 4 { return (q[j] & 63, q[j + 4] & 63) }
-        let sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4)
-        let m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
-        return (sc, m)
-    }
-
     static func dequantizeBlocks(_ type: GGMLType, _ src: UnsafeRawPointer, blocks: Int, into y: UnsafeMutablePointer<Float>) {
-        let bytes = src.assumingMemoryBound(to: UInt8.self)
         switch type.id {
         case GGMLType.f32.id:
             for i in 0..<blocks { y[i] = Float(bitPattern: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian) }
         case GGMLType.f16.id:
-            for i in 0..<blocks { y[i] = f16(src, 2 * i) }
+            for i in 0..<blocks { y[i] = Half.f16ToFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) }
         case GGMLType.bf16.id:
             for i in 0..<blocks { y[i] = Half.bf16ToFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) }
-        case GGMLType.q8_0.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 34, o = y + b * 32
-                let d = f16(p, 0)
-                for j in 0..<32 { o[j] = Float(Int8(bitPattern: p[2 + j])) * d }
-            }
-        case GGMLType.q4_0.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 18, o = y + b * 32
-                let d = f16(p, 0)
-                let qs = p + 2
-                for j in 0..<16 {
-                    o[j] = d * Float(Int(qs[j] & 0x0F) - 8)
-                    o[j + 16] = d * Float(Int(qs[j] >> 4) - 8)
-                }
-            }
-        case GGMLType.q5_0.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 22, o = y + b * 32
-                let d = f16(p, 0)
-                let qh = UInt32(littleEndian: UnsafeRawPointer(p + 2).loadUnaligned(as: UInt32.self))
-                let qs = p + 6
-                for j in 0..<16 {
-                    let h0 = Int((qh >> UInt32(j)) & 1) << 4
-                    let h1 = Int((qh >> UInt32(j + 16)) & 1) << 4
-                    o[j] = d * Float((Int(qs[j] & 0x0F) | h0) - 16)
-                    o[j + 16] = d * Float((Int(qs[j] >> 4) | h1) - 16)
-                }
-            }
-        case GGMLType.q4_K.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 144, o = y + b * 256
-                let d = f16(p, 0), dmin = f16(p, 2)
-                let scales = UnsafePointer(p + 4)
-                var q = UnsafePointer(p + 16)
-                for chunk in 0..<4 {
-                    let (sc1, m1) = scaleMinK4(2 * chunk, scales)
-                    let (sc2, m2) = scaleMinK4(2 * chunk + 1, scales)
-                    let d1 = d * Float(sc1), dm1 = dmin * Float(m1)
-                    let d2 = d * Float(sc2), dm2 = dmin * Float(m2)
-                    let oo = o + chunk * 64
-                    for l in 0..<32 {
-                        oo[l] = d1 * Float(q[l] & 0x0F) - dm1
-                        oo[l + 32] = d2 * Float(q[l] >> 4) - dm2
-                    }
-                    q += 32
-                }
-            }
-        case GGMLType.q5_K.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 176, o = y + b * 256
-                let d = f16(p, 0), dmin = f16(p, 2)
-                let scales = UnsafePointer(p + 4)
-                let qh = UnsafePointer(p + 16)
-                var ql = UnsafePointer(p + 48)
-                for chunk in 0..<4 {
-                    let (sc1, m1) = scaleMinK4(2 * chunk, scales)
-                    let (sc2, m2) = scaleMinK4(2 * chunk + 1, scales)
-                    let d1 = d * Float(sc1), dm1 = dmin * Float(m1)
-                    let d2 = d * Float(sc2), dm2 = dmin * Float(m2)
-                    let u1 = UInt8(1) << UInt8(2 * chunk), u2 = UInt8(2) << UInt8(2 * chunk)
-                    let oo = o + chunk * 64
-                    for l in 0..<32 {
-                        let lo = (ql[l] & 0x0F) | ((qh[l] & u1) != 0 ? 16 : 0)
-                        let hi = (ql[l] >> 4) | ((qh[l] & u2) != 0 ? 16 : 0)
-                        oo[l] = d1 * Float(lo) - dm1
-                        oo[l + 32] = d2 * Float(hi) - dm2
-                    }
-                    ql += 32
-                }
-            }
-        case GGMLType.q6_K.id:
-            for b in 0..<blocks {
-                let p = bytes + b * 210, o = y + b * 256
-                let d = f16(p, 208)
-                for half in 0..<2 {
-                    let ql = p + half * 64, qh = p + 128 + half * 32
-                    let sc = UnsafeRawPointer(p + 192 + half * 8)
-                    let oo = o + half * 128
-                    for l in 0..<32 {
-                        let s = l / 16
-                        let q1 = Int((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) - 32
-                        let q2 = Int((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32
-                        let q3 = Int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32
-                        let q4 = Int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32
-                        let s1 = Float(sc.load(fromByteOffset: s, as: Int8.self))
-                        let s2 = Float(sc.load(fromByteOffset: s + 2, as: Int8.self))
-                        let s3 = Float(sc.load(fromByteOffset: s + 4, as: Int8.self))
-                        let s4 = Float(sc.load(fromByteOffset: s + 6, as: Int8.self))
-                        oo[l] = (d * s1) * Float(q1)
-                        oo[l + 32] = (d * s2) * Float(q2)
-                        oo[l + 64] = (d * s3) * Float(q3)
-                        oo[l + 96] = (d * s4) * Float(q4)
-                    }
-                }
-            }
         default:
+            if let f = type.blockFormat { f.decode(src, blocks: blocks, into: y); return }
             preconditionFailure("dequantizeBlocks: \(type.name) is not dequantizable")
         }
     }

@@ -1,27 +1,43 @@
+import Foundation
 import NewBieTensor
 
 /// Quantization of float32 rows into GGML blocks, written to give the same bytes as the `gguf`
 /// Python package's `gguf.quants.quantize` (0.19.0; itself bit-exact with ggml's reference
 /// quantizers for these types): the same float32 operations in the same order.
 ///
-/// Q8_0, Q5_0 and Q4_0 only. The K-quants (Q4_K, Q5_K, Q6_K) are not written: ggml chooses their
-/// sub-block scales by an iterative search (`make_qkx2_quants`), and the pinned `gguf` package has
-/// no quantizer for them to check a Swift one against.
+/// Q8_0, Q5_0, Q4_0 here; the K-quants (Q6_K, Q5_K, Q4_K) in GGUFQuantizeK.swift, ggml's reference
+/// quantizers (the gguf package has none; they are checked against ggml itself).
 public enum GGUFQuantize {
-    public static let supported: [GGMLType] = [.q8_0, .q5_0, .q4_0]
+    public static let supported: [GGMLType] = [.q8_0, .q5_0, .q4_0, .q6_K, .q5_K, .q4_K]
 
-    /// `count` values (whole blocks) from `src` into `type`'s blocks at `dst`.
+    /// `count` values (whole blocks) from `src` into `type`'s blocks at `dst`. Blocks are
+    /// independent, so large tensors are split over the CPU's cores (the K-quants' scale search is
+    /// the slow part of `newbie quantize`).
     public static func quantize(_ type: GGMLType, _ src: UnsafePointer<Float>, count: Int, into dst: UnsafeMutableRawPointer) {
-        precondition(count % type.blockSize == 0)
-        let out = dst.assumingMemoryBound(to: UInt8.self)
-        for b in 0..<(count / type.blockSize) {
-            let x = src + b * 32, o = out + b * type.blockBytes
-            switch type.id {
-            case GGMLType.q8_0.id: q8_0(x, o)
-            case GGMLType.q5_0.id: q5_0(x, o)
-            case GGMLType.q4_0.id: q4_0(x, o)
-            default: preconditionFailure("GGUFQuantize: \(type.name) is not supported")
+        precondition(count % type.blockSize == 0 && supported.contains(type))
+        let blocks = count / type.blockSize
+        let chunkBlocks = 1024
+        let chunks = (blocks + chunkBlocks - 1) / chunkBlocks
+        let out = UInt(bitPattern: dst)
+        let body = { (c: Int) in
+            let o = UnsafeMutablePointer<UInt8>(bitPattern: out)!
+            for b in (c * chunkBlocks)..<Swift.min(blocks, (c + 1) * chunkBlocks) {
+                quantizeBlock(type, src + b * type.blockSize, o + b * type.blockBytes)
             }
+        }
+        if chunks <= 1 { if chunks == 1 { body(0) } }
+        else { DispatchQueue.concurrentPerform(iterations: chunks, execute: body) }
+    }
+
+    @inline(__always) static func quantizeBlock(_ type: GGMLType, _ x: UnsafePointer<Float>, _ o: UnsafeMutablePointer<UInt8>) {
+        switch type.id {
+        case GGMLType.q8_0.id: q8_0(x, o)
+        case GGMLType.q5_0.id: q5_0(x, o)
+        case GGMLType.q4_0.id: q4_0(x, o)
+        case GGMLType.q6_K.id: GGUFQuantizeK.q6K(x, o)
+        case GGMLType.q5_K.id: GGUFQuantizeK.q45K(x, o, five: true)
+        case GGMLType.q4_K.id: GGUFQuantizeK.q45K(x, o, five: false)
+        default: preconditionFailure("GGUFQuantize: \(type.name) is not supported")
         }
     }
 

@@ -3,10 +3,8 @@ import NewBieTensor
 
 /// What `newbie quantize` writes (docs/QUANTIZATION.md, "Quantized files").
 public enum QuantizedFileTarget: String, Sendable, CaseIterable {
-    case int8, int8g128 = "int8-g128", fp8, q8_0, q5_0, q4_0
+    case int8, int8g128 = "int8-g128", fp8, q8_0, q6_K = "q6_k", q5_K = "q5_k", q5_0, q4_K = "q4_k", q4_0
 
-    /// The K-quants the issue names; refused with an explanation (no checked quantizer yet).
-    public static let notWritten = ["q6_k", "q5_k", "q4_k"]
     public static var choices: String { allCases.map(\.rawValue).joined(separator: ", ") }
 
     public var isGGUF: Bool { ggmlType != nil }
@@ -15,16 +13,15 @@ public enum QuantizedFileTarget: String, Sendable, CaseIterable {
         case .q8_0: return .q8_0
         case .q5_0: return .q5_0
         case .q4_0: return .q4_0
+        case .q6_K: return .q6_K
+        case .q5_K: return .q5_K
+        case .q4_K: return .q4_K
         default: return nil
         }
     }
 
     public init(parsing s: String) throws {
         if let t = QuantizedFileTarget(rawValue: s.lowercased()) { self = t; return }
-        if QuantizedFileTarget.notWritten.contains(s.lowercased()) {
-            throw WeightsError(.invalidArgument, file: nil, tensor: nil,
-                               "--to \(s): the K-quants are not written yet (their scale search has no reference quantizer in the pinned gguf package to check against); GGUF files in \(s.uppercased()) made elsewhere load. Choose one of: \(QuantizedFileTarget.choices)")
-        }
         throw WeightsError(.invalidArgument, file: nil, tensor: nil, "--to \(s) is not a quantization NewBie writes; choose one of: \(QuantizedFileTarget.choices)")
     }
 }

@@ -175,7 +175,7 @@ struct BenchCommand: ParsableCommand {
         let t0 = DispatchTime.now().uptimeNanoseconds
         var precision = ModulePrecision.uniform(dt)
         if let q = quantize {
-            guard let scheme = QuantScheme(rawValue: q.lowercased()) else {
+            guard let scheme = QuantScheme(userName: q.lowercased()) else {
                 throw ValidationError("--quantize \(q): use \(QuantScheme.userNames)")
             }
             precision.quantization = ModuleQuantization(rules: scheme == .none ? [] : [QuantRule(pattern: "", scheme: scheme)])

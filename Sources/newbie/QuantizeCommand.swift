@@ -16,7 +16,7 @@ struct QuantizeCommand: ParsableCommand {
     @Argument(help: "A checkpoint: .safetensors file, shard index, .gguf or folder.")
     var input: String
 
-    @Option(help: "int8 (scale per output row), int8-g128 (scale per 128 inputs), fp8 (e4m3, scale per tensor, ComfyUI layout), q8_0, q5_0 or q4_0 (GGUF, DiT only).")
+    @Option(help: "int8 (scale per output row), int8-g128 (scale per 128 inputs), fp8 (e4m3, scale per tensor, ComfyUI layout), q8_0, q6_k, q5_k, q5_0, q4_k or q4_0 (GGUF, DiT only; the K-quants need rows of whole 256-value blocks, others are stored F16).")
     var to: String
 
     @Option(name: [.short, .long], help: "The file to write (.safetensors for int8/fp8, .gguf for q*).")

@@ -30,7 +30,7 @@ final class KernelSourceTests: XCTestCase {
     __device__ float logf(float); __device__ float tanhf(float); __device__ float erff(float); __device__ float sinf(float);
     __device__ float cosf(float); __device__ float fmaxf(float, float); __device__ float fminf(float, float);
     __device__ float fabsf(float); __device__ float fmaf(float, float, float);
-    __device__ float __fadd_rn(float, float); __device__ float __fmul_rn(float, float);
+    __device__ float __fadd_rn(float, float); __device__ float __fmul_rn(float, float); __device__ float __fsub_rn(float, float);
 
     """
 
@@ -48,7 +48,7 @@ final class KernelSourceTests: XCTestCase {
         let kernels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
         let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
-        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "norms.cu", "quant.cu"])
+        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "gguf.cu", "norms.cu", "quant.cu"])
         let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
         try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: prelude) }

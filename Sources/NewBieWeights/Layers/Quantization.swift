@@ -11,9 +11,43 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
     /// fp8 e4m3fn weights with one fp32 scale per tensor, and activations quantized to e4m3 per
     /// tensor at each call (W8A8): cuBLASLt's FP8 GEMM on Hopper and later, emulated elsewhere.
     case fp8
+    /// GGML blocks as a GGUF file stores them (Q8_0 ... Q4_K), held resident and widened per call.
+    /// Only files give these (quantized ahead of time); `--quantize` does not offer them.
+    case q8_0, q6_K = "q6_k", q5_K = "q5_k", q5_0, q4_K = "q4_k", q4_0
 
     /// Input features per scale (nil: the whole row).
     public var groupSize: Int? { self == .int8g128 ? 128 : nil }
+
+    /// The GGML block format of a block scheme.
+    public var blockFormat: BlockFormat? {
+        switch self {
+        case .q8_0: return .q8_0
+        case .q6_K: return .q6_K
+        case .q5_K: return .q5_K
+        case .q5_0: return .q5_0
+        case .q4_K: return .q4_K
+        case .q4_0: return .q4_0
+        case .none, .int8, .int8g128, .fp8: return nil
+        }
+    }
+
+    /// The block scheme holding `format`.
+    public init(blockFormat format: BlockFormat) {
+        switch format {
+        case .q8_0: self = .q8_0
+        case .q6_K: self = .q6_K
+        case .q5_K: self = .q5_K
+        case .q5_0: self = .q5_0
+        case .q4_K: self = .q4_K
+        case .q4_0: self = .q4_0
+        }
+    }
+
+    /// A scheme users may ask for at load (`--quantize`, precision-report configs), by name.
+    public init?(userName: String) {
+        guard let s = QuantScheme(rawValue: userName), s.blockFormat == nil else { return nil }
+        self = s
+    }
 
     /// The names users type.
     public static let userNames = "int8, int8-g128, fp8 or none"
@@ -81,16 +115,32 @@ public struct ModuleQuantization: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// A quantized weight with fp32 scales. int8: `w[o, i] ≈ q[o, i] * scale[o, i / group]` (group =
-/// the row when per channel). fp8: `w[o, i] ≈ e4m3(q[o, i]) * scale` (one scale). Held on the
-/// layer's device (`on(_:)`); int8 is widened to a float weight one layer at a time, just before
-/// its matrix product; fp8 goes to the FP8 product as it is.
+/// the row when per channel). fp8: `w[o, i] ≈ e4m3(q[o, i]) * scale` (one scale). GGML blocks:
+/// `q` holds each row's blocks as the GGUF file stores them, scales inside. Held on the layer's
+/// device (`on(_:)`); int8 and blocks are widened to a float weight one layer at a time, just
+/// before its matrix product; fp8 goes to the FP8 product as it is.
 public struct QuantizedWeight: @unchecked Sendable {
     public let scheme: QuantScheme
-    /// [out, in]: int8 in [-127, 127], or (fp8) u8 e4m3fn codes.
+    /// [out, in]: int8 in [-127, 127], or (fp8) u8 e4m3fn codes; blocks: u8 [out, rowBytes(in)].
     public let q: Tensor
-    /// [out, groups] fp32 (groups = 1 per channel; [1, 1] for fp8, one scale per tensor).
+    /// [out, groups] fp32 (groups = 1 per channel; [1, 1] for fp8, one scale per tensor; an empty
+    /// host tensor for blocks, whose scales are inside them).
     public let scales: Tensor
-    public var shape: [Int] { q.shape }
+    /// The float weight's shape [out, in].
+    public let shape: [Int]
+    public init(scheme: QuantScheme, q: Tensor, scales: Tensor) {
+        precondition(scheme.blockFormat == nil, "block weights: use init(blocks:format:shape:)")
+        self.scheme = scheme; self.q = q; self.scales = scales; shape = q.shape
+    }
+    /// A weight [out, in] held as GGML blocks: `blocks` u8 [out, format.rowBytes(in)] (`in` whole blocks).
+    public init(blocks: Tensor, format: BlockFormat, shape: [Int]) {
+        precondition(shape.count == 2 && shape[1] % format.blockSize == 0
+                     && blocks.shape == [shape[0], format.rowBytes(shape[1])] && blocks.dtype == .u8)
+        scheme = QuantScheme(blockFormat: format); q = blocks; scales = Tensor.empty([0], dtype: .f32); self.shape = shape
+    }
+    private init(scheme: QuantScheme, q: Tensor, scales: Tensor, shape: [Int]) {
+        self.scheme = scheme; self.q = q; self.scales = scales; self.shape = shape
+    }
     /// Bytes held (int8 values plus scales).
     public var byteCount: Int { q.byteCount + scales.byteCount }
 
@@ -101,11 +151,34 @@ public struct QuantizedWeight: @unchecked Sendable {
     /// fp8: scale = max|w| / 448 over the tensor (1 for an all-zero tensor), q = e4m3fn(w / scale)
     /// as torch's cast (`FloatE4M3.encode`).
     public static func quantize(_ w: Tensor, scheme: QuantScheme) -> QuantizedWeight {
+<<<<<<< HEAD
         precondition(w.rank == 2 && scheme != .none)
         let host = w.device == .cpu ? w : w.to(device: .cpu)
         if scheme == .fp8 {
             let (q, s) = WeightQuantizer.e4m3(host)
             return QuantizedWeight(scheme: .fp8, q: q, scales: Tensor([s], shape: [1, 1]))
+=======
+        precondition(w.rank == 2 && scheme != .none && scheme.blockFormat == nil)
+        let out = w.shape[0], inF = w.shape[1]
+        if scheme == .fp8 { return quantizeFP8(w.to(.f32, device: .cpu).contiguous().toFloats(), shape: [out, inF]) }
+        let g = min(scheme.groupSize ?? inF, max(inF, 1))
+        let groups = (inF + g - 1) / g
+        let v = w.to(.f32, device: .cpu).contiguous().toFloats()
+        let q = Tensor.empty([out, inF], dtype: .i8)
+        var scales = [Float](repeating: 0, count: out * groups)
+        let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
+        for o in 0..<out {
+            for k in 0..<groups {
+                let lo = o * inF + k * g, hi = o * inF + min((k + 1) * g, inF)
+                var amax: Float = 0
+                for i in lo..<hi { amax = max(amax, abs(v[i])) }
+                let s = amax / 127
+                scales[o * groups + k] = s
+                for i in lo..<hi {
+                    qp[i] = s == 0 ? 0 : Int8(max(-127, min(127, (v[i] / s).rounded(.toNearestOrEven))))
+                }
+            }
+>>>>>>> helper-ggufgpu
         }
         let (q, scales) = WeightQuantizer.int8(host, group: scheme.groupSize ?? w.shape[1])
         return QuantizedWeight(scheme: scheme, q: q, scales: scales)
@@ -113,11 +186,15 @@ public struct QuantizedWeight: @unchecked Sendable {
 
     /// The same weight held on `device` (the values and scales copied there once, at load).
     public func on(_ device: Device) -> QuantizedWeight {
-        QuantizedWeight(scheme: scheme, q: q.to(device: device), scales: scales.to(device: device))
+        QuantizedWeight(scheme: scheme, q: q.to(device: device),
+                        scales: scheme.blockFormat == nil ? scales.to(device: device) : scales, shape: shape)
     }
 
     /// The float weight q * scale, computed in fp32, then cast to `dtype` on `device`.
     public func dequantized(_ dtype: DType = .f32, device: Device = .cpu) -> Tensor {
+        if let f = scheme.blockFormat {
+            return Backends.backend(for: device).dequantizeBlocks(q, format: f, rows: shape[0], cols: shape[1], dtype: dtype)
+        }
         if scheme == .fp8 {
             let codes = q.to(device: .cpu).contiguous()
             let cp = codes.hostPointer.assumingMemoryBound(to: UInt8.self)

@@ -204,13 +204,14 @@ public struct ModuleScope {
     private func plainOrAdapted(_ s: ModuleScope, shape: [Int], bias b: Tensor?, scheme: QuantScheme) throws -> Linear {
         /// Quantized from the checkpoint's float weight (read in fp32) on the host, then held on the device.
         func held(_ w: @autoclosure () throws -> Tensor) throws -> Linear {
-            // a file quantized ahead of time: its int8 values and scales as they are
+            // a file quantized ahead of time (int8 values and scales, GGUF blocks): held as stored,
+            // copied to the model's device once
             if case .load(let weights) = loader.mode, let q = try weights.quantizedWeight(s.name("weight")) {
                 loader.requested.append(TensorSpec(s.name("weight"), shape))
                 guard q.shape == shape else {
                     throw WeightsError("\(weights.source.sourceDescription): \(s.name("weight")) has shape \(q.shape), the model expects \(shape)")
                 }
-                return Linear(quantized: q, bias: b, dtype: s.dtype, device: loader.device)
+                return Linear(quantized: q.on(loader.device), bias: b, dtype: s.dtype, device: loader.device)
             }
             if scheme == .none || isPlanning { return Linear(weight: try w(), bias: b, dtype: s.dtype) }
             return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme).on(loader.device), bias: b,
@@ -265,9 +266,10 @@ public func computed(in dtype: DType, _ x: Tensor, _ body: (Tensor) throws -> Te
 
 /// y = x W^T + b, computing in the layer's dtype (inputs of another dtype are cast in and the
 /// result cast back), plus the side products of unmerged adapters (y += scale * f(x), in order).
-/// A quantized layer holds int8/fp8 values and fp32 scales on its device instead of `weight`. int8
-/// is widened to the layer's dtype at each call, just before the matrix product (one layer at a
-/// time; on CUDA by a kernel into a pooled scratch weight); fp8 runs the backend's W8A8 product.
+/// A quantized layer holds int8/fp8 values and fp32 scales, or a GGUF file's blocks, on its device
+/// instead of `weight`. int8 and blocks are widened to the layer's dtype at each call, just before
+/// the matrix product (one layer at a time; on CUDA by a kernel into a pooled scratch weight); fp8
+/// runs the backend's W8A8 product.
 public struct Linear {
     /// The float weight [out, in]; for a quantized layer, the int8 values' shape only (a
     /// placeholder: use `effectiveWeight()` for values).
@@ -276,7 +278,7 @@ public struct Linear {
     public let dtype: DType
     /// Unmerged LoRA / LoKr side products (empty: a plain linear layer).
     public var adapters: [LinearAdapter]
-    /// The int8 weight, when this layer is quantized.
+    /// The quantized weight (int8, fp8 or GGUF blocks), when this layer is quantized.
     public let quantized: QuantizedWeight?
     /// Where a quantized layer's widened weight goes.
     let device: Device

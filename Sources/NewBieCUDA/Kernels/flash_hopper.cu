@@ -61,11 +61,14 @@ __device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
 __device__ __forceinline__ void mbar_arrive(unsigned bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
+// A pipeline bug must not hang the process: after 2^26 unsuccessful polls (each try_wait already
+// suspends for a while; a real wait here lasts microseconds) the kernel traps, and the launch fails.
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-    unsigned done = 0;
+    unsigned done = 0, polls = 0;
     do {
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+        if (++polls == (1u << 26)) __trap();
     } while (!done);
 }
 

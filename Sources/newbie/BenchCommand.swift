@@ -153,14 +153,16 @@ struct BenchCommand: ParsableCommand {
             let q = randomTensor([2, 4352, 24, 96], seed: 3, dtype: dt).to(device: dev)
             let kk = randomTensor([2, 4352, 8, 96], seed: 4, dtype: dt).to(device: dev)
             let v = randomTensor([2, 4352, 8, 96], seed: 5, dtype: dt).to(device: dev)
-            for w in ["w4", "w8"] {
+            let chosen = cuda.flashVariant
+            for w in ["auto", "w4", "w8"] {
                 cuda.flashVariant = w
                 let ms = cuda.time(runs: repeats) { _ = q.attention(k: kk, v: v) }
                 let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
-                print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
+                let kernel = (cuda.lastFlashKernel ?? "?").replacingOccurrences(of: "nb_flash_", with: "")
+                print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w) (\(kernel))", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
                       + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
             }
-            cuda.flashVariant = "w4"
+            cuda.flashVariant = chosen
         }
         print("device memory: \(cuda.memoryStats)")
     }

@@ -4,9 +4,10 @@ PyTorch, on the GPU machine (CuPy's NVRTC, torch 2.11, CUDA 13; no Swift toolcha
 
     timeout 900 python3 tools/bench/hopper_attn_check.py [--runs 20] [--quick]
 
-Both kernel sources are compiled from this checkout with the engine's NVRTC options
-(NVRTC.swift): flash.cu for sm_90 as the engine does, flash_hopper.cu for sm_90a (wgmma needs the
-"a"). Each case runs both kernels on random inputs and compares each with PyTorch's SDPA computed
+Both kernel sources are compiled from this checkout by NVRTC with the engine's options
+(NVRTC.swift; CuPy's NVRTC binding, not RawModule, which would add an -arch of its own) and loaded
+as CuPy modules: flash.cu for sm_90 as the engine does, flash_hopper.cu for sm_90a (wgmma needs
+the "a"). Each case runs both kernels on random inputs and compares each with PyTorch's SDPA computed
 in fp32 from the same 16-bit inputs (rows with no visible key are zeros, as in the engine). A
 case passes when the relative L2 error of the wgmma kernel is <= 1e-2 (the limit `newbie
 gpu-check` holds the flash kernels to in bf16/fp16) and its output is finite; the max abs error
@@ -68,14 +69,65 @@ def build_modules():
         pathlib.Path(os.environ["HOPPER_CHECK_DUMP"] + "_mma.cu").write_text(mma)
         pathlib.Path(os.environ["HOPPER_CHECK_DUMP"] + "_wgmma.cu").write_text(wg)
     t0 = time.time()
-    m_mma = cp.RawModule(code=mma, options=("--gpu-architecture=sm_90",) + BASE_OPTS)
-    m_wg = cp.RawModule(code=wg, options=("--gpu-architecture=sm_90a",) + BASE_OPTS)
+    m_mma = load_cubin(nvrtc_cubin(mma, "chk_flash.cu", "90"))
+    m_wg = load_cubin(nvrtc_cubin(wg, "chk_flash_hopper.cu", "90a"))
     for t, _ in TYPES:
         for d in DIMS:
             m_mma.get_function(f"chk_mma_{t}_d{d}")
             m_wg.get_function(f"chk_wgmma_{t}_d{d}")
     print(f"compiled flash.cu (sm_90) and flash_hopper.cu (sm_90a) in {time.time() - t0:.1f} s", flush=True)
     return m_mma, m_wg
+
+
+def nvrtc_cubin(src, name, arch):
+    """Compiles with NVRTC exactly as the engine does (NVRTC.swift's options). CuPy's RawModule would
+    add its own -arch=sm_90 (and -ftz=true) beside ours, so the program goes to NVRTC directly:
+    through CuPy's own NVRTC binding, or through libnvrtc.so.13 found on the library path."""
+    opts = [f"--gpu-architecture=sm_{arch}", *BASE_OPTS]
+    try:
+        from cupy_backends.cuda.libs import nvrtc as cnv
+        prog = cnv.createProgram(src, name, (), ())
+        try:
+            cnv.compileProgram(prog, opts)
+        except Exception as e:
+            raise RuntimeError(f"NVRTC could not compile {name} for sm_{arch}:\n{cnv.getProgramLog(prog)}") from e
+        cubin = cnv.getCUBIN(prog)
+        cnv.destroyProgram(prog)
+        return bytes(cubin)
+    except (ImportError, AttributeError):
+        pass
+    import ctypes, glob, site
+    lib = None
+    for cand in ["libnvrtc.so.13", *glob.glob("/usr/local/cuda*/lib64/libnvrtc.so.13"),
+                 *[g for d in site.getsitepackages() for g in glob.glob(f"{d}/nvidia/*/lib/libnvrtc.so.13")]]:
+        try:
+            lib = ctypes.CDLL(cand)
+            break
+        except OSError:
+            continue
+    if lib is None:
+        raise RuntimeError("no NVRTC: neither CuPy's binding nor libnvrtc.so.13 could be loaded")
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), name.encode(), 0, None, None) == 0
+    copts = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+    status = lib.nvrtcCompileProgram(prog, len(opts), copts)
+    n = ctypes.c_size_t()
+    if status != 0:
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(n))
+        log = ctypes.create_string_buffer(n.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        raise RuntimeError(f"NVRTC could not compile {name} for sm_{arch}:\n{log.value.decode(errors='replace')}")
+    lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
+    buf = ctypes.create_string_buffer(n.value)
+    lib.nvrtcGetCUBIN(prog, buf)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return buf.raw
+
+
+def load_cubin(cubin):
+    mod = cp.cuda.function.Module()
+    mod.load(cubin)
+    return mod
 
 
 def scalars(q, k, mask, causal, window):

@@ -124,6 +124,12 @@ def nvrtc_cubin(src, name, arch):
     return buf.raw
 
 
+def allow_shared(fn, nbytes):
+    """More than 48 KiB of dynamic shared memory must be allowed per function (attribute 8)."""
+    attr = getattr(cp.cuda.driver, "CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES", 8)
+    cp.cuda.driver.funcSetAttribute(fn.ptr, attr, nbytes)
+
+
 def load_cubin(cubin):
     mod = cp.cuda.function.Module()
     mod.load(cubin)
@@ -140,7 +146,7 @@ def scalars(q, k, mask, causal, window):
 def mma_launcher(mod, t, d):
     fn = mod.get_function(f"chk_mma_{t}_d{d}")
     smem = (64 + 4 * 64) * (d + 8) * 2          # CUDAAttention.swift: (rows + 4 x 64) x (d + 8) x 2 bytes
-    fn.max_dynamic_shared_size_bytes = smem
+    allow_shared(fn, smem)
 
     def run(q, k, v, out, mask=None, causal=0, window=0):
         B, Lq, Hq, _ = q.shape
@@ -157,7 +163,7 @@ def wgmma_smem(d):
 def wgmma_launcher(mod, t, d):
     fn = mod.get_function(f"chk_wgmma_{t}_d{d}")
     smem = wgmma_smem(d)
-    fn.max_dynamic_shared_size_bytes = smem
+    allow_shared(fn, smem)
 
     def run(q, k, v, out, mask=None, causal=0, window=0):
         B, Lq, Hq, _ = q.shape

@@ -13,7 +13,9 @@ case passes when the relative L2 error of the wgmma kernel is <= 1e-2 (the limit
 gpu-check` holds the flash kernels to in bf16/fp16) and its output is finite; the max abs error
 is printed beside it. Timed cases (the DiT shape) print the median of --runs CUDA-event timings
 after warm-up for the wgmma kernel, the mma.sync kernel and torch SDPA (bf16, same inputs).
-Every case runs inside try/except; a kernel that does not finish within 30 s is reported as a
+Then the two schedules of the consumer warpgroups (free and ping-pong) are checked and timed
+side by side (bf16; the engine builds the one NB_FLASH_PINGPONG names). Every case runs inside
+try/except; a kernel that does not finish within 30 s is reported as a
 hang and the script exits (a hung kernel cannot be stopped from the host). The last line is
 PASS or FAIL.
 """
@@ -62,9 +64,10 @@ def build_modules():
         f"const float* mask, const float* bias, u16* out, {PARAMS}) {{ {FILL} flash_forward<{d}, 4, {bf}>(q, k, v, mask, bias, out, p); }}\n"
         for t, bf in TYPES for d in DIMS)
     wg = source("flash_hopper.cu", "#define FLASH_WGMMA") + "".join(
-        f'extern "C" __global__ void __launch_bounds__(HTHREADS, 1) chk_wgmma_{t}_d{d}(const u16* q, const u16* k, const u16* v, '
-        f"const float* mask, u16* out, {PARAMS}) {{ {FILL} flash_wgmma<{d}, {bf}>(q, k, v, mask, out, p); }}\n"
-        for t, bf in TYPES for d in DIMS)
+        f'extern "C" __global__ void __launch_bounds__(HTHREADS, 1) chk_{kind}_{t}_d{d}(const u16* q, const u16* k, const u16* v, '
+        f"const float* mask, u16* out, {PARAMS}) {{ {FILL} flash_wgmma<{d}, {bf}, {pp}>(q, k, v, mask, out, p); }}\n"
+        for kind, pp in (("wgmma", "NB_FLASH_PINGPONG"), ("wgmmapp", "true"), ("wgmmaseq", "false"))
+        for t, bf in TYPES for d in DIMS if kind == "wgmma" or t == "bf16")
     if os.environ.get("HOPPER_CHECK_DUMP"):   # write the two sources (for a compile check without a GPU)
         pathlib.Path(os.environ["HOPPER_CHECK_DUMP"] + "_mma.cu").write_text(mma)
         pathlib.Path(os.environ["HOPPER_CHECK_DUMP"] + "_wgmma.cu").write_text(wg)
@@ -75,6 +78,9 @@ def build_modules():
         for d in DIMS:
             m_mma.get_function(f"chk_mma_{t}_d{d}")
             m_wg.get_function(f"chk_wgmma_{t}_d{d}")
+    for d in DIMS:
+        m_wg.get_function(f"chk_wgmmapp_bf16_d{d}")
+        m_wg.get_function(f"chk_wgmmaseq_bf16_d{d}")
     print(f"compiled flash.cu (sm_90) and flash_hopper.cu (sm_90a) in {time.time() - t0:.1f} s", flush=True)
     return m_mma, m_wg
 
@@ -160,8 +166,8 @@ def wgmma_smem(d):
     return 128 * d * 2 + 3 * 2 * 128 * d * 2 + 6 * 8   # Q, 3 stages of K and V, 6 mbarriers
 
 
-def wgmma_launcher(mod, t, d):
-    fn = mod.get_function(f"chk_wgmma_{t}_d{d}")
+def wgmma_launcher(mod, t, d, kind="wgmma"):
+    fn = mod.get_function(f"chk_{kind}_{t}_d{d}")
     smem = wgmma_smem(d)
     allow_shared(fn, smem)
 
@@ -248,6 +254,14 @@ CASES = [
 ]
 
 
+PP_CASES = [
+    ("odd 2x300/333 6(2)x96 holes", 2, 300, 333, 6, 2, 96, torch.bfloat16, "holes", 0, 0, False),
+    ("causal 1x257/257 4(4)x128", 1, 257, 257, 4, 4, 128, torch.bfloat16, None, 1, 0, False),
+    ("DiT 2x4352 24(8)x96", 2, 4352, 4352, 24, 8, 96, torch.bfloat16, None, 0, 0, True),
+    ("d128 2x4096 16(16)", 2, 4096, 4096, 16, 16, 128, torch.bfloat16, None, 0, 0, True),
+]
+
+
 def make_mask(kind, B, Lk, dev):
     if kind is None:
         return None
@@ -315,6 +329,35 @@ def main():
         except Exception:
             ok = False
             print(f"FAIL {name}: exception\n{traceback.format_exc()}", flush=True)
+    # The two schedules of the consumer warpgroups (see PINGPONG in flash_hopper.cu), last: a hang
+    # here cannot cost the results above. "engine" is the schedule the engine's kernels use.
+    print("schedules (bf16): seq = warpgroups issue freely, pingpong = they take turns", flush=True)
+    for (name, B, Lq, Lk, Hq, Hkv, D, dt, mkind, causal, window, timed) in PP_CASES:
+        if timed and args.quick:
+            continue
+        try:
+            q = torch.randn(B, Lq, Hq, D, device=dev, dtype=dt)
+            k = torch.randn(B, Lk, Hkv, D, device=dev, dtype=dt)
+            v = torch.randn(B, Lk, Hkv, D, device=dev, dtype=dt)
+            mask = make_mask(mkind, B, Lk, dev)
+            ref = reference(q, k, v, mask, causal, window)
+            parts = []
+            for kind in ("wgmmaseq", "wgmmapp"):
+                run = wgmma_launcher(m_wg, "bf16", D, kind)
+                out = torch.full_like(q, float("nan"))
+                run(q, k, v, out, mask, causal, window)
+                finish_or_exit(f"{name}: {kind}")
+                rel, mx = errors(out, ref)
+                passed = rel <= LIMIT
+                ok &= passed
+                part = f"{kind[5:]} {'ok' if passed else 'FAIL'} rel {rel:.2e} max|d| {mx:.2e}"
+                if timed and passed:
+                    part += f" {timeit(lambda: run(q, k, v, out, mask, causal, window), args.runs):.3f} ms"
+                parts.append(part)
+            print(f"{name}: " + "; ".join(parts), flush=True)
+        except Exception:
+            ok = False
+            print(f"FAIL {name} (schedules): exception\n{traceback.format_exc()}", flush=True)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

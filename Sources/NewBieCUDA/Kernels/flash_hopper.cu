@@ -165,7 +165,11 @@ template <int D, bool BF16> __device__ __forceinline__ void wgmma_pv(float* o, c
 
 template <bool B> struct HBoolC { static constexpr bool value = B; };
 
-template <int D, bool BF16>
+// PINGPONG: the two consumer warpgroups take turns at issuing their products (named barriers 3
+// and 4), so that one's softmax runs while the other's products occupy the tensor cores
+// (FlashAttention-3's inter-warpgroup schedule); without it they tend to fall into step and
+// leave the tensor cores idle during both softmaxes. Both forms are kept until measured.
+template <int D, bool BF16, bool PINGPONG>
 __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                             const float* __restrict__ mask, u16* __restrict__ out, const FlashParams& p) {
     constexpr int VEC = D / 8;                 // 16-byte chunks per row
@@ -264,6 +268,14 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         asm volatile("bar.sync %0, 128;" :: "r"(1 + cwg) : "memory");
     }
 
+    // Turns: warpgroup cwg waits on barrier 3 + cwg before issuing, and after issuing lets the other
+    // warpgroup go (arrive on 3 + (cwg ^ 1)). Warpgroup 1 grants the first turn, warpgroup 0 takes
+    // one more turn at the end, so every barrier use completes. Both warpgroups see the same tiles
+    // and the same empty-tile votes, so their turns pair up.
+    auto myTurn = [&]() { if (PINGPONG) asm volatile("bar.sync %0, 256;" :: "r"(3 + cwg) : "memory"); };
+    auto otherTurn = [&]() { if (PINGPONG) asm volatile("bar.arrive %0, 256;" :: "r"(3 + (cwg ^ 1)) : "memory"); };
+    if (cwg == 1) otherTurn();
+
     float o[D / 2];
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
@@ -294,11 +306,13 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             const unsigned sK = sKV + 2 * s * TILEB, sV = sK + TILEB;
             // S = Q K^T over D / 16 steps of 16 head dims (two core matrices, 256 bytes, per step)
             float sc[HBC / 2];
+            myTurn();
             wgmma_fence();
 #pragma unroll
             for (int ks = 0; ks < D / 16; ++ks)
                 wgmma_scores<BF16>(sc, smem_desc(sQw + ks * 256, 128, ROWB), smem_desc(sK + ks * 256, 128, ROWB), ks > 0);
             wgmma_commit();
+            otherTurn();
             wgmma_wait0();
             fence_regs<HBC / 2>(sc);
 
@@ -371,16 +385,19 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             }
             // O += P V: 16 keys (two 8-key groups, 2 ROWB bytes) per step
             fence_regs<D / 2>(o);
+            myTurn();
             wgmma_fence();
 #pragma unroll
             for (int kt = 0; kt < HBC / 16; ++kt)
                 wgmma_pv<D, BF16>(o, pa[kt], smem_desc(sV + kt * 2 * ROWB, ROWB, 128));
             wgmma_commit();
+            otherTurn();
             wgmma_wait0();
             fence_regs<D / 2>(o);
         }
         mbar_arrive(barEmpty + 8 * s);
     }
+    if (cwg == 0) myTurn();
 
     // normalise and store
 #pragma unroll
@@ -395,12 +412,15 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     }
 }
 
+// The engine's choice of schedule (see PINGPONG above); tools/bench/hopper_attn_check.py times both.
+#define NB_FLASH_PINGPONG false
+
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.
 #define FLASH_WGMMA(name, D, BF) \
 extern "C" __global__ void __launch_bounds__(HTHREADS, 1) name(const u16* q, const u16* k, const u16* v, const float* mask, \
                                                               u16* out, const __grid_constant__ FlashParams p) { \
-    flash_wgmma<D, BF>(q, k, v, mask, out, p); }
+    flash_wgmma<D, BF, NB_FLASH_PINGPONG>(q, k, v, mask, out, p); }
 
 FLASH_WGMMA(nb_flash_wgmma_bf16_d64, 64, true)
 FLASH_WGMMA(nb_flash_wgmma_bf16_d96, 96, true)

@@ -51,8 +51,19 @@ extension CUDABackend {
             for v in [b, lq, lk, hq, hkv] { put(Int64(v)) }
             put(p.scale); put(p.causal); put(p.window); put(p.hasMask); put(p.hasBias); put(Int32(0))
             put(p.biasB); put(p.biasH)
+            let type = q.dtype == .bf16 ? "bf16" : "f16"
+            // Hopper (sm_90a module loaded): the wgmma kernel, for everything but an additive bias
+            let wgmma = "nb_flash_wgmma_\(type)_d\(d)"
+            if flashVariant == "auto", bias == nil, functions[wgmma] != nil {
+                lastFlashKernel = wgmma
+                let qTiles = (lq + Self.hopperFlashRows - 1) / Self.hopperFlashRows
+                launch(wgmma, grid: b * hq * qTiles, block: 384, shared: Self.hopperFlashSharedBytes(headDim: d),
+                       KernelArgs().ptr(ptr(q)).ptr(ptr(kk)).ptr(ptr(vv)).ptr(mask.map(ptr) ?? 0).ptr(ptr(out)).bytes(f))
+                return out
+            }
             let w = flashVariant == "w8" ? 8 : 4
-            let kernel = "nb_flash_\(q.dtype == .bf16 ? "bf16" : "f16")_d\(d)_w\(w)"
+            let kernel = "nb_flash_\(type)_d\(d)_w\(w)"
+            lastFlashKernel = kernel
             // flash.cu: 16 query rows per warp, K and V double-buffered in tiles of 64 keys
             let rowsPerBlock = 16 * w
             let qTiles = (lq + rowsPerBlock - 1) / rowsPerBlock
@@ -66,6 +77,11 @@ extension CUDABackend {
             .i32(Self.dtypeCode(q.dtype)).ptr(mask.map(ptr) ?? 0).ptr(bias.map(ptr) ?? 0).ptr(ptr(out)).bytes(p.encoded()))
         return out
     }
+
+    /// flash_hopper.cu: 128 query rows per block (two consumer warpgroups), a producer warpgroup.
+    static let hopperFlashRows = 128
+    /// flash_hopper.cu's shared memory: the Q tile, 3 stages of 128-key K and V tiles, 6 mbarriers.
+    static func hopperFlashSharedBytes(headDim d: Int) -> Int { 128 * d * 2 + 3 * 2 * 128 * d * 2 + 6 * 8 }
 
     public func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
                             cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {

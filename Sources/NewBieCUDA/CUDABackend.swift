@@ -15,9 +15,14 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
-    /// Flash-attention block: "w4" or "w8" warps of 16 query rows each (w4 measured a little faster
-    /// for the DiT on the H200); set from the command line (`--flash`).
-    public var flashVariant = "w4"
+    /// Flash-attention kernel: "auto" takes the wgmma kernel (flash_hopper.cu) on compute
+    /// capability 9.0 and the mma.sync kernel (flash.cu, 4 warps) elsewhere; "mma" (= "w4") and
+    /// "w8" force the mma.sync kernel with 4 or 8 warps of 16 query rows (for A/B comparisons);
+    /// set from the command line (`--flash`, `NEWBIE_FLASH`).
+    public var flashVariant = "auto"
+    /// The flash kernel of the last flash-attention launch (lets `gpu-check` prove which one ran;
+    /// it clears this before a check).
+    public var lastFlashKernel: String?
 
     let driver: CUDADriver
     let context: OpaquePointer?
@@ -85,6 +90,18 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),
     ]
+    /// Modules built only for compute capability 9.0, for `sm_90a`: wgmma and setmaxnreg exist only
+    /// on that target, and its code runs on 9.0 GPUs only. Other GPUs use the kernels above.
+    static let hopperModules: [(String, [String])] = [
+        ("flash_hopper", ["bf16", "f16"].flatMap { t in [64, 96, 128].map { d in "nb_flash_wgmma_\(t)_d\(d)" } }),
+    ]
+
+    /// The modules a GPU of compute capability `cc` loads, each with the NVRTC target it is built for.
+    static func modules(computeCapability cc: Int) -> [(name: String, kernels: [String], arch: String)] {
+        modules.map { (name: $0.0, kernels: $0.1, arch: "\(cc)") }
+            + (cc == 90 ? hopperModules.map { (name: $0.0, kernels: $0.1, arch: "90a") } : [])
+    }
+
     /// Headers the modules include (`#include "common.cuh"`), handed to NVRTC by name.
     static let headers = ["common.cuh"]
 
@@ -102,9 +119,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     private func loadKernels() throws {
         let nvrtc = try NVRTC()
         let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
-        for (name, kernels) in CUDABackend.modules {
+        for (name, kernels, arch) in CUDABackend.modules(computeCapability: computeCapability) {
             let source = try CUDABackend.kernelSource(name + ".cu")
-            let cubin = try nvrtc.cubin(source: source, name: name, arch: computeCapability, headers: headers)
+            let cubin = try nvrtc.cubin(source: source, name: name, arch: arch, headers: headers)
             var module: OpaquePointer? = nil
             try cubin.withUnsafeBytes { try driver.check(driver.cuModuleLoadData(&module, $0.baseAddress), "cuModuleLoadData(\(name))") }
             for f in kernels {
@@ -112,7 +129,10 @@ public final class CUDABackend: Backend, @unchecked Sendable {
                 try driver.check(driver.cuModuleGetFunction(&fn, module, f), "cuModuleGetFunction(\(f))")
                 functions[f] = fn
                 // allow more than the default 48 KiB of dynamic shared memory (attribute 8)
-                if f.hasPrefix("nb_flash") { try driver.check(driver.cuFuncSetAttribute(fn, 8, 160 * 1024), "cuFuncSetAttribute(\(f))") }
+                if f.hasPrefix("nb_flash") {
+                    let bytes = f.hasPrefix("nb_flash_wgmma") ? CUDABackend.hopperFlashSharedBytes(headDim: 128) : 160 * 1024
+                    try driver.check(driver.cuFuncSetAttribute(fn, 8, Int32(bytes)), "cuFuncSetAttribute(\(f))")
+                }
             }
         }
     }

@@ -47,10 +47,11 @@ final class NVRTC: @unchecked Sendable {
         return String(h, radix: 16)
     }
 
-    /// Compiles `source` for `sm_<arch>` and returns the cubin (from the cache when present).
+    /// Compiles `source` for `sm_<arch>` ("86", "90", or "90a" for Hopper-only instructions such as
+    /// wgmma) and returns the cubin (from the cache when present).
     /// `headers` are what the source may `#include "name"`: NVRTC reads no files, so each is handed
     /// over by name with its text (and is part of the cache key).
-    func cubin(source: String, name: String, arch: Int, headers: [(name: String, source: String)] = []) throws -> Data {
+    func cubin(source: String, name: String, arch: String, headers: [(name: String, source: String)] = []) throws -> Data {
         var options = ["--gpu-architecture=sm_\(arch)", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo"]
         // register and spill report from ptxas in the log (cache key includes it, so it recompiles)
         if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { options.append("--ptxas-options=-v") }

@@ -116,22 +116,54 @@ public struct GPUCheck {
             check("attention d256 (matmul) causal", dt) { d in g(q5, d).attention(k: g(k5, d), v: g(v5, d), options: AttentionOptions(causal: true, slidingWindow: 9)) }
             let q6 = rand([1, 300, 1, 512], dt), k6 = rand([1, 300, 1, 512], dt), v6 = rand([1, 300, 1, 512], dt)
             check("attention d512 1 head (matmul)", dt) { d in g(q6, d).attention(k: g(k6, d), v: g(v6, d)) }
-            for warps in ["w4", "w8"] where dt != .f32 {
-                cuda.flashVariant = warps
-                // the flash kernel (head dims 64/96/128) against the CPU, past one 64-row tile and one 64-key tile
+            // The flash kernels against the CPU: mma.sync (flash.cu) with 4 and 8 warps on every GPU and,
+            // on compute capability 9.0, the wgmma kernel (flash_hopper.cu, variant "auto"). Each row
+            // also checks which kernel ran: a wgmma row that ran another kernel (or a bias row that ran
+            // wgmma, which takes no bias) fails, so the new kernel cannot pass by not running.
+            let chosenFlash = cuda.flashVariant
+            let variants = ["w4", "w8"] + (cuda.computeCapability == 90 ? ["auto"] : [])
+            for variant in variants where dt != .f32 {
+                cuda.flashVariant = variant
+                let label = variant == "auto" ? "wgmma" : variant
+                func flashCheck(_ name: String, wgmma: Bool, _ body: (Device) -> Tensor) {
+                    cuda.lastFlashKernel = nil
+                    check("flash \(label) \(name)", dt, body)
+                    let ran = cuda.lastFlashKernel ?? "no flash kernel"
+                    let expected = wgmma ? ran.hasPrefix("nb_flash_wgmma_") : (ran.hasPrefix("nb_flash_") && !ran.hasPrefix("nb_flash_wgmma_"))
+                    if !expected {
+                        rows.append(Row(name: "flash \(label) \(name): ran \(ran)", dtype: dt.rawValue, error: .infinity, limit: 0))
+                    }
+                }
+                let onWgmma = variant == "auto"
+                // past one query tile and one key tile (64 for mma.sync, 128 for wgmma) in each direction
                 let q2 = rand([2, 150, 6, 96], dt), k2 = rand([2, 200, 2, 96], dt), v2 = rand([2, 200, 2, 96], dt)
                 let m2 = Tensor((0..<400).map { Float(($0 % 200) < ($0 < 200 ? 200 : 77) ? 1 : 0) }, shape: [2, 200])
                 let b2 = rand([2, 1, 150, 200])
-                check("flash \(warps) d96 gqa mask", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(keyPaddingMask: g(m2, d))) }
-                check("flash \(warps) d96 bias", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(bias: g(b2, d))) }
-                check("flash \(warps) d96 causal win", dt) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(causal: true, slidingWindow: 70)) }
+                flashCheck("d96 gqa mask", wgmma: onWgmma) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(keyPaddingMask: g(m2, d))) }
+                flashCheck("d96 bias", wgmma: false) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(bias: g(b2, d))) }
+                flashCheck("d96 causal win", wgmma: onWgmma) { d in g(q2, d).attention(k: g(k2, d), v: g(v2, d), options: AttentionOptions(causal: true, slidingWindow: 70)) }
                 for hd in [64, 128] {
                     let q3 = rand([1, 130, 4, hd], dt), k3 = rand([1, 97, 4, hd], dt), v3 = rand([1, 97, 4, hd], dt)
-                    check("flash \(warps) d\(hd)", dt) { d in g(q3, d).attention(k: g(k3, d), v: g(v3, d)) }
+                    flashCheck("d\(hd)", wgmma: onWgmma) { d in g(q3, d).attention(k: g(k3, d), v: g(v3, d)) }
                 }
                 let q4 = rand([1, 1, 8, 96], dt), k4 = rand([1, 300, 8, 96], dt), v4 = rand([1, 300, 8, 96], dt)
-                check("flash \(warps) Lq=1", dt) { d in g(q4, d).attention(k: g(k4, d), v: g(v4, d)) }
+                flashCheck("Lq=1", wgmma: onWgmma) { d in g(q4, d).attention(k: g(k4, d), v: g(v4, d)) }
+                // a whole 128-key tile masked in sample 0 (skipped by both kernels' vote), a ragged hole
+                // and a masked tail in sample 1; three key tiles of 128, the last partial
+                let q7 = rand([2, 300, 6, 96], dt), k7 = rand([2, 333, 2, 96], dt), v7 = rand([2, 333, 2, 96], dt)
+                let m7 = Tensor((0..<666).map { i -> Float in
+                    let (s, j) = (i / 333, i % 333)
+                    return (s == 0 ? (128..<256).contains(j) : ((5..<40).contains(j) || j >= 300)) ? 0 : 1
+                }, shape: [2, 333])
+                flashCheck("d96 mask holes", wgmma: onWgmma) { d in g(q7, d).attention(k: g(k7, d), v: g(v7, d), options: AttentionOptions(keyPaddingMask: g(m7, d))) }
+                // every key of sample 1 masked: its rows are zeros, as on the CPU
+                let q8 = rand([2, 70, 4, 96], dt), k8 = rand([2, 90, 4, 96], dt), v8 = rand([2, 90, 4, 96], dt)
+                let m8 = Tensor((0..<180).map { Float($0 < 90 ? 1 : 0) }, shape: [2, 90])
+                flashCheck("d96 one sample all masked", wgmma: onWgmma) { d in g(q8, d).attention(k: g(k8, d), v: g(v8, d), options: AttentionOptions(keyPaddingMask: g(m8, d))) }
+                let q9 = rand([1, 257, 4, 128], dt), k9 = rand([1, 257, 4, 128], dt), v9 = rand([1, 257, 4, 128], dt)
+                flashCheck("d128 causal", wgmma: onWgmma) { d in g(q9, d).attention(k: g(k9, d), v: g(v9, d), options: AttentionOptions(causal: true)) }
             }
+            cuda.flashVariant = chosenFlash
             // fused transformer ops against the CPU's composition of unfused ops
             let xs = rand([2, 37, 130], dt), ys = rand([2, 37, 130], dt), sc = rand([2, 130], dt), nw = rand([130], dt)
             check("fused rmsNorm+modulate", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: g(sc, d)) }
@@ -148,7 +180,6 @@ public struct GPUCheck {
                     }
                 }
             }
-            cuda.flashVariant = "w4"
             let table = rand([50, 24], dt)
             let ids = Tensor(ints: [3, 0, 49, 7, 7, 12], shape: [2, 3])
             check("embedding", dt) { d in g(table, d).embedding(g(ids, d)) }

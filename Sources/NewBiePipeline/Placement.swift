@@ -225,14 +225,15 @@ public struct CUDAOptions: Sendable, Equatable {
     public var graphs = false
     /// fp32 GEMMs on the tensor cores in TF32.
     public var tf32 = false
-    /// Flash-attention block variant ("w4" or "w8").
-    public var flashVariant = "w4"
+    /// Flash-attention kernel: "auto" (wgmma on compute capability 9.0, mma.sync elsewhere), or the
+    /// mma.sync kernel forced: "mma" (= "w4", 4 warps) or "w8" (8 warps).
+    public var flashVariant = "auto"
     /// Time each kernel family (prints a profile).
     public var profile = false
-    public init(graphs: Bool = false, tf32: Bool = false, flashVariant: String = "w4", profile: Bool = false) {
+    public init(graphs: Bool = false, tf32: Bool = false, flashVariant: String = "auto", profile: Bool = false) {
         self.graphs = graphs; self.tf32 = tf32; self.flashVariant = flashVariant; self.profile = profile
     }
-    public static let flashVariants = ["w4", "w8"]
+    public static let flashVariants = ["auto", "mma", "w4", "w8"]
 }
 
 /// Opens devices for the pipeline: makes CUDA devices openable (through the driver, loaded on

@@ -53,6 +53,17 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --dit --dtype fp32: TF32 tensor-core GEMMs (PyTorch's allow_tf32) instead of strict fp32.")
     var tf32 = false
 
+    @Option(name: .customLong("flash"), help: "With --device cuda: flash-attention kernel for --dit and --vae: auto (wgmma on Hopper, mma.sync elsewhere), mma (= w4) or w8.")
+    var flash = DeviceOptions.env["NEWBIE_FLASH"] ?? "auto"
+
+    /// The GPU with the chosen flash kernel (`--flash`, checked before the device opens).
+    func openCUDA() throws -> CUDABackend {
+        guard CUDAOptions.flashVariants.contains(flash) else {
+            throw ValidationError("--flash \(flash) (or NEWBIE_FLASH): use \(CUDAOptions.flashVariants.joined(separator: ", "))")
+        }
+        return try DeviceSupport.openCUDA(0, cuda: CUDAOptions(flashVariant: flash))
+    }
+
     func run() throws {
         if device != "cpu" { return try runCUDA() }
         let which = Set(only.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
@@ -134,7 +145,7 @@ struct BenchCommand: ParsableCommand {
     func runCUDA() throws {
         if dit { return try runCUDADiT() }
         if let v = vae { return try runCUDAVAE(v) }
-        let cuda = try DeviceSupport.openCUDA(0)
+        let cuda = try openCUDA()
         let dev = Device.cuda(0)
         print("CUDA benchmark on \(cuda.name) (sm_\(cuda.computeCapability)), median of \(repeats) runs")
         print(pad("work", 60) + pad("median", 12, left: true) + pad("TFLOP/s", 10, left: true))
@@ -153,14 +164,16 @@ struct BenchCommand: ParsableCommand {
             let q = randomTensor([2, 4352, 24, 96], seed: 3, dtype: dt).to(device: dev)
             let kk = randomTensor([2, 4352, 8, 96], seed: 4, dtype: dt).to(device: dev)
             let v = randomTensor([2, 4352, 8, 96], seed: 5, dtype: dt).to(device: dev)
-            for w in ["w4", "w8"] {
+            let chosen = cuda.flashVariant
+            for w in ["auto", "w4", "w8"] {
                 cuda.flashVariant = w
                 let ms = cuda.time(runs: repeats) { _ = q.attention(k: kk, v: v) }
                 let flops = 2 * 4.0 * 4352 * 4352 * 96 * 24
-                print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w)", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
+                let kernel = (cuda.lastFlashKernel ?? "?").replacingOccurrences(of: "nb_flash_", with: "")
+                print(pad("attention 2x4352x24h(8kv)x96 \(dt), flash \(w) (\(kernel))", 60) + pad(String(format: "%.3f ms", ms), 12, left: true)
                       + pad(String(format: "%.1f", flops / ms / 1e9), 10, left: true))
             }
-            cuda.flashVariant = "w4"
+            cuda.flashVariant = chosen
         }
         print("device memory: \(cuda.memoryStats)")
     }
@@ -168,7 +181,7 @@ struct BenchCommand: ParsableCommand {
     /// The full-size DiT (3.49 B parameters, random weights) on the GPU: batch 2 (cond + uncond),
     /// `size` x `size` pixels, `cap` caption tokens, timed with CUDA events.
     func runCUDADiT() throws {
-        let cuda = try DeviceSupport.openCUDA(0)
+        let cuda = try openCUDA()
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         cuda.allowTF32 = tf32
         let config = NextDiTConfig.newBieExp01
@@ -209,7 +222,7 @@ struct BenchCommand: ParsableCommand {
         let finite = out.allSatisfy { $0.isFinite }
         let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
         let peak = cuda.memoryStats.peakBytes
-        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? ""), batch 2, \(size)x\(size), \(cap) caption tokens")
+        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? ""), batch 2, \(size)x\(size), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
         print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
                      ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
 
@@ -243,7 +256,7 @@ struct BenchCommand: ParsableCommand {
     /// The VAE decoder on the GPU: one `size` x `size` image from a random latent, timed with CUDA
     /// events, then one decode profiled by kernel.
     func runCUDAVAE(_ path: String) throws {
-        let cuda = try DeviceSupport.openCUDA(0)
+        let cuda = try openCUDA()
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         cuda.allowTF32 = tf32
         let model = try AutoencoderKL.load(path: path, dtype: dt, device: .cuda(0), parts: .decoder)

@@ -93,8 +93,8 @@ struct DeviceOptions: ParsableArguments {
     @Flag(name: .customLong("tf32"), inversion: .prefixedNo, help: "With CUDA: fp32 matrix products on the tensor cores in TF32 (faster, about 1e-3 relative error).")
     var tf32 = DeviceOptions.env["NEWBIE_TF32"] == "1"
 
-    @Option(name: .customLong("flash"), help: "With CUDA: flash-attention block variant, w4 or w8 (warps of 16 query rows).")
-    var flash = DeviceOptions.env["NEWBIE_FLASH"] ?? "w4"
+    @Option(name: .customLong("flash"), help: "With CUDA: flash-attention kernel: auto (wgmma on Hopper, mma.sync elsewhere), or mma.sync forced: mma (= w4) or w8 (warps of 16 query rows).")
+    var flash = DeviceOptions.env["NEWBIE_FLASH"] ?? "auto"
 
     @Flag(name: .customLong("cuda-profile"), help: "With CUDA: time every kernel family and print the profile at the end.")
     var cudaProfile = DeviceOptions.env["NEWBIE_CUDA_PROFILE"] == "1"
@@ -104,7 +104,7 @@ struct DeviceOptions: ParsableArguments {
 
     func cudaOptions() throws -> CUDAOptions {
         guard CUDAOptions.flashVariants.contains(flash) else {
-            throw PipelineError("--flash \(flash): use \(CUDAOptions.flashVariants.joined(separator: " or "))")
+            throw PipelineError("--flash \(flash) (or NEWBIE_FLASH): use \(CUDAOptions.flashVariants.joined(separator: ", "))")
         }
         return CUDAOptions(graphs: cudaGraphs, tf32: tf32, flashVariant: flash, profile: cudaProfile)
     }

@@ -14,6 +14,7 @@ final class KernelSourceTests: XCTestCase {
     #define __forceinline__ __inline__ __attribute__((always_inline))
     #define __launch_bounds__(...) __attribute__((launch_bounds(__VA_ARGS__)))
     #define __align__(n) __attribute__((aligned(n)))
+    #define __grid_constant__
     #include "__clang_cuda_builtin_vars.h"
     typedef __SIZE_TYPE__ size_t;
     __device__ float __int_as_float(int);
@@ -21,6 +22,7 @@ final class KernelSourceTests: XCTestCase {
     __device__ unsigned __float_as_uint(float);
     __device__ int __float_as_int(float);
     __device__ void __syncthreads();
+    __device__ void __trap();
     __device__ float __shfl_xor_sync(unsigned, float, int);
     __device__ unsigned __shfl_xor_sync(unsigned, unsigned, int);
     __device__ unsigned atomicMax(unsigned*, unsigned);
@@ -48,14 +50,16 @@ final class KernelSourceTests: XCTestCase {
         let kernels = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
         let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
-        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "fused.cu", "gguf.cu", "norms.cu", "quant.cu"])
+        XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "flash_hopper.cu", "fused.cu", "gguf.cu", "norms.cu", "quant.cu"])
         let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
         try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: prelude) }
         for name in sources {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: clang)
-            p.arguments = ["-x", "cuda", "--cuda-gpu-arch=sm_90", "--cuda-device-only", "-nocudainc", "-nocudalib", "-fsyntax-only",
+            // the Hopper-only module is checked for the target NVRTC builds it for
+            let arch = name == "flash_hopper.cu" ? "sm_90a" : "sm_90"
+            p.arguments = ["-x", "cuda", "--cuda-gpu-arch=\(arch)", "--cuda-device-only", "-nocudainc", "-nocudalib", "-fsyntax-only",
                            "-std=c++17", "-include", prelude, kernels.appendingPathComponent(name).path]
             let err = Pipe()
             p.standardError = err
@@ -71,7 +75,8 @@ final class KernelSourceTests: XCTestCase {
     }
 }
 
-/// Every kernel module compiled by the real NVRTC (for sm_90; no GPU needed), the shared header
+/// Every kernel module compiled by the real NVRTC (for sm_90, the Hopper-only module for sm_90a; no
+/// GPU needed), the shared header
 /// handed over by name as at load time, and every kernel the backend looks up present in its
 /// module's cubin. Skipped where libnvrtc cannot be loaded (LD_LIBRARY_PATH must reach it, e.g. the
 /// nvidia/cu13/lib folder of a PyTorch CUDA wheel).
@@ -84,15 +89,50 @@ final class KernelModuleTests: XCTestCase {
         defer { unsetenv("NEWBIE_KERNEL_CACHE"); try? FileManager.default.removeItem(atPath: cache) }
         let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
         var names: [String] = []
-        for (module, kernels) in CUDABackend.modules {
+        for (module, kernels, arch) in CUDABackend.modules(computeCapability: 90) {
             let source = try CUDABackend.kernelSource(module + ".cu")
             XCTAssertTrue(source.contains("#include \"common.cuh\""), "\(module).cu")
-            let cubin = try nvrtc.cubin(source: source, name: module, arch: 90, headers: headers)
+            let cubin = try nvrtc.cubin(source: source, name: module, arch: arch, headers: headers)
             for k in kernels { XCTAssertNotNil(cubin.range(of: Data(k.utf8)), "\(k) is not in \(module).cu's cubin") }
             names += kernels
         }
         XCTAssertEqual(names.count, Set(names).count, "a kernel listed in two modules")
         // without the header the include cannot resolve: the header really is what NVRTC reads
-        XCTAssertThrowsError(try nvrtc.cubin(source: try CUDABackend.kernelSource("norms.cu"), name: "norms", arch: 90))
+        XCTAssertThrowsError(try nvrtc.cubin(source: try CUDABackend.kernelSource("norms.cu"), name: "norms", arch: "90"))
+    }
+
+    /// wgmma exists only on sm_90a: NVRTC refuses the Hopper module for plain sm_90, which is why it
+    /// is built for "90a" and loaded on compute capability 9.0 only.
+    func testHopperModuleNeedsTheArchSpecificTarget() throws {
+        let nvrtc: NVRTC
+        do { nvrtc = try NVRTC() } catch { throw XCTSkip("NVRTC is not loadable here: \(error)") }
+        let cache = NSTemporaryDirectory() + "newbie-kernel-cache-\(getpid())"
+        setenv("NEWBIE_KERNEL_CACHE", cache, 1)
+        defer { unsetenv("NEWBIE_KERNEL_CACHE"); try? FileManager.default.removeItem(atPath: cache) }
+        let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
+        let source = try CUDABackend.kernelSource("flash_hopper.cu")
+        XCTAssertThrowsError(try nvrtc.cubin(source: source, name: "flash_hopper", arch: "90", headers: headers)) { error in
+            // refused for the target, not for anything else in the source
+            XCTAssertTrue("\(error)".contains("not supported on .target 'sm_90'"), "\(error)")
+        }
+        XCTAssertNoThrow(try nvrtc.cubin(source: source, name: "flash_hopper", arch: "90a", headers: headers))
+    }
+}
+
+/// Which GPUs load which modules: the wgmma module only on compute capability 9.0 (sm_90a code runs
+/// nowhere else), every other module everywhere, built for the GPU's own architecture.
+final class KernelModuleSelectionTests: XCTestCase {
+    func testHopperModuleOnlyOnComputeCapability90() {
+        let hopper = CUDABackend.modules(computeCapability: 90)
+        XCTAssertEqual(hopper.first { $0.name == "flash_hopper" }?.arch, "90a")
+        XCTAssertEqual(Set(hopper.filter { $0.name != "flash_hopper" }.map(\.arch)), ["90"])
+        XCTAssertTrue(hopper.contains { $0.name == "flash" }, "the mma.sync kernel stays (bias, and NEWBIE_FLASH=mma)")
+        for cc in [80, 86, 89, 100, 120] {
+            let m = CUDABackend.modules(computeCapability: cc)
+            XCTAssertFalse(m.contains { $0.name == "flash_hopper" }, "sm_\(cc) must not load the sm_90a module")
+            XCTAssertEqual(Set(m.map(\.arch)), ["\(cc)"])
+            XCTAssertEqual(m.count, CUDABackend.modules.count)
+        }
+        XCTAssertEqual(CUDABackend.hopperModules.first?.1.count, 6, "bf16 and fp16 x head dims 64, 96, 128")
     }
 }

@@ -151,34 +151,11 @@ public struct QuantizedWeight: @unchecked Sendable {
     /// fp8: scale = max|w| / 448 over the tensor (1 for an all-zero tensor), q = e4m3fn(w / scale)
     /// as torch's cast (`FloatE4M3.encode`).
     public static func quantize(_ w: Tensor, scheme: QuantScheme) -> QuantizedWeight {
-<<<<<<< HEAD
-        precondition(w.rank == 2 && scheme != .none)
+        precondition(w.rank == 2 && scheme != .none && scheme.blockFormat == nil)
         let host = w.device == .cpu ? w : w.to(device: .cpu)
         if scheme == .fp8 {
             let (q, s) = WeightQuantizer.e4m3(host)
             return QuantizedWeight(scheme: .fp8, q: q, scales: Tensor([s], shape: [1, 1]))
-=======
-        precondition(w.rank == 2 && scheme != .none && scheme.blockFormat == nil)
-        let out = w.shape[0], inF = w.shape[1]
-        if scheme == .fp8 { return quantizeFP8(w.to(.f32, device: .cpu).contiguous().toFloats(), shape: [out, inF]) }
-        let g = min(scheme.groupSize ?? inF, max(inF, 1))
-        let groups = (inF + g - 1) / g
-        let v = w.to(.f32, device: .cpu).contiguous().toFloats()
-        let q = Tensor.empty([out, inF], dtype: .i8)
-        var scales = [Float](repeating: 0, count: out * groups)
-        let qp = q.hostPointer.assumingMemoryBound(to: Int8.self)
-        for o in 0..<out {
-            for k in 0..<groups {
-                let lo = o * inF + k * g, hi = o * inF + min((k + 1) * g, inF)
-                var amax: Float = 0
-                for i in lo..<hi { amax = max(amax, abs(v[i])) }
-                let s = amax / 127
-                scales[o * groups + k] = s
-                for i in lo..<hi {
-                    qp[i] = s == 0 ? 0 : Int8(max(-127, min(127, (v[i] / s).rounded(.toNearestOrEven))))
-                }
-            }
->>>>>>> helper-ggufgpu
         }
         let (q, scales) = WeightQuantizer.int8(host, group: scheme.groupSize ?? w.shape[1])
         return QuantizedWeight(scheme: scheme, q: q, scales: scales)

@@ -33,7 +33,7 @@ extension NextDiT {
     /// switched off).
     func recordedVelocity(_ x: Tensor, t: Float, cond: DiTConditioning, uncond: DiTConditioning,
                           options: CFGOptions) throws -> Tensor? {
-        guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil else { return nil }
+        guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil, streamedBlocks == nil else { return nil }
         let n = x.shape[0]
         let guided = CFGCombine.isActive(t: t, truncation: options.truncation)
         if guided && options.renorm > 0 { return nil }

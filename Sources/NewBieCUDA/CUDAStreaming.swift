@@ -42,8 +42,8 @@ final class CUDAWeightStreaming: WeightStreaming {
         let n = Swift.max(byteCount, 1)
         try driver.check(driver.cuMemHostAlloc(&p, n, 0), "--offload: pinning \(formatBytes(n)) of host memory (cuMemHostAlloc)")
         guard let ptr = p else { throw CUDAError("--offload: cuMemHostAlloc of \(formatBytes(n)) returned no memory") }
-        let d = driver
-        return Buffer(device: .cpu, byteCount: n, host: ptr, release: { _ = d.cuMemFreeHost(ptr) })
+        let b = backend
+        return Buffer(device: .cpu, byteCount: n, host: ptr, release: { b.setCurrent(); _ = b.driver.cuMemFreeHost(ptr) })
     }
 
     func makeSlotSync() -> SlotSync {

@@ -131,6 +131,9 @@ public final class WeightRing: @unchecked Sendable {
             let backend = Backends.backend(for: device)
             let bytes = groups.map(\.layout.byteCount).max() ?? 1
             slots = (0..<slotCount).map { _ in Slot(buffer: backend.allocate(byteCount: bytes), sync: streaming.makeSlotSync(), group: nil) }
+            // the pool may hand out memory that work already queued still reads (or a poisoning
+            // fill still writes): the first copies wait for everything queued so far
+            for s in slots { streaming.markFree(s.sync) }
         }
         let s = slotIndex(holding: index) ?? load(index)
         inUse = s

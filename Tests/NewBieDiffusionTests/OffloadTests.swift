@@ -24,6 +24,11 @@ final class OffloadTests: XCTestCase {
                              capMask: Tensor(mask, shape: [2, 9]), clipPooled: try d.tensor("inputs/clip")).toFloats()
     }
 
+    /// Elements whose bits differ (a count, so a failure prints one number, not two arrays).
+    func differing(_ a: [Float], _ b: [Float]) -> Int {
+        a.count == b.count ? zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count : max(a.count, b.count)
+    }
+
     func testPackedLayoutAlignsEveryTensor() {
         let l = PackedLayout(byteCounts: [10, 256, 257, 0, 4])
         XCTAssertEqual(l.offsets, [0, 256, 512, 1024, 1024])
@@ -91,8 +96,8 @@ final class OffloadTests: XCTestCase {
         let m = try model(offload: true)
         let streamed = try forward(m)
         XCTAssertFalse(resident.contains { !$0.isFinite })
-        XCTAssertEqual(streamed, resident)
-        XCTAssertEqual(try forward(m), resident, "a second pass (blocks prefetched across passes)")
+        XCTAssertEqual(differing(streamed, resident), 0)
+        XCTAssertEqual(differing(try forward(m), resident), 0, "a second pass (blocks prefetched across passes)")
         XCTAssertEqual(m.streamedBlocks?.copies, 2 * m.streamedBlocks!.groupCount + 2)
     }
 
@@ -102,7 +107,8 @@ final class OffloadTests: XCTestCase {
                           ModulePrecision.uniform(.bf16)] {
             let resident = try forward(try model(offload: false, precision: precision))
             let m = try model(offload: true, precision: precision)
-            XCTAssertEqual(try forward(m), resident, "\(precision)")
+            XCTAssertFalse(resident.contains { !$0.isFinite })
+            XCTAssertEqual(differing(try forward(m), resident), 0, "\(precision)")
             if !precision.quantization.isEmpty {
                 XCTAssertTrue(m.layers[0].qkv.quantized != nil, "the int8 values are what travels")
                 XCTAssertEqual(m.layers[0].qkv.streamedTensors.map(\.dtype), [.i8, .f32])

@@ -32,6 +32,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     let pool: MemoryPool
     /// cuBLASLt FP8 GEMM plans (CUDAQuantized.swift).
     let fp8Plans = FP8Plans()
+    /// `--offload`'s copy stream and events (CUDAStreaming.swift), made on first use.
+    var streamingState: CUDAWeightStreaming?
+    let streamingLock = NSLock()
     private let lock = NSLock()
 
     private static let sharedLock = NSLock()

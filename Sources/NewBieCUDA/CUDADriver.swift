@@ -63,6 +63,7 @@ final class CUDADriver: @unchecked Sendable {
     typealias FEventCreate = @convention(c) (UnsafeMutablePointer<OpaquePointer?>, UInt32) -> CUresult
     typealias FEventRecord = @convention(c) (OpaquePointer?, OpaquePointer?) -> CUresult
     typealias FEventSynchronize = @convention(c) (OpaquePointer?) -> CUresult
+    typealias FStreamWaitEvent = @convention(c) (OpaquePointer?, OpaquePointer?, UInt32) -> CUresult
     typealias FEventElapsedTime = @convention(c) (UnsafeMutablePointer<Float>, OpaquePointer?, OpaquePointer?) -> CUresult
     typealias FEventDestroy = @convention(c) (OpaquePointer?) -> CUresult
     typealias FGetErrorString = @convention(c) (CUresult, UnsafeMutablePointer<UnsafePointer<CChar>?>) -> CUresult
@@ -99,6 +100,7 @@ final class CUDADriver: @unchecked Sendable {
     let cuEventCreate: FEventCreate
     let cuEventRecord: FEventRecord
     let cuEventSynchronize: FEventSynchronize
+    let cuStreamWaitEvent: FStreamWaitEvent
     let cuEventElapsedTime: FEventElapsedTime
     let cuEventDestroy: FEventDestroy
     let cuGetErrorString: FGetErrorString
@@ -136,6 +138,7 @@ final class CUDADriver: @unchecked Sendable {
         cuEventCreate = try lib.symbol("cuEventCreate", as: FEventCreate.self)
         cuEventRecord = try lib.symbol("cuEventRecord", as: FEventRecord.self)
         cuEventSynchronize = try lib.symbol("cuEventSynchronize", as: FEventSynchronize.self)
+        cuStreamWaitEvent = try lib.symbol("cuStreamWaitEvent", as: FStreamWaitEvent.self)
         cuEventElapsedTime = try lib.symbol(["cuEventElapsedTime_v2", "cuEventElapsedTime"], as: FEventElapsedTime.self)
         cuEventDestroy = try lib.symbol("cuEventDestroy_v2", as: FEventDestroy.self)
         cuStreamBeginCapture = try lib.symbol(["cuStreamBeginCapture_v2", "cuStreamBeginCapture"], as: FStreamBeginCapture.self)

@@ -386,5 +386,6 @@ public struct GPUCheck {
             let gi = try DecodeStage(paths: paths, options: gpu).vae.decode(latent.to(vaeDType))
             report("mixed vae decode", spec, err(gi, ci), vaeDType == .f32 ? 1e-5 : 1e-2)
         }
+        try checkOffload(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)
     }
 }

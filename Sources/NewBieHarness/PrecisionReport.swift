@@ -36,6 +36,8 @@ public struct PrecisionReportConfig: Sendable {
     /// Trace every module output (first non-finite value, per-layer errors); off: the stage
     /// times are the pipeline's own, without the tracer's copies to the CPU.
     public var trace = true
+    /// `--offload`: every config streams the DiT's and Gemma's blocks from host memory.
+    public var offload = false
     /// With tracing: run each config twice, untraced for the times and memory, then traced for
     /// the rest (the report says whether both passes made the same latent and image).
     public var timingPass = false
@@ -430,7 +432,7 @@ public enum PrecisionReportRunner {
         cpu.resetPeakMemory()
         do {
             let parts = PrecisionReportConfig.split(config: spec)
-            let policy = try PlacementPolicy.parse(precision: parts.precision, device: c.device, quantize: parts.quantize)
+            let policy = try PlacementPolicy.parse(precision: parts.precision, device: c.device, quantize: parts.quantize, offload: c.offload)
             let stepCache = try PrecisionReportConfig.stepCache(parts.stepCache)
             row.precision = policy.precisionSpec
             row.device = policy.deviceSpec

@@ -18,6 +18,16 @@ import NewBieWeights
 public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
     public var devices: [ModelSlot: Device]
     public var precisions: [ModelSlot: ModulePrecision]
+    /// `--offload`: the models in `offloadable` that run on a GPU keep their blocks' weights in
+    /// pinned host memory and stream them to the GPU a few blocks ahead of use (docs/MEMORY.md).
+    public var offload = false
+
+    /// The models `--offload` streams: the two with stacks of large blocks (the DiT's 40, Gemma's
+    /// 34 layers). Jina (0.6 GB in bf16) and the VAE (0.16 GB of weights, activations dominate) stay.
+    public static let offloadable: [ModelSlot] = [.dit, .gemma]
+
+    /// The models streamed under this policy: `offloadable` ones placed on a GPU.
+    public var offloadedSlots: [ModelSlot] { offload ? PlacementPolicy.offloadable.filter { device($0) != .cpu } : [] }
 
     /// Every model on `device` in `dtype` (nil = auto for the device).
     public init(device: Device = .cpu, dtype: DType? = nil) {
@@ -38,7 +48,9 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
     public static let dtypeNames = "fp32, bf16, fp16 or auto"
 
     /// Parses the command-line forms (see the type's comment).
-    public static func parse(precision: String, device: String = "cpu", quantize: String = "") throws -> PlacementPolicy {
+    /// `offload`: `--offload`, refused when neither the DiT nor Gemma runs on a GPU (the CPU computes
+    /// from host memory already: there is nothing to stream).
+    public static func parse(precision: String, device: String = "cpu", quantize: String = "", offload: Bool = false) throws -> PlacementPolicy {
         // devices first: `auto` resolves per slot's device
         var devices: [ModelSlot: Device] = [:]
         var defaultDevice: Device = .cpu
@@ -91,6 +103,10 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
             p.precisions[s] = ModulePrecision(base: chosen ?? autoDType(device), rules: rules[s] ?? [])
         }
         for (s, q) in try parseQuantize(quantize) { p.precisions[s]?.quantization = q }
+        p.offload = offload
+        if offload && p.offloadedSlots.isEmpty {
+            throw PipelineError("--offload: the models it streams (\(offloadable.map(\.rawValue).joined(separator: ", "))) run on the CPU here (--device \(device)); --offload keeps GPU weights in host memory and has nothing to do on the CPU: drop it, or use --device cuda")
+        }
         return p
     }
 
@@ -165,7 +181,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
 
     /// The part of the policy one model is built with.
     public func placement(_ slot: ModelSlot) -> ModelPlacement {
-        ModelPlacement(name: slot.rawValue, device: device(slot), precision: precision(slot))
+        ModelPlacement(name: slot.rawValue, device: device(slot), precision: precision(slot), offload: offloadedSlots.contains(slot))
     }
 
     /// The devices the policy uses (each opened before its models load).
@@ -198,6 +214,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         "precision \(precisionSpec), device \(deviceSpec)" + (quantizeSpec.isEmpty ? "" : ", quantize \(quantizeSpec)")
+            + (offloadedSlots.isEmpty ? "" : ", offload \(offloadedSlots.map(\.rawValue).joined(separator: ","))")
     }
 }
 

@@ -85,6 +85,12 @@ public protocol Backend: AnyObject, Sendable {
     /// returned output tensor is rewritten by each replay.
     func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)?
 
+    // MARK: weight streaming
+
+    /// Pinned host memory and side-queue copies for `--offload` (`WeightRing`); the default copies
+    /// at once (the CPU, where host memory is the device's).
+    var weightStreaming: WeightStreaming { get }
+
     // MARK: errors
 
     /// Throws (and clears) the first failure since the last call. Device backends queue work
@@ -101,6 +107,8 @@ public protocol RecordedWork: AnyObject {
 
 extension Backend {
     public func checkErrors() throws {}
+
+    public var weightStreaming: WeightStreaming { HostWeightStreaming(backend: self) }
 
     public func record(_ body: @escaping () throws -> Tensor) throws -> (work: RecordedWork, output: Tensor)? { nil }
 

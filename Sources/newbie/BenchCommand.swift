@@ -47,6 +47,9 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --dit: quantize the DiT's linear layers: int8, int8-g128 or fp8 (the layers `--quantize dit=TYPE` quantizes); default none.")
     var quantize: String?
 
+    @Flag(help: "With --dit: stream the DiT's blocks from pinned host memory (--offload), to time the step against resident weights.")
+    var offload = false
+
     @Option(help: "With --device cuda: time the VAE decoder of this model (folder or file) at --size x --size instead of single ops.")
     var vae: String?
 
@@ -196,7 +199,8 @@ struct BenchCommand: ParsableCommand {
         let tensor = try randomDiTWeights(config, seed: 7)
         let specs = try NextDiT.plan(config).requested
         let weights = try ModelWeights(source: ClosureWeightSource(specs: specs, tensor: tensor), expected: specs, naming: .identity())
-        let model = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", device: .cuda(0), precision: precision))
+        let model = try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", device: .cuda(0), precision: precision,
+                                                                                                  offload: offload))
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes
@@ -222,7 +226,7 @@ struct BenchCommand: ParsableCommand {
         let finite = out.allSatisfy { $0.isFinite }
         let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
         let peak = cuda.memoryStats.peakBytes
-        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? ""), batch 2, \(size)x\(size), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
+        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? "")\(offload ? ", blocks streamed (--offload)" : ""), batch 2, \(size)x\(size), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
         print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
                      ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
 

@@ -84,6 +84,9 @@ struct DeviceOptions: ParsableArguments {
     @Option(help: ArgumentHelp("int8 weight-only linear layers, per model or per module path: MODEL=TYPE or MODEL.MODULE_PATH=TYPE (models gemma, jina, dit, vae; types int8 = one scale per output channel, int8-g128 = per group of 128, none), * matching within a path component. A whole-model rule keeps embedders, adaLN modulation, the final layer and norms in 16 bits (docs/QUANTIZATION.md). Examples: \"dit=int8,gemma=int8,jina=int8\"; \"dit.layers.*=int8\".", valueName: "spec"))
     var quantize: String = DeviceOptions.env["NEWBIE_QUANTIZE"] ?? ""
 
+    @Flag(name: .customLong("offload"), help: "With CUDA: keep the DiT's and Gemma's block weights in pinned host memory and stream each block to the GPU just ahead of use (a ring of 3 blocks on the GPU), for GPUs smaller than the models; same pixels, slower steps (docs/MEMORY.md). Refused when those models run on the CPU.")
+    var offload = DeviceOptions.env["NEWBIE_OFFLOAD"] == "1"
+
     @Option(help: "Shorthand for the default of --precision (fp32, bf16, fp16, auto); --precision items come after it.")
     var dtype: String?
 
@@ -110,7 +113,7 @@ struct DeviceOptions: ParsableArguments {
     }
 
     func placement() throws -> PlacementPolicy {
-        try PlacementPolicy.parse(precision: precisionSpec, device: device, quantize: quantize)
+        try PlacementPolicy.parse(precision: precisionSpec, device: device, quantize: quantize, offload: offload)
     }
 
     /// The stage options; every device the policy names is opened now, so a missing driver or BLAS
@@ -588,6 +591,7 @@ struct GenerateCommand: ParsableCommand {
               "--device", shellQuote(options.placement.deviceSpec)]
         if options.cuda.tf32 { a.append("--tf32") }
         if !options.placement.quantizeSpec.isEmpty { a += ["--quantize", shellQuote(options.placement.quantizeSpec)] }
+        if options.placement.offload { a.append("--offload") }
         if s.strength < 1, let p = r.initImage { a += ["--init-image", shellQuote(abs(p)), "--strength", "\(s.strength)"] }
         for spec in options.adapters.specs { a += ["--lora", shellQuote("\(abs(spec.path)):\(spec.strength)")] }
         if !options.adapters.specs.isEmpty && options.adapters.mode != .merged { a += ["--lora-mode", options.adapters.mode.rawValue] }

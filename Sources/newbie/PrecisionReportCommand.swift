@@ -189,7 +189,8 @@ struct PrecisionReportCommand: ParsableCommand {
         for spec in configList {
             let parts = PrecisionReportConfig.split(config: spec)
             do {
-                _ = try PlacementPolicy.parse(precision: parts.precision, device: deviceOptions.device, quantize: parts.quantize)
+                _ = try PlacementPolicy.parse(precision: parts.precision, device: deviceOptions.device, quantize: parts.quantize,
+                                              offload: deviceOptions.offload)
                 _ = try PrecisionReportConfig.stepCache(parts.stepCache)
             } catch {
                 throw PipelineError("--configs: config \"\(spec)\": \(error)")
@@ -211,6 +212,7 @@ struct PrecisionReportCommand: ParsableCommand {
         var config = PrecisionReportConfig(paths: try models.paths(), configs: configList, device: deviceOptions.device, cuda: cuda,
                                            cases: cases, settings: settings, output: output, command: command, deviceName: deviceName)
         config.trace = trace
+        config.offload = deviceOptions.offload
         config.timingPass = timingPass
         if timingPass && !trace { throw PipelineError("--timing-pass separates the times from a traced pass; with --no-trace every pass is untraced already") }
         config.diffGain = gain

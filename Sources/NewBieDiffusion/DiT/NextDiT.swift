@@ -42,6 +42,25 @@ public final class NextDiT: @unchecked Sendable {
         let attnNorm1: Tensor, attnNorm2: Tensor, ffnNorm1: Tensor, ffnNorm2: Tensor
         /// adaLN_modulation.1 (nil for the context refiner).
         let adaLN: Linear?
+
+        /// Every weight of the block, in a fixed order (what travels under `--offload`).
+        var tensors: [Tensor] {
+            [qkv, out].flatMap(\.streamedTensors) + [qNorm, kNorm] + [w1, w2, w3].flatMap(\.streamedTensors)
+                + [attnNorm1, attnNorm2, ffnNorm1, ffnNorm2] + (adaLN?.streamedTensors ?? [])
+        }
+
+        /// The same block over `tensors` (in `tensors` order), computing on `device`.
+        func rebound(_ tensors: [Tensor], device: Device) -> Block {
+            var c = TensorCursor(tensors)
+            let qkv = qkv.rebound(&c, device: device), out = out.rebound(&c, device: device)
+            let qNorm = c.next(), kNorm = c.next()
+            let w1 = w1.rebound(&c, device: device), w2 = w2.rebound(&c, device: device), w3 = w3.rebound(&c, device: device)
+            let n1 = c.next(), n2 = c.next(), n3 = c.next(), n4 = c.next()
+            let ada = adaLN?.rebound(&c, device: device)
+            precondition(c.isExhausted, "NextDiT.Block: \(tensors.count) tensors for a block that takes fewer")
+            return Block(dtype: dtype, attnDType: attnDType, ffnDType: ffnDType, qkv: qkv, out: out, qNorm: qNorm, kNorm: kNorm,
+                         w1: w1, w2: w2, w3: w3, attnNorm1: n1, attnNorm2: n2, ffnNorm1: n3, ffnNorm2: n4, adaLN: ada)
+        }
     }
 
     /// A module that computes in its own dtype: an RMSNorm weight and a linear layer (the caption
@@ -58,6 +77,10 @@ public final class NextDiT: @unchecked Sendable {
     let clipProj: NormLinear?
     let timeText: Linear?
     let contextRefiner: [Block], noiseRefiner: [Block], layers: [Block]
+    /// `--offload`: the blocks' weights in pinned host memory (the blocks above hold host views),
+    /// streamed to the device a few blocks ahead of use; group order: context refiner, noise
+    /// refiner, layers. Nil: every weight resident on the device.
+    public let streamedBlocks: WeightRing?
     let finalDType: DType
     let finalAdaLN: Linear, finalLinear: Linear
     /// Every module path with its compute dtype (what `--trace` shows, what precision rules name).
@@ -103,9 +126,18 @@ public final class NextDiT: @unchecked Sendable {
         } else {
             clipProj = nil; timeText = nil
         }
-        contextRefiner = try (0..<config.nContextRefiner).map { try block(root.scope("context_refiner.\($0)"), modulated: false) }
-        noiseRefiner = try (0..<config.nNoiseRefiner).map { try block(root.scope("noise_refiner.\($0)"), modulated: true) }
-        layers = try (0..<config.nLayers).map { try block(root.scope("layers.\($0)"), modulated: true) }
+        // --offload: each block is built in host memory, then packed into the ring's pinned buffer
+        // (one block at a time, so the unpacked copy never exceeds a block)
+        let ring = root.loader.offload && !root.isPlanning ? try WeightRing(device: root.device) : nil
+        func placed(_ name: String, modulated: Bool) throws -> Block {
+            let blk = try block(root.scope(name).offloadable(), modulated: modulated)
+            guard let r = ring else { return blk }
+            return blk.rebound(try r.add(blk.tensors).host, device: root.device)
+        }
+        contextRefiner = try (0..<config.nContextRefiner).map { try placed("context_refiner.\($0)", modulated: false) }
+        noiseRefiner = try (0..<config.nNoiseRefiner).map { try placed("noise_refiner.\($0)", modulated: true) }
+        layers = try (0..<config.nLayers).map { try placed("layers.\($0)", modulated: true) }
+        streamedBlocks = ring
         let fl = root.scope("final_layer")
         finalDType = fl.dtype
         finalAdaLN = try fl.scope("adaLN_modulation").linear("1", in: ada, out: d, bias: true)
@@ -258,11 +290,11 @@ public final class NextDiT: @unchecked Sendable {
         try hook?("cap_embedder", cap)
         try hook?("x_embedder", img)
         for (i, blk) in contextRefiner.enumerated() {
-            cap = runBlock(blk, cap, mask: capKeyMask, rope: capRope, cSilu: nil)
+            cap = onDevice(blk, group: i) { runBlock($0, cap, mask: capKeyMask, rope: capRope, cSilu: nil) }
             try hook?("context_refiner.\(i)", cap)
         }
         for (i, blk) in noiseRefiner.enumerated() {
-            img = runBlock(blk, img, mask: nil, rope: imgRope, cSilu: cSilu)
+            img = onDevice(blk, group: contextRefiner.count + i) { runBlock($0, img, mask: nil, rope: imgRope, cSilu: cSilu) }
             try hook?("noise_refiner.\(i)", img)
         }
 
@@ -281,7 +313,7 @@ public final class NextDiT: @unchecked Sendable {
         func jointBlocks(_ range: Range<Int>, _ x: Tensor) throws -> Tensor {
             var h = x
             for i in range {
-                h = runBlock(layers[i], h, mask: jointMask, rope: jointRope, cSilu: cSilu)
+                h = onDevice(layers[i], group: layerGroup(i)) { runBlock($0, h, mask: jointMask, rope: jointRope, cSilu: cSilu) }
                 try hook?("layers.\(i)", h)
             }
             return h
@@ -352,10 +384,23 @@ public final class NextDiT: @unchecked Sendable {
         }
     }
 
+    /// The ring group of joint block `i`.
+    func layerGroup(_ i: Int) -> Int { contextRefiner.count + noiseRefiner.count + i }
+
+    /// Runs `body` with `blk` on the device: itself when resident; with `--offload`, the block over
+    /// the device copy of its ring group (queued ahead), released when `body` has queued its work.
+    func onDevice<T>(_ blk: Block, group: Int, _ body: (Block) throws -> T) rethrows -> T {
+        guard let ring = streamedBlocks else { return try body(blk) }
+        return try ring.with(group) { try body(blk.rebound($0, device: device)) }
+    }
+
     /// TeaCache's signal: the first joint block's modulated input, RMSNorm(x) (1 + scale_msa).
     func firstModulatedInput(_ x: Tensor, cSilu: Tensor) -> Tensor {
-        let blk = layers[0]
-        return computed(in: blk.dtype, x) { x in
+        onDevice(layers[0], group: layerGroup(0)) { blk in firstModulatedInput(x, cSilu: cSilu, blk) }
+    }
+
+    func firstModulatedInput(_ x: Tensor, cSilu: Tensor, _ blk: Block) -> Tensor {
+        computed(in: blk.dtype, x) { x in
             let scale = blk.adaLN.map { $0(cSilu.to(blk.dtype)).chunk(4, axis: 1)[0] }
             return x.rmsNormModulate(weight: blk.attnNorm1, eps: config.normEps, scale: scale)
         }

@@ -34,7 +34,7 @@ extension NextDiT {
     /// The CFG renorm is device work on the GPU (`CFGCombine.renormOnDevice`), so it is recorded too.
     func recordedVelocity(_ x: Tensor, t: Float, cond: DiTConditioning, uncond: DiTConditioning,
                           options: CFGOptions) throws -> Tensor? {
-        guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil else { return nil }
+        guard useRecordedSteps, device != .cpu, moduleHook == nil, stepCache == nil, streamedBlocks == nil else { return nil }
         let n = x.shape[0]
         let guided = CFGCombine.isActive(t: t, truncation: options.truncation)
         let key = StepGraph.Key(stateShape: x.shape, guided: guided, scale: guided ? options.scale : 0, renorm: guided ? options.renorm : 0,

@@ -28,6 +28,25 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let qNorm, kNorm: Tensor
         let gate, up, down: Linear
         let sliding: Bool
+
+        /// Every weight of the layer, in a fixed order (what travels under `--offload`).
+        var tensors: [Tensor] {
+            [inputNorm, postAttnNorm, preFFNorm, postFFNorm] + [q, k, v, o].flatMap(\.streamedTensors) + [qNorm, kNorm]
+                + [gate, up, down].flatMap(\.streamedTensors)
+        }
+
+        /// The same layer over `tensors` (in `tensors` order), computing on `device`.
+        func rebound(_ tensors: [Tensor], device: Device) -> Layer {
+            var c = TensorCursor(tensors)
+            let n1 = c.next(), n2 = c.next(), n3 = c.next(), n4 = c.next()
+            let q = q.rebound(&c, device: device), k = k.rebound(&c, device: device)
+            let v = v.rebound(&c, device: device), o = o.rebound(&c, device: device)
+            let qn = c.next(), kn = c.next()
+            let g = gate.rebound(&c, device: device), u = up.rebound(&c, device: device), d = down.rebound(&c, device: device)
+            precondition(c.isExhausted, "Gemma layer: \(tensors.count) tensors for a layer that takes fewer")
+            return Layer(dtype: dtype, attnDType: attnDType, mlpDType: mlpDType, inputNorm: n1, postAttnNorm: n2, preFFNorm: n3,
+                         postFFNorm: n4, q: q, k: k, v: v, o: o, qNorm: qn, kNorm: kn, gate: g, up: u, down: d, sliding: sliding)
+        }
     }
 
     enum Embedding {
@@ -38,6 +57,10 @@ public final class GemmaTextEncoder: @unchecked Sendable {
 
     let embedding: Embedding
     let layers: [Layer]
+    /// `--offload`: the layers' weights in pinned host memory (the layers above hold host views),
+    /// streamed to the device a few layers ahead of use; the embedding table then stays on the
+    /// host too (rows gathered there). Nil: every weight resident on the device.
+    public let streamedLayers: WeightRing?
     let finalNorm: Tensor?
     /// Every module path with its compute dtype.
     public let moduleDTypes: [String: DType]
@@ -63,9 +86,10 @@ public final class GemmaTextEncoder: @unchecked Sendable {
             return s.isPlanning ? t : s.place(Tensor(t.toFloats().map { $0 - 1 }, shape: t.shape))
         }
         var layers: [Layer] = []
+        let ring = root.loader.offload && !root.isPlanning ? try WeightRing(device: root.device) : nil
         for i in 0..<layerCount {
-            let s = root.scope("layers.\(i)"), a = s.scope("self_attn"), m = s.scope("mlp")
-            layers.append(Layer(
+            let s = root.scope("layers.\(i)").offloadable(), a = s.scope("self_attn"), m = s.scope("mlp")
+            let layer = (Layer(
                 dtype: s.dtype, attnDType: a.dtype, mlpDType: m.dtype,
                 inputNorm: try norm(s, "input_layernorm.weight", h),
                 postAttnNorm: try norm(s, "post_attention_layernorm.weight", h),
@@ -81,10 +105,13 @@ public final class GemmaTextEncoder: @unchecked Sendable {
                 up: try m.linear("up_proj", in: h, out: ff, bias: false),
                 down: try m.linear("down_proj", in: ff, out: h, bias: false),
                 sliding: i < config.layerTypes.count && config.layerTypes[i] == .sliding))
+            // packed into the ring's pinned buffer one layer at a time
+            layers.append(try ring.map { layer.rebound(try $0.add(layer.tensors).host, device: root.device) } ?? layer)
         }
         self.layers = layers
+        streamedLayers = ring
         finalNorm = k == n ? try norm(root, "norm.weight", h) : nil
-        let e = root.scope("embed_tokens")
+        let e = root.scope("embed_tokens").offloadable()
         if let g = gguf, let info = g.tensors["token_embd.weight"], info.type.blockSize > 1, !root.isPlanning {
             e.declare("weight", shape: [config.vocabSize, h])
             embedding = .ggufRows(g, "token_embd.weight")
@@ -142,7 +169,8 @@ public final class GemmaTextEncoder: @unchecked Sendable {
                                        naming: GemmaNaming.huggingFace(layers: layerCount, finalNorm: useFinalNorm),
                                        prefixes: prefix.isEmpty ? [] : [prefix])
         }
-        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device, widenAtUse: true)
+        let loader = try WeightLoader(weights: weights, precision: placement.precision, device: placement.device, widenAtUse: true,
+                                      offload: placement.offload)
         try self.init(root: loader.root, config: config, hiddenState: k, gguf: gguf)
     }
 
@@ -184,7 +212,8 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let scale = Half.round(Float(Double(config.hiddenSize).squareRoot()), to: dtype)
         switch embedding {
         case .table(let t):
-            return t.embedding(ids.to(device: device), dtype: dtype).scaled(scale)
+            // a host table (--offload) gathers its rows on the host, then sends them
+            return t.embedding(ids.to(device: t.device), dtype: dtype).to(device: device).scaled(scale)
         case .ggufRows(let g, let name):
             let flat = ids.toInts()
             let rows = try g.rows(name, flat)
@@ -232,7 +261,9 @@ public final class GemmaTextEncoder: @unchecked Sendable {
         let (hq, hkv, d) = (config.numAttentionHeads, config.numKeyValueHeads, config.headDim)
         let eps = config.rmsNormEps
         let scale = 1 / config.queryPreAttnScalar.squareRoot()
-        for (index, layer) in layers.enumerated() {
+        for (index, template) in layers.enumerated() {
+            let streamed = streamedLayers.map { (ring: $0, tensors: $0.acquire(index)) }
+            let layer = streamed.map { template.rebound($0.tensors, device: device) } ?? template
             h = computed(in: layer.dtype, h) { h in
                 let x = h.rmsNorm(weight: layer.inputNorm, eps: eps, style: .gemmaOnePlusWeight)
                 let attnOut = computed(in: layer.attnDType, x) { x in
@@ -252,6 +283,7 @@ public final class GemmaTextEncoder: @unchecked Sendable {
                 let mlp = computed(in: layer.mlpDType, y) { y in layer.down(layer.gate(y).gelu(approximate: true) * layer.up(y)) }
                 return h1 + mlp.rmsNorm(weight: layer.postFFNorm, eps: eps, style: .gemmaOnePlusWeight)
             }
+            streamed?.ring.release(index)
             try hook?("layers.\(index)", h)
         }
         if let n = finalNorm {

@@ -23,25 +23,28 @@ public final class WeightLoader {
     /// LoRA / LoKr adapters matched to this model's linear layers (nil: none), merged into the
     /// weights or attached as side products (`adapters.mode`).
     public let adapters: ModelAdapters?
+    /// Host-resident modules' weights are streamed to `device` at use (`ModelPlacement.offload`).
+    public let offload: Bool
 
     /// A planning loader: placeholders, no file.
     public init(planning precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false) {
         mode = .plan; self.precision = precision; self.device = device; self.widenAtUse = widenAtUse; adapters = nil
+        offload = false
     }
 
     /// A loader over checked weights; opens `device` first (a missing driver or BLAS library is a
     /// thrown `DeviceError` here, before anything is read).
     public init(weights: ModelWeights, precision: ModulePrecision, device: Device = .cpu, widenAtUse: Bool = false,
-                adapters: ModelAdapters? = nil) throws {
+                adapters: ModelAdapters? = nil, offload: Bool = false) throws {
         try Backends.open(device)
         mode = .load(weights); self.precision = precision; self.device = device; self.widenAtUse = widenAtUse
-        self.adapters = adapters
+        self.adapters = adapters; self.offload = offload
     }
 
     /// A loader for one model's placement: its device, its precision and its adapters.
     public convenience init(weights: ModelWeights, placement: ModelPlacement, widenAtUse: Bool = false) throws {
         try self.init(weights: weights, precision: placement.precision, device: placement.device, widenAtUse: widenAtUse,
-                      adapters: placement.adapters)
+                      adapters: placement.adapters, offload: placement.offload)
     }
 
     public var isPlanning: Bool { if case .plan = mode { return true }; return false }
@@ -51,7 +54,7 @@ public final class WeightLoader {
     func register(_ path: String, _ dtype: DType) { modules[path] = dtype }
     func registerLinear(_ path: String, _ shape: [Int]) { linears[path] = shape }
 
-    func fetch(_ name: String, shape: [Int], dtype: DType) throws -> Tensor {
+    func fetch(_ name: String, shape: [Int], dtype: DType, on device: Device) throws -> Tensor {
         requested.append(TensorSpec(name, shape))
         switch mode {
         case .plan:
@@ -143,32 +146,42 @@ public struct ModuleScope {
     public let path: String
     /// The dtype this module computes in (and its weights are stored in).
     public let dtype: DType
+    /// Weights of this module (and those inside it) stay in host memory, to be streamed to the
+    /// model's device at use (`--offload`); `device` is then the CPU.
+    public let hostResident: Bool
 
-    init(loader: WeightLoader, path: String, dtype: DType) {
-        self.loader = loader; self.path = path; self.dtype = dtype
+    init(loader: WeightLoader, path: String, dtype: DType, hostResident: Bool = false) {
+        self.loader = loader; self.path = path; self.dtype = dtype; self.hostResident = hostResident
         loader.register(path, dtype)
     }
 
     public var isPlanning: Bool { loader.isPlanning }
-    public var device: Device { loader.device }
+    /// Where this module's weights are placed: the model's device, or the host when host-resident.
+    public var device: Device { hostResident ? .cpu : loader.device }
+
+    /// This module with its weights kept in host memory when the model is offloaded (`--offload`);
+    /// itself otherwise.
+    public func offloadable() -> ModuleScope {
+        loader.offload && !hostResident ? ModuleScope(loader: loader, path: path, dtype: dtype, hostResident: true) : self
+    }
 
     func name(_ n: String) -> String { path.isEmpty ? n : "\(path).\(n)" }
 
     /// A sub-module: a compute boundary with its own dtype (from the precision rules).
     public func scope(_ sub: String) -> ModuleScope {
         let p = name(sub)
-        return ModuleScope(loader: loader, path: p, dtype: loader.precision.dtype(for: p))
+        return ModuleScope(loader: loader, path: p, dtype: loader.precision.dtype(for: p), hostResident: hostResident)
     }
 
     /// A weight of this module (`name` may be dotted: "attention_norm1.weight"), in this module's
     /// dtype, on the model's device.
     public func tensor(_ n: String, shape: [Int]) throws -> Tensor {
-        try loader.fetch(name(n), shape: shape, dtype: dtype)
+        try loader.fetch(name(n), shape: shape, dtype: dtype, on: device)
     }
 
     /// A weight kept in `dtype` whatever the module computes in.
     public func tensor(_ n: String, shape: [Int], dtype: DType) throws -> Tensor {
-        try loader.fetch(name(n), shape: shape, dtype: dtype)
+        try loader.fetch(name(n), shape: shape, dtype: dtype, on: device)
     }
 
     /// The stored tensor on the CPU, for weights the model transforms before use; a placeholder
@@ -185,7 +198,7 @@ public struct ModuleScope {
 
     /// Finishes a weight the model transformed itself: this module's dtype, the model's device.
     public func place(_ t: Tensor) -> Tensor {
-        loader.isPlanning ? t : t.to(dtype, device: loader.device)
+        loader.isPlanning ? t : t.to(dtype, device: device)
     }
 
     /// A linear layer; adapters naming it are merged into its weight (fp32 on the device, then
@@ -214,7 +227,7 @@ public struct ModuleScope {
                 return Linear(quantized: q.on(loader.device), bias: b, dtype: s.dtype, device: loader.device)
             }
             if scheme == .none || isPlanning { return Linear(weight: try w(), bias: b, dtype: s.dtype) }
-            return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme).on(loader.device), bias: b,
+            return Linear(quantized: .quantize(try s.stored("weight", shape: shape), scheme: scheme).on(s.device), bias: b,
                           dtype: s.dtype, device: loader.device)
         }
         guard !isPlanning, let adapters = loader.adapters, let terms = adapters.terms[s.path], !terms.isEmpty else {
@@ -225,9 +238,9 @@ public struct ModuleScope {
             var w = try s.stored("weight", shape: shape).to(.f32, device: loader.device)
             for t in terms { w = w + t.delta(on: loader.device) }
             if scheme != .none {
-                return Linear(quantized: .quantize(w, scheme: scheme).on(loader.device), bias: b, dtype: s.dtype, device: loader.device)
+                return Linear(quantized: .quantize(w, scheme: scheme).on(s.device), bias: b, dtype: s.dtype, device: loader.device)
             }
-            return Linear(weight: w.to(s.dtype), bias: b, dtype: s.dtype)
+            return Linear(weight: w.to(s.dtype, device: s.device), bias: b, dtype: s.dtype)
         case .unmerged:
             var l = try held(try s.tensor("weight", shape: shape))
             l.adapters = terms.map { $0.side(dtype: s.dtype, device: loader.device) }
@@ -242,7 +255,7 @@ public struct ModuleScope {
         loader.registerLinear(path, w.shape)
         let scheme = loader.precision.quantization.scheme(for: path)
         let l = scheme == .none || isPlanning ? Linear(weight: w, bias: bias, dtype: dtype)
-            : Linear(quantized: .quantize(w, scheme: scheme).on(loader.device), bias: bias, dtype: dtype, device: loader.device)
+            : Linear(quantized: .quantize(w, scheme: scheme).on(device), bias: bias, dtype: dtype, device: loader.device)
         loader.addLinearBytes(l.weightBytes)
         return l
     }
@@ -328,8 +341,12 @@ public struct ModelPlacement: Sendable, Equatable {
     public var precision: ModulePrecision
     /// LoRA / LoKr adapters for this model, already matched to its linear layers (nil: none).
     public var adapters: ModelAdapters?
-    public init(name: String = "model", device: Device = .cpu, precision: ModulePrecision, adapters: ModelAdapters? = nil) {
-        self.name = name; self.device = device; self.precision = precision; self.adapters = adapters
+    /// `--offload`: the model keeps its per-block weights in pinned host memory and streams each
+    /// block to `device` just ahead of use (models that have blocks: the DiT and Gemma).
+    public var offload: Bool
+    public init(name: String = "model", device: Device = .cpu, precision: ModulePrecision, adapters: ModelAdapters? = nil,
+                offload: Bool = false) {
+        self.name = name; self.device = device; self.precision = precision; self.adapters = adapters; self.offload = offload
     }
     /// The model's own dtype (its root module's).
     public var dtype: DType { precision.dtype(for: "") }

@@ -40,7 +40,8 @@ final class QuantizedFileWriterTests: XCTestCase {
                 XCTAssertEqual(try rawBytes(mine, name), try rawBytes(theirs, name), "\(file) \(name)")
                 compared += 1
             }
-            XCTAssertGreaterThanOrEqual(compared, 10)
+            XCTAssertGreaterThanOrEqual(compared, 5)       // the main layer's five; the refiners stay float
+            XCTAssertTrue(report.kept.contains("noise_refiner.0.attention.qkv.weight"))
             // kept tensors are the source values exactly
             for name in report.kept {
                 XCTAssertEqual(try mine.tensor(name).to(.f32).toFloats(), try source.loadTensor(name).to(.f32).toFloats(), name)
@@ -54,7 +55,7 @@ final class QuantizedFileWriterTests: XCTestCase {
         let source = try openWeights(path: fixture("dit.safetensors"))
         let report = try QuantizedFileWriter(target: .fp8, architecture: "lumina2").write(source, to: out)
         let mine = try SafeTensorsFile(path: out), torch = try SafeTensorsFile(path: fixture("dit.comfy_fp8.safetensors"))
-        XCTAssertTrue(report.quantized.contains("context_refiner.0.attention.qkv.weight"))
+        XCTAssertTrue(report.quantized.contains("layers.0.attention.qkv.weight"))
         for name in report.quantized {
             XCTAssertTrue(mine.info(name)!.storedAsFP8E4M3, name)
             XCTAssertEqual(Data(try mine.rawBytes(name)), Data(try torch.rawBytes(name)), name)

@@ -50,19 +50,10 @@ __device__ __forceinline__ unsigned char q_e4m3(float f) {
     return (unsigned char)(r | (sign >> 24));
 }
 
-// Zeroes the amax cell (kept on the device: no host round trip between the kernels and the GEMM).
-extern "C" __global__ void nb_amax_reset(unsigned* amax) { *amax = 0u; }
-
-// amax = max |x| over n elements, as float bits (non-negative floats order like their bits). A NaN
-// in x gives NaN bits (above inf's): the scale falls back to 1, as torch.where(amax > 0, ...) does,
-// the NaN element's code is NaN and the rows it reaches in the product come out NaN.
-extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* amax) {
+// Folds each thread's m (float bits of a magnitude) into *amax: warp maxima, then the block's,
+// then one atomicMax per block. Every thread of the block must call it.
+__device__ __forceinline__ void block_max_into(unsigned m, unsigned* amax) {
     __shared__ unsigned warpMax[32];
-    unsigned m = 0u;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        unsigned b = __float_as_uint(fabsf(ld(x, dt, i)));
-        m = m > b ? m : b;
-    }
     for (int o = 16; o > 0; o >>= 1) { unsigned v = __shfl_xor_sync(0xffffffffu, m, o); m = m > v ? m : v; }
     if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
     __syncthreads();
@@ -71,6 +62,21 @@ extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* ama
         for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) b = b > warpMax[w] ? b : warpMax[w];
         atomicMax(amax, b);
     }
+}
+
+// Zeroes the amax cell (kept on the device: no host round trip between the kernels and the GEMM).
+extern "C" __global__ void nb_amax_reset(unsigned* amax) { *amax = 0u; }
+
+// amax = max |x| over n elements, as float bits (non-negative floats order like their bits). A NaN
+// in x gives NaN bits (above inf's): the scale falls back to 1, as torch.where(amax > 0, ...) does,
+// the NaN element's code is NaN and the rows it reaches in the product come out NaN.
+extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* amax) {
+    unsigned m = 0u;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+        unsigned b = __float_as_uint(fabsf(ld(x, dt, i)));
+        m = m > b ? m : b;
+    }
+    block_max_into(m, amax);
 }
 
 // scale = amax / 448 (1 when amax is 0); out = e4m3(x / scale); the scale is written for the GEMM.
@@ -107,7 +113,6 @@ __device__ __forceinline__ unsigned pack2(float a, float b, bool isBf16) {
 
 // nb_absmax over n8 groups of 8 16-bit values.
 extern "C" __global__ void nb_absmax_v8(const uint4* x, int dt, i64 n8, unsigned* amax) {
-    __shared__ unsigned warpMax[32];
     bool bf = dt == DT_BF16;
     unsigned m = 0u;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (i64)gridDim.x * blockDim.x) {
@@ -116,14 +121,7 @@ extern "C" __global__ void nb_absmax_v8(const uint4* x, int dt, i64 n8, unsigned
         #pragma unroll
         for (int j = 0; j < 8; j++) { unsigned b = __float_as_uint(fabsf(f[j])); m = m > b ? m : b; }
     }
-    for (int o = 16; o > 0; o >>= 1) { unsigned v = __shfl_xor_sync(0xffffffffu, m, o); m = m > v ? m : v; }
-    if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned b = 0u;
-        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) b = b > warpMax[w] ? b : warpMax[w];
-        atomicMax(amax, b);
-    }
+    block_max_into(m, amax);
 }
 
 // nb_quant_e4m3 over n8 groups of 8 16-bit values: 8 codes per 8-byte store.

@@ -59,7 +59,7 @@ public enum WeightQuantizer {
     /// on the host; returns q [out, in] (i8) and scales [out, groups] (f32).
     public static func int8(_ w: Tensor, group: Int) -> (q: Tensor, scales: Tensor) {
         precondition(w.rank == 2 && w.device == .cpu)
-        let src = w.contiguous()
+        let src = rowReadable(w)
         let out = src.shape[0], inF = src.shape[1]
         let g = Swift.min(Swift.max(group, 1), Swift.max(inF, 1))
         let groups = (inF + g - 1) / g
@@ -90,7 +90,7 @@ public enum WeightQuantizer {
     /// codes e4m3(w / scale) as torch's cast. Returns codes [out, in] (u8) and the scale.
     public static func e4m3(_ w: Tensor) -> (q: Tensor, scale: Float) {
         precondition(w.rank == 2 && w.device == .cpu)
-        let src = w.contiguous()
+        let src = rowReadable(w)
         let out = src.shape[0], inF = src.shape[1]
         let grain = Swift.max(1, 65536 / Swift.max(inF, 1))
         // pass 1: the largest magnitude, one partial maximum per chunk of rows
@@ -119,16 +119,19 @@ public enum WeightQuantizer {
         return (q, s)
     }
 
-    /// Row `o` of a contiguous [out, in] host tensor, in fp32.
+    /// `w` contiguous in a dtype `readRow` reads directly (f32, bf16, f16), else converted to fp32
+    /// once here (not once per row).
+    private static func rowReadable(_ w: Tensor) -> Tensor {
+        [.f32, .bf16, .f16].contains(w.dtype) ? w.contiguous() : w.to(.f32)
+    }
+
+    /// Row `o` of a contiguous [out, in] host tensor from `rowReadable`, in fp32.
     private static func readRow(_ t: Tensor, _ o: Int, into row: UnsafeMutablePointer<Float>) {
         let inF = t.shape[1], base = t.hostPointer
         switch t.dtype {
-        case .f32: row.update(from: base.assumingMemoryBound(to: Float.self) + o * inF, count: inF)
         case .bf16: nb_bf16_to_f32(base.assumingMemoryBound(to: UInt16.self) + o * inF, row, inF)
         case .f16: nb_f16_to_f32(base.assumingMemoryBound(to: UInt16.self) + o * inF, row, inF)
-        default:
-            let f = t.to(.f32)
-            row.update(from: f.hostPointer.assumingMemoryBound(to: Float.self) + o * inF, count: inF)
+        default: row.update(from: base.assumingMemoryBound(to: Float.self) + o * inF, count: inF)
         }
     }
 

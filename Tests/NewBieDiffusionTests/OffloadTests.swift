@@ -115,4 +115,20 @@ final class OffloadTests: XCTestCase {
             }
         }
     }
+
+    /// GGUF block weights travel as their blocks: a Q8_0 DiT streamed equals the same file resident
+    /// (rebuilding a block weight over its device copy once hit a precondition: block schemes carry
+    /// their logical shape apart from the bytes).
+    func testStreamedGGUFBlocksAreIdenticalToResident() throws {
+        func gguf(offload: Bool) throws -> NextDiT {
+            let (source, json) = try NextDiT.openCheckpoint(path: Fixtures.path("quantfiles/dit.q8_0.gguf"), configPath: nil)
+            let (weights, config) = try NextDiT.checkedWeights(source: source, json: json)
+            return try NextDiT(weights: weights, config: config, placement: ModelPlacement(name: "dit", precision: .uniform(.f32), offload: offload))
+        }
+        let m = try gguf(offload: true)
+        XCTAssertEqual(m.layers[0].qkv.quantized?.scheme, .q8_0)
+        let resident = try tinyDiTForward(try gguf(offload: false)).toFloats()
+        XCTAssertFalse(resident.contains { !$0.isFinite })
+        XCTAssertEqual(differing(try tinyDiTForward(m).toFloats(), resident), 0)
+    }
 }

@@ -165,6 +165,13 @@ public struct QuantizedWeight: @unchecked Sendable {
         return QuantizedWeight(scheme: scheme, q: q, scales: scales)
     }
 
+    /// The same quantization over other storage (the device copies of `q` and `scales` that
+    /// `--offload` streams in); block schemes keep their logical shape, which `q` does not carry.
+    public func replacing(q: Tensor, scales: Tensor) -> QuantizedWeight {
+        precondition(q.shape == self.q.shape && q.dtype == self.q.dtype && scales.shape == self.scales.shape)
+        return QuantizedWeight(scheme: scheme, q: q, scales: scales, shape: shape)
+    }
+
     /// The same weight held on `device` (the values and scales copied there once, at load).
     public func on(_ device: Device) -> QuantizedWeight {
         QuantizedWeight(scheme: scheme, q: q.to(device: device),

@@ -18,14 +18,6 @@ public struct TensorCursor {
     public var isExhausted: Bool { index == tensors.count }
 }
 
-extension QuantizedWeight {
-    /// The same quantization over other storage (the device copies of `q` and `scales`).
-    public func replacing(q: Tensor, scales: Tensor) -> QuantizedWeight {
-        precondition(q.shape == self.q.shape && q.dtype == self.q.dtype && scales.shape == self.scales.shape)
-        return QuantizedWeight(scheme: scheme, q: q, scales: scales)
-    }
-}
-
 extension Linear {
     /// The tensors that travel: the float weight, or the int8 / fp8 values and their scales; then
     /// the bias. Unmerged adapters' side products stay where they were placed (on the device).

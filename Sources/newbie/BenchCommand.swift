@@ -35,8 +35,20 @@ struct BenchCommand: ParsableCommand {
     @Flag(help: "With --device cuda: time the full-size NewBie DiT forward (random weights) instead of single ops.")
     var dit = false
 
-    @Option(help: "With --dit: image side in pixels (latent side = size / 8).")
+    @Option(help: "With --dit or --vae: image side in pixels (latent side = size / 8); --width/--height override it.")
     var size: Int = 1024
+
+    @Option(help: "With --dit: image width in pixels (default --size; a multiple of 16).")
+    var width: Int?
+
+    @Option(help: "With --dit: image height in pixels (default --size; a multiple of 16).")
+    var height: Int?
+
+    @Option(name: .customLong("step-cache-runs"), help: "With --dit: after the forward and step timings, sample --sample-steps guided Euler steps once per entry of this list, in this process: eager, graphs (uncached), teacache[:X], fbcache[:X]. The first entry is the baseline for times and latents; threshold 0 checks but never skips (must equal eager exactly), a huge one skips every call after the first (the speed of a hit).")
+    var stepCacheRuns: String?
+
+    @Option(name: .customLong("sample-steps"), help: "With --step-cache-runs: Euler steps (guided DiT calls) per run.")
+    var sampleSteps: Int = 28
 
     @Option(help: "With --dit: caption tokens per sample.")
     var cap: Int = 256
@@ -44,7 +56,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --dit: compute dtype (bf16, fp16, fp32).")
     var dtype: String = "bf16"
 
-    @Option(help: "With --dit: quantize the DiT's linear layers: int8, int8-g128 or fp8 (the layers `--quantize dit=TYPE` quantizes); default none.")
+    @Option(help: "With --dit: quantize the DiT's linear layers at load: int8, int8-g128, fp8, or a GGUF block type q8_0, q6_k, q5_k, q5_0, q4_k, q4_0 (the layers `--quantize dit=TYPE` quantizes); default none.")
     var quantize: String?
 
     @Flag(help: "With --dit: stream the DiT's blocks from pinned host memory (--offload), to time the step against resident weights.")
@@ -184,6 +196,12 @@ struct BenchCommand: ParsableCommand {
     /// The full-size DiT (3.49 B parameters, random weights) on the GPU: batch 2 (cond + uncond),
     /// `size` x `size` pixels, `cap` caption tokens, timed with CUDA events.
     func runCUDADiT() throws {
+        let (imageW, imageH) = (width ?? size, height ?? size)
+        for (flag, v) in [("--width", imageW), ("--height", imageH)] where v <= 0 || v % 16 != 0 {
+            throw ValidationError("\(flag) \(v) (or --size): must be a positive multiple of 16 (latent / 8, then 2 x 2 patches)")
+        }
+        let cacheVariants = try stepCacheRuns.map { try StepCacheBench.parse($0, flag: "--step-cache-runs") }
+        guard sampleSteps >= 1 else { throw ValidationError("--sample-steps \(sampleSteps): at least 1") }
         let cuda = try openCUDA()
         guard let dt = DType(userName: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         cuda.allowTF32 = tf32
@@ -204,8 +222,8 @@ struct BenchCommand: ParsableCommand {
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes
-        let lat = size / 8
-        let x = randomTensor([2, 16, lat, lat], seed: 11).to(device: .cuda(0))
+        let (latH, latW) = (imageH / 8, imageW / 8)
+        let x = randomTensor([2, 16, latH, latW], seed: 11).to(device: .cuda(0))
         let capFeats = randomTensor([2, cap, config.capFeatDim], seed: 12, dtype: dt).to(device: .cuda(0))
         let capMask = Tensor([Float](repeating: 1, count: 2 * cap), shape: [2, cap])
         let clip = randomTensor([2, config.clipTextDim ?? 1024], seed: 13).to(device: .cuda(0))
@@ -224,15 +242,15 @@ struct BenchCommand: ParsableCommand {
         print("  one forward, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
         for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
         let finite = out.allSatisfy { $0.isFinite }
-        let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: lat / 2, cols: lat / 2)
+        let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: latH / 2, cols: latW / 2)
         let peak = cuda.memoryStats.peakBytes
-        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? "")\(offload ? ", blocks streamed (--offload)" : ""), batch 2, \(size)x\(size), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
+        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? "")\(offload ? ", blocks streamed (--offload)" : ""), batch 2, \(imageW)x\(imageH) (\(latH / 2 * latW / 2) image tokens), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
         print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
                      ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
 
         // A sampler's guided step as the pipeline calls it (state on the CPU, cond + uncond batch,
         // CFG combination), eager and replayed as a CUDA graph; the two must agree exactly.
-        let state = randomTensor([1, 16, lat, lat], seed: 14)
+        let state = randomTensor([1, 16, latH, latW], seed: 14)
         let cond = DiTConditioning(capFeats: capFeats.narrow(0, start: 0, length: 1).contiguous(), capMask: capMask.narrow(0, start: 0, length: 1),
                                    clipPooled: clip.narrow(0, start: 0, length: 1).contiguous())
         let uncond = DiTConditioning(capFeats: capFeats.narrow(0, start: 1, length: 1).contiguous(), capMask: capMask.narrow(0, start: 1, length: 1),
@@ -255,6 +273,17 @@ struct BenchCommand: ParsableCommand {
         let same = results[false]! == results[true]!
         print(String(format: "  CUDA graph / eager: %.3f; replays: %d; graph output identical to eager: %@",
                      stepMs[true]! / stepMs[false]!, model.recordedReplays, same ? "yes" : "NO"))
+
+        if let variants = cacheVariants {
+            // whole sampling runs: the step cache's check overhead and hit speed on this device
+            var settings = SamplingSettings(width: imageW, height: imageH, steps: sampleSteps + 1, sampler: .euler, shift: 6,
+                                            cfg: cfg, seed: 1, rng: .torch)
+            settings.stepCache = nil
+            print("  sampling \(sampleSteps) Euler steps (shift 6, CFG 5 on every step), one run per variant, same noise and conditioning:")
+            let runs = try StepCacheBench.run(dit: model, cond: cond, uncond: uncond, settings: settings, variants: variants,
+                                              finish: { cuda.synchronize(); try Backends.check(.cuda(0)) }, log: { print($0) })
+            print("  step cache runs: \(runs.count); any non-finite: \(runs.contains { !$0.finite } ? "YES" : "no"); peak \(formatBytes(cuda.memoryStats.peakBytes))")
+        }
     }
 
     /// The VAE decoder on the GPU: one `size` x `size` image from a random latent, timed with CUDA

@@ -35,7 +35,7 @@ final class QuantizePolicyTests: XCTestCase {
         XCTAssertTrue(message("unet=int8").contains("unknown model \"unet\""), message("unet=int8"))
         XCTAssertTrue(message("unet=int8").contains("dit, gemma, jina, vae"))
         XCTAssertTrue(message("dit=int4").contains("unknown type \"int4\""), message("dit=int4"))
-        XCTAssertTrue(message("dit=int4").contains("int8, int8-g128, fp8 or none"))
+        XCTAssertTrue(message("dit=int4").contains("int8, int8-g128, fp8, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0 or none"))
         XCTAssertTrue(message("int8").contains("needs MODEL=SCHEME"), message("int8"))
         XCTAssertTrue(message("dit..x=int8").contains("empty module path component"))
     }

@@ -99,7 +99,7 @@ public final class JinaTextTower: @unchecked Sendable {
             return s.place(parts.count == 1 ? parts[0] : Tensor.concat(parts, axis: 0))
         }
         func linear(_ s: ModuleScope, out: Int, in k: Int) throws -> Linear {
-            s.linear(weight: try effective(s, rows: out, cols: k, embedding: false), bias: try s.tensor("bias", shape: [out]))
+            try s.linear(weight: effective(s, rows: out, cols: k, embedding: false), bias: try s.tensor("bias", shape: [out]))
         }
 
         let emb = root.scope("embeddings")

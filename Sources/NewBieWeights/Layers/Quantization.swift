@@ -11,8 +11,8 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
     /// fp8 e4m3fn weights with one fp32 scale per tensor, and activations quantized to e4m3 per
     /// tensor at each call (W8A8): cuBLASLt's FP8 GEMM on Hopper and later, emulated elsewhere.
     case fp8
-    /// GGML blocks as a GGUF file stores them (Q8_0 ... Q4_K), held resident and widened per call.
-    /// Only files give these (quantized ahead of time); `--quantize` does not offer them.
+    /// GGML blocks as a GGUF file stores them (Q8_0 ... Q4_K), held resident and widened per call:
+    /// read from a file, or quantized at load by `--quantize` with `newbie quantize`'s writers.
     case q8_0, q6_K = "q6_k", q5_K = "q5_k", q5_0, q4_K = "q4_k", q4_0
 
     /// Input features per scale (nil: the whole row).
@@ -45,12 +45,26 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
 
     /// A scheme users may ask for at load (`--quantize`, precision-report configs), by name.
     public init?(userName: String) {
-        guard let s = QuantScheme(rawValue: userName), s.blockFormat == nil else { return nil }
+        guard let s = QuantScheme(rawValue: userName) else { return nil }
         self = s
     }
 
     /// The names users type.
-    public static let userNames = "int8, int8-g128, fp8 or none"
+    public static let userNames = "int8, int8-g128, fp8, q8_0, q6_k, q5_k, q5_0, q4_k, q4_0 or none"
+
+    /// The scheme a linear layer [out, in] at `path` is held in when the rules ask for this one at
+    /// load. Block schemes follow `newbie quantize` (so that both give the same layers): a weight
+    /// of at most 1024 values stays as it is (city96's convert.py keeps such tensors in F32), and
+    /// a row must be whole blocks, else the error names `flag` and the layer.
+    public func atLoad(shape: [Int], path: String, flag: String = "--quantize") throws -> QuantScheme {
+        guard let f = blockFormat else { return self }
+        if shape.reduce(1, *) <= 1024 { return .none }
+        guard shape.count == 2, shape[1] % f.blockSize == 0 else {
+            let other = f.blockSize == 256 ? "; q8_0, q5_0 and q4_0 take rows of whole 32-value blocks" : ""
+            throw WeightsError("\(flag) \(rawValue): the linear layer \(path) has rows of \(shape.last ?? 0) values, not whole \(f.blockSize)-value \(f) blocks\(other); or keep the layer (e.g. MODEL.\(path)=none)")
+        }
+        return self
+    }
 }
 
 /// One quantization override: linear layers whose module path matches `pattern` (or lies inside
@@ -154,9 +168,20 @@ public struct QuantizedWeight: @unchecked Sendable {
     ///
     /// fp8: scale = max|w| / 448 over the tensor (1 for an all-zero tensor), q = e4m3fn(w / scale)
     /// as torch's cast (`FloatE4M3.encode`).
+    ///
+    /// Block schemes: ggml's quantizers on the fp32 values, row after row (`newbie quantize`'s, the
+    /// same bytes as the file it writes); rows must be whole blocks (`QuantScheme.atLoad` checks).
     public static func quantize(_ w: Tensor, scheme: QuantScheme) -> QuantizedWeight {
-        precondition(w.rank == 2 && scheme != .none && scheme.blockFormat == nil)
+        precondition(w.rank == 2 && scheme != .none)
         let host = w.device == .cpu ? w : w.to(device: .cpu)
+        if let f = scheme.blockFormat {
+            precondition(w.shape[1] % f.blockSize == 0, "\(scheme): rows of \(w.shape[1]) values are not whole blocks")
+            let values = host.to(.f32).contiguous()
+            let blocks = Tensor.empty([w.shape[0], f.rowBytes(w.shape[1])], dtype: .u8)
+            guard let type = GGMLType.byId(f.rawValue) else { preconditionFailure("no GGML type for \(f)") }
+            GGUFQuantize.quantize(type, values.hostPointer.assumingMemoryBound(to: Float.self), count: values.count, into: blocks.hostPointer)
+            return QuantizedWeight(blocks: blocks, format: f, shape: w.shape)
+        }
         if scheme == .fp8 {
             let (q, s) = WeightQuantizer.e4m3(host)
             return QuantizedWeight(scheme: .fp8, q: q, scales: Tensor([s], shape: [1, 1]))

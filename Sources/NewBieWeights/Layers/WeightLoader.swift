@@ -208,7 +208,7 @@ public struct ModuleScope {
         let shape = [outFeatures, inFeatures]
         loader.registerLinear(s.path, shape)
         let b = bias ? try s.tensor("bias", shape: [outFeatures]) : nil
-        let scheme = loader.precision.quantization.scheme(for: s.path)
+        let scheme = try loader.precision.quantization.scheme(for: s.path).atLoad(shape: shape, path: s.path)
         let l = try plainOrAdapted(s, shape: shape, bias: b, scheme: scheme)
         loader.addLinearBytes(l.weightBytes)
         return l
@@ -249,11 +249,11 @@ public struct ModuleScope {
     }
 
     /// This module as a linear layer over a weight the model computed itself (a merged
-    /// parametrization, as Jina's LoRA): registered like `linear(_:in:out:bias:)`, and held as int8
+    /// parametrization, as Jina's LoRA): registered like `linear(_:in:out:bias:)`, and held quantized
     /// when the quantization rules say so (quantized from `w` as given).
-    public func linear(weight w: Tensor, bias: Tensor?) -> Linear {
+    public func linear(weight w: Tensor, bias: Tensor?) throws -> Linear {
         loader.registerLinear(path, w.shape)
-        let scheme = loader.precision.quantization.scheme(for: path)
+        let scheme = try loader.precision.quantization.scheme(for: path).atLoad(shape: w.shape, path: path)
         let l = scheme == .none || isPlanning ? Linear(weight: w, bias: bias, dtype: dtype)
             : Linear(quantized: .quantize(w, scheme: scheme).on(device), bias: bias, dtype: dtype, device: loader.device)
         loader.addLinearBytes(l.weightBytes)

@@ -44,7 +44,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "With --dit: image height in pixels (default --size; a multiple of 16).")
     var height: Int?
 
-    @Option(name: .customLong("step-cache-runs"), help: "With --dit: after the forward and step timings, sample --sample-steps guided Euler steps once per entry of this list, in this process: eager, graphs (uncached), teacache[:X], fbcache[:X]. The first entry is the baseline for times and latents; threshold 0 checks but never skips (must equal eager exactly), a huge one skips every call after the first (the speed of a hit).")
+    @Option(help: "With --dit: several image sizes timed with one model, comma-separated WIDTHxHEIGHT in pixels (e.g. 512x512,1024x1024,1024x1536); replaces --width/--height.")
+    var shapes: String?
+
+    @Option(name: .customLong("step-cache-runs"), help: "With --dit: after the forward and step timings, sample --sample-steps guided Euler steps at the (first) shape once per entry of this list, in this process: eager, graphs (uncached), teacache[:X], fbcache[:X]. The first entry is the baseline for times and latents; threshold 0 checks but never skips (must equal eager exactly), a huge one skips every call after the first (the speed of a hit).")
     var stepCacheRuns: String?
 
     @Option(name: .customLong("sample-steps"), help: "With --step-cache-runs: Euler steps (guided DiT calls) per run.")
@@ -196,10 +199,7 @@ struct BenchCommand: ParsableCommand {
     /// The full-size DiT (3.49 B parameters, random weights) on the GPU: batch 2 (cond + uncond),
     /// `size` x `size` pixels, `cap` caption tokens, timed with CUDA events.
     func runCUDADiT() throws {
-        let (imageW, imageH) = (width ?? size, height ?? size)
-        for (flag, v) in [("--width", imageW), ("--height", imageH)] where v <= 0 || v % 16 != 0 {
-            throw ValidationError("\(flag) \(v) (or --size): must be a positive multiple of 16 (latent / 8, then 2 x 2 patches)")
-        }
+        let sizes = try ditShapes()
         let cacheVariants = try stepCacheRuns.map { try StepCacheBench.parse($0, flag: "--step-cache-runs") }
         guard sampleSteps >= 1 else { throw ValidationError("--sample-steps \(sampleSteps): at least 1") }
         let cuda = try openCUDA()
@@ -222,68 +222,95 @@ struct BenchCommand: ParsableCommand {
         cuda.synchronize()
         let loadS = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         let weightsBytes = cuda.memoryStats.currentBytes
-        let (latH, latW) = (imageH / 8, imageW / 8)
-        let x = randomTensor([2, 16, latH, latW], seed: 11).to(device: .cuda(0))
-        let capFeats = randomTensor([2, cap, config.capFeatDim], seed: 12, dtype: dt).to(device: .cuda(0))
-        let capMask = Tensor([Float](repeating: 1, count: 2 * cap), shape: [2, cap])
-        let clip = randomTensor([2, config.clipTextDim ?? 1024], seed: 13).to(device: .cuda(0))
-        cuda.resetPeakMemory()
-        var failure: Error? = nil
-        let ms = cuda.time(runs: repeats) {
-            do { _ = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip) }
-            catch { failure = error }
-        }
-        if let e = failure { throw e }
-        cuda.profiling = true
-        let out = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip).toFloats()
-        cuda.profiling = false
-        let prof = cuda.profileReport()
-        let total = prof.reduce(0) { $0 + $1.ms }
-        print("  one forward, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
-        for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
-        let finite = out.allSatisfy { $0.isFinite }
-        let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: latH / 2, cols: latW / 2)
-        let peak = cuda.memoryStats.peakBytes
-        print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? "")\(offload ? ", blocks streamed (--offload)" : ""), batch 2, \(imageW)x\(imageH) (\(latH / 2 * latW / 2) image tokens), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
-        print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
-                     ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
-
-        // A sampler's guided step as the pipeline calls it (state on the CPU, cond + uncond batch,
-        // CFG combination), eager and replayed as a CUDA graph; the two must agree exactly.
-        let state = randomTensor([1, 16, latH, latW], seed: 14)
-        let cond = DiTConditioning(capFeats: capFeats.narrow(0, start: 0, length: 1).contiguous(), capMask: capMask.narrow(0, start: 0, length: 1),
-                                   clipPooled: clip.narrow(0, start: 0, length: 1).contiguous())
-        let uncond = DiTConditioning(capFeats: capFeats.narrow(0, start: 1, length: 1).contiguous(), capMask: capMask.narrow(0, start: 1, length: 1),
-                                     clipPooled: clip.narrow(0, start: 1, length: 1).contiguous())
-        let cfg = CFGOptions(scale: 5, truncation: 100, renorm: 0)
-        var results: [Bool: [Float]] = [:]
-        var stepMs: [Bool: Double] = [:]
-        for graphs in [false, true] {
-            model.useRecordedSteps = graphs
+        for (index, (imageW, imageH)) in sizes.enumerated() {
+            // the step cache runs at the first shape only (whole sampling runs are the long part)
+            let cacheVariants = index == 0 ? cacheVariants : nil
+            let (latH, latW) = (imageH / 8, imageW / 8)
+            let x = randomTensor([2, 16, latH, latW], seed: 11).to(device: .cuda(0))
+            let capFeats = randomTensor([2, cap, config.capFeatDim], seed: 12, dtype: dt).to(device: .cuda(0))
+            let capMask = Tensor([Float](repeating: 1, count: 2 * cap), shape: [2, cap])
+            let clip = randomTensor([2, config.clipTextDim ?? 1024], seed: 13).to(device: .cuda(0))
             cuda.resetPeakMemory()
-            for _ in 0..<2 { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) }
-            stepMs[graphs] = cuda.time(runs: repeats) {
-                do { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) } catch { failure = error }
+            var failure: Error? = nil
+            let ms = cuda.time(runs: repeats) {
+                do { _ = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip) }
+                catch { failure = error }
             }
             if let e = failure { throw e }
-            results[graphs] = try model.guidedVelocity(state, t: 0.35, cond: cond, uncond: uncond, options: cfg).toFloats()
-            print(String(format: "  guided step (batch 2 forward + CFG), %@: %.1f ms (median of %d); peak %@", graphs ? "CUDA graph replay" : "eager",
-                         stepMs[graphs]!, repeats, formatBytes(cuda.memoryStats.peakBytes)))
-        }
-        let same = results[false]! == results[true]!
-        print(String(format: "  CUDA graph / eager: %.3f; replays: %d; graph output identical to eager: %@",
-                     stepMs[true]! / stepMs[false]!, model.recordedReplays, same ? "yes" : "NO"))
+            cuda.profiling = true
+            let out = try model.forward(x, t: [0.3, 0.3], capFeats: capFeats, capMask: capMask, clipPooled: clip).toFloats()
+            cuda.profiling = false
+            let prof = cuda.profileReport()
+            let total = prof.reduce(0) { $0 + $1.ms }
+            print("  one forward, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
+            for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
+            let finite = out.allSatisfy { $0.isFinite }
+            let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: latH / 2, cols: latW / 2)
+            let peak = cuda.memoryStats.peakBytes
+            print("NewBie DiT on \(cuda.name): \(dt)\(tf32 ? " (TF32 GEMMs)" : "")\(quantize.map { ", DiT quantized \($0)" } ?? "")\(offload ? ", blocks streamed (--offload)" : ""), batch 2, \(imageW)x\(imageH) (\(latH / 2 * latW / 2) image tokens), \(cap) caption tokens, flash kernel \(cuda.lastFlashKernel ?? "none") (--flash \(flash))")
+            print(String(format: "  forward: %.1f ms (median of %d), %.1f TFLOP/s; weights on device %@ (load %.1f s); peak during forward %@; output finite: %@",
+                         ms, repeats, flops / ms / 1e9, formatBytes(weightsBytes), loadS, formatBytes(peak), finite ? "yes" : "NO"))
 
-        if let variants = cacheVariants {
-            // whole sampling runs: the step cache's check overhead and hit speed on this device
-            var settings = SamplingSettings(width: imageW, height: imageH, steps: sampleSteps + 1, sampler: .euler, shift: 6,
-                                            cfg: cfg, seed: 1, rng: .torch)
-            settings.stepCache = nil
-            print("  sampling \(sampleSteps) Euler steps (shift 6, CFG 5 on every step), one run per variant, same noise and conditioning:")
-            let runs = try StepCacheBench.run(dit: model, cond: cond, uncond: uncond, settings: settings, variants: variants,
-                                              finish: { cuda.synchronize(); try Backends.check(.cuda(0)) }, log: { print($0) })
-            print("  step cache runs: \(runs.count); any non-finite: \(runs.contains { !$0.finite } ? "YES" : "no"); peak \(formatBytes(cuda.memoryStats.peakBytes))")
+            // A sampler's guided step as the pipeline calls it (state on the CPU, cond + uncond batch,
+            // CFG combination), eager and replayed as a CUDA graph; the two must agree exactly.
+            let state = randomTensor([1, 16, latH, latW], seed: 14)
+            let cond = DiTConditioning(capFeats: capFeats.narrow(0, start: 0, length: 1).contiguous(), capMask: capMask.narrow(0, start: 0, length: 1),
+                                       clipPooled: clip.narrow(0, start: 0, length: 1).contiguous())
+            let uncond = DiTConditioning(capFeats: capFeats.narrow(0, start: 1, length: 1).contiguous(), capMask: capMask.narrow(0, start: 1, length: 1),
+                                         clipPooled: clip.narrow(0, start: 1, length: 1).contiguous())
+            let cfg = CFGOptions(scale: 5, truncation: 100, renorm: 0)
+            var results: [Bool: [Float]] = [:]
+            var stepMs: [Bool: Double] = [:]
+            for graphs in [false, true] {
+                model.useRecordedSteps = graphs
+                cuda.resetPeakMemory()
+                for _ in 0..<2 { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) }
+                stepMs[graphs] = cuda.time(runs: repeats) {
+                    do { _ = try model.guidedVelocity(state, t: 0.3, cond: cond, uncond: uncond, options: cfg) } catch { failure = error }
+                }
+                if let e = failure { throw e }
+                results[graphs] = try model.guidedVelocity(state, t: 0.35, cond: cond, uncond: uncond, options: cfg).toFloats()
+                print(String(format: "  guided step (batch 2 forward + CFG), %@: %.1f ms (median of %d); peak %@", graphs ? "CUDA graph replay" : "eager",
+                             stepMs[graphs]!, repeats, formatBytes(cuda.memoryStats.peakBytes)))
+            }
+            let same = results[false]! == results[true]!
+            print(String(format: "  CUDA graph / eager: %.3f; replays: %d; graph output identical to eager: %@",
+                         stepMs[true]! / stepMs[false]!, model.recordedReplays, same ? "yes" : "NO"))
+
+            if let variants = cacheVariants {
+                // whole sampling runs: the step cache's check overhead and hit speed on this device
+                var settings = SamplingSettings(width: imageW, height: imageH, steps: sampleSteps + 1, sampler: .euler, shift: 6,
+                                                cfg: cfg, seed: 1, rng: .torch)
+                settings.stepCache = nil
+                print("  sampling \(sampleSteps) Euler steps (shift 6, CFG 5 on every step), one run per variant, same noise and conditioning:")
+                let runs = try StepCacheBench.run(dit: model, cond: cond, uncond: uncond, settings: settings, variants: variants,
+                                                  finish: { cuda.synchronize(); try Backends.check(.cuda(0)) }, log: { print($0) })
+                print("  step cache runs: \(runs.count); any non-finite: \(runs.contains { !$0.finite } ? "YES" : "no"); peak \(formatBytes(cuda.memoryStats.peakBytes))")
+            }
+    
         }
+    }
+
+    /// The shapes `--dit` times: --shapes, else --width/--height (default --size), as (width, height).
+    func ditShapes() throws -> [(Int, Int)] {
+        var out: [(Int, Int)] = []
+        if let list = shapes {
+            guard width == nil && height == nil else { throw ValidationError("--shapes replaces --width/--height: give one or the other") }
+            for item in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) where !item.isEmpty {
+                let parts = item.split(separator: "x")
+                guard parts.count == 2, let w = Int(parts[0]), let h = Int(parts[1]) else {
+                    throw ValidationError("--shapes \(list): \"\(item)\" is not WIDTHxHEIGHT (e.g. 1024x1536)")
+                }
+                out.append((w, h))
+            }
+            guard !out.isEmpty else { throw ValidationError("--shapes \"\(list)\": give at least one WIDTHxHEIGHT") }
+        } else {
+            out = [(width ?? size, height ?? size)]
+        }
+        for (w, h) in out where w <= 0 || h <= 0 || w % 16 != 0 || h % 16 != 0 {
+            throw ValidationError("\(w)x\(h) (--shapes, --width/--height or --size): width and height must be positive multiples of 16 (latent / 8, then 2 x 2 patches)")
+        }
+        return out
     }
 
     /// The VAE decoder on the GPU: one `size` x `size` image from a random latent, timed with CUDA

@@ -387,5 +387,6 @@ public struct GPUCheck {
             report("mixed vae decode", spec, err(gi, ci), vaeDType == .f32 ? 1e-5 : 1e-2)
         }
         try checkOffload(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)
+        try checkStepCache(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)
     }
 }

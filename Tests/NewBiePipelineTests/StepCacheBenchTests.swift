@@ -6,17 +6,28 @@ import NewBiePipeline
 import NewBieTensor
 import NewBieTestSupport
 
-/// `bench --dit --step-cache-runs` on the CPU backend with the fixture DiT: the variants the GPU
+/// `bench --dit --step-cache-runs` on the CPU backend with the tiny model's DiT: the variants the GPU
 /// bench runs, with the exact properties its report relies on (threshold 0 checks every call and
 /// equals the uncached run bit for bit; a huge threshold skips every call after the first).
 final class StepCacheBenchTests: XCTestCase {
+    /// The tiny model's DiT (two joint layers: First-Block-Cache has one to skip), deterministic
+    /// weights about 1/sqrt(fan_in), norms near 1.
     func setup() throws -> (NextDiT, DiTConditioning, DiTConditioning, SamplingSettings) {
-        let dit = try NextDiT.load(path: Fixtures.path("quantfiles/dit.safetensors"), dtype: .f32)
+        let cfg = TinyModel.ditConfig
+        let shapes = Dictionary(uniqueKeysWithValues: try cfg.expectedTensors().enumerated().map { ($1.name, ($0, $1.shape)) })
+        let dit = try NextDiT(config: cfg, dtype: .f32, tensor: { name in
+            guard let (k, shape) = shapes[name] else { throw PipelineError("no tensor \(name)") }
+            let isNorm = shape.count == 1 && !name.hasSuffix(".bias")
+            let scale: Float = shape.count == 2 ? 1 / Float(shape[1]).squareRoot() : 0.1
+            let n = shape.reduce(1, *)
+            return Tensor((0..<n).map { i in let v = sin(Float(i) * 0.6180339 + Float(k) * 1.37); return isNorm ? 1 + 0.1 * v : scale * v }, shape: shape)
+        })
         func values(_ n: Int, _ seed: Float) -> [Float] { (0..<n).map { sin(Float($0) * 0.731 + seed) } }
-        let cond = DiTConditioning(capFeats: Tensor(values(5 * 32, 1.7), shape: [1, 5, 32]), capMask: Tensor([1, 1, 1, 1, 1], shape: [1, 5]),
-                                   clipPooled: Tensor(values(32, 2.9), shape: [1, 32]))
-        let uncond = DiTConditioning(capFeats: Tensor(values(5 * 32, 0.4), shape: [1, 5, 32]), capMask: Tensor([1, 1, 1, 1, 1], shape: [1, 5]),
-                                     clipPooled: Tensor(values(32, 0.8), shape: [1, 32]))
+        let (capDim, clipDim) = (cfg.capFeatDim, cfg.clipTextDim ?? 0)
+        let cond = DiTConditioning(capFeats: Tensor(values(5 * capDim, 1.7), shape: [1, 5, capDim]), capMask: Tensor([1, 1, 1, 1, 1], shape: [1, 5]),
+                                   clipPooled: Tensor(values(clipDim, 2.9), shape: [1, clipDim]))
+        let uncond = DiTConditioning(capFeats: Tensor(values(5 * capDim, 0.4), shape: [1, 5, capDim]), capMask: Tensor([1, 1, 1, 1, 1], shape: [1, 5]),
+                                     clipPooled: Tensor(values(clipDim, 0.8), shape: [1, clipDim]))
         let settings = SamplingSettings(width: 32, height: 32, steps: 7, sampler: .euler, shift: 6,
                                         cfg: CFGOptions(scale: 5, truncation: 100, renorm: 0), seed: 3, rng: .torch)
         return (dit, cond, uncond, settings)

@@ -43,14 +43,18 @@ final class QuantizeCLITests: XCTestCase {
         let q = CLI.run(["quantize", model + "/transformer", "--to", "q8_0", "-o", dir + "/dit.gguf",
                          "--keep", "layers.*.attention,layers.*.feed_forward.w1,layers.*.feed_forward.w3"])
         XCTAssertEqual(q.status, 0, q.all)
-        XCTAssertTrue(q.out.contains("weights quantized to q8_0"), q.all)
+        XCTAssertTrue(q.out.contains("2 weights quantized to q8_0"), q.all)   // layers.0/1.feed_forward.w2
         let file = CLI.run(["generate", "--model", model, "--dit", dir + "/dit.gguf", "1girl"] + CLI.quick + ["-o", "file.png"], cwd: dir)
         XCTAssertEqual(file.status, 0, file.all)
         let spec = "dit.layers.*.feed_forward.w2=q8_0"
         let flag = CLI.run(["generate", "--model", model, "1girl", "--quantize", spec] + CLI.quick + ["-o", "flag.png"], cwd: dir)
         XCTAssertEqual(flag.status, 0, flag.all)
+        let plain = CLI.run(["generate", "--model", model, "1girl"] + CLI.quick + ["-o", "plain.png"], cwd: dir)
+        XCTAssertEqual(plain.status, 0, plain.all)
         let a = try PNG.read(dir + "/file.png"), b = try PNG.read(dir + "/flag.png")
         XCTAssertEqual(a.image.pixels, b.image.pixels)
+        // and the blocks did something: the unquantized image differs
+        XCTAssertNotEqual(try PNG.read(dir + "/plain.png").image.pixels, b.image.pixels)
         XCTAssertEqual(b.textValue("newbie:quantize"), spec)
 
         let bad = CLI.run(["generate", "--model", model, "1girl", "--quantize", "dit=q4_k"] + CLI.quick + ["-o", "bad.png"], cwd: dir)

@@ -61,7 +61,7 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
         if shape.reduce(1, *) <= 1024 { return .none }
         guard shape.count == 2, shape[1] % f.blockSize == 0 else {
             let other = f.blockSize == 256 ? "; q8_0, q5_0 and q4_0 take rows of whole 32-value blocks" : ""
-            throw WeightsError("\(flag) \(rawValue): the linear layer \(path) has rows of \(shape.last ?? 0) values, not whole \(f.blockSize)-value \(f) blocks\(other); or keep the layer (e.g. MODEL.\(path)=none)")
+            throw WeightsError("\(flag) \(rawValue): the linear layer \(path) has rows of \(shape.last ?? 0) values, not whole \(f.blockSize)-value \(f) blocks\(other); or keep the layer with a path rule (MODEL.\(path)=none, MODEL being dit, gemma or jina)")
         }
         return self
     }

@@ -287,7 +287,6 @@ struct BenchCommand: ParsableCommand {
                                                   finish: { cuda.synchronize(); try Backends.check(.cuda(0)) }, log: { print($0) })
                 print("  step cache runs: \(runs.count); any non-finite: \(runs.contains { !$0.finite } ? "YES" : "no"); peak \(formatBytes(cuda.memoryStats.peakBytes))")
             }
-    
         }
     }
 

@@ -16,8 +16,21 @@
 #   tools/bench/gpu-session-g.sh AFTER_DIR OUT
 #
 # AFTER_DIR holds the static `newbie` (or newbie.xz) with NewBie_NewBieCUDA.resources/ beside it.
-# Run from a checkout. Timeouts overridable: DIT_SECONDS, FP8_SECONDS, IMAGE_SECONDS, REPORT_SECONDS.
+# Run from a checkout. Timeouts overridable: DIT_SECONDS, FP8_SECONDS, IMAGE_SECONDS, REPORT_SECONDS;
+# BUDGET_SECONDS (default 540) caps the whole script: a step gets at most what is left, and is
+# skipped (with a line saying so) when less than 20 s is.
 set -uo pipefail
+t0=$(date +%s)
+# seconds step may run: its own limit, or what is left of the budget if that is less ("" = skip)
+allow() {
+    local left=$(( ${BUDGET_SECONDS:-540} - ($(date +%s) - t0) ))
+    if [ $left -lt 20 ]; then echo ""; elif [ $left -lt $1 ]; then echo $left; else echo $1; fi
+}
+run() {  # SECONDS CMD...: the command under `timeout`, or a note when the budget is spent
+    local s; s=$(allow "$1"); shift
+    if [ -z "$s" ]; then echo "skipped (budget spent): $*" | head -c 200; echo; return 124; fi
+    timeout "$s" "$@"
+}
 after=$1 out=$2
 mkdir -p "$out"
 [ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
@@ -29,13 +42,13 @@ timeout 150 "$b" bench-pipeline --weights $w --weights-only > "$out/weights.txt"
 weights=$!
 
 echo "== 1. DiT bf16: three shapes, then 28-step samplings with the step cache (1024x1024)"
-timeout "${DIT_SECONDS:-170}" "$b" bench --device cuda --dit --dtype bf16 --shapes 1024x1024,512x512,1024x1536 \
+run "${DIT_SECONDS:-170}" "$b" bench --device cuda --dit --dtype bf16 --shapes 1024x1024,512x512,1024x1536 \
     --step-cache-runs graphs,eager,teacache:0,fbcache:0,teacache:1e9,fbcache:1e9,teacache:0.3,fbcache:0.1 \
     > "$out/dit-bf16.txt" 2>&1
 echo "exit $?"; grep -E "NewBie DiT|forward:|guided step|CUDA graph /|uncached|teacache|fbcache|step cache runs|rror" "$out/dit-bf16.txt"
 
 echo "== 2. DiT fp8 weights: the same shapes"
-timeout "${FP8_SECONDS:-90}" "$b" bench --device cuda --dit --dtype bf16 --quantize fp8 --shapes 1024x1024,512x512,1024x1536 \
+run "${FP8_SECONDS:-90}" "$b" bench --device cuda --dit --dtype bf16 --quantize fp8 --shapes 1024x1024,512x512,1024x1536 \
     > "$out/dit-fp8.txt" 2>&1
 echo "exit $?"; grep -E "NewBie DiT|forward:|guided step|rror" "$out/dit-fp8.txt"
 
@@ -44,7 +57,7 @@ echo "== 3. whole 1024x1024 images: bf16 DiT against GGUF blocks made at load (w
 : > "$out/pipeline.txt"
 for q in none dit=q8_0 dit=q4_k; do
     start=$(date +%s)
-    timeout "${IMAGE_SECONDS:-100}" "$b" bench-pipeline --weights $w --device cuda --precision bf16 --quantize $q \
+    run "${IMAGE_SECONDS:-100}" "$b" bench-pipeline --weights $w --device cuda --precision bf16 --quantize $q \
         --size 1024 --steps 29 -o /tmp/gg-image.png > /tmp/gg-pipeline.txt 2>&1
     rc=$?
     echo "-- --quantize $q: exit $rc, $(( $(date +%s) - start )) s wall" | tee -a "$out/pipeline.txt"
@@ -53,11 +66,12 @@ for q in none dit=q8_0 dit=q4_k; do
 done
 
 echo "== 4. precision-report: uncached bf16 against the step caches (1024x1024, 28 steps)"
+rm -rf /tmp/gg-report
 configs="bf16;bf16@teacache:0.3;bf16@fbcache:0.1;bf16@teacache:0.6"
-timeout "${REPORT_SECONDS:-170}" "$b" precision-report --model $w --prompt "1girl, red eyes, school uniform, cherry blossoms" \
+run "${REPORT_SECONDS:-170}" "$b" precision-report --model $w --prompt "1girl, red eyes, school uniform, cherry blossoms" \
     --width 1024 --height 1024 --sampler euler --steps 29 --cfg-trunc 100 --device cuda --no-trace \
     --configs "$configs" -o /tmp/gg-report --force > "$out/precision.txt" 2>&1
 echo "exit $?"; tail -14 "$out/precision.txt"
 cp /tmp/gg-report/report.md "$out/precision.md" 2>/dev/null
-ls "$out"
+ls "$out"; echo "session g: $(( $(date +%s) - t0 )) s"
 exit 0

@@ -89,6 +89,18 @@ final class StepCacheTests: XCTestCase {
         XCTAssertEqual(StepCache.relativeL1(a, b), [0, 1, 0])
         XCTAssertEqual(StepCache.relativeL1(Tensor([1, 1], shape: [1, 2]), Tensor([0, 0], shape: [1, 2])), [.infinity])
         XCTAssertEqual(StepCache.relativeL1(Tensor([Float.nan, 1], shape: [1, 2]), Tensor([1, 1], shape: [1, 2])), [.infinity])
+        // [B, S, D], as the DiT's sequences: rows reduced first, then tokens; the same per-sample
+        // mean|a - b| / mean|b| as over all values at once
+        let bv = (0..<24).map { Float(($0 * 7) % 11) - 5 }
+        var av = bv
+        av[3] += 2; av[9] -= 4; av[20] += 1
+        let r = StepCache.relativeL1(Tensor(av, shape: [2, 3, 4]), Tensor(bv, shape: [2, 3, 4]))
+        for s in 0..<2 {
+            let idx = (12 * s)..<(12 * s + 12)
+            let want = idx.reduce(0.0) { $0 + Double(abs(av[$1] - bv[$1])) } / idx.reduce(0.0) { $0 + Double(abs(bv[$1])) }
+            XCTAssertEqual(Double(r[s]), want, accuracy: 1e-6, "sample \(s)")
+        }
+        XCTAssertEqual(StepCache.relativeL1(Tensor(av, shape: [2, 3, 4]).to(.bf16), Tensor(av, shape: [2, 3, 4]).to(.bf16)), [0, 0])
     }
 
     func testParseAndRecord() throws {

@@ -99,15 +99,22 @@ public final class StepCache: @unchecked Sendable {
     /// Per-sample relative L1 change: mean|a - b| / mean|b| over all but the batch axis, in
     /// Float32 on the tensors' device (only B numbers come back to the host).
     static func relativeL1(_ a: Tensor, _ b: Tensor) -> [Float] {
-        let axes = Array(1..<a.rank)
-        let diff = (a.to(.f32) - b.to(.f32)).apply(.abs).reduce(.mean, axes: axes).toFloats()
-        let base = b.to(.f32).apply(.abs).reduce(.mean, axes: axes).toFloats()
+        let diff = perSampleMean((a.to(.f32) - b.to(.f32)).apply(.abs))
+        let base = perSampleMean(b.to(.f32).apply(.abs))
         // a zero reference changes "infinitely" unless the new value is zero too; NaN counts as a
         // change so that a broken signal never skips
         return zip(diff, base).map { d, r in
             if r > 0 { let q = d / r; return q.isNaN ? .infinity : q }
             return d == 0 ? 0 : .infinity
         }
+    }
+
+    /// The mean over all but the batch axis, per sample: the last axis first (one output per
+    /// token, so a GPU reduces every row at once instead of one sample per thread block), then the
+    /// rest. The rows are equal in size, so the mean of the row means is the mean.
+    static func perSampleMean(_ x: Tensor) -> [Float] {
+        let rows = x.rank > 2 ? x.reduce(.mean, axes: [x.rank - 1]) : x
+        return rows.reduce(.mean, axes: Array(1..<rows.rank)).toFloats()
     }
 
     /// The joint blocks over `hs` [B, S, D] through the cache. `modulatedInput` gives TeaCache's

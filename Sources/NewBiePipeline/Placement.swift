@@ -112,7 +112,7 @@ public struct PlacementPolicy: Sendable, Equatable, CustomStringConvertible {
 
     /// Parses `--quantize`: comma-separated `SLOT=SCHEME` (every linear layer of that model but
     /// those kept in 16 bits by default) or `SLOT.PATH=SCHEME` (the linear layers at or inside
-    /// that path, `*` within a component), schemes int8, int8-g128, fp8 or none; "" or `none` alone: none.
+    /// that path, `*` within a component), schemes as `QuantScheme.userNames`; "" or `none` alone: none.
     public static func parseQuantize(_ spec: String) throws -> [ModelSlot: ModuleQuantization] {
         var out: [ModelSlot: ModuleQuantization] = [:]
         let list = items(spec)

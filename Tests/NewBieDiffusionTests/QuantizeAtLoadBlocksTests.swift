@@ -111,6 +111,21 @@ final class QuantizeAtLoadBlocksTests: XCTestCase {
         XCTAssertFalse(try tinyDiTForward(q8).toFloats().contains { !$0.isFinite })
     }
 
+    /// `--offload` streams blocks made at load as it streams a file's: identical forwards.
+    func testOffloadedBlocksAtLoadAreIdenticalToResident() throws {
+        let fixture = Fixtures.path("quantfiles/dit.safetensors")
+        func load(offload: Bool) throws -> NextDiT {
+            let precision = ModulePrecision(base: .f32, quantization: ModuleQuantization(rules: [QuantRule(pattern: "", scheme: .q8_0)]))
+            return try NextDiT.load(path: fixture, placement: ModelPlacement(name: "dit", device: .cpu, precision: precision, offload: offload))
+        }
+        let streamed = try load(offload: true)
+        XCTAssertNotNil(streamed.streamedBlocks)
+        XCTAssertEqual(streamed.layers[0].qkv.quantized?.scheme, .q8_0)
+        let a = try tinyDiTForward(streamed).toFloats(), b = try tinyDiTForward(try load(offload: false)).toFloats()
+        XCTAssertFalse(b.contains { !$0.isFinite })
+        XCTAssertEqual(a.map(\.bitPattern), b.map(\.bitPattern))
+    }
+
     func testSchemeAtLoadFollowsTheWriter() throws {
         XCTAssertEqual(try QuantScheme.q8_0.atLoad(shape: [32, 32], path: "a"), .none)      // 1024 values: left as stored
         XCTAssertEqual(try QuantScheme.q8_0.atLoad(shape: [33, 32], path: "a"), .q8_0)

@@ -41,7 +41,7 @@ struct QuantizeCommand: ParsableCommand {
         let source = try openWeights(path: input)
         let format = CheckpointFormats.identify(source)
         if target.isGGUF && format?.slot != .dit {
-            throw ValidationError("\(input): GGUF output is written for the DiT only (as city96's lumina2 files); this checkpoint is \(format.map { "the \($0.slot.expected)" } ?? "none of NewBie's models"). Use --to int8, int8-g128 or fp8")
+            throw ValidationError("\(input): GGUF output is written for the DiT only (as city96's lumina2 files); this checkpoint is \(format.map { $0.slot.expected } ?? "none of NewBie's models"). Use --to int8, int8-g128 or fp8, or GGUF blocks made at load (--quantize \(format?.slot.rawValue ?? "MODEL")=\(target.rawValue) when running it)")
         }
         let patterns = (keep ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let writer = QuantizedFileWriter(target: target, keep: patterns, architecture: "lumina2")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One GPU call (about 8 minutes) for issues 18 and 15, most important first, each step under its
-# own timeout; everything it keeps is a small text file in OUT (7 files):
+# own timeout; everything it keeps is a small text file in OUT (6 files):
 #   1. dit-bf16.txt: the DiT forward and guided step at 1024x1024, 512x512 and 1024x1536 (one
 #      model, bf16, random weights), then whole 28-step samplings at 1024x1024 in the same process:
 #      uncached (CUDA graphs, then eager), the step cache with threshold 0 (checks, never skips: its

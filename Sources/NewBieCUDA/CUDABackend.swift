@@ -83,7 +83,7 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Kernel sources (package resources, one module per op family) and the functions each defines.
     static let modules: [(String, [String])] = [
         ("elementwise", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_embedding"]),
-        ("norms", ["nb_reduce", "nb_softmax", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
+        ("norms", ["nb_reduce", "nb_softmax", "nb_softmax_rows_p16", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
                    "nb_groupnorm_apply"] + ["f32", "f16", "bf16", "f32x4", "f16x8", "bf16x8"].flatMap { ["nb_gn_chunk_stats_" + $0, "nb_gn_apply_" + $0] }),
         ("attention", ["nb_rope", "nb_attention_ref"]),
         ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_im2col_u16_k3w8", "nb_upsample2x"]),

@@ -116,6 +116,16 @@ public struct GPUCheck {
             check("attention d256 (matmul) causal", dt) { d in g(q5, d).attention(k: g(k5, d), v: g(v5, d), options: AttentionOptions(causal: true, slidingWindow: 9)) }
             let q6 = rand([1, 300, 1, 512], dt), k6 = rand([1, 300, 1, 512], dt), v6 = rand([1, 300, 1, 512], dt)
             check("attention d512 1 head (matmul)", dt) { d in g(q6, d).attention(k: g(k6, d), v: g(v6, d)) }
+            // unmasked 16-bit problems take 16-bit products (attentionByProducts16): GQA with an odd
+            // key count, and the query rows in chunks (nine of at most 37 rows)
+            let q10 = rand([2, 70, 4, 256], dt), k10 = rand([2, 93, 2, 256], dt), v10 = rand([2, 93, 2, 256], dt)
+            check("attention d256 gqa unmasked (matmul)", dt) { d in g(q10, d).attention(k: g(k10, d), v: g(v10, d)) }
+            if dt != .f32 {
+                check("attention d512 16-bit products chunked", dt) { d in
+                    d == .cpu ? q6.attention(k: k6, v: v6)
+                              : cuda.attentionByProducts16(g(q6, d), g(k6, d), g(v6, d), scale: 1 / Float(512).squareRoot(), maxScoreBytes: 300 * 4 * 37)
+                }
+            }
             // The flash kernels against the CPU: mma.sync (flash.cu) with 4 and 8 warps on every GPU and,
             // on compute capability 9.0, the wgmma kernel (flash_hopper.cu, variant "auto"). Each row
             // also checks which kernel ran: a wgmma row that ran another kernel (or a bias row that ran

@@ -535,7 +535,11 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
 }
 
 // The engine's consumer schedule (see SCHED_* above); tools/bench/hopper_attn_check.py times all four.
-#define NB_FLASH_SCHEDULE SCHED_OVERLAP
+// The free schedule until a measurement picks another: compiled by CUDA 13's NVRTC, the overlapped
+// ones get their wgmmas serialized at d96 and d128 (ptxas C7512, "insufficient register
+// resources": they need about 172 registers per consumer thread and ptxas allocates under the
+// kernel's entry cap of 168 for 384 threads, whatever setmaxnreg grants later).
+#define NB_FLASH_SCHEDULE 0
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.

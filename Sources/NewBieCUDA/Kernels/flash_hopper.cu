@@ -62,13 +62,17 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
 // A pipeline bug must not hang the process: after 2^26 unsuccessful polls (each try_wait already
-// suspends for a while; a real wait here lasts microseconds) the kernel traps, and the launch fails.
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+// suspends for a while; a real wait here lasts microseconds) the producer traps, and the launch
+// fails; a consumer exits instead (TRAP false), never arrives again, and the producer's last
+// waits (the drain at its end) trap in turn. Consumers do not trap themselves because a trap in
+// their code makes ptxas (CUDA 13) hold them to the entry register cap of 168 despite setmaxnreg,
+// which serializes the overlapped schedule's wgmmas (C7512) and spills.
+template <bool TRAP> __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
     unsigned done = 0, polls = 0;
     do {
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-        if (++polls == (1u << 26)) __trap();
+        if (++polls == (1u << 26)) { if (TRAP) __trap(); else asm volatile("exit;"); }
     } while (!done);
 }
 
@@ -334,7 +338,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         if (nTiles > 0) issue(0);
         for (int it = 1; it < nTiles; ++it) {
             const int s = it % HSTAGES;
-            if (it >= HSTAGES) mbar_wait(barEmpty + 8 * s, ((it / HSTAGES) - 1) & 1);
+            if (it >= HSTAGES) mbar_wait<true>(barEmpty + 8 * s, ((it / HSTAGES) - 1) & 1);
             issue(it);
             cp_async_wait<1>();              // tile it-1 has landed (this thread's copies)
             fence_proxy_async();
@@ -345,6 +349,10 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             fence_proxy_async();
             mbar_arrive(barFull + 8 * ((nTiles - 1) % HSTAGES));
         }
+        // drain: wait until the consumers have released the last tiles, so that a consumer that
+        // gave up on a wait (and exited) makes the launch fail here instead of passing unnoticed
+        for (int it = nTiles > HSTAGES ? nTiles - HSTAGES : 0; it < nTiles; ++it)
+            mbar_wait<true>(barEmpty + 8 * (it % HSTAGES), (it / HSTAGES) & 1);
     } else {
     // ---- consumers: warpgroups 1 and 2, 64 query rows each (the roles are the two branches of
     // one if/else, which is what lets ptxas give this branch the registers setmaxnreg raises) ----
@@ -430,7 +438,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             const int j0 = firstKey + it * HBC;
             bool fullTile, emptyTile;
             classify(j0, fullTile, emptyTile);
-            mbar_wait(barFull + 8 * s, (it / HSTAGES) & 1);
+            mbar_wait<false>(barFull + 8 * s, (it / HSTAGES) & 1);
             fence_proxy_async();
             if (!emptyTile) {
                 const unsigned sK = sKV + 2 * s * TILEB, sV = sK + TILEB;
@@ -470,7 +478,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         {
             bool fullTile, emptyTile;
             classify(firstKey, fullTile, emptyTile);
-            mbar_wait(barFull, 0);
+            mbar_wait<false>(barFull, 0);
             myTurn();
             wgmma_fence();
             issueScores(sc, sKV);
@@ -487,7 +495,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             const int j0 = firstKey + it * HBC;
             bool fullTile, emptyTile;
             classify(j0, fullTile, emptyTile);
-            mbar_wait(barFull + 8 * s, (it / HSTAGES) & 1);
+            mbar_wait<false>(barFull + 8 * s, (it / HSTAGES) & 1);
             myTurn();
             wgmma_fence();
             issueScores(sc, sKV + 2 * s * TILEB);
@@ -539,7 +547,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
 // ones get their wgmmas serialized at d96 and d128 (ptxas C7512, "insufficient register
 // resources": they need about 172 registers per consumer thread and ptxas allocates under the
 // kernel's entry cap of 168 for 384 threads, whatever setmaxnreg grants later).
-#define NB_FLASH_SCHEDULE 0
+#define NB_FLASH_SCHEDULE SCHED_OVERLAP
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.

@@ -11,7 +11,9 @@
 // mbarrier; consumers wait on "full", compute, and arrive on the stage's "empty" mbarrier,
 // which the producer waits on before it overwrites the stage. With 3 stages the signal for
 // tile i goes out while consumers still work on tile i-1, so they never wait on the producer's
-// bookkeeping. Registers move from the producer to the consumers with setmaxnreg.
+// bookkeeping. Registers move from the producer to the consumers with setmaxnreg. The consumers'
+// schedule is a compile-time choice (SCHED_* below): free, ping-pong between the two warpgroups,
+// and the next tile's Q K^T overlapped with this tile's softmax inside a warpgroup.
 //
 // Shared-memory layout of every tile (Q, K, V alike): the wgmma "no swizzle" canonical layout,
 // made of 8-row x 16-byte core matrices, each 128 contiguous bytes. The 16-byte chunk c (head
@@ -542,11 +544,9 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     }
 }
 
-// The engine's consumer schedule (see SCHED_* above); tools/bench/hopper_attn_check.py times all four.
-// The free schedule until a measurement picks another: compiled by CUDA 13's NVRTC, the overlapped
-// ones get their wgmmas serialized at d96 and d128 (ptxas C7512, "insufficient register
-// resources": they need about 172 registers per consumer thread and ptxas allocates under the
-// kernel's entry cap of 168 for 384 threads, whatever setmaxnreg grants later).
+// The engine's consumer schedule (see SCHED_* above): the one constant to change when
+// tools/bench/hopper_attn_check.py, which checks and times all four, says another is faster.
+// The overlapped ones need 167 (d96) and 183 (d128) registers per consumer thread.
 #define NB_FLASH_SCHEDULE SCHED_OVERLAP
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,

@@ -474,18 +474,21 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         // softmax, then wait for the product, release tile it-1's stage, rescale O, convert P_it.
         // A stage is released one tile later than in the plain schedule; with 3 stages the
         // producer still has tile it+1 ready when the consumers reach it (it needs tile it-2's
-        // stage, released during tile it-1).
+        // stage, released during tile it-1). A key padding mask's vote on a tile (classify) is
+        // taken one tile ahead, while the products run, so its loads do not delay the issue.
         float sc[HBC / 2];
         unsigned pa[HBC / 16][4];
+        bool nextFull, ignored;
         {
-            bool fullTile, emptyTile;
-            classify(firstKey, fullTile, emptyTile);
+            bool fullTile;
+            classify(firstKey, fullTile, ignored);
             mbar_wait<false>(barFull, 0);
             myTurn();
             wgmma_fence();
             issueScores(sc, sKV);
             wgmma_commit();
             otherTurn();
+            classify(firstKey + HBC, nextFull, ignored);
             wgmma_wait<0>();
             fence_regs<HBC / 2>(sc);
             float corr[2];
@@ -495,8 +498,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         for (int it = 1; it < nTiles; ++it) {
             const int s = it % HSTAGES, sPrev = (it - 1) % HSTAGES;
             const int j0 = firstKey + it * HBC;
-            bool fullTile, emptyTile;
-            classify(j0, fullTile, emptyTile);
+            const bool fullTile = nextFull;
             mbar_wait<false>(barFull + 8 * s, (it / HSTAGES) & 1);
             myTurn();
             wgmma_fence();
@@ -505,6 +507,9 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             issuePV(pa, sKV + 2 * sPrev * TILEB + TILEB);
             wgmma_commit();
             otherTurn();
+            // the next tile's vote; its mask loads stay in bounds (classify reads a tile only
+            // when all of it lies before Lk) even past the last tile
+            classify(j0 + HBC, nextFull, ignored);
             wgmma_wait<1>();                     // the scores; P V may still run
             fence_regs<HBC / 2>(sc);
             float corr[2];

@@ -193,8 +193,26 @@ template <int N> __device__ __forceinline__ void fence_regs_u(unsigned (*r)[4]) 
 //   sits in its own A-fragment registers when S_{j+1} is issued. A tile that the key padding mask
 //   hides entirely is computed as a masked tile here (its probabilities are zero) instead of
 //   skipped, which keeps the pipeline free of branches between issue and wait.
+// SCHED_PAIRED_LOADS (not a consumer schedule, but chosen with them): how copies map to threads,
+//   see tile_chunk below.
 #define SCHED_PINGPONG 1
 #define SCHED_OVERLAP 2
+#define SCHED_PAIRED_LOADS 4
+
+// Which chunk of a ROWS x VEC tile (row r, 16-byte column col) copy number c handles; its place
+// in the canonical layout is chunk_offset. Unpaired: the 8 lanes of a quarter warp take 8 rows of
+// one column. A quarter warp is one memory request for 16-byte accesses, and cp.async.cg bypasses
+// L1, so each 32-byte sector came from L2 twice, once per half (ncu at the DiT shape: 50% excess
+// sectors, L2 85% busy, the limit). Paired: two neighbouring lanes take the two halves of one
+// sector and a quarter warp four rows, so every sector is fetched once; the price is a 2-way
+// bank conflict on the shared-memory side (the two halves land 128 bytes apart).
+template <int VEC, int ROWS, bool PAIRED> __device__ __forceinline__ void tile_chunk(int c, int& r, int& col) {
+    if (PAIRED) { const int u = c >> 1; r = u % ROWS; col = 2 * (u / ROWS) + (c & 1); }
+    else { r = ((c >> 3) / VEC) * 8 + (c & 7); col = (c >> 3) % VEC; }
+}
+template <int VEC> __device__ __forceinline__ unsigned chunk_offset(int r, int col) {
+    return (unsigned)(((r >> 3) * VEC + col) * 128 + (r & 7) * 16);
+}
 
 // Online softmax of one 64 x 128 score tile held in the accumulator layout: masks (when MASKED),
 // the running row maximum and sum, scores replaced by unnormalised probabilities; returns in corr
@@ -280,6 +298,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
                             const float* __restrict__ mask, u16* __restrict__ out, const FlashParams& p) {
     constexpr bool PINGPONG = (SCHED & SCHED_PINGPONG) != 0;
     constexpr bool OVERLAP = (SCHED & SCHED_OVERLAP) != 0;
+    constexpr bool PAIRED = (SCHED & SCHED_PAIRED_LOADS) != 0;
     constexpr int VEC = D / 8;                 // 16-byte chunks per row
     constexpr int ROWB = D * 16;               // bytes between 8-row groups (stride of the canonical layout)
     constexpr int QBYTES = HBR * D * 2;
@@ -328,12 +347,13 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             const unsigned dK = sKV + 2 * s * TILEB, dV = dK + TILEB;
 #pragma unroll 4
             for (int c = tid; c < HBC * VEC; c += 128) {
-                // chunk index c is laid out linearly (16 bytes each) in the canonical layout
-                const int r = ((c >> 3) / VEC) * 8 + (c & 7), col = (c >> 3) % VEC;
+                int r, col;
+                tile_chunk<VEC, HBC, PAIRED>(c, r, col);
+                const unsigned at = chunk_offset<VEC>(r, col);
                 const bool in = r < rowsLeft;
                 const int off = in ? r * kvStride + col * 8 : 0;
-                cp_async16(dK + c * 16, kt + off, in ? 16 : 0);
-                cp_async16(dV + c * 16, vt + off, in ? 16 : 0);
+                cp_async16(dK + at, kt + off, in ? 16 : 0);
+                cp_async16(dV + at, vt + off, in ? 16 : 0);
             }
             cp_async_commit();
         };
@@ -368,9 +388,10 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         const i64 qStride = p.Hq * D;
 #pragma unroll
         for (int c = ctid; c < 64 * VEC; c += 128) {
-            const int r = ((c >> 3) / VEC) * 8 + (c & 7), col = (c >> 3) % VEC;
+            int r, col;
+            tile_chunk<VEC, 64, PAIRED>(c, r, col);
             const bool in = r0 + r < p.Lq;
-            cp_async16(sQw + c * 16, qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
+            cp_async16(sQw + chunk_offset<VEC>(r, col), qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
         }
         cp_async_commit();
         cp_async_wait<0>();
@@ -552,7 +573,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
 // The engine's consumer schedule (see SCHED_* above): the one constant to change when
 // tools/bench/hopper_attn_check.py, which checks and times all four, says another is faster.
 // The overlapped ones need 167 (d96) and 183 (d128) registers per consumer thread.
-#define NB_FLASH_SCHEDULE SCHED_OVERLAP
+#define NB_FLASH_SCHEDULE (SCHED_OVERLAP | SCHED_PAIRED_LOADS)
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.

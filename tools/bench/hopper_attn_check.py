@@ -15,8 +15,8 @@ is printed beside it. Timed cases (the DiT shape) print the median of --runs CUD
 after warm-up for the wgmma kernel, the mma.sync kernel and torch SDPA (bf16, same inputs).
 Then the variants (SCHED_* bits in flash_hopper.cu; SCHEDULES below): the consumer schedules
 seq (free), pp (ping-pong), ov (the next tile's Q K^T issued with the current P V), ovpp (both),
-and with a trailing P the same with paired loads (each 32-byte sector of K/V read whole by two
-lanes) are each checked on every small bf16 case and timed on the DiT shape and d128 (the engine
+and with suffixes P (paired loads: each 32-byte sector of K/V read whole by two lanes) and S
+(tiles in the 64-byte swizzled layout) are each checked on every small bf16 case and timed on the DiT shape and d128 (the engine
 builds the one NB_FLASH_SCHEDULE names). Every case runs inside
 try/except; a kernel that does not finish within 30 s is reported as a
 hang and the script exits (a hung kernel cannot be stopped from the host). The last line is
@@ -53,10 +53,12 @@ FILL = ("FlashParams p; p.B = B; p.Lq = Lq; p.Lk = Lk; p.Hq = Hq; p.Hkv = Hkv; p
         "p.window = window; p.hasMask = hasMask; p.hasBias = hasBias; p.pad = 0; p.biasB = biasB; p.biasH = biasH;")
 TYPES = (("bf16", "true"), ("f16", "false"))
 # the variants of flash_hopper.cu (SCHED_* bits), by name: the template argument of each. seq is
-# the kernel as first measured (1.208 ms at the DiT shape); a trailing P means paired loads.
+# the kernel as first measured (1.208 ms at the DiT shape); P = paired loads, S = 64-byte swizzle.
 SCHEDULES = (("seq", "0"), ("pp", "SCHED_PINGPONG"), ("ov", "SCHED_OVERLAP"), ("ovpp", "SCHED_OVERLAP | SCHED_PINGPONG"),
              ("seqP", "SCHED_PAIRED_LOADS"), ("ovP", "SCHED_OVERLAP | SCHED_PAIRED_LOADS"),
-             ("ovppP", "SCHED_OVERLAP | SCHED_PINGPONG | SCHED_PAIRED_LOADS"))
+             ("ovppP", "SCHED_OVERLAP | SCHED_PINGPONG | SCHED_PAIRED_LOADS"),
+             ("seqS", "SCHED_SWIZZLE64"), ("ovPS", "SCHED_OVERLAP | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64"),
+             ("ovppPS", "SCHED_OVERLAP | SCHED_PINGPONG | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64"))
 DIMS = (64, 96, 128)
 
 
@@ -339,7 +341,7 @@ def main():
     # The variants (SCHED_* in flash_hopper.cu), last: a hang
     # here cannot cost the results above.
     print("variants (bf16): seq = warpgroups issue freely, pp = they take turns, ov = S of the next tile "
-          "issued with P V of this one, ovpp = both; P = paired loads", flush=True)
+          "issued with P V of this one, ovpp = both; P = paired loads, S = 64-byte swizzle", flush=True)
     for (name, B, Lq, Lk, Hq, Hkv, D, dt, mkind, causal, window, timed) in PP_CASES:
         if timed and args.quick:
             continue

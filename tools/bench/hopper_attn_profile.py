@@ -6,7 +6,7 @@ sources, NVRTC, no Swift). On the GPU machine:
     ncu --clock-control none --set full -k regex:chk_ python3 tools/bench/hopper_attn_profile.py
 
 The kernels launched, in order: the wgmma kernel as the engine builds it (chk_wgmma_bf16_d96),
-each variant of it (chk_wgmmaseq/pp/ov/ovpp/seqP/ovP/ovppP_bf16_d96, see SCHEDULES in
+each variant of it (chk_wgmma<variant>_bf16_d96 for every variant in SCHEDULES of
 hopper_attn_check.py), the mma.sync kernel (chk_mma_bf16_d96), then PyTorch's SDPA on the same
 inputs (profile it with -k regex:flash|fmha).
 """

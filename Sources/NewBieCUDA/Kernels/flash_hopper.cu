@@ -92,6 +92,11 @@ template <int N> __device__ __forceinline__ void fence_regs(float* r) {
 __device__ __forceinline__ u64 smem_desc(unsigned addr, unsigned leading, unsigned stride) {
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(leading >> 4) << 16) | ((u64)(stride >> 4) << 32);
 }
+// the same with the 64-byte swizzle (layout type 2 in bits 62-63; base offset 0: every swizzle
+// atom starts on a 512-byte boundary)
+__device__ __forceinline__ u64 smem_desc_sw64(unsigned addr, unsigned leading, unsigned stride) {
+    return smem_desc(addr, leading, stride) | (2ull << 62);
+}
 
 // 2^x in one MUFU instruction; 2^-inf = 0
 __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
@@ -195,9 +200,12 @@ template <int N> __device__ __forceinline__ void fence_regs_u(unsigned (*r)[4]) 
 //   skipped, which keeps the pipeline free of branches between issue and wait.
 // SCHED_PAIRED_LOADS (not a consumer schedule, but chosen with them): how copies map to threads,
 //   see tile_chunk below.
+// SCHED_SWIZZLE64 (likewise): the tiles in the 64-byte swizzled layout instead of the no-swizzle
+//   one, see chunk_offset below.
 #define SCHED_PINGPONG 1
 #define SCHED_OVERLAP 2
 #define SCHED_PAIRED_LOADS 4
+#define SCHED_SWIZZLE64 8
 
 // Which chunk of a ROWS x VEC tile (row r, 16-byte column col) copy number c handles; its place
 // in the canonical layout is chunk_offset. Unpaired: the 8 lanes of a quarter warp take 8 rows of
@@ -210,8 +218,20 @@ template <int VEC, int ROWS, bool PAIRED> __device__ __forceinline__ void tile_c
     if (PAIRED) { const int u = c >> 1; r = u % ROWS; col = 2 * (u / ROWS) + (c & 1); }
     else { r = ((c >> 3) / VEC) * 8 + (c & 7); col = (c >> 3) % VEC; }
 }
-template <int VEC> __device__ __forceinline__ unsigned chunk_offset(int r, int col) {
-    return (unsigned)(((r >> 3) * VEC + col) * 128 + (r & 7) * 16);
+// Where chunk (r, col) of a ROWS x VEC tile sits. No swizzle: the canonical layout of 8-row x
+// 16-byte core matrices (see the top of the file). ncu at the DiT shape counts 3x more shared-
+// memory wavefronts than the tensor cores' operands need there: with no swizzle, the rows that
+// wgmma fetches together share banks. SWZ: the 64-byte swizzle, the widest that divides a 96-dim
+// row (192 bytes; CUTLASS picks it for such tiles too). The row is cut into atom columns of 32
+// dims (64 bytes); an atom is 8 rows x 64 bytes = 512 bytes, atoms of one column follow each
+// other down the rows (so one column is ROWS * 64 bytes), and inside an atom the 16-byte chunk j
+// of row r sits at chunk j ^ ((r >> 1) & 3): the XOR the hardware applies to address bits 4-5
+// with bits 7-8, which holds because every atom starts on a 512-byte boundary. The same layout
+// serves Q and K (K-major operands: 8-row groups 512 bytes apart) and V (MN-major: 8-key groups
+// 512 bytes apart, atom columns along the head dim ROWS * 64 bytes apart).
+template <int VEC, int ROWS, bool SWZ> __device__ __forceinline__ unsigned chunk_offset(int r, int col) {
+    if (!SWZ) return (unsigned)(((r >> 3) * VEC + col) * 128 + (r & 7) * 16);
+    return (unsigned)((col >> 2) * (ROWS * 64) + (r >> 3) * 512 + (r & 7) * 64 + (((col & 3) ^ ((r >> 1) & 3)) << 4));
 }
 
 // Online softmax of one 64 x 128 score tile held in the accumulator layout: masks (when MASKED),
@@ -299,6 +319,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     constexpr bool PINGPONG = (SCHED & SCHED_PINGPONG) != 0;
     constexpr bool OVERLAP = (SCHED & SCHED_OVERLAP) != 0;
     constexpr bool PAIRED = (SCHED & SCHED_PAIRED_LOADS) != 0;
+    constexpr bool SWZ = (SCHED & SCHED_SWIZZLE64) != 0;
     constexpr int VEC = D / 8;                 // 16-byte chunks per row
     constexpr int ROWB = D * 16;               // bytes between 8-row groups (stride of the canonical layout)
     constexpr int QBYTES = HBR * D * 2;
@@ -335,6 +356,8 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     if (wg == 0) {
         // ---- producer: 128 threads copy K and V tiles ----
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        // the swizzle is applied to address bits, so every 512-byte atom must start on a boundary
+        if (SWZ && (sQ & 511u)) __trap();
         const int kvStride = (int)(p.Hkv * D);   // elements between consecutive keys
         const u16* kBase = k + (b * p.Lk * p.Hkv + kvh) * D;
         const u16* vBase = v + (b * p.Lk * p.Hkv + kvh) * D;
@@ -349,7 +372,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             for (int c = tid; c < HBC * VEC; c += 128) {
                 int r, col;
                 tile_chunk<VEC, HBC, PAIRED>(c, r, col);
-                const unsigned at = chunk_offset<VEC>(r, col);
+                const unsigned at = chunk_offset<VEC, HBC, SWZ>(r, col);
                 const bool in = r < rowsLeft;
                 const int off = in ? r * kvStride + col * 8 : 0;
                 cp_async16(dK + at, kt + off, in ? 16 : 0);
@@ -391,7 +414,7 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             int r, col;
             tile_chunk<VEC, 64, PAIRED>(c, r, col);
             const bool in = r0 + r < p.Lq;
-            cp_async16(sQw + chunk_offset<VEC>(r, col), qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
+            cp_async16(sQw + chunk_offset<VEC, 64, SWZ>(r, col), qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
         }
         cp_async_commit();
         cp_async_wait<0>();
@@ -442,17 +465,26 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             softmax_tile<true>(sc, mrow, lrow, corr, p, maskBatch ? maskBatch + j0 : nullptr, keyCount - j0, diag, t4, sl2);
         }
     };
-    // S = Q K^T over D / 16 steps of 16 head dims (two core matrices, 256 bytes, per step)
+    // S = Q K^T over D / 16 steps of 16 head dims. No swizzle: two core matrices, 256 bytes, per
+    // step. Swizzled: half of a 64-byte atom row, so the step starts 32 bytes into atom column
+    // ks / 2 (leading offset unused for swizzled K-major operands; 8-row groups 512 bytes apart).
     auto issueScores = [&](float* sc, unsigned sK) {
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_scores<BF16>(sc, smem_desc(sQw + ks * 256, 128, ROWB), smem_desc(sK + ks * 256, 128, ROWB), ks > 0);
+        for (int ks = 0; ks < D / 16; ++ks) {
+            if (SWZ) wgmma_scores<BF16>(sc, smem_desc_sw64(sQw + (ks >> 1) * (64 * 64) + (ks & 1) * 32, 16, 512),
+                                        smem_desc_sw64(sK + (ks >> 1) * (HBC * 64) + (ks & 1) * 32, 16, 512), ks > 0);
+            else wgmma_scores<BF16>(sc, smem_desc(sQw + ks * 256, 128, ROWB), smem_desc(sK + ks * 256, 128, ROWB), ks > 0);
+        }
     };
-    // O += P V: 16 keys (two 8-key groups, 2 ROWB bytes) per step
+    // O += P V: 16 keys (two 8-key groups) per step. No swizzle: groups 2 ROWB bytes apart.
+    // Swizzled (MN-major): leading offset = between atom columns along the head dim (HBC * 64
+    // bytes), stride offset = between 8-key groups (512 bytes).
     auto issuePV = [&](unsigned (*pa)[4], unsigned sV) {
 #pragma unroll
-        for (int kt = 0; kt < HBC / 16; ++kt)
-            wgmma_pv<D, BF16>(o, pa[kt], smem_desc(sV + kt * 2 * ROWB, ROWB, 128));
+        for (int kt = 0; kt < HBC / 16; ++kt) {
+            if (SWZ) wgmma_pv<D, BF16>(o, pa[kt], smem_desc_sw64(sV + kt * 2 * 512, HBC * 64, 512));
+            else wgmma_pv<D, BF16>(o, pa[kt], smem_desc(sV + kt * 2 * ROWB, ROWB, 128));
+        }
     };
 
     if (!OVERLAP) {

@@ -15,7 +15,8 @@
 // schedule is a compile-time choice (SCHED_* below): free, ping-pong between the two warpgroups,
 // and the next tile's Q K^T overlapped with this tile's softmax inside a warpgroup.
 //
-// Shared-memory layout of every tile (Q, K, V alike): the wgmma "no swizzle" canonical layout,
+// Shared-memory layout of every tile (Q, K, V alike), without SCHED_SWIZZLE64 (with it, see
+// chunk_offset): the wgmma "no swizzle" canonical layout,
 // made of 8-row x 16-byte core matrices, each 128 contiguous bytes. The 16-byte chunk c (head
 // dims 8c..8c+7) of row r sits at byte ((r / 8) * (D / 8) + c) * 128 + (r % 8) * 16. For Q (A
 // operand) and K (B operand of Q K^T) the head dim is the reduction (K-major): core matrices
@@ -186,8 +187,8 @@ template <int N> __device__ __forceinline__ void fence_regs_u(unsigned (*r)[4]) 
         asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3]) :: "memory");
 }
 
-// Consumer schedules, a bit set. The engine builds the one NB_FLASH_SCHEDULE names;
-// tools/bench/hopper_attn_check.py checks and times all four side by side.
+// Variants, a bit set: consumer schedules, and how tiles are loaded and laid out. The engine builds
+// the one NB_FLASH_SCHEDULE names; tools/bench/hopper_attn_check.py checks and times them side by side.
 // SCHED_PINGPONG: the two consumer warpgroups take turns at issuing their products (named
 //   barriers 3 and 4), so that one's softmax runs while the other's products occupy the tensor
 //   cores (FlashAttention-3's inter-warpgroup schedule).
@@ -602,10 +603,12 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     }
 }
 
-// The engine's consumer schedule (see SCHED_* above): the one constant to change when
-// tools/bench/hopper_attn_check.py, which checks and times all four, says another is faster.
-// The overlapped ones need 167 (d96) and 183 (d128) registers per consumer thread.
-#define NB_FLASH_SCHEDULE (SCHED_OVERLAP | SCHED_PAIRED_LOADS)
+// The engine's variant (SCHED_* bits above): the one constant to change when
+// tools/bench/hopper_attn_check.py, which checks and times every variant, says another is the
+// fastest that passes. The overlapped ones need 167 (d96) and 183 (d128) registers per consumer
+// thread. Written before any run of the paired loads and the swizzle: ncu of the first version
+// showed L2 at 85% (every K/V sector fetched twice) and 3x the ideal shared-memory wavefronts.
+#define NB_FLASH_SCHEDULE (SCHED_OVERLAP | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64)
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.

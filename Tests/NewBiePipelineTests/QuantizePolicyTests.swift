@@ -135,7 +135,8 @@ final class QuantizePolicyTests: XCTestCase {
     /// keeps 3 mantissa bits on both operands, ~5% per layer on random weights
     /// (FP8QuantizationTests), and the per-tensor activation scale spends the range on the
     /// largest token. Documented in docs/QUANTIZATION.md; the real model is not measured. The DiT's
-    /// block layers hold one byte per weight plus one scale; the default-kept layers stay float.
+    /// block layers hold one byte per weight plus one scale per output channel; the default-kept
+    /// layers stay float.
     func testFP8TinyModelIsCloseToFloat() throws {
         let r = try latent("").0.toFloats()
         let (f, den) = try latent("dit=fp8")
@@ -149,7 +150,12 @@ final class QuantizePolicyTests: XCTestCase {
         XCTAssertNotEqual(efg, ef)                                  // int8 Gemma changes the result
         let qkv = den.dit.layers[0].qkv
         XCTAssertEqual(qkv.quantized?.scheme, .fp8)
-        XCTAssertEqual(qkv.weightBytes, qkv.weight.shape[0] * qkv.weight.shape[1] + 4)
+        XCTAssertEqual(qkv.weightBytes, qkv.weight.shape[0] * qkv.weight.shape[1] + qkv.weight.shape[0] * 4)
+        XCTAssertTrue(den.dit.layers[0].qkvTakesCodes && den.dit.layers[0].ffnTakesCodes && den.dit.layers[0].w2TakesCodes,
+                      "the fp8 blocks run the fused producers' path")
+        let int8 = try DenoiseStage(paths: try ModelPaths.resolve(root: Self.dir),
+                                    options: StageOptions(placement: try PlacementPolicy.parse(precision: "fp32", quantize: "dit=int8")))
+        XCTAssertFalse(int8.dit.layers[0].qkvTakesCodes || int8.dit.layers[0].ffnTakesCodes || int8.dit.layers[0].w2TakesCodes)
         XCTAssertNil(den.dit.finalLinear.quantized)
     }
 }

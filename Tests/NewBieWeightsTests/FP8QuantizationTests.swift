@@ -112,7 +112,9 @@ final class FP8QuantizationTests: XCTestCase {
         let bf = Linear(quantized: .quantize(w, scheme: .fp8), bias: b.to(.bf16), dtype: .bf16, device: .cpu)
         let yb = bf(x.to(.bf16))
         XCTAssertEqual(yb.dtype, .bf16)
-        XCTAssertLessThan(relativeL2(yb.to(.f32), ref), 1e-2)
+        // against torch's emulation from the bf16-rounded input (its codes differ from fp32's: that
+        // alone is 1.1% from lin.y), so only the output's one bf16 rounding is left
+        XCTAssertLessThan(relativeL2(yb.to(.f32), try f.tensor("lin.yb")), 0x1p-8)
     }
 
     func testANaNActivationMakesItsTokensOutputNaNOnly() {

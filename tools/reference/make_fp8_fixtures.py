@@ -20,6 +20,8 @@ Tensors written:
     lin.x [3, 5, 64], lin.w [48, 64], lin.b [48]  float32 inputs of a linear layer
     lin.wq uint8 [48, 64], lin.sw float32 [48, 1]  the quantized weight and its per-channel scales
     lin.y  float32 [3, 5, 48]                      the emulated W8A8 output (fp32)
+    lin.yb float32 [3, 5, 48]                      the same with x and b rounded to bf16 first (a bf16
+                                                   layer's output before its one rounding)
 
 Pinned versions (asserted at start): torch 2.15.0, safetensors 0.8.0, numpy 2.4.6
 
@@ -85,8 +87,12 @@ sx = row_scales(lx)            # [3, 5, 1]
 wq = (lw / sw).to(E4M3)
 xq = (lx / sx).to(E4M3)
 y = (xq.to(torch.float32) @ wq.to(torch.float32).T) * (sx * sw.reshape(1, 48)) + lb
+# the same layer computing in bf16: the input rounded to bf16 first (other codes), output in fp32
+xb = lx.to(torch.bfloat16).to(torch.float32)
+sxb = row_scales(xb)
+yb = ((xb / sxb).to(E4M3).to(torch.float32) @ wq.to(torch.float32).T) * (sxb * sw.reshape(1, 48)) + lb.to(torch.bfloat16).to(torch.float32)
 tensors.update({"lin.x": lx, "lin.w": lw, "lin.b": lb, "lin.wq": wq.view(torch.uint8), "lin.sw": sw,
-                "lin.y": y})
+                "lin.y": y, "lin.yb": yb})
 
 out = os.path.join(os.path.dirname(__file__), "..", "..", "Tests", "Fixtures", "quant", "fp8.safetensors")
 os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -15,6 +15,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
+    /// Skip cuBLASLt's outer-vector scaling in fp8 products and take the fallback (unscaled fp32
+    /// GEMM, then `nb_fp8_rescale`) that older cuBLASLt versions get, so that `gpu-check` runs it too.
+    public var avoidFP8OuterVectorScaling = false
     /// Flash-attention kernel: "auto" takes the wgmma kernel (flash_hopper.cu) on compute
     /// capability 9.0 and the mma.sync kernel (flash.cu, 4 warps) elsewhere; "mma" (= "w4") and
     /// "w8" force the mma.sync kernel with 4 or 8 warps of 16 query rows (for A/B comparisons);

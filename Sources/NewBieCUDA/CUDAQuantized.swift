@@ -11,7 +11,7 @@ import NewBieTensor
 extension CUDABackend {
     /// Kernels of Kernels/quant.cu.
     static let quantKernels = ["nb_dequant_i8", "nb_dequant_i8_v8", "nb_quant_rows_e4m3", "nb_quant_rows_e4m3_v8",
-                               "nb_fp8_rescale"]
+                               "nb_fp8_rescale", "nb_decode_e4m3_rows"]
 
     /// Whether the 8-wide forms of the quant kernels apply: 16-bit data, whole groups of 8 at
     /// 16-byte-aligned addresses (every pooled tensor that starts at its buffer's start is).
@@ -121,7 +121,7 @@ extension CUDABackend {
         // like int8's and multiplied in 16 bits (weight-only), which keeps the layer running.
         guard takesE4M3Activations, k % 16 == 0, n % 16 == 0 else {
             let ws = weightScales.device == device ? weightScales : weightScales.to(device: device)
-            return linear(x.contiguous(), weight: decodeE4M3Weight(weight, scales: ws, dtype: x.dtype), bias: bias)
+            return linear(x.contiguous(), weight: decodeE4M3Rows(weight, scales: ws, dtype: x.dtype), bias: bias)
         }
         return fp8Linear(quantizeRowsE4M3(x), weight: weight, weightScales: weightScales, bias: bias, dtype: x.dtype)
     }
@@ -141,13 +141,13 @@ extension CUDABackend {
         guard k % 16 == 0, n % 16 == 0 else {
             // the FP8 GEMM's alignment is not met (small layers, tests): the same values in 16 bits
             note(.widened)
-            let xv = x.decoded().to(dtype, device: device)
-            return linear(xv, weight: decodeE4M3Weight(w, scales: ws, dtype: dtype), bias: typedBias)
+            return linear(decodeE4M3Rows(x.codes, scales: x.scales, dtype: dtype), weight: decodeE4M3Rows(w, scales: ws, dtype: dtype),
+                          bias: typedBias)
         }
         setCurrent()
         // 1. cuBLASLt applies both scale vectors (and the bias, for 16-bit outputs) itself
         let epilogueBias = dtype == .f32 ? nil : typedBias
-        for withBias in epilogueBias == nil ? [false] : [true, false] {
+        for withBias in avoidFP8OuterVectorScaling ? [] : epilogueBias == nil ? [false] : [true, false] {
             guard let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: outType, mode: .outerVector(bias: withBias)) else { continue }
             note(withBias ? .outerVectorBiasEpilogue : .outerVector)
             profiled(withBias ? "cublasLt fp8 linear (outer-vector scales, bias epilogue)" : "cublasLt fp8 linear (outer-vector scales)") {
@@ -190,10 +190,21 @@ extension CUDABackend {
         if fp8Plans.firstUse(of: path.rawValue) { FileHandle.standardError.write(Data("note: fp8 linear: \(path.rawValue)\n".utf8)) }
     }
 
-    /// e4m3 codes times their per-row scales (`scales` [out] or [out, 1], or one scale) in `dtype`
-    /// (the fallback where the FP8 GEMM does not apply; a host loop, as `QuantizedWeight.dequantized`).
-    func decodeE4M3Weight(_ w: Tensor, scales: Tensor, dtype: DType) -> Tensor {
-        FloatE4M3.decodeRows(w, scales: scales).to(dtype, device: device)
+    /// e4m3 codes [.., k] times their per-row scales (one per row, or a single one) in `dtype`, on the
+    /// device (`nb_decode_e4m3_rows`, FloatE4M3.decodeRows): the operands of the 16-bit product
+    /// where the FP8 one does not apply.
+    func decodeE4M3Rows(_ codes: Tensor, scales: Tensor, dtype: DType) -> Tensor {
+        let out = empty(codes.shape, dtype)
+        guard let code = Self.floatCode(dtype), codes.dtype == .u8 else {
+            driver.fail("e4m3 decode: \(codes.dtype) codes to \(dtype) are not supported on CUDA"); return out
+        }
+        let n = codes.count, k = Swift.max(codes.shape.last ?? 1, 1)
+        if n == 0 || driver.failed { return out }
+        let c = (codes.device == device ? codes : codes.to(device: device)).contiguous()
+        let s = (scales.device == device ? scales : scales.to(device: device)).to(.f32).contiguous()
+        launch("nb_decode_e4m3_rows", grid: blocks(n), KernelArgs().ptr(ptr(c)).ptr(ptr(s)).i64(k).i64(n)
+            .i32(s.count == 1 ? 0 : 1).ptr(ptr(out)).i32(code))
+        return out
     }
 }
 

@@ -68,6 +68,15 @@ extension GPUCheck {
             check("fp8 W8A8 linear + bias", dt) { d in
                 Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
             }
+            cuda.avoidFP8OuterVectorScaling = true
+            check("fp8 W8A8 linear + bias, fallback: unscaled fp32 GEMM + nb_fp8_rescale", dt) { d in
+                Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
+            }
+            cuda.avoidFP8OuterVectorScaling = false
+            let oddFP8 = QuantizedWeight.quantize(odd, scheme: .fp8), xo = rand([2, 37, 300], dt, 1)
+            check("fp8 W8A8 linear, k = 300 (codes widened, 16-bit GEMM)", dt) { d in
+                Linear(quantized: oddFP8.on(d), bias: nil, dtype: dt, device: d)(xo.to(device: d).quantizedRowsE4M3())
+            }
             check("fp8 W8A8 linear + bias, e4m3 rows from the fused rmsnorm", dt) { d in
                 let rows = x.to(device: d).rmsNormModulateE4M3(weight: norm.to(device: d), eps: 1e-6, scale: mod.to(device: d))
                 return Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(rows)

@@ -123,3 +123,19 @@ extern "C" __global__ void nb_fp8_rescale(const float* acc, const float* xs, con
         st(out, outType, i, v);
     }
 }
+
+// out[i] = e4m3 value of codes[i] times its row's scale (scales[i / k]; scales[0] for all when not
+// perRow), in fp32, rounded once to outType (FloatE4M3.decodeRows): fp8 operands widened for a
+// 16-bit GEMM where the FP8 one does not apply, without a trip to the host.
+extern "C" __global__ void nb_decode_e4m3_rows(const unsigned char* codes, const float* scales, i64 k, i64 n, int perRow,
+                                               void* out, int outType) {
+    GRID_STRIDE(i, n) {
+        const unsigned c = codes[i], e = (c >> 3) & 15u, m = c & 7u;
+        float v;
+        if (e == 15u && m == 7u) v = __uint_as_float(0x7fc00000u);
+        else if (e == 0u) v = (float)m * 0.001953125f;                          // m * 2^-9, exact
+        else v = __uint_as_float(((e + 120u) << 23) | (m << 20));               // (1 + m/8) * 2^(e-7)
+        if (c & 0x80u) v = -v;
+        st(out, outType, i, v * scales[perRow ? i / k : 0]);
+    }
+}

@@ -15,6 +15,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
+    /// Skip cuBLASLt's outer-vector scaling in fp8 products and take the fallback (unscaled fp32
+    /// GEMM, then `nb_fp8_rescale`) that older cuBLASLt versions get, so that `gpu-check` runs it too.
+    public var avoidFP8OuterVectorScaling = false
     /// Flash-attention kernel: "auto" takes the wgmma kernel (flash_hopper.cu) on compute
     /// capability 9.0 and the mma.sync kernel (flash.cu, 4 warps) elsewhere; "mma" (= "w4") and
     /// "w8" force the mma.sync kernel with 4 or 8 warps of 16 query rows (for A/B comparisons);
@@ -88,7 +91,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("attention", ["nb_rope", "nb_attention_ref"]),
         ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_im2col_u16_k3w8", "nb_upsample2x"]),
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
-                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
+                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_",
+                                                 "nb_rmsnorm_mod_e4m3_", "nb_swiglu_e4m3_"].map { $0 + t } }),
         ("quant", CUDABackend.quantKernels),
         ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),

@@ -268,7 +268,9 @@ public struct GPUCheck {
                 : Double(zip(cpu, gpu).filter { $0.bitPattern != $1.bitPattern || $0.isNaN || $1.isNaN }.count)
             rows.append(Row(name: name, dtype: dt.rawValue, error: differing, limit: 0))
         }
-        checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check)
+        checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check) { name, dt, err, limit in
+            rows.append(Row(name: name, dtype: dt.rawValue, error: err, limit: limit))
+        }
         checkBlockFormats(rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, randomBytes: { n in
             (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         }, check: check, exact: exact)
@@ -395,6 +397,22 @@ public struct GPUCheck {
             let ci = try DecodeStage(paths: paths, options: cpu).vae.decode(latent.to(vaeDType))
             let gi = try DecodeStage(paths: paths, options: gpu).vae.decode(latent.to(vaeDType))
             report("mixed vae decode", spec, err(gi, ci), vaeDType == .f32 ? 1e-5 : 1e-2)
+        }
+        // fp8 DiT (per-channel weight scales, per-token activation scales; on the GPU the fused
+        // producers feed the FP8 GEMM, on the CPU the emulation): bf16 compute on both; the GPU's
+        // velocity must be as close to the fp32 one as the CPU's (within 1.5x)
+        do {
+            let cpu = StageOptions(placement: try PlacementPolicy.parse(precision: "bf16", device: "cpu", quantize: "dit=fp8"))
+            let gpu = StageOptions(placement: try PlacementPolicy.parse(precision: "bf16", device: "cuda", quantize: "dit=fp8"))
+            let cd = try DenoiseStage(paths: paths, options: cpu), gd = try DenoiseStage(paths: paths, options: gpu)
+            gd.dit.useRecordedSteps = false
+            let c = truthText.cond
+            let truth = try truthDiT.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let cv = try cd.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let gv = try gd.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let (ec, eg) = (err(cv, truth), err(gv, truth))
+            log(String(format: "models: fp8 DiT velocity: GPU vs CPU emulation %.2e; vs fp32: CPU %.2e, GPU %.2e", err(gv, cv), ec, eg))
+            report("fp8 dit velocity vs fp32 (GPU/CPU error)", "bf16+dit=fp8", eg / ec, 1.5)
         }
         try checkOffload(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)
     }

@@ -70,18 +70,21 @@ final class CUBLASLt: @unchecked Sendable {
     static func dataType(_ dt: Int32) -> Int32 { dt }
 
     /// Row-major, batched: for each batch i, C_i[m, n] = A_i[m, k] * (transposeB ? B_i[n, k]^T : B_i[k, n]) (+ bias[n]).
-    /// A, B, C share `type`; accumulation in fp32 (tf32 only when `allowTF32` and type is fp32).
+    /// A, B and C share `type` unless `outType` names C's (16-bit operands with an fp32 product);
+    /// accumulation in fp32 (tf32 only when `allowTF32` and type is fp32).
     /// `accumulate`: C += A B, added in fp32 before C is rounded (once) to `type`.
     func gemm(m: Int, n: Int, k: Int, batch: Int, type: Int32, a: CUdeviceptr, strideA: Int,
               b: CUdeviceptr, strideB: Int, transposeB: Bool, c: CUdeviceptr, strideC: Int,
-              bias: CUdeviceptr?, allowTF32: Bool, accumulate: Bool = false, ldc: Int? = nil, stream: OpaquePointer?) throws {
-        let ldc = ldc ?? n
-        let key = "\(m),\(n),\(k),\(batch),\(type),\(strideA),\(strideB),\(transposeB),\(strideC),\(bias != nil),\(allowTF32),\(ldc)"
+              bias: CUdeviceptr?, allowTF32: Bool, accumulate: Bool = false, ldc: Int? = nil, outType: Int32? = nil,
+              stream: OpaquePointer?) throws {
+        let ldc = ldc ?? n, outType = outType ?? type
+        let key = "\(m),\(n),\(k),\(batch),\(type),\(outType),\(strideA),\(strideB),\(transposeB),\(strideC),\(bias != nil),\(allowTF32),\(ldc)"
         lock.lock(); defer { lock.unlock() }
         let plan: Plan
         if let p = plans[key] { plan = p } else {
             plan = try makePlan(m: m, n: n, k: k, batch: batch, type: type, strideA: strideA, strideB: strideB,
-                                transposeB: transposeB, strideC: strideC, hasBias: bias != nil, allowTF32: allowTF32, ldc: ldc)
+                                transposeB: transposeB, strideC: strideC, hasBias: bias != nil, allowTF32: allowTF32, ldc: ldc,
+                                outType: outType)
             plans[key] = plan
         }
         if let bp = bias {
@@ -102,7 +105,7 @@ final class CUBLASLt: @unchecked Sendable {
     }
 
     private func makePlan(m: Int, n: Int, k: Int, batch: Int, type: Int32, strideA: Int, strideB: Int,
-                          transposeB: Bool, strideC: Int, hasBias: Bool, allowTF32: Bool, ldc: Int) throws -> Plan {
+                          transposeB: Bool, strideC: Int, hasBias: Bool, allowTF32: Bool, ldc: Int, outType: Int32) throws -> Plan {
         let p = Plan()
         let compute = (type == CUBLASLt.CUDA_R_32F && allowTF32) ? CUBLASLt.COMPUTE_32F_FAST_TF32 : CUBLASLt.COMPUTE_32F
         try ok(descCreate(&p.desc, compute, CUBLASLt.CUDA_R_32F), "matmul descriptor")
@@ -124,7 +127,7 @@ final class CUBLASLt: @unchecked Sendable {
         }
         try ok(layoutCreate(&p.b, type, UInt64(k), UInt64(m), Int64(k)), "layout A")
         // C's rows may be longer than n (a band of columns written into a wider matrix)
-        try ok(layoutCreate(&p.c, type, UInt64(n), UInt64(m), Int64(ldc)), "layout C")
+        try ok(layoutCreate(&p.c, outType, UInt64(n), UInt64(m), Int64(ldc)), "layout C")
         if batch > 1 {
             var count = Int32(batch)
             for (l, stride) in [(p.a, strideB), (p.b, strideA), (p.c, strideC)] {

@@ -25,8 +25,13 @@ extension CUDABackend {
             && [64, 96, 128].contains(d) && aligned && !forceReferenceAttention
         // Head dims the flash kernels do not cover (the VAE's 512, Gemma's 256) and large Float32
         // problems go through matrix products (cuBLASLt) with chunked Float32 scores; the
-        // one-warp-per-row reference kernel is left for small shapes.
+        // one-warp-per-row reference kernel is left for small shapes. Unmasked 16-bit problems
+        // (the VAE's mid-block) keep their operands in 16 bits on the tensor cores.
         if !flash && !forceReferenceAttention && (Swift.max(d, dv) > 128 || lq * lk >= 1 << 16) {
+            let plain = options.keyPaddingMask == nil && options.bias == nil && !options.causal && options.slidingWindow == nil
+            if plain && (q.dtype == .bf16 || q.dtype == .f16) && k.dtype == q.dtype && v.dtype == q.dtype {
+                return attentionByProducts16(q, k, v, scale: options.scale ?? 1 / Float(d).squareRoot())
+            }
             return attentionByMatmul(q, k, v, options: options)
         }
         precondition(d <= 256 && dv <= 256, "CUDA attention supports head dims up to 256")
@@ -81,6 +86,43 @@ extension CUDABackend {
     /// flash_hopper.cu: 128 query rows per block (two consumer warpgroups), a producer warpgroup.
     static let hopperFlashRows = 128
     /// flash_hopper.cu's shared memory: the Q tile, 3 stages of 128-key K and V tiles, 6 mbarriers.
+    /// Unmasked attention by two cuBLASLt products with 16-bit operands, for head dims the flash
+    /// kernels do not take (the VAE's one head of 512 over every latent position): S = Q K^T as
+    /// fp32 (the products of 16-bit values are exact, summed in fp32), one softmax pass writing
+    /// P = exp(scale (S - rowmax)) rounded to q's dtype and the fp32 row sums, then P V in fp32
+    /// divided by the sum and rounded once: the flash kernels' arithmetic. `attentionByMatmul`
+    /// widens everything to fp32 instead, whose products run without tensor cores (about 150 ms of
+    /// a 2048x2048 decode). Query rows go in chunks whose fp32 scores stay within `maxScoreBytes`.
+    public func attentionByProducts16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float,
+                                      maxScoreBytes: Int = 256 << 20) -> Tensor {
+        let (b, lq, hq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+        let (lk, hkv, dv) = (k.shape[1], k.shape[2], v.shape[3])
+        let group = hq / hkv
+        let out = empty([b, lq, hq, dv], q.dtype)
+        if out.count == 0 || driver.failed { return out }
+        if lk == 0 { fill(out, value: 0); return out }
+        // heads first, [B * Hkv, L, D]: the g query heads sharing a KV head stack their rows
+        let kh = k.permute([0, 2, 1, 3]).contiguous().reshape([b * hkv, lk, d])
+        let vh = v.permute([0, 2, 1, 3]).contiguous().reshape([b * hkv, lk, dv])
+        let rowBytes = b * hq * lk * MemoryLayout<Float>.size
+        let chunk = Swift.max(1, Swift.min(lq, maxScoreBytes / rowBytes))
+        var i0 = 0
+        while i0 < lq && !driver.failed {
+            let rows = Swift.min(chunk, lq - i0)
+            let qc = q.narrow(1, start: i0, length: rows).permute([0, 2, 1, 3]).contiguous().reshape([b * hkv, group * rows, d])
+            let s = matmul(qc, kh, transposeB: true, outDType: .f32)
+            let p = empty(s.shape, q.dtype), sums = empty([b * hkv, group * rows, 1], .f32)
+            setCurrent()
+            launch("nb_softmax_rows_p16", grid: b * hkv * group * rows, KernelArgs().ptr(ptr(s)).ptr(ptr(p))
+                .i32(Self.dtypeCode(q.dtype)).ptr(ptr(sums)).i64(lk).f32(scale))
+            let pv = matmul(p, vh, transposeB: false, outDType: .f32)
+            let o = pv.binary(.div, sums, dtype: q.dtype)
+            copy(o.reshape([b, hq, rows, dv]).permute([0, 2, 1, 3]), into: out.narrow(1, start: i0, length: rows))
+            i0 += rows
+        }
+        return out
+    }
+
     static func hopperFlashSharedBytes(headDim d: Int) -> Int { 128 * d * 2 + 3 * 2 * 128 * d * 2 + 6 * 8 }
 
     public func qkvNormRope(_ qkv: Tensor, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,

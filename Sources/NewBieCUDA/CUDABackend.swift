@@ -15,6 +15,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     public var poisonAllocations = false
     /// Use the simple one-warp-per-row attention kernel even where the flash kernel applies (checks).
     public var forceReferenceAttention = false
+    /// Skip cuBLASLt's outer-vector scaling in fp8 products and take the fallback (unscaled fp32
+    /// GEMM, then `nb_fp8_rescale`) that older cuBLASLt versions get, so that `gpu-check` runs it too.
+    public var avoidFP8OuterVectorScaling = false
     /// Flash-attention kernel: "auto" takes the wgmma kernel (flash_hopper.cu) on compute
     /// capability 9.0 and the mma.sync kernel (flash.cu, 4 warps) elsewhere; "mma" (= "w4") and
     /// "w8" force the mma.sync kernel with 4 or 8 warps of 16 query rows (for A/B comparisons);
@@ -83,12 +86,13 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Kernel sources (package resources, one module per op family) and the functions each defines.
     static let modules: [(String, [String])] = [
         ("elementwise", ["nb_copy", "nb_copy_raw", "nb_fill", "nb_unary", "nb_binary", "nb_embedding"]),
-        ("norms", ["nb_reduce", "nb_softmax", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
+        ("norms", ["nb_reduce", "nb_softmax", "nb_softmax_rows_p16", "nb_rmsnorm", "nb_layernorm", "nb_groupnorm", "nb_groupnorm_partial", "nb_groupnorm_stats",
                    "nb_groupnorm_apply"] + ["f32", "f16", "bf16", "f32x4", "f16x8", "bf16x8"].flatMap { ["nb_gn_chunk_stats_" + $0, "nb_gn_apply_" + $0] }),
         ("attention", ["nb_rope", "nb_attention_ref"]),
         ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_im2col_u16_k3w8", "nb_upsample2x"]),
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
-                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_"].map { $0 + t } }),
+                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_",
+                                                 "nb_rmsnorm_mod_e4m3_", "nb_swiglu_e4m3_"].map { $0 + t } }),
         ("quant", CUDABackend.quantKernels),
         ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),

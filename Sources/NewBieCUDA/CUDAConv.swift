@@ -69,6 +69,7 @@ extension CUDABackend {
         let bandRows = Swift.max(1, Swift.min(oh, Self.im2colBandBytes / Swift.max(1, kAug * ow * xb)))
         let col = empty([kAug, bandRows * ow], x.dtype)
         let colFlat = col.reshape([col.count])
+        var constantRowsFor: Int? = nil   // the band width whose bias rows (ones, zeros) are in place
         for bi in 0..<batch {
             for r0 in stride(from: 0, to: oh, by: bandRows) {
                 let rows = Swift.min(bandRows, oh - r0), n = rows * ow
@@ -90,10 +91,12 @@ extension CUDABackend {
                         .i32(Int32(kh)).i32(Int32(kw)).i32(Int32(o.strideH)).i32(Int32(o.strideW)).i32(Int32(pt)).i32(Int32(o.padLeft))
                         .i32(Int32(rows)).i32(Int32(ow)))
                 }
-                if foldBias {
-                    // the band's columns are [kAug, n] packed: row kdim all ones, the rest zero
+                if foldBias && constantRowsFor != n {
+                    // the band's columns are [kAug, n] packed: row kdim all ones, the rest zero; im2col
+                    // never writes there, so they stay in place for every band of the same width
                     fill(colFlat.narrow(0, start: kdim * n, length: n), value: 1)
                     if kAug - kdim > 1 { fill(colFlat.narrow(0, start: (kdim + 1) * n, length: (kAug - kdim - 1) * n), value: 0) }
+                    constantRowsFor = n
                 }
                 gemm(ptr(weightAug), k: kAug, ptr(col), n: n, into: ptr(out) + UInt64((bi * cout * p + r0 * ow) * xb),
                      accumulate: bias != nil && !foldBias)

@@ -36,19 +36,31 @@ extension CUDABackend {
     }
 
     public func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool) -> Tensor {
+        matmul(a, b, transposeB: transposeB, outDType: a.dtype)
+    }
+
+    /// Batched a [batch, m, k] x b ([batch, k, n], or [batch, n, k] with `transposeB`), the product
+    /// written as `outDType`: a's dtype, or fp32 from 16-bit operands (the fp32 accumulator kept
+    /// unrounded, as attention's scores need).
+    func matmul(_ a: Tensor, _ b: Tensor, transposeB: Bool, outDType: DType) -> Tensor {
         let batch = a.shape[0], m = a.shape[1], k = a.shape[2]
         let n = transposeB ? b.shape[1] : b.shape[2]
-        let out = empty([batch, m, n], a.dtype)
+        let out = empty([batch, m, n], outDType)
         if batch * m * n == 0 { return out }
-        guard let type = Self.blasType(a.dtype) else { driver.fail("matmul: unsupported dtype \(a.dtype) on CUDA"); return out }
+        guard let type = Self.blasType(a.dtype), outDType == a.dtype || outDType == .f32, let outType = Self.blasType(outDType) else {
+            driver.fail("matmul: unsupported dtypes \(a.dtype) -> \(outDType) on CUDA"); return out
+        }
         guard !driver.failed else { return out }
         let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
         if k == 0 { fill(out, value: 0); return out }
         setCurrent()
-        do {
-            try blas.gemm(m: m, n: n, k: k, batch: batch, type: type, a: ptr(a), strideA: m * k, b: ptr(bb), strideB: k * n,
-                          transposeB: transposeB, c: ptr(out), strideC: m * n, bias: nil, allowTF32: allowTF32, stream: stream)
-        } catch { driver.fail("matmul \(batch) x [\(m) x \(k)] x [\(k) x \(n)] (\(a.dtype)): \(error)") }
+        profiled("cublasLt matmul") {
+            do {
+                try blas.gemm(m: m, n: n, k: k, batch: batch, type: type, a: ptr(a), strideA: m * k, b: ptr(bb), strideB: k * n,
+                              transposeB: transposeB, c: ptr(out), strideC: m * n, bias: nil, allowTF32: allowTF32,
+                              outType: outType, stream: stream)
+            } catch { driver.fail("matmul \(batch) x [\(m) x \(k)] x [\(k) x \(n)] (\(a.dtype) -> \(outDType)): \(error)") }
+        }
         return out
     }
 }

@@ -4,13 +4,14 @@ import NewBieTensor
 /// Quantized linear layers on CUDA (docs/QUANTIZATION.md). int8 weights and their fp32 scales stay
 /// resident on the device; each call widens one layer's weight into a pooled scratch tensor (the
 /// pool hands the same block to the next layer of that size) and runs the ordinary cuBLASLt GEMM.
-/// fp8 runs W8A8: the activation's amax and e4m3 codes are computed on the device (the scale
-/// never leaves it), then cuBLASLt's FP8 GEMM multiplies the codes with fp32 accumulation and
-/// applies both scales and the bias in its epilogue.
+/// fp8 runs W8A8 with one scale per output channel and one per token: the activations' e4m3 codes
+/// and row scales come from one pass (`nb_quant_rows_e4m3`) or straight from the producing kernel
+/// (fused.cu's *_e4m3 forms), then cuBLASLt's FP8 GEMM multiplies the codes with fp32 accumulation
+/// and applies the two scale vectors (outer-vector scaling) and the bias.
 extension CUDABackend {
     /// Kernels of Kernels/quant.cu.
-    static let quantKernels = ["nb_dequant_i8", "nb_amax_reset", "nb_absmax", "nb_quant_e4m3",
-                               "nb_absmax_v8", "nb_quant_e4m3_v8", "nb_dequant_i8_v8"]
+    static let quantKernels = ["nb_dequant_i8", "nb_dequant_i8_v8", "nb_quant_rows_e4m3", "nb_quant_rows_e4m3_v8",
+                               "nb_fp8_rescale", "nb_decode_e4m3_rows"]
 
     /// Whether the 8-wide forms of the quant kernels apply: 16-bit data, whole groups of 8 at
     /// 16-byte-aligned addresses (every pooled tensor that starts at its buffer's start is).
@@ -69,122 +70,214 @@ extension CUDABackend {
         return out
     }
 
-    /// Per-tensor e4m3 codes of x and their scale, both on the device: amax reset, amax, quantize.
-    func quantizeE4M3(_ x: Tensor) -> (codes: Tensor, scale: Tensor) {
-        let n = x.count
-        let codes = empty(x.shape, .u8), scale = empty([1], .f32), amax = empty([1], .i32)
-        guard let code = Self.floatCode(x.dtype) else {
-            driver.fail("fp8 activation quantization: \(x.dtype) input is not supported"); return (codes, scale)
+    /// FP8 tensor-core GEMMs need sm_89 or later; below, fp8 layers widen their weight (weight-only).
+    public var takesE4M3Activations: Bool { computeCapability >= 89 }
+
+    /// Row vectors a one-block-per-row kernel holds in registers (`RQ_VMAX` in common.cuh) x its 256 threads.
+    static let heldRowVectors = 8 * 256
+
+    public func quantizeRowsE4M3(_ x: Tensor) -> E4M3Rows {
+        let xc = x.contiguous()
+        let k = xc.shape.last ?? 0, rows = xc.count / Swift.max(k, 1)
+        let codes = empty(xc.shape, .u8), scales = empty([rows], .f32)
+        guard let code = Self.floatCode(xc.dtype) else {
+            driver.fail("fp8 activation quantization: \(xc.dtype) input is not supported"); return E4M3Rows(codes: codes, scales: scales)
         }
-        launch("nb_amax_reset", grid: 1, block: 1, KernelArgs().ptr(ptr(amax)))
-        if vectorizable(x, rowLength: n), ptr(codes) % 8 == 0 {
-            // 4 groups of 8 per thread for the reduction (few atomics), one per thread to quantize
-            launch("nb_absmax_v8", grid: Swift.min(blocks(n / 8 / 4), 4096), KernelArgs().ptr(ptr(x)).i32(code).i64(n / 8).ptr(ptr(amax)))
-            launch("nb_quant_e4m3_v8", grid: blocks(n / 8),
-                   KernelArgs().ptr(ptr(x)).i32(code).i64(n / 8).ptr(ptr(amax)).ptr(ptr(codes)).ptr(ptr(scale)))
-            return (codes, scale)
+        if rows == 0 || k == 0 || driver.failed { return E4M3Rows(codes: codes, scales: scales) }
+        setCurrent()
+        if vectorizable(xc, rowLength: k), k / 8 <= Self.heldRowVectors, ptr(codes) % 8 == 0 {
+            launch("nb_quant_rows_e4m3_v8", grid: rows, KernelArgs().ptr(ptr(xc)).i32(code).i32(Int32(k / 8)).ptr(ptr(codes)).ptr(ptr(scales)))
+        } else {
+            launch("nb_quant_rows_e4m3", grid: rows, KernelArgs().ptr(ptr(xc)).i32(code).i64(k).ptr(ptr(codes)).ptr(ptr(scales)))
         }
-        launch("nb_absmax", grid: Swift.min(blocks(n), 1024), KernelArgs().ptr(ptr(x)).i32(code).i64(n).ptr(ptr(amax)))
-        launch("nb_quant_e4m3", grid: blocks(n), KernelArgs().ptr(ptr(x)).i32(code).i64(n).ptr(ptr(amax)).ptr(ptr(codes)).ptr(ptr(scale)))
-        return (codes, scale)
+        return E4M3Rows(codes: codes, scales: scales)
     }
 
-    public func fp8Linear(_ x: Tensor, weight: Tensor, weightScale: Tensor, bias: Tensor?) -> Tensor {
+    public func rmsNormModulateE4M3(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> E4M3Rows {
+        let d = x.shape[2], rows = x.shape[0] * x.shape[1]
+        guard let t = fastSuffix([x, weight, scale], rowLength: d), rows > 0 else {
+            return quantizeRowsE4M3(rmsNormModulate(x, weight: weight, eps: eps, scale: scale))
+        }
+        let codes = empty(x.shape, .u8), scales = empty([rows], .f32)
+        launch("nb_rmsnorm_mod_e4m3_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
+            .ptr(scale.map(ptr) ?? 0).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
+        return E4M3Rows(codes: codes, scales: scales)
+    }
+
+    public func swigluE4M3(_ a: Tensor, _ b: Tensor) -> E4M3Rows {
+        let k = a.shape.last ?? 0, rows = a.count / Swift.max(k, 1)
+        let bb = b.dtype == a.dtype ? b : b.to(a.dtype)
+        guard let t = fastSuffix([a, bb], rowLength: k, maxRow: Self.heldRowVectors * 8), rows > 0 else {
+            return quantizeRowsE4M3(swiglu(a, b))
+        }
+        let codes = empty(a.shape, .u8), scales = empty([rows], .f32)
+        launch("nb_swiglu_e4m3_" + t, grid: rows, KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(k / 8)))
+        return E4M3Rows(codes: codes, scales: scales)
+    }
+
+    public func fp8Linear(_ x: Tensor, weight: Tensor, weightScales: Tensor, bias: Tensor?) -> Tensor {
         let k = weight.shape[1], n = weight.shape[0]
-        let m = x.count / Swift.max(k, 1)
-        let out = empty(Array(x.shape.dropLast()) + [n], x.dtype)
+        // FP8 tensor-core GEMMs need sm_89+ and 16-aligned k and n; elsewhere the weight is widened
+        // like int8's and multiplied in 16 bits (weight-only), which keeps the layer running.
+        guard takesE4M3Activations, k % 16 == 0, n % 16 == 0 else {
+            let ws = weightScales.device == device ? weightScales : weightScales.to(device: device)
+            return linear(x.contiguous(), weight: decodeE4M3Rows(weight, scales: ws, dtype: x.dtype), bias: bias)
+        }
+        return fp8Linear(quantizeRowsE4M3(x), weight: weight, weightScales: weightScales, bias: bias, dtype: x.dtype)
+    }
+
+    public func fp8Linear(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, bias: Tensor?, dtype: DType) -> Tensor {
+        let k = weight.shape[1], n = weight.shape[0], m = x.rows
+        let out = empty(Array(x.codes.shape.dropLast()) + [n], dtype)
         if m == 0 || n == 0 || driver.failed { return out }
-        guard let outType = Self.blasType(x.dtype), weight.dtype == .u8 else {
-            driver.fail("fp8 linear: \(x.dtype) activations are not supported on CUDA"); return out
+        guard let outType = Self.blasType(dtype), let outCode = Self.floatCode(dtype), weight.dtype == .u8, x.rowLength == k else {
+            driver.fail("fp8 linear: \(dtype) output of [\(m) x \(x.rowLength)] x [\(n) x \(k)]^T is not supported on CUDA"); return out
         }
-        // FP8 tensor-core GEMMs need Hopper (sm_89+) and 16-aligned k and n; elsewhere the weight is
-        // widened like int8's and multiplied in 16 bits (weight-only), which keeps the layer running.
-        let xc = x.contiguous()
         let w = weight.device == device ? weight : weight.to(device: device)
-        let ws = (weightScale.device == device ? weightScale : weightScale.to(device: device)).to(.f32)
-        guard computeCapability >= 89, k % 16 == 0, n % 16 == 0 else {
-            let wide = decodeE4M3Weight(w, scale: ws, dtype: x.dtype)
-            return linear(xc, weight: wide, bias: bias)
+        var ws = (weightScales.device == device ? weightScales : weightScales.to(device: device)).to(.f32)
+        // one scale per output channel; a per-tensor scale is broadcast to the vector the GEMM reads
+        if ws.count != n { ws = ws.reshape([1]).expand([n]).contiguous() } else { ws = ws.contiguous() }
+        let typedBias = bias.map { $0.dtype == dtype ? $0.contiguous() : $0.to(dtype) }
+        guard k % 16 == 0, n % 16 == 0 else {
+            // the FP8 GEMM's alignment is not met (small layers, tests): the same values in 16 bits
+            note(.widened)
+            return linear(decodeE4M3Rows(x.codes, scales: x.scales, dtype: dtype), weight: decodeE4M3Rows(w, scales: ws, dtype: dtype),
+                          bias: typedBias)
         }
-        let (codes, xs) = quantizeE4M3(xc)
-        // bias in the epilogue for 16-bit outputs (its dtype is the output's); fp32 outputs add it after
-        let epilogueBias = x.dtype == .f32 ? nil : bias.map { $0.dtype == x.dtype ? $0.contiguous() : $0.to(x.dtype) }
         setCurrent()
-        profiled("cublasLt fp8 linear") {
-            do {
-                try fp8Plans.gemm(blas: blas, m: m, n: n, k: k, outType: outType, x: ptr(codes), xScale: ptr(xs), w: ptr(w),
-                                  wScale: ptr(ws), out: ptr(out), bias: epilogueBias.map(ptr), stream: stream)
-            } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (\(x.dtype)): \(error)") }
+        // 1. cuBLASLt applies both scale vectors (and the bias, for 16-bit outputs) itself
+        let epilogueBias = dtype == .f32 ? nil : typedBias
+        for withBias in avoidFP8OuterVectorScaling ? [] : epilogueBias == nil ? [false] : [true, false] {
+            guard let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: outType, mode: .outerVector(bias: withBias)) else { continue }
+            note(withBias ? .outerVectorBiasEpilogue : .outerVector)
+            profiled(withBias ? "cublasLt fp8 linear (outer-vector scales, bias epilogue)" : "cublasLt fp8 linear (outer-vector scales)") {
+                do {
+                    try fp8Plans.run(plan, blas: blas, x: ptr(x.codes), xScales: ptr(x.scales), w: ptr(w), wScales: ptr(ws),
+                                     out: ptr(out), bias: withBias ? epilogueBias.map(ptr) : nil, stream: stream)
+                } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (\(dtype)): \(error)") }
+            }
+            if let b = typedBias, !withBias { return out + b }
+            return out
         }
-        if x.dtype == .f32, let b = bias { return out + b.to(.f32) }
+        // 2. no outer-vector scaling in this cuBLASLt: the unscaled fp32 product, then one kernel
+        //    applies x.scales[r] * ws[o] and the bias and rounds to the output dtype
+        let acc = empty([m, n], .f32)
+        guard let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: CUBLASLt.CUDA_R_32F, mode: .unscaled) else {
+            driver.fail("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k); FP8 GEMMs need compute capability 8.9 or later")
+            return out
+        }
+        note(.unscaledThenRescale)
+        profiled("cublasLt fp8 linear (unscaled fp32, rescale kernel)") {
+            do {
+                try fp8Plans.run(plan, blas: blas, x: ptr(x.codes), xScales: nil, w: ptr(w), wScales: nil, out: ptr(acc), bias: nil, stream: stream)
+            } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (fp32 accumulator): \(error)") }
+        }
+        launch("nb_fp8_rescale", grid: blocks(m * n), KernelArgs().ptr(ptr(acc)).ptr(ptr(x.scales)).ptr(ptr(ws))
+            .ptr(typedBias.map(ptr) ?? 0).ptr(ptr(out)).i32(outCode).i64(m).i64(n))
         return out
     }
 
-    /// The activation quantization of `fp8Linear` on its own (for checks): codes and scale on the device.
-    public func quantizeActivationE4M3(_ x: Tensor) -> (codes: Tensor, scale: Tensor) {
-        setCurrent()
-        return quantizeE4M3(x.contiguous())
+    /// Which fp8 product ran, said once per process on stderr (and in profile labels), so that a
+    /// GPU run shows whether cuBLASLt's outer-vector scaling was available.
+    enum FP8Path: String, Sendable {
+        case outerVectorBiasEpilogue = "cuBLASLt FP8 GEMM with outer-vector scales, bias in the epilogue"
+        case outerVector = "cuBLASLt FP8 GEMM with outer-vector scales, bias added after"
+        case unscaledThenRescale = "cuBLASLt FP8 GEMM into fp32 (no outer-vector scaling in this cuBLASLt), scales and bias by nb_fp8_rescale"
+        case widened = "k or n not a multiple of 16: codes widened, 16-bit GEMM"
     }
 
-    /// e4m3 codes times their scale in `dtype` (the fallback where the FP8 GEMM does not apply).
-    func decodeE4M3Weight(_ w: Tensor, scale: Tensor, dtype: DType) -> Tensor {
-        let host = w.to(device: .cpu).contiguous()
-        let cp = host.hostPointer.assumingMemoryBound(to: UInt8.self)
-        let s = scale.toFloats()[0]
-        return Tensor((0..<host.count).map { FloatE4M3.decode(cp[$0]) * s }, shape: w.shape, dtype: dtype, device: device)
+    func note(_ path: FP8Path) {
+        if fp8Plans.firstUse(of: path.rawValue) { FileHandle.standardError.write(Data("note: fp8 linear: \(path.rawValue)\n".utf8)) }
+    }
+
+    /// e4m3 codes [.., k] times their per-row scales (one per row, or a single one) in `dtype`, on the
+    /// device (`nb_decode_e4m3_rows`, FloatE4M3.decodeRows): the operands of the 16-bit product
+    /// where the FP8 one does not apply.
+    func decodeE4M3Rows(_ codes: Tensor, scales: Tensor, dtype: DType) -> Tensor {
+        let out = empty(codes.shape, dtype)
+        guard let code = Self.floatCode(dtype), codes.dtype == .u8 else {
+            driver.fail("e4m3 decode: \(codes.dtype) codes to \(dtype) are not supported on CUDA"); return out
+        }
+        let n = codes.count, k = Swift.max(codes.shape.last ?? 1, 1)
+        if n == 0 || driver.failed { return out }
+        let c = (codes.device == device ? codes : codes.to(device: device)).contiguous()
+        let s = (scales.device == device ? scales : scales.to(device: device)).to(.f32).contiguous()
+        launch("nb_decode_e4m3_rows", grid: blocks(n), KernelArgs().ptr(ptr(c)).ptr(ptr(s)).i64(k).i64(n)
+            .i32(s.count == 1 ? 0 : 1).ptr(ptr(out)).i32(code))
+        return out
     }
 }
 
-/// cuBLASLt plans for FP8 GEMMs: D[m, n] (bf16/f16/f32) = xScale * wScale * X[m, k] · W[n, k]^T
-/// (+ bias[n]), X and W e4m3fn, fp32 accumulation. Column-major view as in `CUBLASLt.gemm`: the
-/// first operand is W (transposed), the second X: the "TN" layout FP8 kernels require.
+/// cuBLASLt plans for FP8 GEMMs: D[m, n] = X[m, k] · W[n, k]^T (X and W e4m3fn, fp32 accumulation),
+/// scaled per element by xScales[r] * wScales[o] (outer-vector scaling, CUDA 12.9+) or not at all
+/// (the fp32 accumulator for `nb_fp8_rescale`), plus bias[n] in the epilogue when asked. Column-major
+/// view as in `CUBLASLt.gemm`: the first operand is W (transposed; cuBLAS's A, M = out channels),
+/// the second X (cuBLAS's B, N = tokens): the "TN" layout FP8 kernels require.
 final class FP8Plans: @unchecked Sendable {
     static let CUDA_R_8F_E4M3: Int32 = 28
     static let DESC_A_SCALE_POINTER: Int32 = 17, DESC_B_SCALE_POINTER: Int32 = 18
+    static let DESC_A_SCALE_MODE: Int32 = 31, DESC_B_SCALE_MODE: Int32 = 32
+    static let MATRIX_SCALE_OUTER_VEC_32F: Int32 = 3
 
-    private var plans: [String: CUBLASLt.Plan] = [:]
+    enum Mode: Hashable { case outerVector(bias: Bool), unscaled }
+
+    private var plans: [String: CUBLASLt.Plan?] = [:]
+    private var noted: Set<String> = []
     private let lock = NSLock()
 
     private func ok(_ rc: Int32, _ what: String) throws {
         if rc != 0 { throw CUDAError("cuBLASLt FP8: \(what) failed (status \(rc))") }
     }
 
-    func gemm(blas: CUBLASLt, m: Int, n: Int, k: Int, outType: Int32, x: CUdeviceptr, xScale: CUdeviceptr,
-              w: CUdeviceptr, wScale: CUdeviceptr, out: CUdeviceptr, bias: CUdeviceptr?, stream: OpaquePointer?) throws {
+    func firstUse(of path: String) -> Bool {
         lock.lock(); defer { lock.unlock() }
-        let key = "\(m),\(n),\(k),\(outType),\(bias != nil)"
-        let plan: CUBLASLt.Plan
-        if let p = plans[key] { plan = p } else {
-            plan = try makePlan(blas: blas, m: m, n: n, k: k, outType: outType, hasBias: bias != nil)
-            plans[key] = plan
-        }
+        return noted.insert(path).inserted
+    }
+
+    /// The plan for a shape and mode, nil when this cuBLASLt has no algorithm for it (or rejects
+    /// the mode's attributes); both answers are kept.
+    func plan(blas: CUBLASLt, m: Int, n: Int, k: Int, outType: Int32, mode: Mode) -> CUBLASLt.Plan? {
+        lock.lock(); defer { lock.unlock() }
+        let key = "\(m),\(n),\(k),\(outType),\(mode)"
+        if let p = plans[key] { return p }
+        let p = try? makePlan(blas: blas, m: m, n: n, k: k, outType: outType, mode: mode)
+        plans[key] = .some(p)
+        return p
+    }
+
+    func run(_ plan: CUBLASLt.Plan, blas: CUBLASLt, x: CUdeviceptr, xScales: CUdeviceptr?, w: CUdeviceptr, wScales: CUdeviceptr?,
+             out: CUdeviceptr, bias: CUdeviceptr?, stream: OpaquePointer?) throws {
+        lock.lock(); defer { lock.unlock() }
         // the scales and bias live on the device and change per call: pointers set before each call
-        var wp = wScale, xp = xScale
-        try ok(blas.descSet(plan.desc, Self.DESC_A_SCALE_POINTER, &wp, 8), "A scale pointer")
-        try ok(blas.descSet(plan.desc, Self.DESC_B_SCALE_POINTER, &xp, 8), "B scale pointer")
-        if let b = bias {
-            var bp = b
-            try ok(blas.descSet(plan.desc, CUBLASLt.DESC_BIAS_POINTER, &bp, 8), "bias pointer")
+        if var wp = wScales, var xp = xScales {
+            try ok(blas.descSet(plan.desc, Self.DESC_A_SCALE_POINTER, &wp, 8), "A scale pointer")
+            try ok(blas.descSet(plan.desc, Self.DESC_B_SCALE_POINTER, &xp, 8), "B scale pointer")
         }
+        if var bp = bias { try ok(blas.descSet(plan.desc, CUBLASLt.DESC_BIAS_POINTER, &bp, 8), "bias pointer") }
         var alpha: Float = 1, beta: Float = 0
         let rc = plan.algo.withUnsafeBytes { algo in
             blas.matmul(blas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, out, plan.c, out, plan.c,
                         algo.baseAddress, blas.workspace, blas.workspaceBytes, stream)
         }
-        try ok(rc, "cublasLtMatmul m=\(m) n=\(n) k=\(k)")
+        try ok(rc, "cublasLtMatmul")
     }
 
-    private func makePlan(blas: CUBLASLt, m: Int, n: Int, k: Int, outType: Int32, hasBias: Bool) throws -> CUBLASLt.Plan {
+    private func makePlan(blas: CUBLASLt, m: Int, n: Int, k: Int, outType: Int32, mode: Mode) throws -> CUBLASLt.Plan {
         let p = CUBLASLt.Plan()
         try ok(blas.descCreate(&p.desc, CUBLASLt.COMPUTE_32F, CUBLASLt.CUDA_R_32F), "matmul descriptor")
         var ta: Int32 = 1, tb: Int32 = 0
         try ok(blas.descSet(p.desc, CUBLASLt.DESC_TRANSA, &ta, 4), "transa")
         try ok(blas.descSet(p.desc, CUBLASLt.DESC_TRANSB, &tb, 4), "transb")
-        if hasBias {
-            var epi = CUBLASLt.EPILOGUE_BIAS
-            try ok(blas.descSet(p.desc, CUBLASLt.DESC_EPILOGUE, &epi, 4), "epilogue")
-            var bt = outType
-            try ok(blas.descSet(p.desc, CUBLASLt.DESC_BIAS_DATA_TYPE, &bt, 4), "bias type")
+        if case .outerVector(let hasBias) = mode {
+            var vec = Self.MATRIX_SCALE_OUTER_VEC_32F
+            try ok(blas.descSet(p.desc, Self.DESC_A_SCALE_MODE, &vec, 4), "A scale mode")
+            try ok(blas.descSet(p.desc, Self.DESC_B_SCALE_MODE, &vec, 4), "B scale mode")
+            if hasBias {
+                var epi = CUBLASLt.EPILOGUE_BIAS
+                try ok(blas.descSet(p.desc, CUBLASLt.DESC_EPILOGUE, &epi, 4), "epilogue")
+                var bt = outType
+                try ok(blas.descSet(p.desc, CUBLASLt.DESC_BIAS_DATA_TYPE, &bt, 4), "bias type")
+            }
         }
         try ok(blas.layoutCreate(&p.a, Self.CUDA_R_8F_E4M3, UInt64(k), UInt64(n), Int64(k)), "layout W")
         try ok(blas.layoutCreate(&p.b, Self.CUDA_R_8F_E4M3, UInt64(k), UInt64(m), Int64(k)), "layout X")
@@ -199,9 +292,7 @@ final class FP8Plans: @unchecked Sendable {
         let rc = result.withUnsafeMutableBytes { r in
             blas.heuristic(blas.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, r.baseAddress!, &found)
         }
-        guard rc == 0, found > 0 else {
-            throw CUDAError("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k) (status \(rc)); FP8 GEMMs need compute capability 8.9 or later")
-        }
+        guard rc == 0, found > 0 else { throw CUDAError("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k) \(mode) (status \(rc))") }
         p.algo = Array(result[0..<64])
         return p
     }

@@ -61,6 +61,27 @@ final class NVRTC: @unchecked Sendable {
         let file = dir.appendingPathComponent("\(name)-sm\(arch)-\(key).cubin")
         if let data = try? Data(contentsOf: file), !data.isEmpty { return data }
 
+        let (data, logText) = try compileProgram(source: source, name: name, arch: arch, headers: headers, options: options)
+        if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { print("NVRTC \(name):\n\(logText)") }
+        // Cache write is best effort: write a temporary file, then rename it into place.
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let tmp = dir.appendingPathComponent(".\(UUID().uuidString).tmp")
+        if (try? data.write(to: tmp)) != nil {
+            if rename(tmp.path, file.path) != 0 { try? FileManager.default.removeItem(at: tmp) }
+        }
+        return data
+    }
+
+    /// ptxas's report for a module (registers, spills, and warnings such as C7512, "wgmma
+    /// instructions are serialized"): compiled afresh with `--ptxas-options=-v`, never cached.
+    func ptxasReport(source: String, name: String, arch: String, headers: [(name: String, source: String)] = []) throws -> String {
+        let options = ["--gpu-architecture=sm_\(arch)", "--std=c++17", "-default-device", "--fmad=true", "-lineinfo",
+                       "--ptxas-options=-v"]
+        return try compileProgram(source: source, name: name, arch: arch, headers: headers, options: options).log
+    }
+
+    private func compileProgram(source: String, name: String, arch: String, headers: [(name: String, source: String)],
+                                options: [String]) throws -> (cubin: Data, log: String) {
         var prog: OpaquePointer? = nil
         let headerTexts = headers.map { strdup($0.source) }, headerNames = headers.map { strdup($0.name) }
         defer { (headerTexts + headerNames).forEach { free($0) } }
@@ -88,17 +109,9 @@ final class NVRTC: @unchecked Sendable {
             logText = String(cString: buf)
         }
         guard status == 0 else { throw CUDAError("NVRTC could not compile \(name) for sm_\(arch):\n\(logText)") }
-        if ProcessInfo.processInfo.environment["NEWBIE_NVRTC_VERBOSE"] != nil { print("NVRTC \(name):\n\(logText)") }
         _ = cubinSize(prog, &n)
         var bin = [CChar](repeating: 0, count: n)
         _ = cubin(prog, &bin)
-        let data = bin.withUnsafeBytes { Data($0) }
-        // Cache write is best effort: write a temporary file, then rename it into place.
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let tmp = dir.appendingPathComponent(".\(UUID().uuidString).tmp")
-        if (try? data.write(to: tmp)) != nil {
-            if rename(tmp.path, file.path) != 0 { try? FileManager.default.removeItem(at: tmp) }
-        }
-        return data
+        return (bin.withUnsafeBytes { Data($0) }, logText)
     }
 }

@@ -116,6 +116,16 @@ public struct GPUCheck {
             check("attention d256 (matmul) causal", dt) { d in g(q5, d).attention(k: g(k5, d), v: g(v5, d), options: AttentionOptions(causal: true, slidingWindow: 9)) }
             let q6 = rand([1, 300, 1, 512], dt), k6 = rand([1, 300, 1, 512], dt), v6 = rand([1, 300, 1, 512], dt)
             check("attention d512 1 head (matmul)", dt) { d in g(q6, d).attention(k: g(k6, d), v: g(v6, d)) }
+            // unmasked 16-bit problems take 16-bit products (attentionByProducts16): GQA with an odd
+            // key count, and the query rows in chunks (nine of at most 37 rows)
+            let q10 = rand([2, 70, 4, 256], dt), k10 = rand([2, 93, 2, 256], dt), v10 = rand([2, 93, 2, 256], dt)
+            check("attention d256 gqa unmasked (matmul)", dt) { d in g(q10, d).attention(k: g(k10, d), v: g(v10, d)) }
+            if dt != .f32 {
+                check("attention d512 16-bit products chunked", dt) { d in
+                    d == .cpu ? q6.attention(k: k6, v: v6)
+                              : cuda.attentionByProducts16(g(q6, d), g(k6, d), g(v6, d), scale: 1 / Float(512).squareRoot(), maxScoreBytes: 300 * 4 * 37)
+                }
+            }
             // The flash kernels against the CPU: mma.sync (flash.cu) with 4 and 8 warps on every GPU and,
             // on compute capability 9.0, the wgmma kernel (flash_hopper.cu, variant "auto"). Each row
             // also checks which kernel ran: a wgmma row that ran another kernel (or a bias row that ran
@@ -258,7 +268,9 @@ public struct GPUCheck {
                 : Double(zip(cpu, gpu).filter { $0.bitPattern != $1.bitPattern || $0.isNaN || $1.isNaN }.count)
             rows.append(Row(name: name, dtype: dt.rawValue, error: differing, limit: 0))
         }
-        checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check)
+        checkQuantized(cuda: cuda, rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, check: check) { name, dt, err, limit in
+            rows.append(Row(name: name, dtype: dt.rawValue, error: err, limit: limit))
+        }
         checkBlockFormats(rand: { shape, dt, scale in rand(shape, dt, scale: scale) }, randomBytes: { n in
             (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
         }, check: check, exact: exact)
@@ -385,6 +397,22 @@ public struct GPUCheck {
             let ci = try DecodeStage(paths: paths, options: cpu).vae.decode(latent.to(vaeDType))
             let gi = try DecodeStage(paths: paths, options: gpu).vae.decode(latent.to(vaeDType))
             report("mixed vae decode", spec, err(gi, ci), vaeDType == .f32 ? 1e-5 : 1e-2)
+        }
+        // fp8 DiT (per-channel weight scales, per-token activation scales; on the GPU the fused
+        // producers feed the FP8 GEMM, on the CPU the emulation): bf16 compute on both; the GPU's
+        // velocity must be as close to the fp32 one as the CPU's (within 1.5x)
+        do {
+            let cpu = StageOptions(placement: try PlacementPolicy.parse(precision: "bf16", device: "cpu", quantize: "dit=fp8"))
+            let gpu = StageOptions(placement: try PlacementPolicy.parse(precision: "bf16", device: "cuda", quantize: "dit=fp8"))
+            let cd = try DenoiseStage(paths: paths, options: cpu), gd = try DenoiseStage(paths: paths, options: gpu)
+            gd.dit.useRecordedSteps = false
+            let c = truthText.cond
+            let truth = try truthDiT.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let cv = try cd.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let gv = try gd.dit.guidedVelocity(noise, t: 0.3, cond: c, uncond: c, options: plain)
+            let (ec, eg) = (err(cv, truth), err(gv, truth))
+            log(String(format: "models: fp8 DiT velocity: GPU vs CPU emulation %.2e; vs fp32: CPU %.2e, GPU %.2e", err(gv, cv), ec, eg))
+            report("fp8 dit velocity vs fp32 (GPU/CPU error)", "bf16+dit=fp8", eg / ec, 1.5)
         }
         try checkOffload(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)
         try checkStepCache(paths: paths, text: truthText, noise: noise, settings: settings, log: log, report: report)

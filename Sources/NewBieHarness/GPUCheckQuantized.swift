@@ -3,18 +3,22 @@ import NewBieTensor
 import NewBieWeights
 
 extension GPUCheck {
-    /// Rows for the quantized-weight kernels (Kernels/quant.cu and the FP8 GEMM) against the CPU's
-    /// reference definitions (NewBieTensor/QuantizedOps.swift): int8 dequantization per channel and
-    /// per group of 128, quantized linear layers, the activations' e4m3 codes and scale, and the
-    /// fp8 W8A8 product.
+    /// Rows for the quantized-weight kernels (Kernels/quant.cu, the fused producers' e4m3 forms in
+    /// fused.cu, and the FP8 GEMM) against the CPU's reference definitions
+    /// (NewBieTensor/QuantizedOps.swift): int8 dequantization per channel and per group of 128,
+    /// quantized linear layers, the activations' per-row e4m3 codes and scales, the fused producers,
+    /// and the fp8 W8A8 product with per-channel and per-token scales.
     func checkQuantized(cuda: CUDABackend, rand: ([Int], DType, Float) -> Tensor,
-                        check: (String, DType, (Device) -> Tensor) -> Void) {
+                        check: (String, DType, (Device) -> Tensor) -> Void,
+                        report: (String, DType, Double, Double) -> Void) {
         let w = rand([96, 384], .f32, 0.2)
         let bias = rand([96], .f32, 1)
         let int8 = QuantizedWeight.quantize(w, scheme: .int8), g128 = QuantizedWeight.quantize(w, scheme: .int8g128)
         let fp8 = QuantizedWeight.quantize(w, scheme: .fp8)
         let odd = rand([40, 300], .f32, 0.2)
         let oddInt8 = QuantizedWeight.quantize(odd, scheme: .int8), oddG128 = QuantizedWeight.quantize(odd, scheme: .int8g128)
+        let gpu = Device.cuda(0)
+        let cpuBackend = Backends.backend(for: .cpu)
         for dt in [DType.f32, .bf16, .f16] {
             let x = rand([2, 37, 384], dt, 1)
             let b = bias.to(dt)
@@ -31,26 +35,74 @@ extension GPUCheck {
             for (name, qw) in [("int8", oddInt8), ("int8-g128", oddG128)] {
                 check("dequant \(name), rows of 300", dt) { d in qw.on(d).dequantized(dt, device: d) }
             }
-            for (label, xa) in [("", x), (", 105 elements", rand([3, 5, 7], dt, 1))] {
-                check("fp8 activation codes x scale\(label)", dt) { d in
-                    if d == .cpu {
-                        let v = xa.toFloats()
-                        let s = FloatE4M3.scale(amax: v.map { Swift.abs($0) }.max() ?? 0)
-                        return Tensor(v.map { FloatE4M3.decode(FloatE4M3.encode($0 / s)) * s }, shape: xa.shape)
-                    }
-                    let (codes, scale) = cuda.quantizeActivationE4M3(xa.to(device: d))
-                    let s = scale.toFloats()[0]
-                    return Tensor(codes.toInts().map { FloatE4M3.decode(UInt8($0)) * s }, shape: xa.shape)
-                }
+            // per-row e4m3 codes (nb_quant_rows_e4m3, 8-wide for 16-bit rows of 8k values up to 16384):
+            // codes within one step of the CPU's (a division rounding at a tie), scales to 1e-6
+            for (label, xa) in [("rows of 384", x), ("rows of 105", rand([3, 5, 105], dt, 1)), ("rows of 9216", rand([6, 9216], dt, 3)),
+                                ("rows of 16392 (past the held length)", rand([2, 16392], dt, 1))] {
+                let ref = cpuBackend.quantizeRowsE4M3(xa)
+                let got = cuda.quantizeRowsE4M3(xa.to(device: gpu))
+                report("e4m3 row codes, \(label): codes off by more than one step", dt, Self.codesApart(got, ref), 0)
+                report("e4m3 row codes, \(label): scales, max relative error", dt, Self.scalesApart(got, ref), 1e-6)
+            }
+            guard dt != .f32 else { continue }
+            // the fused producers: bit for bit the GPU's own unfused pair (16-bit op, then the row
+            // quantizer), and their values against the CPU's composition
+            let norm = rand([384], dt, 1), mod = rand([2, 384], dt, 0.5)
+            let ga = rand([2, 37, 1152], dt, 3), gb = rand([2, 37, 1152], dt, 1)
+            let producers: [(String, (Device) -> E4M3Rows, () -> E4M3Rows)] = [
+                ("rmsnorm+modulate -> e4m3", { d in x.to(device: d).rmsNormModulateE4M3(weight: norm.to(device: d), eps: 1e-6, scale: mod.to(device: d)) },
+                 { x.to(device: gpu).rmsNormModulate(weight: norm.to(device: gpu), eps: 1e-6, scale: mod.to(device: gpu)).quantizedRowsE4M3() }),
+                ("rmsnorm -> e4m3 (no modulation)", { d in x.to(device: d).rmsNormModulateE4M3(weight: norm.to(device: d), eps: 1e-6, scale: nil) },
+                 { x.to(device: gpu).rmsNormModulate(weight: norm.to(device: gpu), eps: 1e-6, scale: nil).quantizedRowsE4M3() }),
+                ("swiglu -> e4m3", { d in ga.to(device: d).swigluE4M3(gb.to(device: d)) },
+                 { ga.to(device: gpu).swiglu(gb.to(device: gpu)).quantizedRowsE4M3() }),
+            ]
+            for (name, fused, unfused) in producers {
+                let f = fused(gpu), u = unfused()
+                report("\(name): codes and scales differing from the GPU's unfused pair", dt,
+                       Self.codesApart(f, u, steps: 0) + (Self.scalesApart(f, u) == 0 ? 0 : 1), 0)
+                check("\(name) values vs the CPU composition", dt) { d in fused(d).decoded() }
             }
             // the 16-bit compute dtypes only: with fp32 outputs the comparison would measure the FP8
             // tensor cores' accumulation (fewer bits than fp32 between promotions), not our code
-            if dt != .f32 {
-                check("fp8 W8A8 linear + bias", dt) { d in
-                    Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
-                }
+            check("fp8 W8A8 linear + bias", dt) { d in
+                Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
+            }
+            cuda.avoidFP8OuterVectorScaling = true
+            check("fp8 W8A8 linear + bias, fallback: unscaled fp32 GEMM + nb_fp8_rescale", dt) { d in
+                Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(x.to(device: d))
+            }
+            cuda.avoidFP8OuterVectorScaling = false
+            let oddFP8 = QuantizedWeight.quantize(odd, scheme: .fp8), xo = rand([2, 37, 300], dt, 1)
+            check("fp8 W8A8 linear, k = 300 (codes widened, 16-bit GEMM)", dt) { d in
+                Linear(quantized: oddFP8.on(d), bias: nil, dtype: dt, device: d)(xo.to(device: d).quantizedRowsE4M3())
+            }
+            check("fp8 W8A8 linear + bias, e4m3 rows from the fused rmsnorm", dt) { d in
+                let rows = x.to(device: d).rmsNormModulateE4M3(weight: norm.to(device: d), eps: 1e-6, scale: mod.to(device: d))
+                return Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(rows)
             }
         }
+    }
+
+    /// Codes of `a` and `b` more than `steps` apart (as e4m3 values order them: same sign, byte
+    /// difference), or of different sign, or a NaN against a number; infinity when the shapes differ.
+    static func codesApart(_ a: E4M3Rows, _ b: E4M3Rows, steps: Int = 1) -> Double {
+        let x = a.codes.to(device: .cpu).toInts(), y = b.codes.to(device: .cpu).toInts()
+        guard a.codes.shape == b.codes.shape else { return .infinity }
+        return Double(zip(x, y).filter { p, q in (p ^ q) & 0x80 != 0 || Swift.abs(p - q) > steps || ((p & 0x7f == 0x7f) != (q & 0x7f == 0x7f)) }.count)
+    }
+
+    /// The largest relative difference between the row scales of `a` and `b` (infinity for a count
+    /// mismatch or a non-finite scale).
+    static func scalesApart(_ a: E4M3Rows, _ b: E4M3Rows) -> Double {
+        let x = a.scales.to(device: .cpu).toFloats(), y = b.scales.to(device: .cpu).toFloats()
+        guard x.count == y.count else { return .infinity }
+        var worst = 0.0
+        for (p, q) in zip(x, y) {
+            guard p.isFinite, q.isFinite, q > 0 else { return .infinity }
+            worst = Swift.max(worst, Double(Swift.abs(p - q) / q))
+        }
+        return worst
     }
 }
 

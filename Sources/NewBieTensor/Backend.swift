@@ -45,7 +45,13 @@ public protocol Backend: AnyObject, Sendable {
     func dequantizeInt8(_ q: Tensor, scales: Tensor, group: Int, dtype: DType) -> Tensor
     /// GGML blocks widened to a float weight (BlockFormats.swift).
     func dequantizeBlocks(_ blocks: Tensor, format: BlockFormat, rows: Int, cols: Int, dtype: DType) -> Tensor
-    func fp8Linear(_ x: Tensor, weight: Tensor, weightScale: Tensor, bias: Tensor?) -> Tensor
+    /// fp8 W8A8 with per-row activation scales (QuantizedOps.swift: the definition).
+    func quantizeRowsE4M3(_ x: Tensor) -> E4M3Rows
+    func fp8Linear(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, bias: Tensor?, dtype: DType) -> Tensor
+    func fp8Linear(_ x: Tensor, weight: Tensor, weightScales: Tensor, bias: Tensor?) -> Tensor
+    /// Whether fp8 linear layers on this backend take `E4M3Rows` from the fused producers below
+    /// (false where the FP8 product is not native and fp8 layers widen their weight instead).
+    var takesE4M3Activations: Bool { get }
 
     // MARK: transformer ops
     /// x [B, L, H, D] rotated by angles whose cos/sin are [B or 1, L, D/2] (Float32).
@@ -69,6 +75,11 @@ public protocol Backend: AnyObject, Sendable {
     func rmsNormGatedResidual(_ x: Tensor, _ y: Tensor, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor
     /// `a.silu() * b` (SwiGLU), same shapes.
     func swiglu(_ a: Tensor, _ b: Tensor) -> Tensor
+    /// `quantizeRowsE4M3(rmsNormModulate(...))` and `quantizeRowsE4M3(swiglu(a, b))`: the producers
+    /// of fp8 layers' inputs writing e4m3 codes and row scales (each value rounded to x's dtype
+    /// first, so the codes equal the unfused pair's).
+    func rmsNormModulateE4M3(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> E4M3Rows
+    func swigluE4M3(_ a: Tensor, _ b: Tensor) -> E4M3Rows
     /// `x.groupNorm(...).silu()` (the VAE's norm-then-activation): x [B, C, *spatial] contiguous,
     /// the normalised value rounded to x's dtype before SiLU, as the two ops round.
     func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor

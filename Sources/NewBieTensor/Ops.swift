@@ -169,6 +169,25 @@ extension Tensor {
         return backend.swiglu(contiguous(), b.contiguous())
     }
 
+    // fp8 layers' inputs as e4m3 codes with one scale per row (QuantizedOps.swift): the same values
+    // as quantizing the 16-bit result, written in one pass where the backend fuses them.
+
+    /// Per-row e4m3 codes and scales of self [..., k].
+    public func quantizedRowsE4M3() -> E4M3Rows { backend.quantizeRowsE4M3(contiguous()) }
+
+    /// `rmsNormModulate(...)` quantized per row (rounded to self's dtype first).
+    public func rmsNormModulateE4M3(weight: Tensor, eps: Float, scale: Tensor?) -> E4M3Rows {
+        precondition(rank == 3 && weight.shape == [shape[2]], "rmsNormModulateE4M3: x \(shape), weight \(weight.shape)")
+        if let s = scale { precondition(s.shape == [shape[0], shape[2]], "rmsNormModulateE4M3: scale \(s.shape) for x \(shape)") }
+        return backend.rmsNormModulateE4M3(contiguous(), weight: weight.contiguous(), eps: eps, scale: scale?.contiguous())
+    }
+
+    /// `swiglu(b)` quantized per row (rounded to self's dtype first).
+    public func swigluE4M3(_ b: Tensor) -> E4M3Rows {
+        precondition(shape == b.shape, "swigluE4M3: shapes \(shape) and \(b.shape) differ")
+        return backend.swigluE4M3(contiguous(), b.contiguous())
+    }
+
     /// q, k, v from a fused projection [B, L, (heads + 2 kvHeads) * D], q and k RMS-normalised per
     /// head and rotated; cos/sin [B or 1, L, D/2].
     public func qkvNormRope(heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,

@@ -34,6 +34,15 @@ public enum FloatE4M3 {
         return UInt8(truncatingIfNeeded: r | (sign >> 24))
     }
 
+    /// decode(codes[r, i]) * scales[r] in fp32 on the host: codes u8 [..., k] on any device, scales
+    /// one per row (rows = codes.count / k) or a single one for all.
+    public static func decodeRows(_ codes: Tensor, scales: Tensor) -> Tensor {
+        let c = codes.contiguous().to(device: .cpu), s = scales.to(.f32).to(device: .cpu).toFloats()
+        let cp = c.hostPointer.assumingMemoryBound(to: UInt8.self)
+        let k = Swift.max(codes.shape.last ?? 1, 1)
+        return Tensor((0..<c.count).map { decode(cp[$0]) * s[s.count == 1 ? 0 : $0 / k] }, shape: codes.shape)
+    }
+
     /// The value of a code (exact in fp32).
     @inline(__always)
     public static func decode(_ c: UInt8) -> Float {
@@ -44,10 +53,49 @@ public enum FloatE4M3 {
         return sign * (1 + m / 8) * Float(sign: .plus, exponent: e - 7, significand: 1)
     }
 
-    /// Per-tensor scale for values whose largest magnitude is `amax`: amax / 448, or 1 when amax
-    /// is 0 (an all-zero tensor quantizes to zeros with any scale).
+    /// The scale of values whose largest magnitude is `amax` (a weight's output channel, an
+    /// activation's token): amax / 448, or 1 when amax is 0 (a zero row quantizes to zeros with any
+    /// scale) or NaN (as torch.where(amax > 0, amax / 448, 1); the NaN's code stays NaN).
     @inline(__always)
     public static func scale(amax: Float) -> Float { amax > 0 ? amax / maxFinite : 1 }
+
+    /// THE per-row quantization of fp8 W8A8 (docs/QUANTIZATION.md, "fp8 definition"), for weight
+    /// rows and activation rows alike: scale = `scale(amax: max |row|)`, codes = encode(v / scale).
+    /// Every device kernel (quant.cu `q_rows`, the fused producers) computes exactly this.
+    @inline(__always)
+    public static func quantizeRow(_ row: UnsafePointer<Float>, count: Int, into codes: UnsafeMutablePointer<UInt8>) -> Float {
+        var amax: Float = 0
+        for i in 0..<count {
+            let a = Swift.abs(row[i])
+            // a NaN wins the maximum, as its float bits (above infinity's) do in the kernels
+            if a.isNaN || a > amax { amax = a }
+        }
+        let s = scale(amax: amax)
+        for i in 0..<count { codes[i] = encode(row[i] / s) }
+        return s
+    }
+}
+
+/// e4m3fn codes of activations with one fp32 scale per row (per token): what the fp8 linear layers
+/// multiply. `codes` u8 [..., k]; `scales` f32 [rows] (rows = codes.count / k); value[r, i] =
+/// decode(codes[r, i]) * scales[r]. Made by `Tensor.quantizedRowsE4M3()` or by a producer that writes
+/// codes instead of 16-bit values (`rmsNormModulateE4M3`, `swigluE4M3`); read only by fp8 linear
+/// layers (`Linear.callAsFunction(_: E4M3Rows)`).
+public struct E4M3Rows: @unchecked Sendable {
+    public let codes: Tensor
+    public let scales: Tensor
+    public init(codes: Tensor, scales: Tensor) {
+        precondition(codes.dtype == .u8 && scales.dtype == .f32 && codes.rank >= 1
+                     && scales.count * codes.shape[codes.rank - 1] == codes.count, "E4M3Rows: codes \(codes.shape) \(codes.dtype), scales \(scales.shape) \(scales.dtype)")
+        self.codes = codes; self.scales = scales
+    }
+    public var rowLength: Int { codes.shape[codes.rank - 1] }
+    public var rows: Int { scales.count }
+    public var device: Device { codes.device }
+
+    /// The values the codes stand for, decode(code) * scale in fp32 on the host (for checks and the
+    /// fallback products).
+    public func decoded() -> Tensor { FloatE4M3.decodeRows(codes, scales: scales) }
 }
 
 /// Quantizing a float weight on the host, split over the cores by rows (a 4B-parameter text
@@ -86,37 +134,24 @@ public enum WeightQuantizer {
         return (q, scales)
     }
 
-    /// fp8 e4m3fn with one scale for the tensor: scale = max|w| / 448 (1 for an all-zero tensor),
-    /// codes e4m3(w / scale) as torch's cast. Returns codes [out, in] (u8) and the scale.
-    public static func e4m3(_ w: Tensor) -> (q: Tensor, scale: Float) {
+    /// fp8 e4m3fn with one scale per output channel (row), `FloatE4M3.quantizeRow`. Returns codes
+    /// [out, in] (u8) and scales [out, 1] (f32).
+    public static func e4m3(_ w: Tensor) -> (q: Tensor, scales: Tensor) {
         precondition(w.rank == 2 && w.device == .cpu)
         let src = rowReadable(w)
         let out = src.shape[0], inF = src.shape[1]
-        let grain = Swift.max(1, 65536 / Swift.max(inF, 1))
-        // pass 1: the largest magnitude, one partial maximum per chunk of rows
-        let partial = PartialMaxima(count: out)
-        Parallel.forEach(out, grain: grain) { rows in
-            let row = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(inF, 1))
-            defer { row.deallocate() }
-            var m: Float = 0
-            for o in rows {
-                readRow(src, o, into: row)
-                for i in 0..<inF { m = Swift.max(m, Swift.abs(row[i])) }
-            }
-            partial.set(rows.lowerBound, m)
-        }
-        let s = FloatE4M3.scale(amax: partial.maximum)
-        let q = Tensor.empty([out, inF], dtype: .u8)
+        let q = Tensor.empty([out, inF], dtype: .u8), scales = Tensor.empty([out, 1], dtype: .f32)
         let qp = q.hostPointer.assumingMemoryBound(to: UInt8.self)
-        Parallel.forEach(out, grain: grain) { rows in
+        let sp = scales.hostPointer.assumingMemoryBound(to: Float.self)
+        Parallel.forEach(out, grain: Swift.max(1, 65536 / Swift.max(inF, 1))) { rows in
             let row = UnsafeMutablePointer<Float>.allocate(capacity: Swift.max(inF, 1))
             defer { row.deallocate() }
             for o in rows {
                 readRow(src, o, into: row)
-                for i in 0..<inF { qp[o * inF + i] = FloatE4M3.encode(row[i] / s) }
+                sp[o] = FloatE4M3.quantizeRow(row, count: inF, into: qp + o * inF)
             }
         }
-        return (q, s)
+        return (q, scales)
     }
 
     /// `w` contiguous in a dtype `readRow` reads directly (f32, bf16, f16), else converted to fp32
@@ -133,16 +168,6 @@ public enum WeightQuantizer {
         case .f16: nb_f16_to_f32(base.assumingMemoryBound(to: UInt16.self) + o * inF, row, inF)
         default: row.update(from: base.assumingMemoryBound(to: Float.self) + o * inF, count: inF)
         }
-    }
-
-    /// One slot per possible chunk start (chunks never share a first row), so threads never write
-    /// the same slot.
-    private final class PartialMaxima: @unchecked Sendable {
-        private let slots: UnsafeMutableBufferPointer<Float>
-        init(count: Int) { slots = .allocate(capacity: Swift.max(count, 1)); slots.initialize(repeating: 0) }
-        deinit { slots.deallocate() }
-        func set(_ i: Int, _ v: Float) { slots[i] = v }
-        var maximum: Float { slots.max() ?? 0 }
     }
 }
 
@@ -167,27 +192,57 @@ extension Backend {
         return device == .cpu ? d : d.to(device: device)
     }
 
-    /// fp8 W8A8 linear: `weight` [out, in] holds e4m3fn codes (u8) with one fp32 scale
-    /// (`weightScale`, one element); x [..., in] is quantized per tensor (scale amax/448, codes
-    /// e4m3(x / scale)), the codes multiplied with fp32 accumulation, the product scaled by both
-    /// scales, the bias added in fp32, and the result rounded once to x's dtype. Reference: the
-    /// emulation on the host (what the CPU runs and the GPU's FP8 GEMM is checked against).
-    public func fp8Linear(_ x: Tensor, weight: Tensor, weightScale: Tensor, bias: Tensor?) -> Tensor {
-        let inF = weight.shape[1], outF = weight.shape[0]
-        let xs = x.to(.f32).to(device: .cpu).contiguous().toFloats()
-        var amax: Float = 0
-        for v in xs { amax = Swift.max(amax, Swift.abs(v)) }
-        if xs.contains(where: { $0.isNaN }) { amax = .nan }
-        let sx = FloatE4M3.scale(amax: amax)
-        let xq = xs.map { FloatE4M3.decode(FloatE4M3.encode($0 / sx)) }
+    /// Per-row e4m3 quantization of x [..., k] (any float dtype, read in fp32): `FloatE4M3.quantizeRow`
+    /// on each row. Reference: a host loop.
+    public func quantizeRowsE4M3(_ x: Tensor) -> E4M3Rows {
+        let k = x.shape.last ?? 0, rows = x.count / Swift.max(k, 1)
+        let v = x.to(.f32).to(device: .cpu).contiguous()
+        let codes = Tensor.empty(x.shape, dtype: .u8), scales = Tensor.empty([rows], dtype: .f32)
+        let vp = UnsafePointer(v.hostPointer.assumingMemoryBound(to: Float.self))
+        let cp = codes.hostPointer.assumingMemoryBound(to: UInt8.self)
+        let sp = scales.hostPointer.assumingMemoryBound(to: Float.self)
+        Parallel.forEach(rows, grain: Swift.max(1, 65536 / Swift.max(k, 1))) { r in
+            for i in r { sp[i] = FloatE4M3.quantizeRow(vp + i * k, count: k, into: cp + i * k) }
+        }
+        return device == .cpu ? E4M3Rows(codes: codes, scales: scales)
+            : E4M3Rows(codes: codes.to(device: device), scales: scales.to(device: device))
+    }
+
+    /// `rmsNormModulate` then `quantizeRowsE4M3`: the value rounded to x's dtype, then quantized.
+    public func rmsNormModulateE4M3(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> E4M3Rows {
+        quantizeRowsE4M3(rmsNormModulate(x, weight: weight, eps: eps, scale: scale))
+    }
+
+    /// `swiglu` then `quantizeRowsE4M3`: the value rounded to a's dtype, then quantized.
+    public func swigluE4M3(_ a: Tensor, _ b: Tensor) -> E4M3Rows { quantizeRowsE4M3(swiglu(a, b)) }
+
+    /// Whether fp8 layers here take activations as `E4M3Rows` (the emulation does).
+    public var takesE4M3Activations: Bool { true }
+
+    /// fp8 W8A8 linear on activations quantized per row: `weight` [out, in] holds e4m3fn codes (u8),
+    /// `weightScales` one fp32 scale per output channel ([out, 1]; a single scale broadcasts).
+    ///     y[r, o] = (sum_i decode(x.codes[r, i]) * decode(weight[o, i])) * (x.scales[r] * weightScales[o]) + bias[o]
+    /// with fp32 accumulation, rounded once to `dtype`. Reference: the emulation on the host (what
+    /// the CPU runs and the GPU's FP8 GEMM is checked against).
+    public func fp8Linear(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, bias: Tensor?, dtype: DType) -> Tensor {
+        let inF = weight.shape[1], outF = weight.shape[0], rows = x.rows
+        let hc = x.codes.contiguous().to(device: .cpu)
+        let xp = hc.hostPointer.assumingMemoryBound(to: UInt8.self)
         let hw = weight.contiguous().to(device: .cpu)
         let wp = hw.hostPointer.assumingMemoryBound(to: UInt8.self)
-        let wq = (0..<(outF * inF)).map { FloatE4M3.decode(wp[$0]) }
-        let sw = weightScale.toFloats()[0]
-        var y = Tensor(xq, shape: [xs.count / Swift.max(inF, 1), inF])
-            .linear(Tensor(wq, shape: [outF, inF])) * (sx * sw)
+        let xq = Tensor((0..<(rows * inF)).map { FloatE4M3.decode(xp[$0]) }, shape: [rows, inF])
+        let wq = Tensor((0..<(outF * inF)).map { FloatE4M3.decode(wp[$0]) }, shape: [outF, inF])
+        let sx = x.scales.to(device: .cpu).reshape([rows, 1])
+        let sw = weightScales.to(.f32).to(device: .cpu).reshape([1, weightScales.count])
+        var y = xq.linear(wq) * (sx * sw)
         if let b = bias { y = y + b.to(.f32).to(device: .cpu) }
-        let r = y.reshape(Array(x.shape.dropLast()) + [outF]).to(x.dtype)
+        let r = y.reshape(Array(x.codes.shape.dropLast()) + [outF]).to(dtype)
         return device == .cpu ? r : r.to(device: device)
+    }
+
+    /// fp8 W8A8 linear on float activations x [..., in]: quantized per row, then the product above,
+    /// in x's dtype.
+    public func fp8Linear(_ x: Tensor, weight: Tensor, weightScales: Tensor, bias: Tensor?) -> Tensor {
+        fp8Linear(quantizeRowsE4M3(x), weight: weight, weightScales: weightScales, bias: bias, dtype: x.dtype)
     }
 }

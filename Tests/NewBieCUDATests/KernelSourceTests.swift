@@ -121,6 +121,24 @@ final class KernelModuleTests: XCTestCase {
         }
         XCTAssertNoThrow(try nvrtc.cubin(source: source, name: "flash_hopper", arch: "90a", headers: headers))
     }
+
+    /// The wgmma kernels keep their products asynchronous and their registers in registers: ptxas
+    /// reports no spill and no C7512 ("wgmma.mma_async instructions are serialized"), which it
+    /// prints when the consumers' registers run short (as they did while consumer code could trap).
+    func testHopperModuleHasNoSpillsAndNoSerializedWgmma() throws {
+        let nvrtc: NVRTC
+        do { nvrtc = try NVRTC() } catch { throw XCTSkip("NVRTC is not loadable here: \(error)") }
+        let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
+        let report = try nvrtc.ptxasReport(source: try CUDABackend.kernelSource("flash_hopper.cu"), name: "flash_hopper",
+                                           arch: "90a", headers: headers)
+        let entries = report.components(separatedBy: "\n").filter { $0.contains("Compiling entry function") }
+        XCTAssertEqual(entries.count, 6, "one report per kernel:\n\(report)")
+        XCTAssertFalse(report.contains("C7512"), report)
+        XCTAssertFalse(report.contains("serialized"), report)
+        let spills = report.components(separatedBy: "\n").filter { $0.contains("spill stores") }
+        XCTAssertEqual(spills.count, 6, report)
+        for line in spills { XCTAssertTrue(line.contains(" 0 bytes spill stores, 0 bytes spill loads"), line) }
+    }
 }
 
 /// Which GPUs load which modules: the wgmma module only on compute capability 9.0 (sm_90a code runs

@@ -13,8 +13,11 @@ case passes when the relative L2 error of the wgmma kernel is <= 1e-2 (the limit
 gpu-check` holds the flash kernels to in bf16/fp16) and its output is finite; the max abs error
 is printed beside it. Timed cases (the DiT shape) print the median of --runs CUDA-event timings
 after warm-up for the wgmma kernel, the mma.sync kernel and torch SDPA (bf16, same inputs).
-Then the two schedules of the consumer warpgroups (free and ping-pong) are checked and timed
-side by side (bf16; the engine builds the one NB_FLASH_PINGPONG names). Every case runs inside
+Then the variants (SCHED_* bits in flash_hopper.cu; SCHEDULES below): the consumer schedules
+seq (free), pp (ping-pong), ov (the next tile's Q K^T issued with the current P V), ovpp (both),
+and with suffixes P (paired loads: each 32-byte sector of K/V read whole by two lanes) and S
+(tiles in the 64-byte swizzled layout) are each checked on every small bf16 case and timed on the DiT shape and d128 (the engine
+builds the one NB_FLASH_SCHEDULE names). Every case runs inside
 try/except; a kernel that does not finish within 30 s is reported as a
 hang and the script exits (a hung kernel cannot be stopped from the host). The last line is
 PASS or FAIL.
@@ -49,6 +52,13 @@ PARAMS = ("i64 B, i64 Lq, i64 Lk, i64 Hq, i64 Hkv, float scale, int causal, int 
 FILL = ("FlashParams p; p.B = B; p.Lq = Lq; p.Lk = Lk; p.Hq = Hq; p.Hkv = Hkv; p.scale = scale; p.causal = causal; "
         "p.window = window; p.hasMask = hasMask; p.hasBias = hasBias; p.pad = 0; p.biasB = biasB; p.biasH = biasH;")
 TYPES = (("bf16", "true"), ("f16", "false"))
+# the variants of flash_hopper.cu (SCHED_* bits), by name: the template argument of each. seq is
+# the kernel as first measured (1.208 ms at the DiT shape); P = paired loads, S = 64-byte swizzle.
+SCHEDULES = (("seq", "0"), ("pp", "SCHED_PINGPONG"), ("ov", "SCHED_OVERLAP"), ("ovpp", "SCHED_OVERLAP | SCHED_PINGPONG"),
+             ("seqP", "SCHED_PAIRED_LOADS"), ("ovP", "SCHED_OVERLAP | SCHED_PAIRED_LOADS"),
+             ("ovppP", "SCHED_OVERLAP | SCHED_PINGPONG | SCHED_PAIRED_LOADS"),
+             ("seqS", "SCHED_SWIZZLE64"), ("ovPS", "SCHED_OVERLAP | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64"),
+             ("ovppPS", "SCHED_OVERLAP | SCHED_PINGPONG | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64"))
 DIMS = (64, 96, 128)
 
 
@@ -66,7 +76,7 @@ def build_modules():
     wg = source("flash_hopper.cu", "#define FLASH_WGMMA") + "".join(
         f'extern "C" __global__ void __launch_bounds__(HTHREADS, 1) chk_{kind}_{t}_d{d}(const u16* q, const u16* k, const u16* v, '
         f"const float* mask, u16* out, {PARAMS}) {{ {FILL} flash_wgmma<{d}, {bf}, {pp}>(q, k, v, mask, out, p); }}\n"
-        for kind, pp in (("wgmma", "NB_FLASH_PINGPONG"), ("wgmmapp", "true"), ("wgmmaseq", "false"))
+        for kind, pp in (("wgmma", "NB_FLASH_SCHEDULE"), *((f"wgmma{v}", sched) for v, sched in SCHEDULES))
         for t, bf in TYPES for d in DIMS if kind == "wgmma" or t == "bf16")
     if os.environ.get("HOPPER_CHECK_DUMP"):   # write the two sources (for a compile check without a GPU)
         pathlib.Path(os.environ["HOPPER_CHECK_DUMP"] + "_mma.cu").write_text(mma)
@@ -79,8 +89,8 @@ def build_modules():
             m_mma.get_function(f"chk_mma_{t}_d{d}")
             m_wg.get_function(f"chk_wgmma_{t}_d{d}")
     for d in DIMS:
-        m_wg.get_function(f"chk_wgmmapp_bf16_d{d}")
-        m_wg.get_function(f"chk_wgmmaseq_bf16_d{d}")
+        for v, _ in SCHEDULES:
+            m_wg.get_function(f"chk_wgmma{v}_bf16_d{d}")
     print(f"compiled flash.cu (sm_90) and flash_hopper.cu (sm_90a) in {time.time() - t0:.1f} s", flush=True)
     return m_mma, m_wg
 
@@ -254,9 +264,8 @@ CASES = [
 ]
 
 
-PP_CASES = [
-    ("odd 2x300/333 6(2)x96 holes", 2, 300, 333, 6, 2, 96, torch.bfloat16, "holes", 0, 0, False),
-    ("causal 1x257/257 4(4)x128", 1, 257, 257, 4, 4, 128, torch.bfloat16, None, 1, 0, False),
+# every schedule on every small bf16 case of CASES (fp16 only changes the conversions), then timed
+PP_CASES = [c for c in CASES if not c[-1] and c[7] == torch.bfloat16] + [
     ("DiT 2x4352 24(8)x96", 2, 4352, 4352, 24, 8, 96, torch.bfloat16, None, 0, 0, True),
     ("d128 2x4096 16(16)", 2, 4096, 4096, 16, 16, 128, torch.bfloat16, None, 0, 0, True),
 ]
@@ -329,9 +338,10 @@ def main():
         except Exception:
             ok = False
             print(f"FAIL {name}: exception\n{traceback.format_exc()}", flush=True)
-    # The two schedules of the consumer warpgroups (see PINGPONG in flash_hopper.cu), last: a hang
-    # here cannot cost the results above. "engine" is the schedule the engine's kernels use.
-    print("schedules (bf16): seq = warpgroups issue freely, pingpong = they take turns", flush=True)
+    # The variants (SCHED_* in flash_hopper.cu), last: a hang
+    # here cannot cost the results above.
+    print("variants (bf16): seq = warpgroups issue freely, pp = they take turns, ov = S of the next tile "
+          "issued with P V of this one, ovpp = both; P = paired loads, S = 64-byte swizzle", flush=True)
     for (name, B, Lq, Lk, Hq, Hkv, D, dt, mkind, causal, window, timed) in PP_CASES:
         if timed and args.quick:
             continue
@@ -342,7 +352,7 @@ def main():
             mask = make_mask(mkind, B, Lk, dev)
             ref = reference(q, k, v, mask, causal, window)
             parts = []
-            for kind in ("wgmmaseq", "wgmmapp"):
+            for kind in [f"wgmma{v}" for v, _ in SCHEDULES]:
                 run = wgmma_launcher(m_wg, "bf16", D, kind)
                 out = torch.full_like(q, float("nan"))
                 run(q, k, v, out, mask, causal, window)

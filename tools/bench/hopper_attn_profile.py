@@ -5,8 +5,10 @@ sources, NVRTC, no Swift). On the GPU machine:
 
     ncu --clock-control none --set full -k regex:chk_ python3 tools/bench/hopper_attn_profile.py
 
-The kernels launched, in order: the wgmma kernel (chk_wgmma_bf16_d96), the mma.sync kernel
-(chk_mma_bf16_d96), then PyTorch's SDPA on the same inputs (profile it with -k regex:flash|fmha).
+The kernels launched, in order: the wgmma kernel as the engine builds it (chk_wgmma_bf16_d96),
+each variant of it (chk_wgmma<variant>_bf16_d96 for every variant in SCHEDULES of
+hopper_attn_check.py), the mma.sync kernel (chk_mma_bf16_d96), then PyTorch's SDPA on the same
+inputs (profile it with -k regex:flash|fmha).
 """
 import sys
 import pathlib
@@ -26,6 +28,9 @@ v = torch.randn(B, L, Hkv, D, device="cuda", dtype=torch.bfloat16)
 out = torch.empty_like(q)
 chk.wgmma_launcher(m_wg, "bf16", D)(q, k, v, out)
 chk.finish_or_exit("wgmma")
+for name, _ in chk.SCHEDULES:
+    chk.wgmma_launcher(m_wg, "bf16", D, f"wgmma{name}")(q, k, v, out)
+    chk.finish_or_exit(f"wgmma{name}")
 chk.mma_launcher(m_mma, "bf16", D)(q, k, v, out)
 chk.finish_or_exit("mma")
 F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), enable_gqa=True)

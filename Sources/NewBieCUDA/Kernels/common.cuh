@@ -151,3 +151,76 @@ __device__ __forceinline__ float round_to(float v, int dt) {
     if (dt == DT_F16) return h2f(f2h(v));
     return v;
 }
+
+// ---- fp8 e4m3fn (NewBieTensor/QuantizedOps.swift: FloatE4M3, the definitions these follow) ----
+
+// float -> float8_e4m3fn bits exactly as torch 2.15's cast (FloatE4M3.encode): round to nearest
+// even, saturating at +-448 (infinities included); NaN stays NaN (0x7f). The format has no inf.
+__device__ __forceinline__ unsigned char q_e4m3(float f) {
+    unsigned bits = __float_as_uint(f);
+    unsigned sign = bits & 0x80000000u;
+    bits ^= sign;
+    unsigned r;
+    if (bits > 0x7f800000u) {
+        r = 0x7f;
+    } else if (bits >= (1087u << 20)) {
+        r = 0x7e;
+    } else if (bits < (121u << 23)) {
+        // subnormal range: in x + 2^14 the last mantissa bit weighs 2^-9, e4m3's subnormal step,
+        // so the fp32 add rounds x to that step (nearest even) and the low bits are the code
+        float d = __uint_as_float(bits) + __uint_as_float(141u << 23);
+        r = __float_as_uint(d) - (141u << 23);
+    } else {
+        unsigned odd = (bits >> 20) & 1u;
+        bits += ((unsigned)(7 - 127) << 23) + 0x7ffffu;
+        bits += odd;
+        r = bits >> 20;
+        if (r > 0x7eu) r = 0x7eu;  // (464, 480) rounds to the NaN code: saturate to 448
+    }
+    return (unsigned char)(r | (sign >> 24));
+}
+
+// The larger of two magnitudes' float bits (non-negative floats order like their bits; a NaN's
+// bits are above infinity's, so a NaN wins, as in FloatE4M3.quantizeRow).
+__device__ __forceinline__ unsigned umax_bits(unsigned a, unsigned b) { return a > b ? a : b; }
+
+// A row's scale from its maximum magnitude's bits: amax / 448, 1 for 0 or NaN (FloatE4M3.scale).
+__device__ __forceinline__ float e4m3_row_scale(unsigned amaxBits) {
+    const float a = __uint_as_float(amaxBits);
+    return a > 0.f ? a / 448.f : 1.f;
+}
+
+// The maximum of v over the block (blockDim.x a multiple of 32, at most 1024), returned to every
+// thread. Once per kernel (one row per block): its shared cells are not reused.
+__device__ unsigned block_umax(unsigned v) {
+    __shared__ unsigned part[32];
+    __shared__ unsigned total;
+    for (int o = 16; o > 0; o >>= 1) v = umax_bits(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned b = 0u;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) b = umax_bits(b, part[w]);
+        total = b;
+    }
+    __syncthreads();
+    return total;
+}
+
+// The maximum of v over the warp, returned to every lane.
+__device__ __forceinline__ unsigned warp_umax(unsigned v) {
+    for (int o = 16; o > 0; o >>= 1) v = umax_bits(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// The codes of 8 values divided by the row scale s, packed little-endian into 8 bytes.
+__device__ __forceinline__ uint2 e4m3_pack8(const float* f, float s) {
+    unsigned c[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) c[j] = q_e4m3(f[j] / s);
+    return make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24), c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
+}
+
+// 16-byte vectors per thread a one-block-per-row kernel holds in registers: rows up to
+// 256 threads x 8 x 8 = 16384 16-bit values.
+#define RQ_VMAX 8

@@ -11,9 +11,12 @@
 // mbarrier; consumers wait on "full", compute, and arrive on the stage's "empty" mbarrier,
 // which the producer waits on before it overwrites the stage. With 3 stages the signal for
 // tile i goes out while consumers still work on tile i-1, so they never wait on the producer's
-// bookkeeping. Registers move from the producer to the consumers with setmaxnreg.
+// bookkeeping. Registers move from the producer to the consumers with setmaxnreg. The consumers'
+// schedule is a compile-time choice (SCHED_* below): free, ping-pong between the two warpgroups,
+// and the next tile's Q K^T overlapped with this tile's softmax inside a warpgroup.
 //
-// Shared-memory layout of every tile (Q, K, V alike): the wgmma "no swizzle" canonical layout,
+// Shared-memory layout of every tile (Q, K, V alike), without SCHED_SWIZZLE64 (with it, see
+// chunk_offset): the wgmma "no swizzle" canonical layout,
 // made of 8-row x 16-byte core matrices, each 128 contiguous bytes. The 16-byte chunk c (head
 // dims 8c..8c+7) of row r sits at byte ((r / 8) * (D / 8) + c) * 128 + (r % 8) * 16. For Q (A
 // operand) and K (B operand of Q K^T) the head dim is the reduction (K-major): core matrices
@@ -62,13 +65,17 @@ __device__ __forceinline__ void mbar_arrive(unsigned bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(bar) : "memory");
 }
 // A pipeline bug must not hang the process: after 2^26 unsuccessful polls (each try_wait already
-// suspends for a while; a real wait here lasts microseconds) the kernel traps, and the launch fails.
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+// suspends for a while; a real wait here lasts microseconds) the producer traps, and the launch
+// fails; a consumer exits instead (TRAP false), never arrives again, and the producer's last
+// waits (the drain at its end) trap in turn. Consumers do not trap themselves because a trap in
+// their code makes ptxas (CUDA 13) hold them to the entry register cap of 168 despite setmaxnreg,
+// which serializes the overlapped schedule's wgmmas (C7512) and spills.
+template <bool TRAP> __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
     unsigned done = 0, polls = 0;
     do {
         asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-        if (++polls == (1u << 26)) __trap();
+        if (++polls == (1u << 26)) { if (TRAP) __trap(); else asm volatile("exit;"); }
     } while (!done);
 }
 
@@ -85,6 +92,11 @@ template <int N> __device__ __forceinline__ void fence_regs(float* r) {
 // shared-memory matrix descriptor, no swizzle: start address, leading and stride byte offsets (all >> 4)
 __device__ __forceinline__ u64 smem_desc(unsigned addr, unsigned leading, unsigned stride) {
     return (u64)((addr & 0x3FFFF) >> 4) | ((u64)(leading >> 4) << 16) | ((u64)(stride >> 4) << 32);
+}
+// the same with the 64-byte swizzle (layout type 2 in bits 62-63; base offset 0: every swizzle
+// atom starts on a 512-byte boundary)
+__device__ __forceinline__ u64 smem_desc_sw64(unsigned addr, unsigned leading, unsigned stride) {
+    return smem_desc(addr, leading, stride) | (2ull << 62);
 }
 
 // 2^x in one MUFU instruction; 2^-inf = 0
@@ -165,18 +177,154 @@ template <int D, bool BF16> __device__ __forceinline__ void wgmma_pv(float* o, c
 
 template <bool B> struct HBoolC { static constexpr bool value = B; };
 
-// PINGPONG: the two consumer warpgroups take turns at issuing their products (named barriers 3
-// and 4), so that one's softmax runs while the other's products occupy the tensor cores
-// (FlashAttention-3's inter-warpgroup schedule); without it they tend to fall into step and
-// leave the tensor cores idle during both softmaxes. Both forms are kept until measured.
-template <int D, bool BF16, bool PINGPONG>
+// wgmma.wait_group with the count as a template constant (the instruction takes an immediate)
+template <int N> __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" :: "n"(N) : "memory"); }
+// the register A operand of an asynchronous P V is read until its wait: this pins the fragments
+// there, so the compiler cannot reuse their registers for the next P before the product is done
+template <int N> __device__ __forceinline__ void fence_regs_u(unsigned (*r)[4]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+        asm volatile("" : "+r"(r[i][0]), "+r"(r[i][1]), "+r"(r[i][2]), "+r"(r[i][3]) :: "memory");
+}
+
+// Variants, a bit set: consumer schedules, and how tiles are loaded and laid out. The engine builds
+// the one NB_FLASH_SCHEDULE names; tools/bench/hopper_attn_check.py checks and times them side by side.
+// SCHED_PINGPONG: the two consumer warpgroups take turns at issuing their products (named
+//   barriers 3 and 4), so that one's softmax runs while the other's products occupy the tensor
+//   cores (FlashAttention-3's inter-warpgroup schedule).
+// SCHED_OVERLAP: inside each warpgroup, the scores of tile j+1 (Q K^T) and the product of tile j's
+//   probabilities with V go out together; the warpgroup waits for the scores only, and the softmax
+//   of tile j+1 runs while the tensor cores still do P_j V_j (FlashAttention-3's intra-warpgroup
+//   schedule). O is rescaled after that product is done. One S accumulator is enough: P_j already
+//   sits in its own A-fragment registers when S_{j+1} is issued. A tile that the key padding mask
+//   hides entirely is computed as a masked tile here (its probabilities are zero) instead of
+//   skipped, which keeps the pipeline free of branches between issue and wait.
+// SCHED_PAIRED_LOADS (not a consumer schedule, but chosen with them): how copies map to threads,
+//   see tile_chunk below.
+// SCHED_SWIZZLE64 (likewise): the tiles in the 64-byte swizzled layout instead of the no-swizzle
+//   one, see chunk_offset below.
+#define SCHED_PINGPONG 1
+#define SCHED_OVERLAP 2
+#define SCHED_PAIRED_LOADS 4
+#define SCHED_SWIZZLE64 8
+
+// Which chunk of a ROWS x VEC tile (row r, 16-byte column col) copy number c handles; its place
+// in the canonical layout is chunk_offset. Unpaired: the 8 lanes of a quarter warp take 8 rows of
+// one column. A quarter warp is one memory request for 16-byte accesses, and cp.async.cg bypasses
+// L1, so each 32-byte sector came from L2 twice, once per half (ncu at the DiT shape: 50% excess
+// sectors, L2 85% busy, the limit). Paired: two neighbouring lanes take the two halves of one
+// sector and a quarter warp four rows, so every sector is fetched once; the price is a 2-way
+// bank conflict on the shared-memory side (the two halves land 128 bytes apart).
+template <int VEC, int ROWS, bool PAIRED> __device__ __forceinline__ void tile_chunk(int c, int& r, int& col) {
+    if (PAIRED) { const int u = c >> 1; r = u % ROWS; col = 2 * (u / ROWS) + (c & 1); }
+    else { r = ((c >> 3) / VEC) * 8 + (c & 7); col = (c >> 3) % VEC; }
+}
+// Where chunk (r, col) of a ROWS x VEC tile sits. No swizzle: the canonical layout of 8-row x
+// 16-byte core matrices (see the top of the file). ncu at the DiT shape counts 3x more shared-
+// memory wavefronts than the tensor cores' operands need there: with no swizzle, the rows that
+// wgmma fetches together share banks. SWZ: the 64-byte swizzle, the widest that divides a 96-dim
+// row (192 bytes; CUTLASS picks it for such tiles too). The row is cut into atom columns of 32
+// dims (64 bytes); an atom is 8 rows x 64 bytes = 512 bytes, atoms of one column follow each
+// other down the rows (so one column is ROWS * 64 bytes), and inside an atom the 16-byte chunk j
+// of row r sits at chunk j ^ ((r >> 1) & 3): the XOR the hardware applies to address bits 4-5
+// with bits 7-8, which holds because every atom starts on a 512-byte boundary. The same layout
+// serves Q and K (K-major operands: 8-row groups 512 bytes apart) and V (MN-major: 8-key groups
+// 512 bytes apart, atom columns along the head dim ROWS * 64 bytes apart).
+template <int VEC, int ROWS, bool SWZ> __device__ __forceinline__ unsigned chunk_offset(int r, int col) {
+    if (!SWZ) return (unsigned)(((r >> 3) * VEC + col) * 128 + (r & 7) * 16);
+    return (unsigned)((col >> 2) * (ROWS * 64) + (r >> 3) * 512 + (r & 7) * 64 + (((col & 3) ^ ((r >> 1) & 3)) << 4));
+}
+
+// Online softmax of one 64 x 128 score tile held in the accumulator layout: masks (when MASKED),
+// the running row maximum and sum, scores replaced by unnormalised probabilities; returns in corr
+// the factor by which the output rows must be rescaled. Rows with nothing visible yet use m = 0,
+// so their -inf scores give 0, never NaN. Key positions are relative to the tile (jj in 0..127)
+// and 32-bit: keysLeft = Lk - j0, diag[ri] = (query index + Lk - Lq) - j0, the last key a causal
+// row sees; maskTile = the key padding mask at j0 (null without one). Registers are what the
+// overlapped schedule runs short of, and 64-bit positions cost two each.
+template <bool MASKED>
+__device__ __forceinline__ void softmax_tile(float* sc, float* mrow, float* lrow, float* corr, const FlashParams& p,
+                                             const float* __restrict__ maskTile, int keysLeft, const int* diag,
+                                             int t4, float sl2) {
+    constexpr int NS = HBC / 8;
+    float mnew[2] = {mrow[0], mrow[1]};
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ri = e >> 1;
+            float val = sc[4 * n + e];
+            if (MASKED) {
+                const int jj = n * 8 + t4 * 2 + (e & 1);
+                bool visible = jj < keysLeft;
+                if (visible && maskTile) visible = maskTile[jj] != 0.f;
+                if (visible && p.causal) {
+                    visible = jj <= diag[ri];
+                    if (visible && p.window > 0) visible = diag[ri] - jj < p.window;
+                }
+                val = visible ? val : -NB_INF;
+                sc[4 * n + e] = val;
+            }
+            mnew[ri] = fmaxf(mnew[ri], val);
+        }
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        mnew[ri] = fmaxf(mnew[ri], __shfl_xor_sync(0xffffffffu, mnew[ri], 1));
+        mnew[ri] = fmaxf(mnew[ri], __shfl_xor_sync(0xffffffffu, mnew[ri], 2));
+    }
+    float msc[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        msc[ri] = mnew[ri] == -NB_INF ? 0.f : mnew[ri] * sl2;
+        corr[ri] = mrow[ri] == -NB_INF ? 0.f : ex2(fmaf(mrow[ri], sl2, -msc[ri]));
+    }
+    float psum[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < NS; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[4 * n + e] = ex2(fmaf(sc[4 * n + e], sl2, -msc[e >> 1]));
+        psum[0] += sc[4 * n] + sc[4 * n + 1];
+        psum[1] += sc[4 * n + 2] + sc[4 * n + 3];
+    }
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        psum[ri] += __shfl_xor_sync(0xffffffffu, psum[ri], 1);
+        psum[ri] += __shfl_xor_sync(0xffffffffu, psum[ri], 2);
+        lrow[ri] = lrow[ri] * corr[ri] + psum[ri];
+        mrow[ri] = mnew[ri];
+    }
+}
+
+template <int D> __device__ __forceinline__ void rescale_rows(float* o, const float* corr) {
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+        o[4 * n] *= corr[0]; o[4 * n + 1] *= corr[0]; o[4 * n + 2] *= corr[1]; o[4 * n + 3] *= corr[1];
+    }
+}
+
+// P as A fragments, 16 keys per step: groups 2kt (keys +0..7) and 2kt+1 (keys +8..15)
+template <bool BF16> __device__ __forceinline__ void probs_to_fragments(unsigned (*pa)[4], const float* sc) {
+#pragma unroll
+    for (int kt = 0; kt < HBC / 16; ++kt) {
+        pa[kt][0] = cvt2<BF16>(sc[8 * kt + 0], sc[8 * kt + 1]);
+        pa[kt][1] = cvt2<BF16>(sc[8 * kt + 2], sc[8 * kt + 3]);
+        pa[kt][2] = cvt2<BF16>(sc[8 * kt + 4], sc[8 * kt + 5]);
+        pa[kt][3] = cvt2<BF16>(sc[8 * kt + 6], sc[8 * kt + 7]);
+    }
+}
+
+template <int D, bool BF16, int SCHED>
 __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
                             const float* __restrict__ mask, u16* __restrict__ out, const FlashParams& p) {
+    constexpr bool PINGPONG = (SCHED & SCHED_PINGPONG) != 0;
+    constexpr bool OVERLAP = (SCHED & SCHED_OVERLAP) != 0;
+    constexpr bool PAIRED = (SCHED & SCHED_PAIRED_LOADS) != 0;
+    constexpr bool SWZ = (SCHED & SCHED_SWIZZLE64) != 0;
     constexpr int VEC = D / 8;                 // 16-byte chunks per row
     constexpr int ROWB = D * 16;               // bytes between 8-row groups (stride of the canonical layout)
     constexpr int QBYTES = HBR * D * 2;
     constexpr int TILEB = HBC * D * 2;         // one K or V tile
-    constexpr int NS = HBC / 8;                // 8-column groups of the scores
     constexpr int NO = D / 8;                  // 8-column groups of the output
     static_assert(D % 32 == 0 && D <= 128, "head dim 64, 96 or 128");
     extern __shared__ __align__(128) unsigned char smem[];
@@ -209,6 +357,8 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
     if (wg == 0) {
         // ---- producer: 128 threads copy K and V tiles ----
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        // the swizzle is applied to address bits, so every 512-byte atom must start on a boundary
+        if (SWZ && (sQ & 511u)) __trap();
         const int kvStride = (int)(p.Hkv * D);   // elements between consecutive keys
         const u16* kBase = k + (b * p.Lk * p.Hkv + kvh) * D;
         const u16* vBase = v + (b * p.Lk * p.Hkv + kvh) * D;
@@ -221,19 +371,20 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             const unsigned dK = sKV + 2 * s * TILEB, dV = dK + TILEB;
 #pragma unroll 4
             for (int c = tid; c < HBC * VEC; c += 128) {
-                // chunk index c is laid out linearly (16 bytes each) in the canonical layout
-                const int r = ((c >> 3) / VEC) * 8 + (c & 7), col = (c >> 3) % VEC;
+                int r, col;
+                tile_chunk<VEC, HBC, PAIRED>(c, r, col);
+                const unsigned at = chunk_offset<VEC, HBC, SWZ>(r, col);
                 const bool in = r < rowsLeft;
                 const int off = in ? r * kvStride + col * 8 : 0;
-                cp_async16(dK + c * 16, kt + off, in ? 16 : 0);
-                cp_async16(dV + c * 16, vt + off, in ? 16 : 0);
+                cp_async16(dK + at, kt + off, in ? 16 : 0);
+                cp_async16(dV + at, vt + off, in ? 16 : 0);
             }
             cp_async_commit();
         };
         if (nTiles > 0) issue(0);
         for (int it = 1; it < nTiles; ++it) {
             const int s = it % HSTAGES;
-            if (it >= HSTAGES) mbar_wait(barEmpty + 8 * s, ((it / HSTAGES) - 1) & 1);
+            if (it >= HSTAGES) mbar_wait<true>(barEmpty + 8 * s, ((it / HSTAGES) - 1) & 1);
             issue(it);
             cp_async_wait<1>();              // tile it-1 has landed (this thread's copies)
             fence_proxy_async();
@@ -244,10 +395,13 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
             fence_proxy_async();
             mbar_arrive(barFull + 8 * ((nTiles - 1) % HSTAGES));
         }
-        return;
-    }
-
-    // ---- consumers: warpgroups 1 and 2, 64 query rows each ----
+        // drain: wait until the consumers have released the last tiles, so that a consumer that
+        // gave up on a wait (and exited) makes the launch fail here instead of passing unnoticed
+        for (int it = nTiles > HSTAGES ? nTiles - HSTAGES : 0; it < nTiles; ++it)
+            mbar_wait<true>(barEmpty + 8 * (it % HSTAGES), (it / HSTAGES) & 1);
+    } else {
+    // ---- consumers: warpgroups 1 and 2, 64 query rows each (the roles are the two branches of
+    // one if/else, which is what lets ptxas give this branch the registers setmaxnreg raises) ----
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     const int cwg = wg - 1, ctid = tid & 127, warp = ctid >> 5, lane = tid & 31;
     const int g = lane >> 2, t4 = lane & 3;
@@ -258,9 +412,10 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         const i64 qStride = p.Hq * D;
 #pragma unroll
         for (int c = ctid; c < 64 * VEC; c += 128) {
-            const int r = ((c >> 3) / VEC) * 8 + (c & 7), col = (c >> 3) % VEC;
+            int r, col;
+            tile_chunk<VEC, 64, PAIRED>(c, r, col);
             const bool in = r0 + r < p.Lq;
-            cp_async16(sQw + c * 16, qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
+            cp_async16(sQw + chunk_offset<VEC, 64, SWZ>(r, col), qb + (in ? (r0 + r) * qStride + col * 8 : 0), in ? 16 : 0);
         }
         cp_async_commit();
         cp_async_wait<0>();
@@ -280,129 +435,164 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
 #pragma unroll
     for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
     float mrow[2] = {-NB_INF, -NB_INF}, lrow[2] = {0.f, 0.f};
-    const i64 rowBase = i0 + cwg * 64 + warp * 16 + g;
-    const i64 qi[2] = {rowBase, rowBase + 8};
+    // Positions in 32 bits (a K of 2^31 keys would not fit in a GPU's memory): registers are what
+    // the overlapped schedule runs short of, and a 64-bit value takes two. rowKey is the last key
+    // a causal mask lets this thread's first row see (its second row sees 8 more).
+    const int rowKey = (int)(i0 + shift) + cwg * 64 + warp * 16 + g;
+    const int firstKey = (int)jBegin, keyCount = (int)p.Lk;
+    const float* maskBatch = p.hasMask ? mask + b * p.Lk : nullptr;
     const float sl2 = p.scale * 1.4426950408889634f;   // raw score -> log2 units
 
-    for (int it = 0; it < nTiles; ++it) {
-        const int s = it % HSTAGES;
-        const i64 j0 = jBegin + (i64)it * HBC;
-        // which path: full tiles have no per-score test; a key padding mask is read as 4 votes per
-        // lane (identical in every warp, so the skip of an all-masked tile is warpgroup-uniform)
-        bool fullTile = false, emptyTile = false;
-        if (!p.causal && j0 + HBC <= p.Lk) {
-            if (!p.hasMask) fullTile = true;
+    // which path a tile takes: full tiles have no per-score test; a key padding mask is read as 4
+    // votes per lane (identical in every warp, so the skip of an all-masked tile is warpgroup-uniform)
+    auto classify = [&](int j0, bool& fullTile, bool& emptyTile) {
+        fullTile = false; emptyTile = false;
+        if (!p.causal && j0 + HBC <= keyCount) {
+            if (!maskBatch) fullTile = true;
             else {
-                const float* mrowp = mask + b * p.Lk + j0;
+                const float* mrowp = maskBatch + j0;
                 const bool v0 = mrowp[lane] != 0.f, v1 = mrowp[lane + 32] != 0.f;
                 const bool v2 = mrowp[lane + 64] != 0.f, v3 = mrowp[lane + 96] != 0.f;
                 fullTile = __all_sync(0xffffffffu, v0 && v1 && v2 && v3);
                 emptyTile = !__any_sync(0xffffffffu, v0 || v1 || v2 || v3);
             }
         }
-        mbar_wait(barFull + 8 * s, (it / HSTAGES) & 1);
-        fence_proxy_async();
-        if (!emptyTile) {
-            const unsigned sK = sKV + 2 * s * TILEB, sV = sK + TILEB;
-            // S = Q K^T over D / 16 steps of 16 head dims (two core matrices, 256 bytes, per step)
-            float sc[HBC / 2];
-            myTurn();
-            wgmma_fence();
-#pragma unroll
-            for (int ks = 0; ks < D / 16; ++ks)
-                wgmma_scores<BF16>(sc, smem_desc(sQw + ks * 256, 128, ROWB), smem_desc(sK + ks * 256, 128, ROWB), ks > 0);
-            wgmma_commit();
-            otherTurn();
-            wgmma_wait0();
-            fence_regs<HBC / 2>(sc);
-
-            auto softmax = [&](auto maskedTag) {
-                constexpr bool MASKED = decltype(maskedTag)::value;
-                float mnew[2] = {mrow[0], mrow[1]};
-#pragma unroll
-                for (int n = 0; n < NS; ++n) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int ri = e >> 1;
-                        float val = sc[4 * n + e];
-                        if (MASKED) {
-                            const i64 j = j0 + n * 8 + t4 * 2 + (e & 1);
-                            const i64 i = qi[ri];
-                            bool visible = j < p.Lk;
-                            if (visible && p.hasMask) visible = mask[b * p.Lk + j] != 0.f;
-                            if (visible && p.causal) {
-                                visible = j <= i + shift;
-                                if (visible && p.window > 0) visible = (i + shift) - j < p.window;
-                            }
-                            val = visible ? val : -NB_INF;
-                            sc[4 * n + e] = val;
-                        }
-                        mnew[ri] = fmaxf(mnew[ri], val);
-                    }
-                }
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri) {
-                    mnew[ri] = fmaxf(mnew[ri], __shfl_xor_sync(0xffffffffu, mnew[ri], 1));
-                    mnew[ri] = fmaxf(mnew[ri], __shfl_xor_sync(0xffffffffu, mnew[ri], 2));
-                }
-                // a row with nothing visible yet uses m = 0, so its -inf scores give 0, never NaN
-                float msc[2], corr[2];
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri) {
-                    msc[ri] = mnew[ri] == -NB_INF ? 0.f : mnew[ri] * sl2;
-                    corr[ri] = mrow[ri] == -NB_INF ? 0.f : ex2(fmaf(mrow[ri], sl2, -msc[ri]));
-                }
-                float psum[2] = {0.f, 0.f};
-#pragma unroll
-                for (int n = 0; n < NS; ++n) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) sc[4 * n + e] = ex2(fmaf(sc[4 * n + e], sl2, -msc[e >> 1]));
-                    psum[0] += sc[4 * n] + sc[4 * n + 1];
-                    psum[1] += sc[4 * n + 2] + sc[4 * n + 3];
-                }
-#pragma unroll
-                for (int ri = 0; ri < 2; ++ri) {
-                    psum[ri] += __shfl_xor_sync(0xffffffffu, psum[ri], 1);
-                    psum[ri] += __shfl_xor_sync(0xffffffffu, psum[ri], 2);
-                    lrow[ri] = lrow[ri] * corr[ri] + psum[ri];
-                    mrow[ri] = mnew[ri];
-                }
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    o[4 * n] *= corr[0]; o[4 * n + 1] *= corr[0]; o[4 * n + 2] *= corr[1]; o[4 * n + 3] *= corr[1];
-                }
-            };
-            if (fullTile) softmax(HBoolC<false>()); else softmax(HBoolC<true>());
-
-            // P as A fragments, 16 keys per step: groups 2kt (keys +0..7) and 2kt+1 (keys +8..15)
-            unsigned pa[HBC / 16][4];
-#pragma unroll
-            for (int kt = 0; kt < HBC / 16; ++kt) {
-                pa[kt][0] = cvt2<BF16>(sc[8 * kt + 0], sc[8 * kt + 1]);
-                pa[kt][1] = cvt2<BF16>(sc[8 * kt + 2], sc[8 * kt + 3]);
-                pa[kt][2] = cvt2<BF16>(sc[8 * kt + 4], sc[8 * kt + 5]);
-                pa[kt][3] = cvt2<BF16>(sc[8 * kt + 6], sc[8 * kt + 7]);
-            }
-            // O += P V: 16 keys (two 8-key groups, 2 ROWB bytes) per step
-            fence_regs<D / 2>(o);
-            myTurn();
-            wgmma_fence();
-#pragma unroll
-            for (int kt = 0; kt < HBC / 16; ++kt)
-                wgmma_pv<D, BF16>(o, pa[kt], smem_desc(sV + kt * 2 * ROWB, ROWB, 128));
-            wgmma_commit();
-            otherTurn();
-            wgmma_wait0();
-            fence_regs<D / 2>(o);
+    };
+    auto softmax = [&](float* sc, float* corr, int j0, bool fullTile) {
+        if (fullTile) {
+            softmax_tile<false>(sc, mrow, lrow, corr, p, nullptr, 0, nullptr, t4, sl2);
+        } else {
+            const int diag[2] = {rowKey - j0, rowKey + 8 - j0};
+            softmax_tile<true>(sc, mrow, lrow, corr, p, maskBatch ? maskBatch + j0 : nullptr, keyCount - j0, diag, t4, sl2);
         }
-        mbar_arrive(barEmpty + 8 * s);
+    };
+    // S = Q K^T over D / 16 steps of 16 head dims. No swizzle: two core matrices, 256 bytes, per
+    // step. Swizzled: half of a 64-byte atom row, so the step starts 32 bytes into atom column
+    // ks / 2 (leading offset unused for swizzled K-major operands; 8-row groups 512 bytes apart).
+    auto issueScores = [&](float* sc, unsigned sK) {
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            if (SWZ) wgmma_scores<BF16>(sc, smem_desc_sw64(sQw + (ks >> 1) * (64 * 64) + (ks & 1) * 32, 16, 512),
+                                        smem_desc_sw64(sK + (ks >> 1) * (HBC * 64) + (ks & 1) * 32, 16, 512), ks > 0);
+            else wgmma_scores<BF16>(sc, smem_desc(sQw + ks * 256, 128, ROWB), smem_desc(sK + ks * 256, 128, ROWB), ks > 0);
+        }
+    };
+    // O += P V: 16 keys (two 8-key groups) per step. No swizzle: groups 2 ROWB bytes apart.
+    // Swizzled (MN-major): leading offset = between atom columns along the head dim (HBC * 64
+    // bytes), stride offset = between 8-key groups (512 bytes).
+    auto issuePV = [&](unsigned (*pa)[4], unsigned sV) {
+#pragma unroll
+        for (int kt = 0; kt < HBC / 16; ++kt) {
+            if (SWZ) wgmma_pv<D, BF16>(o, pa[kt], smem_desc_sw64(sV + kt * 2 * 512, HBC * 64, 512));
+            else wgmma_pv<D, BF16>(o, pa[kt], smem_desc(sV + kt * 2 * ROWB, ROWB, 128));
+        }
+    };
+
+    if (!OVERLAP) {
+        for (int it = 0; it < nTiles; ++it) {
+            const int s = it % HSTAGES;
+            const int j0 = firstKey + it * HBC;
+            bool fullTile, emptyTile;
+            classify(j0, fullTile, emptyTile);
+            mbar_wait<false>(barFull + 8 * s, (it / HSTAGES) & 1);
+            fence_proxy_async();
+            if (!emptyTile) {
+                const unsigned sK = sKV + 2 * s * TILEB, sV = sK + TILEB;
+                float sc[HBC / 2];
+                myTurn();
+                wgmma_fence();
+                issueScores(sc, sK);
+                wgmma_commit();
+                otherTurn();
+                wgmma_wait0();
+                fence_regs<HBC / 2>(sc);
+                float corr[2];
+                softmax(sc, corr, j0, fullTile);
+                rescale_rows<D>(o, corr);
+                unsigned pa[HBC / 16][4];
+                probs_to_fragments<BF16>(pa, sc);
+                fence_regs<D / 2>(o);
+                myTurn();
+                wgmma_fence();
+                issuePV(pa, sV);
+                wgmma_commit();
+                otherTurn();
+                wgmma_wait0();
+                fence_regs<D / 2>(o);
+            }
+            mbar_arrive(barEmpty + 8 * s);
+        }
+    } else if (nTiles > 0) {
+        // Tile 0: scores, softmax, P kept in pa; its stage stays held until P_0 V_0 is done.
+        // Every later tile: issue S_it and P_{it-1} V_{it-1} (two groups), wait for S_it only,
+        // softmax, then wait for the product, release tile it-1's stage, rescale O, convert P_it.
+        // A stage is released one tile later than in the plain schedule; with 3 stages the
+        // producer still has tile it+1 ready when the consumers reach it (it needs tile it-2's
+        // stage, released during tile it-1). A key padding mask's vote on a tile (classify) is
+        // taken one tile ahead, while the products run, so its loads do not delay the issue.
+        float sc[HBC / 2];
+        unsigned pa[HBC / 16][4];
+        bool nextFull, ignored;
+        {
+            bool fullTile;
+            classify(firstKey, fullTile, ignored);
+            mbar_wait<false>(barFull, 0);
+            myTurn();
+            wgmma_fence();
+            issueScores(sc, sKV);
+            wgmma_commit();
+            otherTurn();
+            classify(firstKey + HBC, nextFull, ignored);
+            wgmma_wait<0>();
+            fence_regs<HBC / 2>(sc);
+            float corr[2];
+            softmax(sc, corr, firstKey, fullTile);   // o is still zero: no rescale
+            probs_to_fragments<BF16>(pa, sc);
+        }
+        for (int it = 1; it < nTiles; ++it) {
+            const int s = it % HSTAGES, sPrev = (it - 1) % HSTAGES;
+            const int j0 = firstKey + it * HBC;
+            const bool fullTile = nextFull;
+            mbar_wait<false>(barFull + 8 * s, (it / HSTAGES) & 1);
+            myTurn();
+            wgmma_fence();
+            issueScores(sc, sKV + 2 * s * TILEB);
+            wgmma_commit();
+            issuePV(pa, sKV + 2 * sPrev * TILEB + TILEB);
+            wgmma_commit();
+            otherTurn();
+            // the next tile's vote; its mask loads stay in bounds (classify reads a tile only
+            // when all of it lies before Lk) even past the last tile
+            classify(j0 + HBC, nextFull, ignored);
+            wgmma_wait<1>();                     // the scores; P V may still run
+            fence_regs<HBC / 2>(sc);
+            float corr[2];
+            softmax(sc, corr, j0, fullTile);
+            wgmma_wait<0>();                     // P_{it-1} V_{it-1} done: o and pa are free
+            fence_regs<D / 2>(o);
+            fence_regs_u<HBC / 16>(pa);
+            mbar_arrive(barEmpty + 8 * sPrev);
+            rescale_rows<D>(o, corr);
+            probs_to_fragments<BF16>(pa, sc);
+        }
+        const int sLast = (nTiles - 1) % HSTAGES;
+        fence_regs<D / 2>(o);
+        myTurn();
+        wgmma_fence();
+        issuePV(pa, sKV + 2 * sLast * TILEB + TILEB);
+        wgmma_commit();
+        otherTurn();
+        wgmma_wait<0>();
+        fence_regs<D / 2>(o);
+        fence_regs_u<HBC / 16>(pa);
+        mbar_arrive(barEmpty + 8 * sLast);
     }
     if (cwg == 0) myTurn();
 
     // normalise and store
 #pragma unroll
     for (int ri = 0; ri < 2; ++ri) {
-        const i64 i = qi[ri];
+        const i64 i = i0 + cwg * 64 + warp * 16 + g + 8 * ri;
         if (i >= p.Lq) continue;
         const float inv = lrow[ri] > 0.f ? 1.f / lrow[ri] : 0.f;
         u16* dst = out + ((b * p.Lq + i) * p.Hq + h) * D;
@@ -410,17 +600,22 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
         for (int n = 0; n < NO; ++n)
             *(unsigned*)(dst + n * 8 + t4 * 2) = cvt2<BF16>(o[4 * n + 2 * ri] * inv, o[4 * n + 2 * ri + 1] * inv);
     }
+    }
 }
 
-// The engine's choice of schedule (see PINGPONG above); tools/bench/hopper_attn_check.py times both.
-#define NB_FLASH_PINGPONG false
+// The engine's variant (SCHED_* bits above): the one constant to change when
+// tools/bench/hopper_attn_check.py, which checks and times every variant, says another is the
+// fastest that passes. The overlapped ones need 167 (d96) and 183 (d128) registers per consumer
+// thread. Written before any run of the paired loads and the swizzle: ncu of the first version
+// showed L2 at 85% (every K/V sector fetched twice) and 3x the ideal shared-memory wavefronts.
+#define NB_FLASH_SCHEDULE (SCHED_OVERLAP | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64)
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.
 #define FLASH_WGMMA(name, D, BF) \
 extern "C" __global__ void __launch_bounds__(HTHREADS, 1) name(const u16* q, const u16* k, const u16* v, const float* mask, \
                                                               u16* out, const __grid_constant__ FlashParams p) { \
-    flash_wgmma<D, BF, NB_FLASH_PINGPONG>(q, k, v, mask, out, p); }
+    flash_wgmma<D, BF, NB_FLASH_SCHEDULE>(q, k, v, mask, out, p); }
 
 FLASH_WGMMA(nb_flash_wgmma_bf16_d64, 64, true)
 FLASH_WGMMA(nb_flash_wgmma_bf16_d96, 96, true)

@@ -1,5 +1,7 @@
 // NewBie CUDA kernels: fused transformer ops (RMSNorm + modulation, gated residual, SwiGLU,
 // QKV norm + RoPE), generic and 16-bit fast paths.
+// The *_e4m3 forms write an fp8 layer's input as e4m3 codes with one scale per row instead of 16-bit
+// values (the same codes as quantizing those values: FloatE4M3.quantizeRow).
 // Compiled at run time by NVRTC for the running GPU. Every kernel loads its inputs as float, computes in
 // float and rounds the result once to the output's storage type, as the CPU backend does.
 
@@ -101,9 +103,12 @@ template <bool BF> __device__ __forceinline__ V8 pack(const float* f) {
 }
 #define ROW_VMAX 16   // vectors per lane: rows up to 32 x 16 x 8 = 4096 elements
 
-// out = round(round(round(x r) w) * round(1 + scale[b])); one warp per row of d
-template <bool BF>
-__device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16* out, int rows, int d, int rowsPerSample, float eps) {
+// out = round(round(round(x r) w) * round(1 + scale[b])); one warp per row of d. With CODES, the
+// row is written as e4m3 codes of those rounded values with one scale (FloatE4M3.quantizeRow)
+// instead of 16-bit values: `out` unused, `codes` [rows, d] and `scales` [rows].
+template <bool BF, bool CODES = false>
+__device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16* out, int rows, int d, int rowsPerSample, float eps,
+                              uint2* codes = nullptr, float* scales = nullptr) {
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int nv = d >> 3;
@@ -132,8 +137,26 @@ __device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16*
                 if (sr) v = v * rnd<BF>(sf[e] + 1.f);
                 f[e] = v;
             }
-            orow[c] = pack<BF>(f);
+            if (CODES) xv[i] = pack<BF>(f); else orow[c] = pack<BF>(f);
         }
+    }
+    if (!CODES) return;
+    // the rounded row is back in xv: its maximum over the warp, then the codes
+    unsigned m = 0u;
+#pragma unroll
+    for (int i = 0; i < ROW_VMAX; ++i) {
+        if (lane + i * 32 < nv) {
+            float f[8]; unpack<BF>(xv[i], f);
+            for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(f[e])));
+        }
+    }
+    const float s = e4m3_row_scale(warp_umax(m));
+    if (lane == 0) scales[row] = s;
+    uint2* cr = codes + (size_t)row * nv;
+#pragma unroll
+    for (int i = 0; i < ROW_VMAX; ++i) {
+        const int c = lane + i * 32;
+        if (c < nv) { float f[8]; unpack<BF>(xv[i], f); cr[c] = e4m3_pack8(f, s); }
     }
 }
 
@@ -187,6 +210,38 @@ __device__ void swiglu_v(const u16* a, const u16* b, u16* out, long long nv) {
     }
 }
 
+// e4m3 codes and row scale of round(round(silu(a)) * b) (the values nb_swiglu_* writes), for rows of
+// k = nv * 8: one block per row, the rounded row held in registers (nv <= blockDim.x * RQ_VMAX).
+template <bool BF>
+__device__ void swiglu_e4m3_v(const u16* a, const u16* b, uint2* codes, float* scales, int nv) {
+    const V8* ar = (const V8*)a + (size_t)blockIdx.x * nv;
+    const V8* br = (const V8*)b + (size_t)blockIdx.x * nv;
+    V8 held[RQ_VMAX];
+    unsigned m = 0u;
+#pragma unroll
+    for (int i = 0; i < RQ_VMAX; ++i) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < nv) {
+            float af[8], bf[8];
+            unpack<BF>(ar[c], af); unpack<BF>(br[c], bf);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(af[e] / (1.f + expf(-af[e]))) * bf[e];
+            held[i] = pack<BF>(af);
+            unpack<BF>(held[i], af);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(af[e])));
+        }
+    }
+    const float s = e4m3_row_scale(block_umax(m));
+    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    uint2* cr = codes + (size_t)blockIdx.x * nv;
+#pragma unroll
+    for (int i = 0; i < RQ_VMAX; ++i) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < nv) { float f[8]; unpack<BF>(held[i], f); cr[c] = e4m3_pack8(f, s); }
+    }
+}
+
 // nb_qkv_norm_rope for the interleaved RoPE layout and D % 4 == 0, D <= 128: one warp per
 // (token, head), four consecutive channels (two rotation pairs) per lane, 8-byte loads.
 template <bool BF>
@@ -234,6 +289,11 @@ extern "C" __global__ void nb_rmsnorm_mod_##T(const u16* x, const u16* w, const 
 extern "C" __global__ void nb_rmsnorm_gate_res_##T(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows, \
                                                    int d, int rowsPerSample, float eps) { rmsnorm_gate_res_v<BF>(x, y, w, gate, out, rows, d, rowsPerSample, eps); } \
 extern "C" __global__ void nb_swiglu_##T(const u16* a, const u16* b, u16* out, long long nv) { swiglu_v<BF>(a, b, out, nv); } \
+extern "C" __global__ void nb_rmsnorm_mod_e4m3_##T(const u16* x, const u16* w, const u16* scale, uint2* codes, float* scales, \
+                                                   int rows, int d, int rowsPerSample, float eps) { \
+    rmsnorm_mod_v<BF, true>(x, w, scale, nullptr, rows, d, rowsPerSample, eps, codes, scales); } \
+extern "C" __global__ void nb_swiglu_e4m3_##T(const u16* a, const u16* b, uint2* codes, float* scales, int nv) { \
+    swiglu_e4m3_v<BF>(a, b, codes, scales, nv); } \
 extern "C" __global__ void nb_qkv_norm_rope_##T(const u16* qkv, const u16* qw, const u16* kw, const float* cs, const float* sn, \
                                                 u16* qo, u16* ko, u16* vo, int L, int Hq, int Hkv, int D, int perSample, int tokens, float eps) { \
     qkv_norm_rope_v<BF>(qkv, qw, kw, cs, sn, qo, ko, vo, L, Hq, Hkv, D, perSample, tokens, eps); }

@@ -44,6 +44,32 @@ extern "C" __global__ void nb_softmax(const void* x, int dt, i64 xoff, void* out
     for (i64 j = threadIdx.x; j < n; j += blockDim.x) st(out, dt, row * n + j, expf(ld(x, dt, base + j) - m) * inv);
 }
 
+// Softmax rows for attention by matrix products (CUDAAttention.swift, head dims the flash kernels
+// do not take): s fp32 [rows, n] raw scores Q K^T; p (bf16/f16, dt) = exp(scale * (s - rowmax)),
+// unnormalised and rounded once, which the P V product reads; sum fp32 [rows] = the sum of the
+// unrounded p. The same arithmetic as the flash kernels (P rounded for its product, the row sum in
+// fp32). Pass 1 keeps a running max and sum per thread (merged across the block), pass 2 writes p.
+extern "C" __global__ void nb_softmax_rows_p16(const float* s, void* p, int dt, float* sum, i64 n, float scale) {
+    const i64 row = blockIdx.x;
+    const float* x = s + row * n;
+    const float k = scale * 1.4426950408889634f;   // exp(scale * d) = exp2(k * d)
+    float m = -NB_INF, l = 0.f;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        float v = x[j];
+        if (v > m) { l = l * exp2f(k * (m - v)) + 1.f; m = v; } else l += exp2f(k * (v - m));
+    }
+    const float rowMax = block_max(m);
+    l = (m == -NB_INF) ? 0.f : l * exp2f(k * (m - rowMax));
+    const float total = block_sum(l);
+    if (threadIdx.x == 0) sum[row] = total;
+    const i64 base = row * n;
+    u16* out = (u16*)p;
+    for (i64 j = threadIdx.x; j < n; j += blockDim.x) {
+        const float e = exp2f(k * (x[j] - rowMax));
+        out[base + j] = dt == DT_BF16 ? f2b(e) : f2h(e);
+    }
+}
+
 // style 0: normalise, round to the weight dtype (when reduced), times weight; style 1: Gemma x*r*(1+w)
 
 extern "C" __global__ void nb_rmsnorm(const void* x, int dt, i64 xoff, const void* w, int wdt, void* out, i64 d, float eps, int style) {

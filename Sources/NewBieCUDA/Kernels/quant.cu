@@ -1,6 +1,7 @@
 // NewBie CUDA kernels for quantized linear layers (docs/QUANTIZATION.md): int8 weight-only
-// dequantization into a 16/32-bit scratch weight, and fp8 e4m3 activation quantization (per-tensor
-// amax, then scale and cast) for cuBLASLt's FP8 GEMM. Storage types, dtype codes, loads and stores from common.cuh.
+// dequantization into a 16/32-bit scratch weight, and the per-row fp8 e4m3 quantization of
+// activations for cuBLASLt's FP8 GEMM (the fused producers are in fused.cu). Storage types, dtype
+// codes, loads and stores, and the e4m3 cast from common.cuh.
 
 #include "common.cuh"
 
@@ -24,76 +25,10 @@ extern "C" __global__ void nb_dequant_i8(const signed char* q, const float* scal
     }
 }
 
-// float -> float8_e4m3fn bits exactly as torch 2.15's cast (FloatE4M3.encode): round to nearest
-// even, saturating at +-448 (infinities included); NaN stays NaN (0x7f). The format has no inf.
-__device__ __forceinline__ unsigned char q_e4m3(float f) {
-    unsigned bits = __float_as_uint(f);
-    unsigned sign = bits & 0x80000000u;
-    bits ^= sign;
-    unsigned r;
-    if (bits > 0x7f800000u) {
-        r = 0x7f;
-    } else if (bits >= (1087u << 20)) {
-        r = 0x7e;
-    } else if (bits < (121u << 23)) {
-        // subnormal range: in x + 2^14 the last mantissa bit weighs 2^-9, e4m3's subnormal step,
-        // so the fp32 add rounds x to that step (nearest even) and the low bits are the code
-        float d = __uint_as_float(bits) + __uint_as_float(141u << 23);
-        r = __float_as_uint(d) - (141u << 23);
-    } else {
-        unsigned odd = (bits >> 20) & 1u;
-        bits += ((unsigned)(7 - 127) << 23) + 0x7ffffu;
-        bits += odd;
-        r = bits >> 20;
-        if (r > 0x7eu) r = 0x7eu;  // (464, 480) rounds to the NaN code: saturate to 448
-    }
-    return (unsigned char)(r | (sign >> 24));
-}
-
-// Folds each thread's m (float bits of a magnitude) into *amax: warp maxima, then the block's,
-// then one atomicMax per block. Every thread of the block must call it.
-__device__ __forceinline__ void block_max_into(unsigned m, unsigned* amax) {
-    __shared__ unsigned warpMax[32];
-    for (int o = 16; o > 0; o >>= 1) { unsigned v = __shfl_xor_sync(0xffffffffu, m, o); m = m > v ? m : v; }
-    if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned b = 0u;
-        for (int w = 0; w < (int)(blockDim.x + 31) / 32; w++) b = b > warpMax[w] ? b : warpMax[w];
-        atomicMax(amax, b);
-    }
-}
-
-// Zeroes the amax cell (kept on the device: no host round trip between the kernels and the GEMM).
-extern "C" __global__ void nb_amax_reset(unsigned* amax) { *amax = 0u; }
-
-// amax = max |x| over n elements, as float bits (non-negative floats order like their bits). A NaN
-// in x gives NaN bits (above inf's): the scale falls back to 1, as torch.where(amax > 0, ...) does,
-// the NaN element's code is NaN and the rows it reaches in the product come out NaN.
-extern "C" __global__ void nb_absmax(const void* x, int dt, i64 n, unsigned* amax) {
-    unsigned m = 0u;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-        unsigned b = __float_as_uint(fabsf(ld(x, dt, i)));
-        m = m > b ? m : b;
-    }
-    block_max_into(m, amax);
-}
-
-// scale = amax / 448 (1 when amax is 0); out = e4m3(x / scale); the scale is written for the GEMM.
-extern "C" __global__ void nb_quant_e4m3(const void* x, int dt, i64 n, const unsigned* amax,
-                                         unsigned char* out, float* scaleOut) {
-    float a = __uint_as_float(*amax);
-    float s = a > 0.f ? a / 448.f : 1.f;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *scaleOut = s;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-        out[i] = q_e4m3(ld(x, dt, i) / s);
-}
-
-// ---- vectorised forms of the three kernels above, for contiguous 16-bit data whose length (and,
-// for dequantization, row length) is a multiple of 8 at 16-byte-aligned addresses: 16-byte loads
-// and 8- or 16-byte stores, same arithmetic per element (bit-identical results). The scalar forms
-// moved 2 bytes per load and took 3-7x the memory-bound time on the H200 (fp8 DiT step: 34 ms of
-// 148 in absmax + quantize).
+// ---- vectorised forms for contiguous 16-bit data whose row length is a multiple of 8 at 16-byte-
+// aligned addresses: 16-byte loads and 8- or 16-byte stores, same arithmetic per element
+// (bit-identical results). Scalar forms moved 2 bytes per load and took 3-7x the memory-bound time
+// on the H200.
 
 // 8 16-bit values (bf16 when isBf16, else f16) of one 16-byte load, in fp32.
 __device__ __forceinline__ void unpack8(uint4 v, bool isBf16, float* f) {
@@ -109,36 +44,6 @@ __device__ __forceinline__ void unpack8(uint4 v, bool isBf16, float* f) {
 __device__ __forceinline__ unsigned pack2(float a, float b, bool isBf16) {
     u16 x = isBf16 ? f2b(a) : f2h(a), y = isBf16 ? f2b(b) : f2h(b);
     return (unsigned)x | ((unsigned)y << 16);
-}
-
-// nb_absmax over n8 groups of 8 16-bit values.
-extern "C" __global__ void nb_absmax_v8(const uint4* x, int dt, i64 n8, unsigned* amax) {
-    bool bf = dt == DT_BF16;
-    unsigned m = 0u;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (i64)gridDim.x * blockDim.x) {
-        float f[8];
-        unpack8(x[i], bf, f);
-        #pragma unroll
-        for (int j = 0; j < 8; j++) { unsigned b = __float_as_uint(fabsf(f[j])); m = m > b ? m : b; }
-    }
-    block_max_into(m, amax);
-}
-
-// nb_quant_e4m3 over n8 groups of 8 16-bit values: 8 codes per 8-byte store.
-extern "C" __global__ void nb_quant_e4m3_v8(const uint4* x, int dt, i64 n8, const unsigned* amax,
-                                            uint2* out, float* scaleOut) {
-    float a = __uint_as_float(*amax);
-    float s = a > 0.f ? a / 448.f : 1.f;
-    if (blockIdx.x == 0 && threadIdx.x == 0) *scaleOut = s;
-    bool bf = dt == DT_BF16;
-    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (i64)gridDim.x * blockDim.x) {
-        float f[8];
-        unpack8(x[i], bf, f);
-        unsigned c[8];
-        #pragma unroll
-        for (int j = 0; j < 8; j++) c[j] = q_e4m3(f[j] / s);
-        out[i] = make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24), c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
-    }
 }
 
 // nb_dequant_i8 into a 16-bit weight (outType DT_BF16 or DT_F16), 8 columns per thread.
@@ -162,5 +67,75 @@ extern "C" __global__ void nb_dequant_i8_v8(const uint2* q, const float* scales,
             }
             orow[c] = make_uint4(pack2(f[0], f[1], bf), pack2(f[2], f[3], bf), pack2(f[4], f[5], bf), pack2(f[6], f[7], bf));
         }
+    }
+}
+
+// ---- per-row e4m3 codes of activations (FloatE4M3.quantizeRow): one block per row (grid = rows),
+// scale = max|row| / 448 (1 for a zero or NaN maximum), codes = e4m3(x / scale). The row is read
+// once: the 8-wide form keeps it in registers between the maximum and the codes.
+
+// Any dtype, any row length: a maximum pass, then a quantize pass over the same row (cached).
+extern "C" __global__ void nb_quant_rows_e4m3(const void* x, int dt, i64 k, unsigned char* codes, float* scales) {
+    const i64 base = (i64)blockIdx.x * k;
+    unsigned m = 0u;
+    for (i64 j = threadIdx.x; j < k; j += blockDim.x) m = umax_bits(m, __float_as_uint(fabsf(ld(x, dt, base + j))));
+    const float s = e4m3_row_scale(block_umax(m));
+    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    for (i64 j = threadIdx.x; j < k; j += blockDim.x) codes[base + j] = q_e4m3(ld(x, dt, base + j) / s);
+}
+
+// 16-bit rows (bf16 when dt is DT_BF16, else f16) of k8 groups of 8, at most blockDim.x * RQ_VMAX groups.
+extern "C" __global__ void nb_quant_rows_e4m3_v8(const uint4* x, int dt, int k8, uint2* codes, float* scales) {
+    const bool bf = dt == DT_BF16;
+    const uint4* xr = x + (size_t)blockIdx.x * k8;
+    uint4 held[RQ_VMAX];
+    unsigned m = 0u;
+    #pragma unroll
+    for (int i = 0; i < RQ_VMAX; i++) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < k8) {
+            held[i] = xr[c];
+            float f[8];
+            unpack8(held[i], bf, f);
+            #pragma unroll
+            for (int j = 0; j < 8; j++) m = umax_bits(m, __float_as_uint(fabsf(f[j])));
+        }
+    }
+    const float s = e4m3_row_scale(block_umax(m));
+    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    uint2* cr = codes + (size_t)blockIdx.x * k8;
+    #pragma unroll
+    for (int i = 0; i < RQ_VMAX; i++) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < k8) { float f[8]; unpack8(held[i], bf, f); cr[c] = e4m3_pack8(f, s); }
+    }
+}
+
+// out[r, o] = acc[r, o] * (xs[r] * ws[o]) + bias[o], rounded once to outType: the scales of an fp8
+// product that cuBLASLt ran unscaled (no outer-vector scaling in older versions), the bias (nullable)
+// in the output's dtype.
+extern "C" __global__ void nb_fp8_rescale(const float* acc, const float* xs, const float* ws, const void* bias,
+                                          void* out, int outType, i64 m, i64 n) {
+    GRID_STRIDE(i, m * n) {
+        const i64 r = i / n, o = i - r * n;
+        float v = acc[i] * (xs[r] * ws[o]);
+        if (bias) v = v + ld(bias, outType, o);
+        st(out, outType, i, v);
+    }
+}
+
+// out[i] = e4m3 value of codes[i] times its row's scale (scales[i / k]; scales[0] for all when not
+// perRow), in fp32, rounded once to outType (FloatE4M3.decodeRows): fp8 operands widened for a
+// 16-bit GEMM where the FP8 one does not apply, without a trip to the host.
+extern "C" __global__ void nb_decode_e4m3_rows(const unsigned char* codes, const float* scales, i64 k, i64 n, int perRow,
+                                               void* out, int outType) {
+    GRID_STRIDE(i, n) {
+        const unsigned c = codes[i], e = (c >> 3) & 15u, m = c & 7u;
+        float v;
+        if (e == 15u && m == 7u) v = __uint_as_float(0x7fc00000u);
+        else if (e == 0u) v = (float)m * 0.001953125f;                          // m * 2^-9, exact
+        else v = __uint_as_float(((e + 120u) << 23) | (m << 20));               // (1 + m/8) * 2^(e-7)
+        if (c & 0x80u) v = -v;
+        st(out, outType, i, v * scales[perRow ? i / k : 0]);
     }
 }

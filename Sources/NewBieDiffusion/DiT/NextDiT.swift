@@ -43,6 +43,17 @@ public final class NextDiT: @unchecked Sendable {
         /// adaLN_modulation.1 (nil for the context refiner).
         let adaLN: Linear?
 
+        /// fp8 layers fed e4m3 codes straight from the fused producers (docs/QUANTIZATION.md): the
+        /// attention's RMSNorm + modulate writes the qkv input as codes, the FFN's writes one codes
+        /// tensor for w1 and w3, SwiGLU writes w2's. Only where the layer takes codes and every
+        /// dtype on the way is the block's, so the codes equal quantizing the 16-bit value; every
+        /// other layer and precision runs the 16-bit path.
+        var qkvTakesCodes: Bool { qkv.takesE4M3Rows && qkv.dtype == dtype && attnDType == dtype }
+        var ffnTakesCodes: Bool {
+            w1.takesE4M3Rows && w3.takesE4M3Rows && w1.dtype == dtype && w3.dtype == dtype && ffnDType == dtype
+        }
+        var w2TakesCodes: Bool { w2.takesE4M3Rows && [w1.dtype, w3.dtype, w2.dtype].allSatisfy { $0 == ffnDType } }
+
         /// Every weight of the block, in a fixed order (what travels under `--offload`).
         var tensors: [Tensor] {
             [qkv, out].flatMap(\.streamedTensors) + [qNorm, kNorm] + [w1, w2, w3].flatMap(\.streamedTensors)
@@ -375,11 +386,23 @@ public final class NextDiT: @unchecked Sendable {
             if let ada = blk.adaLN, let cs = cSilu {
                 mod = ada(cs.to(blk.dtype)).chunk(4, axis: 1)  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, D]
             }
-            let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
-            let a = computed(in: blk.attnDType, h) { attention(blk, $0, mask: mask, rope: rope) }
+            let a: Tensor
+            if blk.qkvTakesCodes {
+                let h = x.rmsNormModulateE4M3(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
+                a = attention(blk, qkv: blk.qkv(h), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope)
+            } else {
+                let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
+                a = computed(in: blk.attnDType, h) { attention(blk, $0, mask: mask, rope: rope) }
+            }
             let out = x.rmsNormGatedResidual(a, weight: blk.attnNorm2, eps: eps, gate: mod?[1])
-            let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
-            let f = computed(in: blk.ffnDType, h2) { h2 in blk.w2(blk.w1(h2).swiglu(blk.w3(h2))) }
+            let f: Tensor
+            if blk.ffnTakesCodes {
+                let h2 = out.rmsNormModulateE4M3(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
+                f = feedForward(blk, blk.w1(h2), blk.w3(h2))
+            } else {
+                let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
+                f = computed(in: blk.ffnDType, h2) { h2 in feedForward(blk, blk.w1(h2), blk.w3(h2)) }
+            }
             return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
         }
     }
@@ -406,9 +429,19 @@ public final class NextDiT: @unchecked Sendable {
         }
     }
 
+    /// w2(SwiGLU(w1 x, w3 x)) from the gate and up projections.
+    func feedForward(_ blk: Block, _ gate: Tensor, _ up: Tensor) -> Tensor {
+        blk.w2TakesCodes ? blk.w2(gate.swigluE4M3(up)) : blk.w2(gate.swiglu(up))
+    }
+
     func attention(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
-        let b = x.shape[0], l = x.shape[1], hd = config.headDim, hq = config.nHeads, hkv = config.nKVHeads
-        let (q, k, v) = blk.qkv(x).qkvNormRope(heads: hq, kvHeads: hkv, qNorm: blk.qNorm, kNorm: blk.kNorm, eps: config.qkNormEps,
+        attention(blk, qkv: blk.qkv(x), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope)
+    }
+
+    /// Attention from the fused projection qkv [B, L, (Hq + 2 Hkv) * D].
+    func attention(_ blk: Block, qkv: Tensor, batch b: Int, length l: Int, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
+        let hd = config.headDim, hq = config.nHeads, hkv = config.nKVHeads
+        let (q, k, v) = qkv.qkvNormRope(heads: hq, kvHeads: hkv, qNorm: blk.qNorm, kNorm: blk.kNorm, eps: config.qkNormEps,
                                               cos: rope.cos, sin: rope.sin, layout: .interleaved)
         let o = q.attention(k: k, v: v, options: AttentionOptions(keyPaddingMask: mask))
         return blk.out(o.reshape([b, l, hq * hd]))

@@ -8,8 +8,9 @@ public enum QuantScheme: String, Sendable, Equatable, CaseIterable {
     case int8
     /// int8 weight-only, one fp32 scale per group of 128 input features of each row.
     case int8g128 = "int8-g128"
-    /// fp8 e4m3fn weights with one fp32 scale per tensor, and activations quantized to e4m3 per
-    /// tensor at each call (W8A8): cuBLASLt's FP8 GEMM on Hopper and later, emulated elsewhere.
+    /// fp8 e4m3fn weights with one fp32 scale per output channel, and activations quantized to e4m3
+    /// with one scale per token at each call (W8A8): cuBLASLt's FP8 GEMM on Hopper and later,
+    /// emulated elsewhere.
     case fp8
     /// GGML blocks as a GGUF file stores them (Q8_0 ... Q4_K), held resident and widened per call:
     /// read from a file, or quantized at load by `--quantize` with `newbie quantize`'s writers.
@@ -133,7 +134,8 @@ public struct ModuleQuantization: Sendable, Equatable, CustomStringConvertible {
 }
 
 /// A quantized weight with fp32 scales. int8: `w[o, i] ≈ q[o, i] * scale[o, i / group]` (group =
-/// the row when per channel). fp8: `w[o, i] ≈ e4m3(q[o, i]) * scale` (one scale). GGML blocks:
+/// the row when per channel). fp8: `w[o, i] ≈ e4m3(q[o, i]) * scale[o]` (one scale per row; a
+/// single scale broadcasts). GGML blocks:
 /// `q` holds each row's blocks as the GGUF file stores them, scales inside. Held on the layer's
 /// device (`on(_:)`); int8 and blocks are widened to a float weight one layer at a time, just
 /// before its matrix product; fp8 goes to the FP8 product as it is.
@@ -141,7 +143,7 @@ public struct QuantizedWeight: @unchecked Sendable {
     public let scheme: QuantScheme
     /// [out, in]: int8 in [-127, 127], or (fp8) u8 e4m3fn codes; blocks: u8 [out, rowBytes(in)].
     public let q: Tensor
-    /// [out, groups] fp32 (groups = 1 per channel; [1, 1] for fp8, one scale per tensor; an empty
+    /// [out, groups] fp32 (groups = 1 per channel, as fp8's [out, 1]; an empty
     /// host tensor for blocks, whose scales are inside them).
     public let scales: Tensor
     /// The float weight's shape [out, in].
@@ -166,8 +168,8 @@ public struct QuantizedWeight: @unchecked Sendable {
     /// scale = max|w| / 127 over the row (or group), q = round-half-to-even(w / scale) (torch.round),
     /// clamped to ±127; an all-zero row or group has scale 0 and q 0.
     ///
-    /// fp8: scale = max|w| / 448 over the tensor (1 for an all-zero tensor), q = e4m3fn(w / scale)
-    /// as torch's cast (`FloatE4M3.encode`).
+    /// fp8: per output channel, `FloatE4M3.quantizeRow`: scale = max|w| / 448 over the row (1 for
+    /// an all-zero row), q = e4m3fn(w / scale) as torch's cast (`FloatE4M3.encode`).
     ///
     /// Block schemes: ggml's quantizers on the fp32 values, row after row (`newbie quantize`'s, the
     /// same bytes as the file it writes); rows must be whole blocks (`QuantScheme.atLoad` checks).
@@ -184,7 +186,7 @@ public struct QuantizedWeight: @unchecked Sendable {
         }
         if scheme == .fp8 {
             let (q, s) = WeightQuantizer.e4m3(host)
-            return QuantizedWeight(scheme: .fp8, q: q, scales: Tensor([s], shape: [1, 1]))
+            return QuantizedWeight(scheme: .fp8, q: q, scales: s)
         }
         let (q, scales) = WeightQuantizer.int8(host, group: scheme.groupSize ?? w.shape[1])
         return QuantizedWeight(scheme: scheme, q: q, scales: scales)
@@ -209,10 +211,7 @@ public struct QuantizedWeight: @unchecked Sendable {
             return Backends.backend(for: device).dequantizeBlocks(q, format: f, rows: shape[0], cols: shape[1], dtype: dtype)
         }
         if scheme == .fp8 {
-            let codes = q.to(device: .cpu).contiguous()
-            let cp = codes.hostPointer.assumingMemoryBound(to: UInt8.self)
-            let s = scales.toFloats()[0]
-            let w = Tensor((0..<codes.count).map { FloatE4M3.decode(cp[$0]) * s }, shape: q.shape)
+            let w = FloatE4M3.decodeRows(q, scales: scales)
             return dtype == .f32 && device == .cpu ? w : w.to(dtype, device: device)
         }
         // the scheme's group width (the last group of a row may be shorter); in / groups would

@@ -311,7 +311,7 @@ public struct Linear {
         computed(in: dtype, x) { x in
             var y: Tensor
             if let qw = quantized, qw.scheme == .fp8 {
-                y = x.backend.fp8Linear(x.contiguous(), weight: qw.q, weightScale: qw.scales,
+                y = x.backend.fp8Linear(x.contiguous(), weight: qw.q, weightScales: qw.scales,
                                         bias: bias.map { $0.dtype == x.dtype ? $0 : $0.to(x.dtype) })
             } else {
                 y = x.linear(effectiveWeight(), bias: bias)
@@ -319,6 +319,25 @@ public struct Linear {
             for a in adapters { y = y + a(x) }
             return y
         }
+    }
+}
+
+extension Linear {
+    /// Whether this layer takes its input as e4m3 codes with row scales (`E4M3Rows`, from a fused
+    /// producer): an fp8 weight, no side products, on a backend whose fp8 product reads codes.
+    /// Decided once per layer; callers feed `E4M3Rows` only when it holds and the producer's dtype is
+    /// the layer's (every other layer and precision keeps the 16-bit path).
+    public var takesE4M3Rows: Bool {
+        quantized?.scheme == .fp8 && adapters.isEmpty && Backends.backend(for: device).takesE4M3Activations
+    }
+
+    /// y = x W^T + b for activations already quantized per row; the result in the layer's dtype.
+    public func callAsFunction(_ x: E4M3Rows) -> Tensor {
+        guard let qw = quantized, qw.scheme == .fp8, adapters.isEmpty else {
+            preconditionFailure("Linear: e4m3 activations fed to a layer that is not fp8 (check takesE4M3Rows)")
+        }
+        return Backends.backend(for: x.device).fp8Linear(x, weight: qw.q, weightScales: qw.scales,
+                                                         bias: bias.map { $0.dtype == dtype ? $0 : $0.to(dtype) }, dtype: dtype)
     }
 }
 

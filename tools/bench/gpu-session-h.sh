@@ -6,7 +6,9 @@
 #   2. gpu-check.txt: every gpu-check row with that kernel (fp8 rows, step-cache rows, GGUF-at-load,
 #      the 16-bit attention products are new);
 #   3. kernels.txt: gpu_quant_kernels.py (row e4m3 kernels and cuBLASLt outer-vector scaling vs torch);
-#   4. dit.txt: the DiT forward, batch 2, 1024x1024, bf16 compute: bf16 weights then fp8 (same call);
+#   4. dit.txt: the DiT, batch 2, bf16 compute: forward and guided step at 1024x1024, 512x512 and
+#      1024x1536, 28-step samplings at 1024x1024 uncached and with the step cache at threshold 0 (the
+#      check's cost) and a huge threshold (the speed of a hit); then fp8 weights at 1024x1024;
 #   5. vae.txt: the VAE decode at 1024x1024 and 2048x2048 (bf16) with its kernel profile.
 #   tools/bench/gpu-session-h.sh AFTER_DIR OUT     (AFTER_DIR: newbie or newbie.xz + NewBie_NewBieCUDA.resources)
 set -uo pipefail
@@ -31,13 +33,15 @@ grep -E "FAIL|of [0-9]+ |did not|note:" "$out/gpu-check.txt" | tail -30
 echo "== 3. gpu_quant_kernels.py"
 timeout 60 python3 tools/bench/gpu_quant_kernels.py > "$out/kernels.txt" 2>&1
 echo "exit $?"; grep -E "FAIL|NOTE|outer-vector|all checks" "$out/kernels.txt" | head -12
-echo "== 4. DiT forward, bf16 then fp8 weights ($(( $(date +%s) - t0 )) s)"
+echo "== 4. DiT: bf16 at three shapes and 28-step samplings with the step cache, then fp8 ($(( $(date +%s) - t0 )) s)"
 : > "$out/dit.txt"
-for q in none fp8; do
-    timeout 50 "$b" bench --device cuda --dit --dtype bf16 --quantize $q > /tmp/dit.txt 2>&1
-    echo "-- $q: exit $?" | tee -a "$out/dit.txt"; cat /tmp/dit.txt >> "$out/dit.txt"
-    grep -E "forward:|guided step|note:|flash" /tmp/dit.txt | head -8
-done
+timeout "${DIT_SECONDS:-150}" "$b" bench --device cuda --dit --dtype bf16 --shapes 1024x1024,512x512,1024x1536 \
+    --step-cache-runs graphs,eager,teacache:0,fbcache:0,teacache:1e9,fbcache:1e9 > /tmp/dit.txt 2>&1
+echo "-- bf16: exit $?" | tee -a "$out/dit.txt"; cat /tmp/dit.txt >> "$out/dit.txt"
+grep -E "NewBie DiT|forward:|guided step|teacache|fbcache|graphs|eager|flash|rror" /tmp/dit.txt | head -24
+timeout 50 "$b" bench --device cuda --dit --dtype bf16 --quantize fp8 > /tmp/dit.txt 2>&1
+echo "-- fp8: exit $?" | tee -a "$out/dit.txt"; cat /tmp/dit.txt >> "$out/dit.txt"
+grep -E "forward:|guided step|note:|rror" /tmp/dit.txt | head -8
 echo "== 5. VAE ($(( $(date +%s) - t0 )) s)"
 [ -d /tmp/newbie-vae ] || timeout 60 "$b" bench-pipeline --weights /tmp/newbie-random --weights-only > /dev/null 2>&1
 : > "$out/vae.txt"

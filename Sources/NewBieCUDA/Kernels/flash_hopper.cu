@@ -605,10 +605,10 @@ __device__ void flash_wgmma(const u16* __restrict__ q, const u16* __restrict__ k
 
 // The engine's variant (SCHED_* bits above): the one constant to change when
 // tools/bench/hopper_attn_check.py, which checks and times every variant, says another is the
-// fastest that passes. The overlapped ones need 167 (d96) and 183 (d128) registers per consumer
-// thread. Written before any run of the paired loads and the swizzle: ncu of the first version
-// showed L2 at 85% (every K/V sector fetched twice) and 3x the ideal shared-memory wavefronts.
-#define NB_FLASH_SCHEDULE (SCHED_OVERLAP | SCHED_PAIRED_LOADS | SCHED_SWIZZLE64)
+// fastest that passes (tools/bench/gpu-session-h.sh makes that choice on the GPU machine). The
+// overlapped ones need 167 (d96) and 183 (d128) registers per consumer thread. A variant becomes
+// the default only after it has passed on a GPU: until then the free schedule (0), the one that has.
+#define NB_FLASH_SCHEDULE (0)
 
 // One block per SM (about 170-224 KiB of shared memory); the register cap at entry (384 threads,
 // 168 each) is what setmaxnreg redistributes: 40 for the producer, 232 for each consumer.

@@ -11,7 +11,7 @@ import NewBieTensor
 extension CUDABackend {
     /// Kernels of Kernels/quant.cu.
     static let quantKernels = ["nb_dequant_i8", "nb_dequant_i8_v8", "nb_quant_rows_e4m3", "nb_quant_rows_e4m3_v8",
-                               "nb_fp8_rescale", "nb_decode_e4m3_rows"]
+                               "nb_fp8_rescale", "nb_fp8_rescale_bf16_v8", "nb_decode_e4m3_rows"]
 
     /// Whether the 8-wide forms of the quant kernels apply: 16-bit data, whole groups of 8 at
     /// 16-byte-aligned addresses (every pooled tensor that starts at its buffer's start is).
@@ -159,18 +159,26 @@ extension CUDABackend {
             if let b = typedBias, !withBias { return out + b }
             return out
         }
-        // 2. no outer-vector scaling in this cuBLASLt: the unscaled fp32 product, then one kernel
-        //    applies x.scales[r] * ws[o] and the bias and rounds to the output dtype
-        let acc = empty([m, n], .f32)
-        guard let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: CUBLASLt.CUDA_R_32F, mode: .unscaled) else {
+        // 2. no outer-vector scaling in this cuBLASLt (13.1 offers none on sm_90): the unscaled
+        //    product, then one pass applies x.scales[r] * ws[o] and the bias. bf16 outputs take the
+        //    product in bf16 (|sum| <= 448^2 k fits; one more rounding) and are rescaled in place, 8
+        //    columns per thread; f16 (whose range the unscaled sum can exceed) and fp32 go through fp32.
+        let inPlace = dtype == .bf16 && ptr(out) % 16 == 0 && ptr(ws) % 16 == 0
+        let acc = inPlace ? out : empty([m, n], .f32)
+        guard let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: inPlace ? outType : CUBLASLt.CUDA_R_32F, mode: .unscaled) else {
             driver.fail("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k); FP8 GEMMs need compute capability 8.9 or later")
             return out
         }
-        note(.unscaledThenRescale)
-        profiled("cublasLt fp8 linear (unscaled fp32, rescale kernel)") {
+        note(inPlace ? .unscaledThenRescaleInPlace : .unscaledThenRescale)
+        profiled(inPlace ? "cublasLt fp8 linear (unscaled bf16, rescaled in place)" : "cublasLt fp8 linear (unscaled fp32, rescale kernel)") {
             do {
                 try fp8Plans.run(plan, blas: blas, x: ptr(x.codes), xScales: nil, w: ptr(w), wScales: nil, out: ptr(acc), bias: nil, stream: stream)
-            } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (fp32 accumulator): \(error)") }
+            } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (unscaled product): \(error)") }
+        }
+        if inPlace {
+            launch2D("nb_fp8_rescale_bf16_v8", grid: ((n / 8 + 255) / 256, Swift.min(m, 65535)),
+                     KernelArgs().ptr(ptr(out)).ptr(ptr(x.scales)).ptr(ptr(ws)).ptr(typedBias.map(ptr) ?? 0).i64(m).i64(n))
+            return out
         }
         launch("nb_fp8_rescale", grid: blocks(m * n), KernelArgs().ptr(ptr(acc)).ptr(ptr(x.scales)).ptr(ptr(ws))
             .ptr(typedBias.map(ptr) ?? 0).ptr(ptr(out)).i32(outCode).i64(m).i64(n))
@@ -183,6 +191,7 @@ extension CUDABackend {
         case outerVectorBiasEpilogue = "cuBLASLt FP8 GEMM with outer-vector scales, bias in the epilogue"
         case outerVector = "cuBLASLt FP8 GEMM with outer-vector scales, bias added after"
         case unscaledThenRescale = "cuBLASLt FP8 GEMM into fp32 (no outer-vector scaling in this cuBLASLt), scales and bias by nb_fp8_rescale"
+        case unscaledThenRescaleInPlace = "cuBLASLt FP8 GEMM into bf16 (no outer-vector scaling in this cuBLASLt), scales and bias in place by nb_fp8_rescale_bf16_v8"
         case widened = "k or n not a multiple of 16: codes widened, 16-bit GEMM"
     }
 

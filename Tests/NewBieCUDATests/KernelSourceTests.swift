@@ -35,6 +35,7 @@ final class KernelSourceTests: XCTestCase {
     __device__ float __fadd_rn(float, float); __device__ float __fmul_rn(float, float); __device__ float __fsub_rn(float, float);
     struct __align__(8) uint2 { unsigned x, y; };
     struct __align__(16) uint4 { unsigned x, y, z, w; };
+    struct __align__(16) float4 { float x, y, z, w; };
     __device__ uint2 make_uint2(unsigned, unsigned);
     __device__ uint4 make_uint4(unsigned, unsigned, unsigned, unsigned);
 

@@ -124,6 +124,29 @@ extern "C" __global__ void nb_fp8_rescale(const float* acc, const float* xs, con
     }
 }
 
+// nb_fp8_rescale for bf16 outputs, in place: out [m, n] holds the unscaled product rounded to bf16;
+// out[r, o] = bf16(out[r, o] * (xs[r] * ws[o]) (+ bias[o])), 8 columns per thread (n % 8 == 0,
+// rows and ws 16-byte aligned), rows over grid.y.
+extern "C" __global__ void nb_fp8_rescale_bf16_v8(u16* out, const float* xs, const float* ws, const u16* bias, i64 m, i64 n) {
+    const i64 c8 = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c8 * 8 >= n) return;
+    const float4 wa = ((const float4*)ws)[2 * c8], wb = ((const float4*)ws)[2 * c8 + 1];
+    const float w[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+    for (i64 r = blockIdx.y; r < m; r += gridDim.y) {
+        uint4* p = (uint4*)(out + r * n) + c8;
+        uint4 v = *p;
+        u16* h = (u16*)&v;
+        const float s = xs[r];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            float x = b2f(h[j]) * (s * w[j]);
+            if (bias) x = x + b2f(bias[c8 * 8 + j]);
+            h[j] = f2b(x);
+        }
+        *p = v;
+    }
+}
+
 // out[i] = e4m3 value of codes[i] times its row's scale (scales[i / k]; scales[0] for all when not
 // perRow), in fp32, rounded once to outType (FloatE4M3.decodeRows): fp8 operands widened for a
 // 16-bit GEMM where the FP8 one does not apply, without a trip to the host.

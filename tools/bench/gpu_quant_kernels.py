@@ -89,8 +89,10 @@ for dtype in [torch.float32, torch.bfloat16, torch.float16]:
         x[9] = 0        # an all-zero row: scale 1
         codes, scales = quant_e4m3(x)
         torch.cuda.synchronize()
+        # a tensor divisor: on CUDA, torch divides by a Python scalar as a multiplication by its
+        # reciprocal (1 ulp off amax / 448 for some amax), on the CPU it divides
         amax = x.float().abs().amax(dim=1)
-        s_ref = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
+        s_ref = torch.where(amax > 0, amax / torch.full_like(amax, 448.0), torch.ones_like(amax))
         ref_codes = (x.float() / s_ref[:, None]).to(torch.float8_e4m3fn).view(torch.uint8)
         check(f"e4m3 row scales {dtype} k={k}", torch.equal(scales, s_ref), f"max diff {(scales - s_ref).abs().max().item()}")
         check(f"e4m3 row codes {dtype} k={k}", torch.equal(codes, ref_codes), f"mismatches {(codes != ref_codes).sum().item()}")
@@ -179,7 +181,7 @@ def fp8_gemm(x_codes, x_scales, w_codes, w_scales, bias, out_dtype):
 def weight_e4m3(w):
     """Per-channel codes and scales [n] of a float weight (QuantizedWeight.quantize(.fp8))."""
     amax = w.float().abs().amax(dim=1)
-    s = torch.where(amax > 0, amax / 448, torch.ones_like(amax))
+    s = torch.where(amax > 0, amax / torch.full_like(amax, 448.0), torch.ones_like(amax))
     return (w.float() / s[:, None]).to(torch.float8_e4m3fn).view(torch.uint8), s
 
 

@@ -11,15 +11,8 @@
 #   tools/bench/gpu-session-i.sh AFTER_DIR OUT
 set -uo pipefail
 t0=$(date +%s)
-allow() {   # seconds a step may run: its own limit or what is left of the budget ("" = skip)
-    local left=$(( ${BUDGET_SECONDS:-480} - ($(date +%s) - t0) ))
-    if [ $left -lt 20 ]; then echo ""; elif [ $left -lt $1 ]; then echo $left; else echo $1; fi
-}
-run() {
-    local s; s=$(allow "$1"); shift
-    if [ -z "$s" ]; then echo "skipped (budget spent): $*" | head -c 200; echo; return 124; fi
-    timeout "$s" "$@"
-}
+BUDGET=${BUDGET_SECONDS:-480}
+source "$(dirname "$0")/budget.sh"
 after=$1 out=$2
 mkdir -p "$out"
 [ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"

@@ -92,7 +92,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("conv", ["nb_im2col", "nb_channel_fill", "nb_im2col_u16", "nb_im2col_u32", "nb_im2col_u16_k3w8", "nb_upsample2x"]),
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_",
-                                                 "nb_rmsnorm_mod_e4m3_", "nb_swiglu_e4m3_"].map { $0 + t } }),
+                                                 "nb_rmsnorm_mod_e4m3_", "nb_swiglu_e4m3_"].map { $0 + t } }
+                + ["nb_rmsnorm_gate_res_sc_bf16", "nb_swiglu_e4m3_sc_bf16", "nb_qkv_norm_rope_sc_bf16"]),
         ("quant", CUDABackend.quantKernels),
         ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),

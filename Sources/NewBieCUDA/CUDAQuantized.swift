@@ -73,8 +73,13 @@ extension CUDABackend {
     /// FP8 tensor-core GEMMs need sm_89 or later; below, fp8 layers widen their weight (weight-only).
     public var takesE4M3Activations: Bool { computeCapability >= 89 }
 
-    /// Row vectors a one-block-per-row kernel holds in registers (`RQ_VMAX` in common.cuh) x its 256 threads.
-    static let heldRowVectors = 8 * 256
+    /// Row vectors a one-block-per-row kernel holds in registers: `RQ_VMAX` (common.cuh) per thread
+    /// x at most 1024 threads.
+    static let heldRowVectors = 4 * 1024
+
+    /// The block of a one-block-per-row kernel for rows of `vectors` 8-wide vectors: whole warps,
+    /// `RQ_VMAX` vectors per thread (a 9216-wide row gets 288 threads).
+    static func rowBlock(vectors: Int) -> Int { Swift.min(1024, Swift.max(32, ((vectors + 3) / 4 + 31) / 32 * 32)) }
 
     public func quantizeRowsE4M3(_ x: Tensor) -> E4M3Rows {
         let xc = x.contiguous()
@@ -86,7 +91,7 @@ extension CUDABackend {
         if rows == 0 || k == 0 || driver.failed { return E4M3Rows(codes: codes, scales: scales) }
         setCurrent()
         if vectorizable(xc, rowLength: k), k / 8 <= Self.heldRowVectors, ptr(codes) % 8 == 0 {
-            launch("nb_quant_rows_e4m3_v8", grid: rows, KernelArgs().ptr(ptr(xc)).i32(code).i32(Int32(k / 8)).ptr(ptr(codes)).ptr(ptr(scales)))
+            launch("nb_quant_rows_e4m3_v8", grid: rows, block: Self.rowBlock(vectors: k / 8), KernelArgs().ptr(ptr(xc)).i32(code).i32(Int32(k / 8)).ptr(ptr(codes)).ptr(ptr(scales)))
         } else {
             launch("nb_quant_rows_e4m3", grid: rows, KernelArgs().ptr(ptr(xc)).i32(code).i64(k).ptr(ptr(codes)).ptr(ptr(scales)))
         }
@@ -111,7 +116,105 @@ extension CUDABackend {
             return quantizeRowsE4M3(swiglu(a, b))
         }
         let codes = empty(a.shape, .u8), scales = empty([rows], .f32)
-        launch("nb_swiglu_e4m3_" + t, grid: rows, KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(k / 8)))
+        launch("nb_swiglu_e4m3_" + t, grid: rows, block: Self.rowBlock(vectors: k / 8),
+               KernelArgs().ptr(ptr(a)).ptr(ptr(bb)).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(k / 8)))
+        return E4M3Rows(codes: codes, scales: scales)
+    }
+
+    // MARK: fp8 products before their scales (ScaledProduct)
+
+    /// Without outer-vector scaling in cuBLASLt, a bf16 fp8 product is handed on unscaled: its
+    /// reader (the kernels *_sc_bf16) applies x.scales[r] * ws[o] as it loads each value, which
+    /// saves the in-place rescale pass. Otherwise (outer-vector scaling available, other dtypes,
+    /// unaligned shapes) the product is scaled here, as `fp8Linear` does.
+    public func fp8Product(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, dtype: DType) -> ScaledProduct {
+        let k = weight.shape[1], n = weight.shape[0], m = x.rows
+        let scaledHere = { ScaledProduct(self.fp8Linear(x, weight: weight, weightScales: weightScales, bias: nil, dtype: dtype)) }
+        guard dtype == .bf16, weight.dtype == .u8, x.rowLength == k, k % 16 == 0, n % 16 == 0, m > 0, !driver.failed,
+              weightScales.count == n, outerVectorUnavailable(m: m, n: n, k: k) else { return scaledHere() }
+        let w = weight.device == device ? weight : weight.to(device: device)
+        var ws = (weightScales.device == device ? weightScales : weightScales.to(device: device)).to(.f32).contiguous()
+        if ptr(ws) % 16 != 0 { let a = empty([n], .f32); copy(ws.reshape([n]), into: a); ws = a }  // the readers load 4 at a time
+        let raw = empty(Array(x.codes.shape.dropLast()) + [n], .bf16)
+        guard ptr(raw) % 16 == 0, ptr(x.scales) % 4 == 0,
+              let plan = fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: CUBLASLt.CUDA_R_16BF, mode: .unscaled) else { return scaledHere() }
+        setCurrent()
+        note(.unscaledForReaders)
+        profiled("cublasLt fp8 linear (unscaled bf16, scaled by its reader)") {
+            do {
+                try fp8Plans.run(plan, blas: blas, x: ptr(x.codes), xScales: nil, w: ptr(w), wScales: nil, out: ptr(raw), bias: nil, stream: stream)
+            } catch { driver.fail("fp8 linear [\(m) x \(k)] x [\(n) x \(k)]^T (unscaled product): \(error)") }
+        }
+        return ScaledProduct(raw: raw, rowScales: x.scales, columnScales: ws.reshape([n]))
+    }
+
+    /// Whether cuBLASLt lacks outer-vector scaling for this bf16 shape (13.1 on sm_90 does).
+    func outerVectorUnavailable(m: Int, n: Int, k: Int) -> Bool {
+        avoidFP8OuterVectorScaling
+            || fp8Plans.plan(blas: blas, m: m, n: n, k: k, outType: CUBLASLt.CUDA_R_16BF, mode: .outerVector(bias: false)) == nil
+    }
+
+    /// In place, by the rescale kernel (a `ScaledProduct` is read once).
+    public func applyScales(_ p: ScaledProduct) -> Tensor {
+        guard let r = p.rowScales, let c = p.columnScales else { return p.raw }
+        let n = p.shape.last ?? 0, m = p.raw.count / Swift.max(n, 1)
+        guard p.dtype == .bf16, n % 8 == 0, ptr(p.raw) % 16 == 0, ptr(c) % 16 == 0, r.device == device, c.device == device else {
+            return p.scaledByTensorOps()
+        }
+        if m > 0 {
+            launch2D("nb_fp8_rescale_bf16_v8", grid: ((n / 8 + 255) / 256, Swift.min(m, 65535)),
+                     KernelArgs().ptr(ptr(p.raw)).ptr(ptr(r)).ptr(ptr(c)).ptr(0).i64(m).i64(n))
+        }
+        return p.raw
+    }
+
+    /// Whether the *_sc_bf16 readers take this product: bf16 raw, scales on the device, the column
+    /// scales 16-byte aligned (the fp8Product above makes them so).
+    func readsUnscaled(_ p: ScaledProduct) -> (rows: Tensor, columns: Tensor)? {
+        guard let r = p.rowScales, let c = p.columnScales, p.dtype == .bf16, ptr(p.raw) % 16 == 0, ptr(c) % 16 == 0,
+              r.device == device, c.device == device else { return nil }
+        return (r, c)
+    }
+
+    public func qkvNormRope(_ qkv: ScaledProduct, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        let (b, l) = (qkv.shape[0], qkv.shape[1])
+        let d = qkv.shape[2] / (heads + 2 * kvHeads)
+        let kn = kNorm.dtype == qNorm.dtype ? kNorm : kNorm.to(qNorm.dtype)
+        let warps = b * l * (heads + 2 * kvHeads)
+        guard let s = readsUnscaled(qkv), layout == .interleaved, d % 4 == 0, d <= 128, cos.dtype == .f32, sin.dtype == .f32,
+              cos.isContiguous, sin.isContiguous, warps > 0, warps < Int(Int32.max) / 32, fastSuffix([qkv.raw, qNorm, kn], rowLength: 8) == "bf16" else {
+            return qkvNormRope(qkv.scaled(), heads: heads, kvHeads: kvHeads, qNorm: qNorm, kNorm: kNorm, eps: eps, cos: cos, sin: sin, layout: layout)
+        }
+        let q = empty([b, l, heads, d], .bf16), k = empty([b, l, kvHeads, d], .bf16), v = empty([b, l, kvHeads, d], .bf16)
+        launch("nb_qkv_norm_rope_sc_bf16", grid: (warps + 7) / 8, KernelArgs().ptr(ptr(qkv.raw)).ptr(ptr(qNorm)).ptr(ptr(kn))
+            .ptr(ptr(cos)).ptr(ptr(sin)).ptr(ptr(q)).ptr(ptr(k)).ptr(ptr(v)).i32(Int32(l)).i32(Int32(heads)).i32(Int32(kvHeads))
+            .i32(Int32(d)).i32(cos.shape[0] == 1 ? 0 : 1).i32(Int32(b * l)).f32(eps).ptr(ptr(s.rows)).ptr(ptr(s.columns)))
+        return (q, k, v)
+    }
+
+    public func rmsNormGatedResidual(_ x: Tensor, _ y: ScaledProduct, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        let d = x.shape[2], rows = x.shape[0] * x.shape[1]
+        guard let s = readsUnscaled(y), rows > 0, fastSuffix([x, y.raw, weight, gate], rowLength: d) == "bf16" else {
+            return rmsNormGatedResidual(x, y.scaled(), weight: weight, eps: eps, gate: gate)
+        }
+        let out = empty(x.shape, x.dtype)
+        launch("nb_rmsnorm_gate_res_sc_bf16", grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(y.raw))
+            .ptr(ptr(weight)).ptr(gate.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps)
+            .ptr(ptr(s.rows)).ptr(ptr(s.columns)))
+        return out
+    }
+
+    public func swigluE4M3(_ a: ScaledProduct, _ b: ScaledProduct) -> E4M3Rows {
+        let k = a.shape.last ?? 0, rows = a.raw.count / Swift.max(k, 1)
+        guard let sa = readsUnscaled(a), let sb = readsUnscaled(b), ptr(sa.rows) == ptr(sb.rows), rows > 0,
+              fastSuffix([a.raw, b.raw], rowLength: k, maxRow: Self.heldRowVectors * 8) == "bf16" else {
+            return swigluE4M3(a.scaled(), b.scaled())
+        }
+        let codes = empty(a.shape, .u8), scales = empty([rows], .f32)
+        launch("nb_swiglu_e4m3_sc_bf16", grid: rows, block: Self.rowBlock(vectors: k / 8),
+               KernelArgs().ptr(ptr(a.raw)).ptr(ptr(b.raw)).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(k / 8))
+                .ptr(ptr(sa.rows)).ptr(ptr(sa.columns)).ptr(ptr(sb.columns)))
         return E4M3Rows(codes: codes, scales: scales)
     }
 
@@ -193,6 +296,7 @@ extension CUDABackend {
         case unscaledThenRescale = "cuBLASLt FP8 GEMM into fp32 (no outer-vector scaling in this cuBLASLt), scales and bias by nb_fp8_rescale"
         case unscaledThenRescaleInPlace = "cuBLASLt FP8 GEMM into bf16 (no outer-vector scaling in this cuBLASLt), scales and bias in place by nb_fp8_rescale_bf16_v8"
         case widened = "k or n not a multiple of 16: codes widened, 16-bit GEMM"
+        case unscaledForReaders = "cuBLASLt FP8 GEMM into bf16 (no outer-vector scaling in this cuBLASLt), scales applied by the kernels that read the product"
     }
 
     func note(_ path: FP8Path) {

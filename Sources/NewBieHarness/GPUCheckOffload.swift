@@ -10,12 +10,7 @@ extension GPUCheck {
     /// before its copy landed, or overwritten while read, shows up as a difference.
     func checkOffload(paths: ModelPaths, text: EncodedPrompt, noise: Tensor, settings: SamplingSettings,
                       log: (String) -> Void, report: (String, String, Double, Double?) -> Void) throws {
-        func bitsDiffer(_ a: Tensor, _ b: Tensor) -> Double {
-            guard a.shape == b.shape else { return .infinity }
-            let x = a.to(.f32, device: .cpu).toFloats(), y = b.to(.f32, device: .cpu).toFloats()
-            if x.contains(where: { !$0.isFinite }) || y.contains(where: { !$0.isFinite }) { return .infinity }
-            return Double(zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count)
-        }
+        let bitsDiffer = GPUCheck.bitsDiffer
         let plain = CFGOptions(scale: 1, renorm: 0)
         for (precision, quantize) in [("bf16", ""), ("fp16", ""), ("bf16", "dit=int8,gemma=int8"), ("bf16", "dit=int8-g128"), ("bf16", "dit=fp8")] {
             let name = precision + (quantize.isEmpty ? "" : "+" + quantize)

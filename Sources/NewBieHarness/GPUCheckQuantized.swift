@@ -35,10 +35,10 @@ extension GPUCheck {
             for (name, qw) in [("int8", oddInt8), ("int8-g128", oddG128)] {
                 check("dequant \(name), rows of 300", dt) { d in qw.on(d).dequantized(dt, device: d) }
             }
-            // per-row e4m3 codes (nb_quant_rows_e4m3, 8-wide for 16-bit rows of 8k values up to 16384):
+            // per-row e4m3 codes (nb_quant_rows_e4m3, 8-wide for 16-bit rows of 8k values up to 32768):
             // codes within one step of the CPU's (a division rounding at a tie), scales to 1e-6
             for (label, xa) in [("rows of 384", x), ("rows of 105", rand([3, 5, 105], dt, 1)), ("rows of 9216", rand([6, 9216], dt, 3)),
-                                ("rows of 16392 (past the held length)", rand([2, 16392], dt, 1))] {
+                                ("rows of 32776 (past the held length)", rand([2, 32776], dt, 1))] {
                 let ref = cpuBackend.quantizeRowsE4M3(xa)
                 let got = cuda.quantizeRowsE4M3(xa.to(device: gpu))
                 report("e4m3 row codes, \(label): codes off by more than one step", dt, Self.codesApart(got, ref), 0)
@@ -81,6 +81,68 @@ extension GPUCheck {
                 let rows = x.to(device: d).rmsNormModulateE4M3(weight: norm.to(device: d), eps: 1e-6, scale: mod.to(device: d))
                 return Linear(quantized: fp8.on(d), bias: b.to(device: d), dtype: dt, device: d)(rows)
             }
+            if dt == .bf16 { checkUnscaledReaders(cuda: cuda, rand: rand, check: check, report: report) }
+        }
+    }
+
+    /// The readers of bf16 fp8 products before their scales (`ScaledProduct`, fused.cu's *_sc_bf16):
+    /// bit for bit the GPU's scale-first composition (`scaledByTensorOps`, then the plain op) on made-up
+    /// products, and real fp8 products through each reader against the CPU's scaled composition.
+    func checkUnscaledReaders(cuda: CUDABackend, rand: ([Int], DType, Float) -> Tensor,
+                              check: (String, DType, (Device) -> Tensor) -> Void,
+                              report: (String, DType, Double, Double) -> Void) {
+        let gpu = Device.cuda(0), dt = DType.bf16
+        let heads = 4, kvHeads = 2, hd = 96, width = (heads + 2 * kvHeads) * hd, dim = 384, ffn = 1152
+        func made(_ n: Int, rowScales: Tensor) -> ScaledProduct {
+            ScaledProduct(raw: rand([2, 37, n], dt, 300).to(device: gpu), rowScales: rowScales,
+                          columnScales: (rand([n], .f32, 0.004).apply(.abs) + 0.001).to(device: gpu))
+        }
+        let rs = (rand([74], .f32, 0.01).apply(.abs) + 0.001).to(device: gpu)
+        let x = rand([2, 37, dim], dt, 1).to(device: gpu), norm = rand([dim], dt, 1).to(device: gpu), gate = rand([2, dim], dt, 1).to(device: gpu)
+        let qn = rand([hd], dt, 1).to(device: gpu), kn = rand([hd], dt, 1).to(device: gpu)
+        let (cosT, sinT) = (rand([1, 37, hd / 2], .f32, 1).to(device: gpu), rand([1, 37, hd / 2], .f32, 1).to(device: gpu))
+        let qkv = made(width, rowScales: rs), y = made(dim, rowScales: rs), ga = made(ffn, rowScales: rs), gb = made(ffn, rowScales: rs)
+        // the made-up products are read twice (fused, then composed): copies, since scaling may work in place
+        func copy(_ p: ScaledProduct) -> ScaledProduct {
+            ScaledProduct(raw: p.raw.to(.f32).to(dt), rowScales: p.rowScales!, columnScales: p.columnScales!)
+        }
+        let fused = copy(qkv).qkvNormRope(heads: heads, kvHeads: kvHeads, qNorm: qn, kNorm: kn, eps: 1e-5, cos: cosT, sin: sinT, layout: .interleaved)
+        let composed = copy(qkv).scaledByTensorOps().qkvNormRope(heads: heads, kvHeads: kvHeads, qNorm: qn, kNorm: kn, eps: 1e-5,
+                                                                  cos: cosT, sin: sinT, layout: .interleaved)
+        report("qkv norm rope of an unscaled fp8 product: q, k, v elements differing from scale-first", dt,
+               Self.bitsDiffer(fused.q, composed.q) + Self.bitsDiffer(fused.k, composed.k) + Self.bitsDiffer(fused.v, composed.v), 0)
+        report("gated residual of an unscaled fp8 product: elements differing from scale-first", dt,
+               Self.bitsDiffer(x.rmsNormGatedResidual(copy(y), weight: norm, eps: 1e-6, gate: gate),
+                               x.rmsNormGatedResidual(copy(y).scaledByTensorOps(), weight: norm, eps: 1e-6, gate: gate)), 0)
+        let sf = copy(ga).swigluE4M3(copy(gb)), sc = copy(ga).scaledByTensorOps().swigluE4M3(copy(gb).scaledByTensorOps())
+        report("swiglu -> e4m3 of unscaled fp8 products: codes and scales differing from scale-first", dt,
+               Self.codesApart(sf, sc, steps: 0) + (Self.scalesApart(sf, sc) == 0 ? 0 : 1), 0)
+        report("rescale in place of an unscaled fp8 product: elements differing from the tensor ops", dt,
+               Self.bitsDiffer(copy(y).scaled(), copy(y).scaledByTensorOps()), 0)
+
+        // real products: the fp8 layers' unscaled GEMM and the readers, against the CPU's scaled path
+        let wq = QuantizedWeight.quantize(rand([width, dim], .f32, 0.2), scheme: .fp8)
+        let wo = QuantizedWeight.quantize(rand([dim, dim], .f32, 0.2), scheme: .fp8)
+        let w1 = QuantizedWeight.quantize(rand([ffn, dim], .f32, 0.2), scheme: .fp8)
+        let w3 = QuantizedWeight.quantize(rand([ffn, dim], .f32, 0.2), scheme: .fp8)
+        let xin = rand([2, 37, dim], dt, 1), nw = rand([dim], dt, 1), gt = rand([2, dim], dt, 1)
+        let qnh = rand([hd], dt, 1), knh = rand([hd], dt, 1), cosH = rand([1, 37, hd / 2], .f32, 1), sinH = rand([1, 37, hd / 2], .f32, 1)
+        func layer(_ w: QuantizedWeight, _ d: Device) -> Linear { Linear(quantized: w.on(d), bias: nil, dtype: dt, device: d) }
+        for (i, name) in ["q", "k", "v"].enumerated() {
+            check("fp8 qkv product -> qkv norm rope \(name)", dt) { d in
+                let p = layer(wq, d).product(xin.to(device: d).quantizedRowsE4M3())
+                let r = p.qkvNormRope(heads: heads, kvHeads: kvHeads, qNorm: qnh.to(device: d), kNorm: knh.to(device: d), eps: 1e-5,
+                                      cos: cosH.to(device: d), sin: sinH.to(device: d), layout: .interleaved)
+                return [r.q, r.k, r.v][i]
+            }
+        }
+        check("fp8 out product -> gated residual", dt) { d in
+            let xd = xin.to(device: d)
+            return xd.rmsNormGatedResidual(layer(wo, d).product(xd.quantizedRowsE4M3()), weight: nw.to(device: d), eps: 1e-6, gate: gt.to(device: d))
+        }
+        check("fp8 w1, w3 products -> swiglu -> e4m3", dt) { d in
+            let h = xin.to(device: d).quantizedRowsE4M3()
+            return layer(w1, d).product(h).swigluE4M3(layer(w3, d).product(h)).decoded()
         }
     }
 
@@ -107,6 +169,15 @@ extension GPUCheck {
 }
 
 extension GPUCheck {
+    /// Elements whose bits differ between a and b (as fp32); infinity for different shapes or any
+    /// non-finite value.
+    static func bitsDiffer(_ a: Tensor, _ b: Tensor) -> Double {
+        guard a.shape == b.shape else { return .infinity }
+        let x = a.to(.f32, device: .cpu).toFloats(), y = b.to(.f32, device: .cpu).toFloats()
+        if x.contains(where: { !$0.isFinite }) || y.contains(where: { !$0.isFinite }) { return .infinity }
+        return Double(zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count)
+    }
+
     /// Byte offsets of a block's f16 scales (d, and dmin for Q4_K/Q5_K).
     static func scaleOffsets(_ f: BlockFormat) -> [Int] {
         switch f {

@@ -11,12 +11,7 @@ extension GPUCheck {
     /// to the CPU's latent as fp32 roundings allow.
     func checkStepCache(paths: ModelPaths, text: EncodedPrompt, noise: Tensor, settings: SamplingSettings,
                         log: (String) -> Void, report: (String, String, Double, Double?) -> Void) throws {
-        func bitsDiffer(_ a: Tensor, _ b: Tensor) -> Double {
-            guard a.shape == b.shape else { return .infinity }
-            let x = a.to(.f32, device: .cpu).toFloats(), y = b.to(.f32, device: .cpu).toFloats()
-            if x.contains(where: { !$0.isFinite }) || y.contains(where: { !$0.isFinite }) { return .infinity }
-            return Double(zip(x, y).filter { $0.bitPattern != $1.bitPattern }.count)
-        }
+        let bitsDiffer = GPUCheck.bitsDiffer
         func err(_ a: Tensor, _ b: Tensor) -> Double {
             a.shape == b.shape ? Numerics.relativeL2(a.to(device: .cpu).toFloats(), b.to(device: .cpu).toFloats()) : .infinity
         }

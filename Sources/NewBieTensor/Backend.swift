@@ -49,6 +49,9 @@ public protocol Backend: AnyObject, Sendable {
     func quantizeRowsE4M3(_ x: Tensor) -> E4M3Rows
     func fp8Linear(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, bias: Tensor?, dtype: DType) -> Tensor
     func fp8Linear(_ x: Tensor, weight: Tensor, weightScales: Tensor, bias: Tensor?) -> Tensor
+    /// The same product with its scales left to the reader (`ScaledProduct`), and their application.
+    func fp8Product(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, dtype: DType) -> ScaledProduct
+    func applyScales(_ p: ScaledProduct) -> Tensor
     /// Whether fp8 linear layers on this backend take `E4M3Rows` from the fused producers below
     /// (false where the FP8 product is not native and fp8 layers widen their weight instead).
     var takesE4M3Activations: Bool { get }
@@ -80,6 +83,12 @@ public protocol Backend: AnyObject, Sendable {
     /// first, so the codes equal the unfused pair's).
     func rmsNormModulateE4M3(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> E4M3Rows
     func swigluE4M3(_ a: Tensor, _ b: Tensor) -> E4M3Rows
+    /// The three readers of fp8 products, taking them before their scales (`ScaledProduct`): the
+    /// same values as scaling first (`applyScales`), then the op above.
+    func qkvNormRope(_ qkv: ScaledProduct, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                     cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor)
+    func rmsNormGatedResidual(_ x: Tensor, _ y: ScaledProduct, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor
+    func swigluE4M3(_ a: ScaledProduct, _ b: ScaledProduct) -> E4M3Rows
     /// `x.groupNorm(...).silu()` (the VAE's norm-then-activation): x [B, C, *spatial] contiguous,
     /// the normalised value rounded to x's dtype before SiLU, as the two ops round.
     func groupNormSiLU(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor

@@ -188,6 +188,14 @@ extension Tensor {
         return backend.swigluE4M3(contiguous(), b.contiguous())
     }
 
+    /// `rmsNormGatedResidual` of an fp8 product before its scales (see `ScaledProduct`).
+    public func rmsNormGatedResidual(_ y: ScaledProduct, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        if y.isScaled { return rmsNormGatedResidual(y.raw, weight: weight, eps: eps, gate: gate) }
+        precondition(rank == 3 && y.shape == shape && weight.shape == [shape[2]], "rmsNormGatedResidual: x \(shape), y \(y.shape), weight \(weight.shape)")
+        if let g = gate { precondition(g.shape == [shape[0], shape[2]], "rmsNormGatedResidual: gate \(g.shape) for x \(shape)") }
+        return backend.rmsNormGatedResidual(contiguous(), y, weight: weight.contiguous(), eps: eps, gate: gate?.contiguous())
+    }
+
     /// q, k, v from a fused projection [B, L, (heads + 2 kvHeads) * D], q and k RMS-normalised per
     /// head and rotated; cos/sin [B or 1, L, D/2].
     public func qkvNormRope(heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,

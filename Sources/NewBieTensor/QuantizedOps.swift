@@ -98,6 +98,67 @@ public struct E4M3Rows: @unchecked Sendable {
     public func decoded() -> Tensor { FloatE4M3.decodeRows(codes, scales: scales) }
 }
 
+/// An fp8 layer's output whose two scale vectors are still to be applied:
+///     value[r, o] = round(raw[r, o] * (rowScales[r] * columnScales[o]))   (in raw's dtype)
+/// where raw is the unscaled product of the codes, already rounded to that dtype. A backend whose
+/// FP8 GEMM cannot scale per row and per column itself (cuBLASLt without outer-vector scaling)
+/// hands this to the ops that read the product (`qkvNormRope`, `rmsNormGatedResidual`,
+/// `swigluE4M3`), which apply the scales as they load each value, with the rounding above, instead
+/// of a separate rescale pass over the whole product. Without scales, `raw` is the final value.
+/// Read once: `scaled()` may scale `raw` in place.
+public struct ScaledProduct: @unchecked Sendable {
+    public let raw: Tensor
+    public let rowScales: Tensor?, columnScales: Tensor?
+    /// A value that needs no scaling.
+    public init(_ value: Tensor) { raw = value; rowScales = nil; columnScales = nil }
+    /// raw [..., n] (contiguous), rowScales f32 [rows], columnScales f32 [n].
+    public init(raw: Tensor, rowScales: Tensor, columnScales: Tensor) {
+        let n = raw.shape.last ?? 0
+        precondition(raw.isContiguous && rowScales.dtype == .f32 && columnScales.dtype == .f32 && columnScales.count == n
+                      && rowScales.count * n == raw.count, "ScaledProduct: raw \(raw.shape), row scales \(rowScales.shape), column scales \(columnScales.shape)")
+        self.raw = raw; self.rowScales = rowScales; self.columnScales = columnScales
+    }
+    public var isScaled: Bool { rowScales == nil }
+    public var shape: [Int] { raw.shape }
+    public var dtype: DType { raw.dtype }
+    public var device: Device { raw.device }
+    /// The final value.
+    public func scaled() -> Tensor { isScaled ? raw : raw.backend.applyScales(self) }
+    /// The final value composed of tensor ops on raw's device (the definition above, in fp32).
+    public func scaledByTensorOps() -> Tensor {
+        guard let r = rowScales, let c = columnScales else { return raw }
+        let n = shape.last ?? 0, rows = raw.count / Swift.max(n, 1)
+        let s = r.to(.f32, device: device).reshape([rows, 1]) * c.to(.f32, device: device).reshape([1, n])
+        return (raw.to(.f32).reshape([rows, n]) * s).to(dtype).reshape(shape)
+    }
+    public func reshape(_ s: [Int]) -> ScaledProduct {
+        guard let r = rowScales, let c = columnScales, s.last == shape.last else {
+            return isScaled ? ScaledProduct(raw.reshape(s)) : ScaledProduct(scaled().reshape(s))
+        }
+        return ScaledProduct(raw: raw.reshape(s), rowScales: r, columnScales: c)
+    }
+}
+
+extension ScaledProduct {
+    /// `Tensor.qkvNormRope` of the product (q and k normalised and rotated, v split off).
+    public func qkvNormRope(heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        if isScaled { return raw.qkvNormRope(heads: heads, kvHeads: kvHeads, qNorm: qNorm, kNorm: kNorm, eps: eps, cos: cos, sin: sin, layout: layout) }
+        precondition(raw.rank == 3 && shape[2] % (heads + 2 * kvHeads) == 0, "qkvNormRope: \(shape) does not split into \(heads)+2x\(kvHeads) heads")
+        let d = shape[2] / (heads + 2 * kvHeads)
+        precondition(qNorm.shape == [d] && kNorm.shape == [d], "qkvNormRope: q/k norm weights \(qNorm.shape), \(kNorm.shape) for head dim \(d)")
+        return raw.backend.qkvNormRope(self, heads: heads, kvHeads: kvHeads, qNorm: qNorm.contiguous(), kNorm: kNorm.contiguous(), eps: eps,
+                                       cos: cos.to(.f32, device: device), sin: sin.to(.f32, device: device), layout: layout)
+    }
+
+    /// `Tensor.swigluE4M3` of two products (the gate self, the up projection b).
+    public func swigluE4M3(_ b: ScaledProduct) -> E4M3Rows {
+        precondition(shape == b.shape, "swigluE4M3: shapes \(shape) and \(b.shape) differ")
+        if isScaled && b.isScaled { return raw.swigluE4M3(b.raw) }
+        return raw.backend.swigluE4M3(self, b)
+    }
+}
+
 /// Quantizing a float weight on the host, split over the cores by rows (a 4B-parameter text
 /// encoder quantized at load on one thread took 37-39 s). Each row is read in fp32 from the
 /// tensor's own storage (f32, bf16 or f16), so no fp32 copy of the whole weight is made.
@@ -215,6 +276,27 @@ extension Backend {
 
     /// `swiglu` then `quantizeRowsE4M3`: the value rounded to a's dtype, then quantized.
     public func swigluE4M3(_ a: Tensor, _ b: Tensor) -> E4M3Rows { quantizeRowsE4M3(swiglu(a, b)) }
+
+    /// The fp8 product before its scales, where this backend leaves them to the reader (see
+    /// `ScaledProduct`); the default scales at once (the emulation: `fp8Linear`, no bias).
+    public func fp8Product(_ x: E4M3Rows, weight: Tensor, weightScales: Tensor, dtype: DType) -> ScaledProduct {
+        ScaledProduct(fp8Linear(x, weight: weight, weightScales: weightScales, bias: nil, dtype: dtype))
+    }
+
+    /// `ScaledProduct`'s value: raw * (rowScales[r] * columnScales[o]) in fp32, rounded once to raw's dtype.
+    public func applyScales(_ p: ScaledProduct) -> Tensor { p.scaledByTensorOps() }
+
+    // The readers of a `ScaledProduct`: the default scales it, then runs the plain op.
+    public func qkvNormRope(_ qkv: ScaledProduct, heads: Int, kvHeads: Int, qNorm: Tensor, kNorm: Tensor, eps: Float,
+                            cos: Tensor, sin: Tensor, layout: RoPELayout) -> (q: Tensor, k: Tensor, v: Tensor) {
+        qkvNormRope(qkv.scaled(), heads: heads, kvHeads: kvHeads, qNorm: qNorm, kNorm: kNorm, eps: eps, cos: cos, sin: sin, layout: layout)
+    }
+
+    public func rmsNormGatedResidual(_ x: Tensor, _ y: ScaledProduct, weight: Tensor, eps: Float, gate: Tensor?) -> Tensor {
+        rmsNormGatedResidual(x, y.scaled(), weight: weight, eps: eps, gate: gate)
+    }
+
+    public func swigluE4M3(_ a: ScaledProduct, _ b: ScaledProduct) -> E4M3Rows { swigluE4M3(a.scaled(), b.scaled()) }
 
     /// Whether fp8 layers here take activations as `E4M3Rows` (the emulation does).
     public var takesE4M3Activations: Bool { true }

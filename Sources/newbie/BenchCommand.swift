@@ -243,7 +243,7 @@ struct BenchCommand: ParsableCommand {
             let prof = cuda.profileReport()
             let total = prof.reduce(0) { $0 + $1.ms }
             print("  one forward, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
-            for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
+            for p in prof.prefix(20) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
             let finite = out.allSatisfy { $0.isFinite }
             let flops = config.forwardFLOPs(capLens: [cap, cap], capPadded: cap, rows: latH / 2, cols: latW / 2)
             let peak = cuda.memoryStats.peakBytes
@@ -329,7 +329,7 @@ struct BenchCommand: ParsableCommand {
         let prof = cuda.profileReport()
         let total = prof.reduce(0) { $0 + $1.ms }
         print("  one decode, device time by kernel (events around each launch; total \(String(format: "%.1f", total)) ms):")
-        for p in prof.prefix(14) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
+        for p in prof.prefix(20) { print(String(format: "    %-28@ %8.2f ms %6d launches", p.name as NSString, p.ms, p.count)) }
         print(String(format: "VAE decode on %@: %@, %dx%d: %.1f ms (median of %d); peak %@; output finite: %@", cuda.name, dt.description, size, size,
                      ms, repeats, formatBytes(peak), img.allSatisfy { $0.isFinite } ? "yes" : "NO"))
     }

@@ -89,6 +89,39 @@ final class FP8QuantizationTests: XCTestCase {
         }
     }
 
+    /// A product handed on before its scales means round(raw * (row * column)) in raw's dtype, and
+    /// every reader of one gives what it gives for that value; the CPU's fp8 layers hand on scaled
+    /// products equal to their ordinary output.
+    func testUnscaledProductsMeanTheirScaledValueToEveryReader() {
+        var rng = SplitMix(seed: 16)
+        func rand(_ shape: [Int], _ scale: Float, _ offset: Float = 0) -> Tensor {
+            Tensor((0..<shape.reduce(1, *)).map { _ in rng.uniform() * scale + offset }, shape: shape)
+        }
+        let raw = rand([2, 3, 32], 400).to(.bf16), rows = rand([6], 0.004, 0.005), cols = rand([32], 0.002, 0.003)
+        let p = ScaledProduct(raw: raw, rowScales: rows, columnScales: cols)
+        XCTAssertFalse(p.isScaled)
+        let r = raw.toFloats(), rs = rows.toFloats(), cs = cols.toFloats()
+        let expected = (0..<192).map { i in Tensor([r[i] * (rs[i / 32] * cs[i % 32])], shape: [1]).to(.bf16).toFloats()[0] }
+        XCTAssertEqual(p.scaled().toFloats(), expected)
+        XCTAssertEqual(p.scaled().dtype, .bf16)
+        let value = p.scaled(), x = rand([2, 3, 32], 1).to(.bf16), w = rand([32], 1).to(.bf16), gate = rand([2, 32], 1).to(.bf16)
+        XCTAssertEqual(x.rmsNormGatedResidual(p, weight: w, eps: 1e-6, gate: gate).toFloats(),
+                       x.rmsNormGatedResidual(value, weight: w, eps: 1e-6, gate: gate).toFloats())
+        let q = ScaledProduct(raw: rand([2, 3, 32], 400).to(.bf16), rowScales: rows, columnScales: cols)
+        XCTAssertEqual(p.swigluE4M3(q).codes.toInts(), value.swigluE4M3(q.scaled()).codes.toInts())
+        let (cosT, sinT) = (rand([1, 3, 4], 1), rand([1, 3, 4], 1))
+        let nq = rand([8], 1).to(.bf16), nk = rand([8], 1).to(.bf16)
+        let a = p.qkvNormRope(heads: 2, kvHeads: 1, qNorm: nq, kNorm: nk, eps: 1e-5, cos: cosT, sin: sinT, layout: .interleaved)
+        let b = value.qkvNormRope(heads: 2, kvHeads: 1, qNorm: nq, kNorm: nk, eps: 1e-5, cos: cosT, sin: sinT, layout: .interleaved)
+        XCTAssertEqual([a.q, a.k, a.v].map { $0.toFloats() }, [b.q, b.k, b.v].map { $0.toFloats() })
+
+        let layer = Linear(quantized: .quantize(rand([32, 48], 0.2), scheme: .fp8), bias: nil, dtype: .bf16, device: .cpu)
+        let codes = rand([2, 3, 48], 1).to(.bf16).quantizedRowsE4M3()
+        let product = layer.product(codes)
+        XCTAssertTrue(product.isScaled, "the CPU's fp8 product is scaled by the emulation itself")
+        XCTAssertEqual(product.scaled().toFloats(), layer(codes).toFloats())
+    }
+
     func testEmulatedW8A8LinearMatchesTorchAndStaysNearTheFloatLayer() throws {
         let f = try reference()
         let x = try f.tensor("lin.x"), w = try f.tensor("lin.w"), b = try f.tensor("lin.b")

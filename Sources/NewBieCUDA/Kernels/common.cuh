@@ -213,14 +213,41 @@ __device__ __forceinline__ unsigned warp_umax(unsigned v) {
     return v;
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+// Two e4m3 codes (lo in the low byte) by the hardware conversion of sm_89+: round to nearest even,
+// saturating at +-448, what q_e4m3 computes for every value but NaN (the instruction drops a
+// NaN's sign; e4m3_pack8 puts it back).
+__device__ __forceinline__ unsigned e4m3x2(float lo, float hi) {
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+#endif
+
 // The codes of 8 values divided by the row scale s, packed little-endian into 8 bytes.
 __device__ __forceinline__ uint2 e4m3_pack8(const float* f, float s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    float q[8];
+    #pragma unroll
+    for (int j = 0; j < 8; j++) q[j] = f[j] / s;
+    unsigned lo = e4m3x2(q[0], q[1]) | (e4m3x2(q[2], q[3]) << 16), hi = e4m3x2(q[4], q[5]) | (e4m3x2(q[6], q[7]) << 16);
+    #pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if (q[j] != q[j]) {   // NaN: 0x7f with the input's sign, as torch's cast
+            const unsigned code = q_e4m3(q[j]) << (8 * (j & 3));
+            if (j < 4) lo = (lo & ~(0xffu << (8 * j))) | code; else hi = (hi & ~(0xffu << (8 * (j - 4)))) | code;
+        }
+    }
+    return make_uint2(lo, hi);
+#else
     unsigned c[8];
     #pragma unroll
     for (int j = 0; j < 8; j++) c[j] = q_e4m3(f[j] / s);
     return make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24), c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
+#endif
 }
 
-// 16-byte vectors per thread a one-block-per-row kernel holds in registers: rows up to
-// 256 threads x 8 x 8 = 16384 16-bit values.
-#define RQ_VMAX 8
+// 16-byte vectors per thread a one-block-per-row kernel holds in registers. The launcher sizes the
+// block to the row (CUDABackend.rowBlock: whole warps, up to 1024 threads), so rows up to
+// 1024 x 4 x 8 = 32768 16-bit values; few held vectors keep registers low and occupancy high.
+#define RQ_VMAX 4

@@ -1,7 +1,9 @@
 // NewBie CUDA kernels: fused transformer ops (RMSNorm + modulation, gated residual, SwiGLU,
 // QKV norm + RoPE), generic and 16-bit fast paths.
 // The *_e4m3 forms write an fp8 layer's input as e4m3 codes with one scale per row instead of 16-bit
-// values (the same codes as quantizing those values: FloatE4M3.quantizeRow).
+// values (the same codes as quantizing those values: FloatE4M3.quantizeRow). The *_sc forms read an
+// fp8 layer's output before its scales (ScaledProduct): each loaded value v becomes
+// round(v * (rowScale[row] * colScale[col])), the rounding of the rescale pass they replace.
 // Compiled at run time by NVRTC for the running GPU. Every kernel loads its inputs as float, computes in
 // float and rounds the result once to the output's storage type, as the CPU backend does.
 
@@ -103,6 +105,14 @@ template <bool BF> __device__ __forceinline__ V8 pack(const float* f) {
 }
 #define ROW_VMAX 16   // vectors per lane: rows up to 32 x 16 x 8 = 4096 elements
 
+// f[e] = round(f[e] * (rs * cs[e])) for 8 values whose column scales cs are 16-byte aligned.
+template <bool BF> __device__ __forceinline__ void scale8(float* f, float rs, const float* cs) {
+    const float4 a = ((const float4*)cs)[0], b = ((const float4*)cs)[1];
+    const float c[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) f[e] = rnd<BF>(f[e] * (rs * c[e]));
+}
+
 // out = round(round(round(x r) w) * round(1 + scale[b])); one warp per row of d. With CODES, the
 // row is written as e4m3 codes of those rounded values with one scale (FloatE4M3.quantizeRow)
 // instead of 16-bit values: `out` unused, `codes` [rows, d] and `scales` [rows].
@@ -161,19 +171,25 @@ __device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16*
 }
 
 // out = round(x + round(round(tanh(gate[b])) * round(round(y r) w))); one warp per row of d
-template <bool BF>
+// With SC, y is an fp8 product before its scales (ys per row, yc per column, 16-byte aligned).
+template <bool BF, bool SC = false>
 __device__ void rmsnorm_gate_res_v(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows, int d,
-                                   int rowsPerSample, float eps) {
+                                   int rowsPerSample, float eps, const float* ys = nullptr, const float* yc = nullptr) {
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= rows) return;
     const int nv = d >> 3;
     const V8* yr = (const V8*)(y + (size_t)row * d);
     V8 yv[ROW_VMAX];
     float ss = 0.f;
+    const float rs = SC ? ys[row] : 1.f;
 #pragma unroll
     for (int i = 0; i < ROW_VMAX; ++i) {
         const int c = lane + i * 32;
-        if (c < nv) { yv[i] = yr[c]; float f[8]; unpack<BF>(yv[i], f); for (int e = 0; e < 8; ++e) ss += f[e] * f[e]; }
+        if (c < nv) {
+            yv[i] = yr[c]; float f[8]; unpack<BF>(yv[i], f);
+            if (SC) { scale8<BF>(f, rs, yc + c * 8); yv[i] = pack<BF>(f); }
+            for (int e = 0; e < 8; ++e) ss += f[e] * f[e];
+        }
     }
     const float r = rsqrtf(warp_sum(ss) / (float)d + eps);
     const V8* xr = (const V8*)(x + (size_t)row * d);
@@ -211,23 +227,33 @@ __device__ void swiglu_v(const u16* a, const u16* b, u16* out, long long nv) {
 }
 
 // e4m3 codes and row scale of round(round(silu(a)) * b) (the values nb_swiglu_* writes), for rows of
-// k = nv * 8: one block per row, the rounded row held in registers (nv <= blockDim.x * RQ_VMAX).
-template <bool BF>
-__device__ void swiglu_e4m3_v(const u16* a, const u16* b, uint2* codes, float* scales, int nv) {
+// k = nv * 8: one block per row (sized to it: nv <= blockDim.x * RQ_VMAX), every load issued before
+// the arithmetic, the rounded row held in registers between its maximum and its codes. With SC, a and
+// b are fp8 products before their scales (rs per row, shared; ac and bc per column).
+template <bool BF, bool SC = false>
+__device__ void swiglu_e4m3_v(const u16* a, const u16* b, uint2* codes, float* scales, int nv,
+                              const float* rs = nullptr, const float* ac = nullptr, const float* bc = nullptr) {
     const V8* ar = (const V8*)a + (size_t)blockIdx.x * nv;
     const V8* br = (const V8*)b + (size_t)blockIdx.x * nv;
-    V8 held[RQ_VMAX];
+    V8 va[RQ_VMAX], vb[RQ_VMAX];
+#pragma unroll
+    for (int i = 0; i < RQ_VMAX; ++i) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < nv) { va[i] = ar[c]; vb[i] = br[c]; }
+    }
+    const float r = SC ? rs[blockIdx.x] : 1.f;
     unsigned m = 0u;
 #pragma unroll
     for (int i = 0; i < RQ_VMAX; ++i) {
         const int c = threadIdx.x + i * blockDim.x;
         if (c < nv) {
             float af[8], bf[8];
-            unpack<BF>(ar[c], af); unpack<BF>(br[c], bf);
+            unpack<BF>(va[i], af); unpack<BF>(vb[i], bf);
+            if (SC) { scale8<BF>(af, r, ac + c * 8); scale8<BF>(bf, r, bc + c * 8); }
 #pragma unroll
             for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(af[e] / (1.f + expf(-af[e]))) * bf[e];
-            held[i] = pack<BF>(af);
-            unpack<BF>(held[i], af);
+            va[i] = pack<BF>(af);
+            unpack<BF>(va[i], af);
 #pragma unroll
             for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(af[e])));
         }
@@ -238,15 +264,17 @@ __device__ void swiglu_e4m3_v(const u16* a, const u16* b, uint2* codes, float* s
 #pragma unroll
     for (int i = 0; i < RQ_VMAX; ++i) {
         const int c = threadIdx.x + i * blockDim.x;
-        if (c < nv) { float f[8]; unpack<BF>(held[i], f); cr[c] = e4m3_pack8(f, s); }
+        if (c < nv) { float f[8]; unpack<BF>(va[i], f); cr[c] = e4m3_pack8(f, s); }
     }
 }
 
 // nb_qkv_norm_rope for the interleaved RoPE layout and D % 4 == 0, D <= 128: one warp per
 // (token, head), four consecutive channels (two rotation pairs) per lane, 8-byte loads.
-template <bool BF>
+// With SC, qkv is an fp8 product before its scales (ps per token, pc per column, 16-byte aligned).
+template <bool BF, bool SC = false>
 __device__ void qkv_norm_rope_v(const u16* qkv, const u16* qw, const u16* kw, const float* cs, const float* sn,
-                                u16* qo, u16* ko, u16* vo, int L, int Hq, int Hkv, int D, int perSample, int tokens, float eps) {
+                                u16* qo, u16* ko, u16* vo, int L, int Hq, int Hkv, int D, int perSample, int tokens, float eps,
+                                const float* ps = nullptr, const float* pc = nullptr) {
     const unsigned warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int lane = threadIdx.x & 31;
     const int H = Hq + 2 * Hkv;
@@ -257,6 +285,13 @@ __device__ void qkv_norm_rope_v(const u16* qkv, const u16* qw, const u16* kw, co
     const bool active = c0 < D;
     unsigned raw[2] = {0u, 0u};
     if (active) { const unsigned* src = (const unsigned*)(qkv + ((size_t)bl * H + hh) * D + c0); raw[0] = src[0]; raw[1] = src[1]; }
+    if (SC && active) {
+        const float4 cv = *(const float4*)(pc + (size_t)hh * D + c0);
+        const float rs = ps[bl];
+        const u16 h0 = fromf<BF>(tof<BF>((u16)(raw[0] & 0xffff)) * (rs * cv.x)), h1 = fromf<BF>(tof<BF>((u16)(raw[0] >> 16)) * (rs * cv.y));
+        const u16 h2 = fromf<BF>(tof<BF>((u16)(raw[1] & 0xffff)) * (rs * cv.z)), h3 = fromf<BF>(tof<BF>((u16)(raw[1] >> 16)) * (rs * cv.w));
+        raw[0] = (unsigned)h0 | ((unsigned)h1 << 16); raw[1] = (unsigned)h2 | ((unsigned)h3 << 16);
+    }
     if (hh >= Hq + Hkv) {
         if (active) { unsigned* dst = (unsigned*)(vo + ((size_t)bl * Hkv + (hh - Hq - Hkv)) * D + c0); dst[0] = raw[0]; dst[1] = raw[1]; }
         return;
@@ -299,3 +334,15 @@ extern "C" __global__ void nb_qkv_norm_rope_##T(const u16* qkv, const u16* qw, c
     qkv_norm_rope_v<BF>(qkv, qw, kw, cs, sn, qo, ko, vo, L, Hq, Hkv, D, perSample, tokens, eps); }
 FAST_FUSED(bf16, true)
 FAST_FUSED(f16, false)
+
+// Readers of bf16 fp8 products before their scales (the only dtype the CUDA backend leaves unscaled).
+extern "C" __global__ void nb_rmsnorm_gate_res_sc_bf16(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows,
+                                                       int d, int rowsPerSample, float eps, const float* ys, const float* yc) {
+    rmsnorm_gate_res_v<true, true>(x, y, w, gate, out, rows, d, rowsPerSample, eps, ys, yc); }
+extern "C" __global__ void nb_swiglu_e4m3_sc_bf16(const u16* a, const u16* b, uint2* codes, float* scales, int nv,
+                                                  const float* rs, const float* ac, const float* bc) {
+    swiglu_e4m3_v<true, true>(a, b, codes, scales, nv, rs, ac, bc); }
+extern "C" __global__ void nb_qkv_norm_rope_sc_bf16(const u16* qkv, const u16* qw, const u16* kw, const float* cs, const float* sn,
+                                                    u16* qo, u16* ko, u16* vo, int L, int Hq, int Hkv, int D, int perSample, int tokens,
+                                                    float eps, const float* ps, const float* pc) {
+    qkv_norm_rope_v<true, true>(qkv, qw, kw, cs, sn, qo, ko, vo, L, Hq, Hkv, D, perSample, tokens, eps, ps, pc); }

@@ -53,6 +53,9 @@ public final class NextDiT: @unchecked Sendable {
             w1.takesE4M3Rows && w3.takesE4M3Rows && w1.dtype == dtype && w3.dtype == dtype && ffnDType == dtype
         }
         var w2TakesCodes: Bool { w2.takesE4M3Rows && [w1.dtype, w3.dtype, w2.dtype].allSatisfy { $0 == ffnDType } }
+        /// The out projection's input (the attention's output) quantized in one row pass, its
+        /// product handed on before its scales: an fp8 layer in the attention's dtype.
+        var outTakesCodes: Bool { out.takesE4M3Rows && out.dtype == attnDType }
 
         /// Every weight of the block, in a fixed order (what travels under `--offload`).
         var tensors: [Tensor] {
@@ -386,22 +389,26 @@ public final class NextDiT: @unchecked Sendable {
             if let ada = blk.adaLN, let cs = cSilu {
                 mod = ada(cs.to(blk.dtype)).chunk(4, axis: 1)  // scale_msa, gate_msa, scale_mlp, gate_mlp: [B, D]
             }
-            let a: Tensor
+            // a and f are the attention's and the feed-forward's outputs; from an fp8 layer fed codes
+            // they may still lack their scales, which the gated residual applies as it reads them
+            let a: ScaledProduct
             if blk.qkvTakesCodes {
                 let h = x.rmsNormModulateE4M3(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
-                a = attention(blk, qkv: blk.qkv(h), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope)
+                a = attention(blk, qkv: blk.qkv.product(h), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope)
             } else {
                 let h = x.rmsNormModulate(weight: blk.attnNorm1, eps: eps, scale: mod?[0])
-                a = computed(in: blk.attnDType, h) { attention(blk, $0, mask: mask, rope: rope) }
+                a = ScaledProduct(computed(in: blk.attnDType, h) { attention(blk, $0, mask: mask, rope: rope) })
             }
             let out = x.rmsNormGatedResidual(a, weight: blk.attnNorm2, eps: eps, gate: mod?[1])
-            let f: Tensor
+            let f: ScaledProduct
             if blk.ffnTakesCodes {
                 let h2 = out.rmsNormModulateE4M3(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
-                f = feedForward(blk, blk.w1(h2), blk.w3(h2))
+                f = feedForward(blk, blk.w1.product(h2), blk.w3.product(h2))
             } else {
                 let h2 = out.rmsNormModulate(weight: blk.ffnNorm1, eps: eps, scale: mod?[2])
-                f = computed(in: blk.ffnDType, h2) { h2 in feedForward(blk, blk.w1(h2), blk.w3(h2)) }
+                f = ScaledProduct(computed(in: blk.ffnDType, h2) { h2 in
+                    feedForward(blk, ScaledProduct(blk.w1(h2)), ScaledProduct(blk.w3(h2))).scaled()
+                })
             }
             return out.rmsNormGatedResidual(f, weight: blk.ffnNorm2, eps: eps, gate: mod?[3])
         }
@@ -430,21 +437,22 @@ public final class NextDiT: @unchecked Sendable {
     }
 
     /// w2(SwiGLU(w1 x, w3 x)) from the gate and up projections.
-    func feedForward(_ blk: Block, _ gate: Tensor, _ up: Tensor) -> Tensor {
-        blk.w2TakesCodes ? blk.w2(gate.swigluE4M3(up)) : blk.w2(gate.swiglu(up))
+    func feedForward(_ blk: Block, _ gate: ScaledProduct, _ up: ScaledProduct) -> ScaledProduct {
+        blk.w2TakesCodes ? blk.w2.product(gate.swigluE4M3(up)) : ScaledProduct(blk.w2(gate.scaled().swiglu(up.scaled())))
     }
 
     func attention(_ blk: Block, _ x: Tensor, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
-        attention(blk, qkv: blk.qkv(x), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope)
+        attention(blk, qkv: ScaledProduct(blk.qkv(x)), batch: x.shape[0], length: x.shape[1], mask: mask, rope: rope).scaled()
     }
 
-    /// Attention from the fused projection qkv [B, L, (Hq + 2 Hkv) * D].
-    func attention(_ blk: Block, qkv: Tensor, batch b: Int, length l: Int, mask: Tensor?, rope: (cos: Tensor, sin: Tensor)) -> Tensor {
+    /// Attention from the fused projection qkv [B, L, (Hq + 2 Hkv) * D], through the out projection.
+    func attention(_ blk: Block, qkv: ScaledProduct, batch b: Int, length l: Int, mask: Tensor?,
+                   rope: (cos: Tensor, sin: Tensor)) -> ScaledProduct {
         let hd = config.headDim, hq = config.nHeads, hkv = config.nKVHeads
         let (q, k, v) = qkv.qkvNormRope(heads: hq, kvHeads: hkv, qNorm: blk.qNorm, kNorm: blk.kNorm, eps: config.qkNormEps,
-                                              cos: rope.cos, sin: rope.sin, layout: .interleaved)
-        let o = q.attention(k: k, v: v, options: AttentionOptions(keyPaddingMask: mask))
-        return blk.out(o.reshape([b, l, hq * hd]))
+                                        cos: rope.cos, sin: rope.sin, layout: .interleaved)
+        let o = q.attention(k: k, v: v, options: AttentionOptions(keyPaddingMask: mask)).reshape([b, l, hq * hd])
+        return blk.outTakesCodes ? blk.out.product(o.quantizedRowsE4M3()) : ScaledProduct(blk.out(o))
     }
 
     // MARK: helpers

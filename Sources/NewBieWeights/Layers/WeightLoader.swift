@@ -339,6 +339,15 @@ extension Linear {
         return Backends.backend(for: x.device).fp8Linear(x, weight: qw.q, weightScales: qw.scales,
                                                          bias: bias.map { $0.dtype == dtype ? $0 : $0.to(dtype) }, dtype: dtype)
     }
+
+    /// The same product for a reader that applies the scales itself (`ScaledProduct`): the backend
+    /// leaves them unapplied where its FP8 GEMM cannot apply them. Layers without a bias only.
+    public func product(_ x: E4M3Rows) -> ScaledProduct {
+        guard let qw = quantized, qw.scheme == .fp8, adapters.isEmpty, bias == nil else {
+            preconditionFailure("Linear.product: only for fp8 layers without bias or adapters (check takesE4M3Rows)")
+        }
+        return Backends.backend(for: x.device).fp8Product(x, weight: qw.q, weightScales: qw.scales, dtype: dtype)
+    }
 }
 
 /// A 2-D convolution (NCHW) computing in the layer's dtype.

@@ -33,6 +33,7 @@ final class KernelSourceTests: XCTestCase {
     __device__ float cosf(float); __device__ float fmaxf(float, float); __device__ float fminf(float, float);
     __device__ float fabsf(float); __device__ float fmaf(float, float, float);
     __device__ float __fadd_rn(float, float); __device__ float __fmul_rn(float, float); __device__ float __fsub_rn(float, float);
+    __device__ float __frcp_rn(float); __device__ float __fdividef(float, float); __device__ float __expf(float); __device__ bool isfinite(float);
     struct __align__(8) uint2 { unsigned x, y; };
     struct __align__(16) uint4 { unsigned x, y, z, w; };
     struct __align__(16) float4 { float x, y, z, w; };

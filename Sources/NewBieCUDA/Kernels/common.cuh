@@ -215,8 +215,7 @@ __device__ __forceinline__ unsigned warp_umax(unsigned v) {
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 // Two e4m3 codes (lo in the low byte) by the hardware conversion of sm_89+: round to nearest even,
-// saturating at +-448, what q_e4m3 computes for every value but NaN (the instruction drops a
-// NaN's sign; e4m3_pack8 puts it back).
+// saturating at +-448, what q_e4m3 computes for every value but a NaN (the instruction drops its sign).
 __device__ __forceinline__ unsigned e4m3x2(float lo, float hi) {
     unsigned short r;
     asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
@@ -224,28 +223,44 @@ __device__ __forceinline__ unsigned e4m3x2(float lo, float hi) {
 }
 #endif
 
-// The codes of 8 values divided by the row scale s, packed little-endian into 8 bytes.
-__device__ __forceinline__ uint2 e4m3_pack8(const float* f, float s) {
+// What quantizing one row needs: its scale s (FloatE4M3.scale) and, for the fast path, r = RN(1/s).
+// With r, x / s is y = RN(x r) corrected by one FMA: RN(y + r (x - s y)) is the correctly rounded
+// quotient when r is the correctly rounded reciprocal (Markstein's theorem), so the codes equal
+// those of the division; a zero y is kept as is (the correction would lose -0's sign). Rows with a
+// NaN, or whose reciprocal overflows, take the division and the software conversion.
+struct E4M3Row { float s, r; bool fast; };
+__device__ __forceinline__ E4M3Row e4m3_row(unsigned amaxBits) {
+    E4M3Row q;
+    q.s = e4m3_row_scale(amaxBits);
+    q.r = __frcp_rn(q.s);
+    q.fast = amaxBits <= 0x7f800000u && isfinite(q.r);
+    return q;
+}
+
+// The codes of 8 values divided by the row scale, packed little-endian into 8 bytes.
+__device__ __forceinline__ uint2 e4m3_pack8(const float* f, const E4M3Row& row) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    float q[8];
-    #pragma unroll
-    for (int j = 0; j < 8; j++) q[j] = f[j] / s;
-    unsigned lo = e4m3x2(q[0], q[1]) | (e4m3x2(q[2], q[3]) << 16), hi = e4m3x2(q[4], q[5]) | (e4m3x2(q[6], q[7]) << 16);
-    #pragma unroll
-    for (int j = 0; j < 8; j++) {
-        if (q[j] != q[j]) {   // NaN: 0x7f with the input's sign, as torch's cast
-            const unsigned code = q_e4m3(q[j]) << (8 * (j & 3));
-            if (j < 4) lo = (lo & ~(0xffu << (8 * j))) | code; else hi = (hi & ~(0xffu << (8 * (j - 4)))) | code;
+    if (row.fast) {
+        float q[8];
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float y = f[j] * row.r;
+            const float c = fmaf(fmaf(-y, row.s, f[j]), row.r, y);
+            q[j] = y == 0.f ? y : c;
         }
+        return make_uint2(e4m3x2(q[0], q[1]) | (e4m3x2(q[2], q[3]) << 16), e4m3x2(q[4], q[5]) | (e4m3x2(q[6], q[7]) << 16));
     }
-    return make_uint2(lo, hi);
-#else
+#endif
     unsigned c[8];
     #pragma unroll
-    for (int j = 0; j < 8; j++) c[j] = q_e4m3(f[j] / s);
+    for (int j = 0; j < 8; j++) c[j] = q_e4m3(f[j] / row.s);
     return make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24), c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
-#endif
 }
+
+// SiLU for the 16-bit SwiGLU kernels, whose result is rounded to 16 bits at once: the fast
+// exponential and reciprocal (a few fp32 ulps, far below a 16-bit step; the generic kernel and the
+// CPU keep the exact forms, the checks compare at 16-bit tolerances).
+__device__ __forceinline__ float silu16(float x) { return __fdividef(x, 1.f + __expf(-x)); }
 
 // 16-byte vectors per thread a one-block-per-row kernel holds in registers. The launcher sizes the
 // block to the row (CUDABackend.rowBlock: whole warps, up to 1024 threads), so rows up to

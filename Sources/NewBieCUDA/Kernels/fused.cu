@@ -160,13 +160,13 @@ __device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16*
             for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(f[e])));
         }
     }
-    const float s = e4m3_row_scale(warp_umax(m));
-    if (lane == 0) scales[row] = s;
+    const E4M3Row q = e4m3_row(warp_umax(m));
+    if (lane == 0) scales[row] = q.s;
     uint2* cr = codes + (size_t)row * nv;
 #pragma unroll
     for (int i = 0; i < ROW_VMAX; ++i) {
         const int c = lane + i * 32;
-        if (c < nv) { float f[8]; unpack<BF>(xv[i], f); cr[c] = e4m3_pack8(f, s); }
+        if (c < nv) { float f[8]; unpack<BF>(xv[i], f); cr[c] = e4m3_pack8(f, q); }
     }
 }
 
@@ -221,7 +221,7 @@ __device__ void swiglu_v(const u16* a, const u16* b, u16* out, long long nv) {
         float af[8], bf[8];
         unpack<BF>(((const V8*)a)[i], af); unpack<BF>(((const V8*)b)[i], bf);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(af[e] / (1.f + expf(-af[e]))) * bf[e];
+        for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(silu16(af[e])) * bf[e];
         ((V8*)out)[i] = pack<BF>(af);
     }
 }
@@ -251,20 +251,20 @@ __device__ void swiglu_e4m3_v(const u16* a, const u16* b, uint2* codes, float* s
             unpack<BF>(va[i], af); unpack<BF>(vb[i], bf);
             if (SC) { scale8<BF>(af, r, ac + c * 8); scale8<BF>(bf, r, bc + c * 8); }
 #pragma unroll
-            for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(af[e] / (1.f + expf(-af[e]))) * bf[e];
+            for (int e = 0; e < 8; ++e) af[e] = rnd<BF>(silu16(af[e])) * bf[e];
             va[i] = pack<BF>(af);
             unpack<BF>(va[i], af);
 #pragma unroll
             for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(af[e])));
         }
     }
-    const float s = e4m3_row_scale(block_umax(m));
-    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    const E4M3Row q = e4m3_row(block_umax(m));
+    if (threadIdx.x == 0) scales[blockIdx.x] = q.s;
     uint2* cr = codes + (size_t)blockIdx.x * nv;
 #pragma unroll
     for (int i = 0; i < RQ_VMAX; ++i) {
         const int c = threadIdx.x + i * blockDim.x;
-        if (c < nv) { float f[8]; unpack<BF>(va[i], f); cr[c] = e4m3_pack8(f, s); }
+        if (c < nv) { float f[8]; unpack<BF>(va[i], f); cr[c] = e4m3_pack8(f, q); }
     }
 }
 

@@ -101,13 +101,13 @@ extern "C" __global__ void nb_quant_rows_e4m3_v8(const uint4* x, int dt, int k8,
             for (int j = 0; j < 8; j++) m = umax_bits(m, __float_as_uint(fabsf(f[j])));
         }
     }
-    const float s = e4m3_row_scale(block_umax(m));
-    if (threadIdx.x == 0) scales[blockIdx.x] = s;
+    const E4M3Row q = e4m3_row(block_umax(m));
+    if (threadIdx.x == 0) scales[blockIdx.x] = q.s;
     uint2* cr = codes + (size_t)blockIdx.x * k8;
     #pragma unroll
     for (int i = 0; i < RQ_VMAX; i++) {
         const int c = threadIdx.x + i * blockDim.x;
-        if (c < k8) { float f[8]; unpack8(held[i], bf, f); cr[c] = e4m3_pack8(f, s); }
+        if (c < k8) { float f[8]; unpack8(held[i], bf, f); cr[c] = e4m3_pack8(f, q); }
     }
 }
 

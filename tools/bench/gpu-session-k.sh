@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One GPU call (at most BUDGET_SECONDS, default 540): ours and PyTorch at three shapes in the same
+# call (issue 18), after the fp8 producers' cheaper arithmetic (issue 15), most important first:
+#   1. gpu-check.txt: every gpu-check row (the e4m3 codes must now equal the CPU's exactly);
+#   2. dit.txt: ours, batch 2, bf16 then fp8 weights, at 1024x1024, 512x512 and 1024x1536 (forward,
+#      guided step, kernel profile);
+#   3. torch-dit.txt: PyTorch eager and torch.compile at the same three shapes
+#      (tools/bench/torch_dit.py, diffusers from .whl/);
+#   4. pipeline.txt: a whole 1024x1024 image (28 steps, CFG, VAE decode) with the DiT in fp8.
+#   tools/bench/gpu-session-k.sh AFTER_DIR OUT
+set -uo pipefail
+t0=$(date +%s)
+BUDGET=${BUDGET_SECONDS:-540}
+source "$(dirname "$0")/budget.sh"
+after=$1 out=$2
+mkdir -p "$out"
+[ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
+b=$after/newbie w=/tmp/newbie-random
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
+ls .whl/*.whl > /dev/null 2>&1 && (python3 -m pip install -q --no-deps .whl/*.whl > /tmp/pip.txt 2>&1 &)
+echo "== 1. gpu-check"
+run 120 stdbuf -oL -eL scripts/gpu-check "$b" > "$out/gpu-check.txt" 2>&1
+echo "exit $? ($(( $(date +%s) - t0 )) s)"
+grep -E "FAIL|of [0-9]+ |passed|did not" "$out/gpu-check.txt" | tail -20
+echo "== 2. ours at three shapes: bf16, then fp8 ($(( $(date +%s) - t0 )) s)"
+: > "$out/dit.txt"
+for q in none fp8; do
+    run 110 "$b" bench --device cuda --dit --dtype bf16 --quantize $q --shapes 1024x1024,512x512,1024x1536 > /tmp/dit.txt 2>&1
+    echo "-- --quantize $q: exit $?" | tee -a "$out/dit.txt"; cat /tmp/dit.txt >> "$out/dit.txt"
+    grep -E "NewBie DiT|forward:|guided step|rror" /tmp/dit.txt | head -12
+done
+echo "== 3. PyTorch at three shapes: eager and torch.compile ($(( $(date +%s) - t0 )) s)"
+run 270 python3 tools/bench/torch_dit.py --dtype bf16 --runs 5 --shapes 1024x1024,512x512,1024x1536 --compile > /tmp/torch.txt 2>&1
+echo "exit $? ($(( $(date +%s) - t0 )) s)"
+grep -E "^torch|Error|error" /tmp/torch.txt | tail -12 | tee "$out/torch-dit.txt"
+echo "== 4. whole image, 28 steps, DiT fp8 ($(( $(date +%s) - t0 )) s)"
+: > "$out/pipeline.txt"
+run 40 "$b" bench-pipeline --weights $w --weights-only > /tmp/weights.txt 2>&1
+run 60 "$b" bench-pipeline --weights $w --device cuda --precision bf16 --quantize dit=fp8 \
+    --size 1024 --steps 29 -o /tmp/gk-image.png > /tmp/gk.txt 2>&1
+echo "-- --quantize dit=fp8: exit $?" | tee -a "$out/pipeline.txt"
+grep -vE "^  step [0-9]+/" /tmp/gk.txt | tail -16 >> "$out/pipeline.txt"
+grep -E "^denoise|^VAE|^total|rror" /tmp/gk.txt | head -6
+echo "session k: $(( $(date +%s) - t0 )) s"
+exit 0

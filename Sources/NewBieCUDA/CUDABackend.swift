@@ -18,6 +18,9 @@ public final class CUDABackend: Backend, @unchecked Sendable {
     /// Skip cuBLASLt's outer-vector scaling in fp8 products and take the fallback (unscaled fp32
     /// GEMM, then `nb_fp8_rescale`) that older cuBLASLt versions get, so that `gpu-check` runs it too.
     public var avoidFP8OuterVectorScaling = false
+    /// The 16-bit RMSNorm kernels (fused.cu) hold a row in one block sized to it (true) or in one
+    /// warp (false); `NEWBIE_NORM_ROWS=warp` picks the warp form, for A/B timings.
+    public var normRowsPerBlock = ProcessInfo.processInfo.environment["NEWBIE_NORM_ROWS"] != "warp"
     /// Flash-attention kernel: "auto" takes the wgmma kernel (flash_hopper.cu) on compute
     /// capability 9.0 and the mma.sync kernel (flash.cu, 4 warps) elsewhere; "mma" (= "w4") and
     /// "w8" force the mma.sync kernel with 4 or 8 warps of 16 query rows (for A/B comparisons);
@@ -93,7 +96,8 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         ("fused", ["nb_rmsnorm_mod", "nb_rmsnorm_gate_res", "nb_swiglu", "nb_qkv_norm_rope"]
                 + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_", "nb_rmsnorm_gate_res_", "nb_swiglu_", "nb_qkv_norm_rope_",
                                                  "nb_rmsnorm_mod_e4m3_", "nb_swiglu_e4m3_"].map { $0 + t } }
-                + ["nb_rmsnorm_gate_res_sc_bf16", "nb_swiglu_e4m3_sc_bf16", "nb_qkv_norm_rope_sc_bf16"]),
+                + ["bf16", "f16"].flatMap { t in ["nb_rmsnorm_mod_blk_", "nb_rmsnorm_gate_res_blk_", "nb_rmsnorm_mod_e4m3_blk_"].map { $0 + t } }
+                + ["nb_rmsnorm_gate_res_sc_bf16", "nb_rmsnorm_gate_res_sc_blk_bf16", "nb_swiglu_e4m3_sc_bf16", "nb_qkv_norm_rope_sc_bf16"]),
         ("quant", CUDABackend.quantKernels),
         ("gguf", CUDABackend.blockKernels.values.sorted()),
         ("flash", ["bf16", "f16"].flatMap { t in [64, 96, 128].flatMap { d in [4, 8].map { w in "nb_flash_\(t)_d\(d)_w\(w)" } } }),

@@ -142,12 +142,19 @@ extension CUDABackend {
         return first.dtype == .bf16 ? "bf16" : "f16"
     }
 
+    /// A 16-bit norm kernel's name and launch shape: `prefix` + "blk_" + suffix, one block sized to
+    /// each row (`rowBlock`), or `prefix` + suffix, eight rows (warps) per 256-thread block.
+    func normLaunch(_ prefix: String, _ suffix: String, rows: Int, d: Int) -> (kernel: String, grid: Int, block: Int) {
+        normRowsPerBlock ? (prefix + "blk_" + suffix, rows, Self.rowBlock(vectors: d / 8)) : (prefix + suffix, (rows + 7) / 8, 256)
+    }
+
     public func rmsNormModulate(_ x: Tensor, weight: Tensor, eps: Float, scale: Tensor?) -> Tensor {
         let out = empty(x.shape, x.dtype)
         let d = x.shape[2], rows = x.shape[0] * x.shape[1]
         if rows == 0 { return out }
         if let t = fastSuffix([x, weight, scale], rowLength: d), x.shape[1] > 0 {
-            launch("nb_rmsnorm_mod_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
+            let (kernel, grid, block) = normLaunch("nb_rmsnorm_mod_", t, rows: rows, d: d)
+            launch(kernel, grid: grid, block: block, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
                 .ptr(scale.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
             return out
         }
@@ -163,7 +170,8 @@ extension CUDABackend {
         if rows == 0 { return out }
         let yy = y.dtype == x.dtype ? y : y.to(x.dtype)
         if let t = fastSuffix([x, yy, weight, gate], rowLength: d), x.shape[1] > 0 {
-            launch("nb_rmsnorm_gate_res_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(yy))
+            let (kernel, grid, block) = normLaunch("nb_rmsnorm_gate_res_", t, rows: rows, d: d)
+            launch(kernel, grid: grid, block: block, KernelArgs().ptr(ptr(x)).ptr(ptr(yy))
                 .ptr(ptr(weight)).ptr(gate.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
             return out
         }

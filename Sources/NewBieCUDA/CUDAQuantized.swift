@@ -104,7 +104,8 @@ extension CUDABackend {
             return quantizeRowsE4M3(rmsNormModulate(x, weight: weight, eps: eps, scale: scale))
         }
         let codes = empty(x.shape, .u8), scales = empty([rows], .f32)
-        launch("nb_rmsnorm_mod_e4m3_" + t, grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
+        let (kernel, grid, block) = normLaunch("nb_rmsnorm_mod_e4m3_", t, rows: rows, d: d)
+        launch(kernel, grid: grid, block: block, KernelArgs().ptr(ptr(x)).ptr(ptr(weight))
             .ptr(scale.map(ptr) ?? 0).ptr(ptr(codes)).ptr(ptr(scales)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps))
         return E4M3Rows(codes: codes, scales: scales)
     }
@@ -199,7 +200,8 @@ extension CUDABackend {
             return rmsNormGatedResidual(x, y.scaled(), weight: weight, eps: eps, gate: gate)
         }
         let out = empty(x.shape, x.dtype)
-        launch("nb_rmsnorm_gate_res_sc_bf16", grid: (rows + 7) / 8, block: 256, KernelArgs().ptr(ptr(x)).ptr(ptr(y.raw))
+        let (kernel, grid, block) = normLaunch("nb_rmsnorm_gate_res_sc_", "bf16", rows: rows, d: d)
+        launch(kernel, grid: grid, block: block, KernelArgs().ptr(ptr(x)).ptr(ptr(y.raw))
             .ptr(ptr(weight)).ptr(gate.map(ptr) ?? 0).ptr(ptr(out)).i32(Int32(rows)).i32(Int32(d)).i32(Int32(x.shape[1])).f32(eps)
             .ptr(ptr(s.rows)).ptr(ptr(s.columns)))
         return out

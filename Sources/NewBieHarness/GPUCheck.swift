@@ -245,10 +245,22 @@ public struct GPUCheck {
         for dt in [DType.bf16, .f16] {
             let g = { (t: Tensor, d: Device) in t.to(device: d) }
             let xs = rand([2, 37, 136], dt), ys = rand([2, 37, 136], dt), sc = rand([2, 136], dt), nw = rand([136], dt)
-            check("fast rmsNorm+modulate", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: g(sc, d)) }
-            check("fast rmsNorm (no scale)", dt) { d in g(xs, d).rmsNormModulate(weight: g(nw, d), eps: 1e-5, scale: nil) }
-            check("fast rmsNorm+gate+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: g(sc, d)) }
-            check("fast rmsNorm+residual", dt) { d in g(xs, d).rmsNormGatedResidual(g(ys, d), weight: g(nw, d), eps: 1e-5, gate: nil) }
+            // both row layouts of the norm kernels (a warp per row, a block per row), each on rows of
+            // 136 and of 2304 (the DiT's width)
+            let xw = rand([2, 19, 2304], dt), yw = rand([2, 19, 2304], dt), scw = rand([2, 2304], dt), nww = rand([2304], dt)
+            let defaultLayout = cuda.normRowsPerBlock
+            for perBlock in [false, true] {
+                cuda.normRowsPerBlock = perBlock
+                let layout = perBlock ? "block per row" : "warp per row"
+                for (x, y, s, n) in [(xs, ys, sc, nw), (xw, yw, scw, nww)] {
+                    let w = " (\(layout), d \(x.shape[2]))"
+                    check("fast rmsNorm+modulate" + w, dt) { d in g(x, d).rmsNormModulate(weight: g(n, d), eps: 1e-5, scale: g(s, d)) }
+                    check("fast rmsNorm (no scale)" + w, dt) { d in g(x, d).rmsNormModulate(weight: g(n, d), eps: 1e-5, scale: nil) }
+                    check("fast rmsNorm+gate+residual" + w, dt) { d in g(x, d).rmsNormGatedResidual(g(y, d), weight: g(n, d), eps: 1e-5, gate: g(s, d)) }
+                    check("fast rmsNorm+residual" + w, dt) { d in g(x, d).rmsNormGatedResidual(g(y, d), weight: g(n, d), eps: 1e-5, gate: nil) }
+                }
+            }
+            cuda.normRowsPerBlock = defaultLayout
             check("fast swiglu", dt) { d in g(xs, d).swiglu(g(ys, d)) }
             let qkvIn = rand([2, 37, 10 * 96], dt), qn = rand([96], dt), kn = rand([96], dt)
             let cosT = rand([1, 37, 48]), sinT = rand([1, 37, 48])

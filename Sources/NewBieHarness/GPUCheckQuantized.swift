@@ -58,12 +58,18 @@ extension GPUCheck {
                 ("swiglu -> e4m3", { d in ga.to(device: d).swigluE4M3(gb.to(device: d)) },
                  { ga.to(device: gpu).swiglu(gb.to(device: gpu)).quantizedRowsE4M3() }),
             ]
-            for (name, fused, unfused) in producers {
-                let f = fused(gpu), u = unfused()
-                report("\(name): codes and scales differing from the GPU's unfused pair", dt,
-                       Self.codesApart(f, u, steps: 0) + (Self.scalesApart(f, u) == 0 ? 0 : 1), 0)
-                check("\(name) values vs the CPU composition", dt) { d in fused(d).decoded() }
+            let defaultLayout = cuda.normRowsPerBlock
+            for perBlock in [false, true] {
+                cuda.normRowsPerBlock = perBlock
+                for (name, fused, unfused) in producers {
+                    let label = name + (perBlock ? " (norm: block per row)" : " (norm: warp per row)")
+                    let f = fused(gpu), u = unfused()
+                    report("\(label): codes and scales differing from the GPU's unfused pair", dt,
+                           Self.codesApart(f, u, steps: 0) + (Self.scalesApart(f, u) == 0 ? 0 : 1), 0)
+                    check("\(label) values vs the CPU composition", dt) { d in fused(d).decoded() }
+                }
             }
+            cuda.normRowsPerBlock = defaultLayout
             // the 16-bit compute dtypes only: with fp32 outputs the comparison would measure the FP8
             // tensor cores' accumulation (fewer bits than fp32 between promotions), not our code
             check("fp8 W8A8 linear + bias", dt) { d in

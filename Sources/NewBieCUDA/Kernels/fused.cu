@@ -113,30 +113,48 @@ template <bool BF> __device__ __forceinline__ void scale8(float* f, float rs, co
     for (int e = 0; e < 8; ++e) f[e] = rnd<BF>(f[e] * (rs * c[e]));
 }
 
-// out = round(round(round(x r) w) * round(1 + scale[b])); one warp per row of d. With CODES, the
+// A row of the norm kernels is held by one warp (BLOCK false: ROW_VMAX vectors per lane, 8 rows per
+// 256-thread block) or by one block sized to it (BLOCK true: RQ_VMAX vectors per thread,
+// CUDABackend.rowBlock; fewer registers per thread, so more rows in flight per SM). The two forms
+// sum a row's squares in different orders; each is used for every norm of a run (NB_NORM_ROWS).
+template <bool BLOCK> __device__ __forceinline__ int norm_row() {
+    return BLOCK ? (int)blockIdx.x : (int)(blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+}
+template <bool BLOCK> __device__ __forceinline__ int norm_thread() { return BLOCK ? (int)threadIdx.x : (int)(threadIdx.x & 31); }
+template <bool BLOCK> __device__ __forceinline__ int norm_threads() { return BLOCK ? (int)blockDim.x : 32; }
+template <bool BLOCK> __device__ __forceinline__ float norm_sum(float v) {
+    if constexpr (BLOCK) return block_sum(v); else return warp_sum(v);
+}
+template <bool BLOCK> __device__ __forceinline__ unsigned norm_umax(unsigned v) {
+    if constexpr (BLOCK) return block_umax(v); else return warp_umax(v);
+}
+
+// out = round(round(round(x r) w) * round(1 + scale[b])); one row of d per warp or block. With CODES, the
 // row is written as e4m3 codes of those rounded values with one scale (FloatE4M3.quantizeRow)
 // instead of 16-bit values: `out` unused, `codes` [rows, d] and `scales` [rows].
-template <bool BF, bool CODES = false>
+template <bool BF, bool CODES = false, bool BLOCK = false>
 __device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16* out, int rows, int d, int rowsPerSample, float eps,
                               uint2* codes = nullptr, float* scales = nullptr) {
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= rows) return;
+    constexpr int VM = BLOCK ? RQ_VMAX : ROW_VMAX;
+    const int row = norm_row<BLOCK>(), lane = norm_thread<BLOCK>(), step = norm_threads<BLOCK>();
+    if (row >= rows) return;   // (a whole warp, or never for the block form: grid = rows)
     const int nv = d >> 3;
     const V8* xr = (const V8*)(x + (size_t)row * d);
-    V8 xv[ROW_VMAX];
+    V8 xv[VM];
     float ss = 0.f;
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        const int c = lane + i * 32;
-        if (c < nv) { xv[i] = xr[c]; float f[8]; unpack<BF>(xv[i], f); for (int e = 0; e < 8; ++e) ss += f[e] * f[e]; }
+    for (int i = 0; i < VM; ++i) { const int c = lane + i * step; if (c < nv) xv[i] = xr[c]; }
+#pragma unroll
+    for (int i = 0; i < VM; ++i) {
+        if (lane + i * step < nv) { float f[8]; unpack<BF>(xv[i], f); for (int e = 0; e < 8; ++e) ss += f[e] * f[e]; }
     }
-    const float r = rsqrtf(warp_sum(ss) / (float)d + eps);
+    const float r = rsqrtf(norm_sum<BLOCK>(ss) / (float)d + eps);
     const V8* wr = (const V8*)w;
     const V8* sr = scale ? (const V8*)(scale + (size_t)(row / rowsPerSample) * d) : nullptr;
     V8* orow = (V8*)(out + (size_t)row * d);
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        const int c = lane + i * 32;
+    for (int i = 0; i < VM; ++i) {
+        const int c = lane + i * step;
         if (c < nv) {
             float f[8], wf[8], sf[8];
             unpack<BF>(xv[i], f); unpack<BF>(wr[c], wf);
@@ -151,57 +169,64 @@ __device__ void rmsnorm_mod_v(const u16* x, const u16* w, const u16* scale, u16*
         }
     }
     if (!CODES) return;
-    // the rounded row is back in xv: its maximum over the warp, then the codes
+    // the rounded row is back in xv: its maximum over the warp or block, then the codes
     unsigned m = 0u;
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        if (lane + i * 32 < nv) {
+    for (int i = 0; i < VM; ++i) {
+        if (lane + i * step < nv) {
             float f[8]; unpack<BF>(xv[i], f);
             for (int e = 0; e < 8; ++e) m = umax_bits(m, __float_as_uint(fabsf(f[e])));
         }
     }
-    const E4M3Row q = e4m3_row(warp_umax(m));
+    const E4M3Row q = e4m3_row(norm_umax<BLOCK>(m));
     if (lane == 0) scales[row] = q.s;
     uint2* cr = codes + (size_t)row * nv;
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        const int c = lane + i * 32;
+    for (int i = 0; i < VM; ++i) {
+        const int c = lane + i * step;
         if (c < nv) { float f[8]; unpack<BF>(xv[i], f); cr[c] = e4m3_pack8(f, q); }
     }
 }
 
-// out = round(x + round(round(tanh(gate[b])) * round(round(y r) w))); one warp per row of d
+// out = round(x + round(round(tanh(gate[b])) * round(round(y r) w))); one row of d per warp or block
+// (the block form loads x with y, before the row's sum).
 // With SC, y is an fp8 product before its scales (ys per row, yc per column, 16-byte aligned).
-template <bool BF, bool SC = false>
+template <bool BF, bool SC = false, bool BLOCK = false>
 __device__ void rmsnorm_gate_res_v(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows, int d,
                                    int rowsPerSample, float eps, const float* ys = nullptr, const float* yc = nullptr) {
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    constexpr int VM = BLOCK ? RQ_VMAX : ROW_VMAX;
+    const int row = norm_row<BLOCK>(), lane = norm_thread<BLOCK>(), step = norm_threads<BLOCK>();
     if (row >= rows) return;
     const int nv = d >> 3;
     const V8* yr = (const V8*)(y + (size_t)row * d);
-    V8 yv[ROW_VMAX];
+    const V8* xr = (const V8*)(x + (size_t)row * d);
+    V8 yv[VM], xv[BLOCK ? VM : 1];
+#pragma unroll
+    for (int i = 0; i < VM; ++i) {
+        const int c = lane + i * step;
+        if (c < nv) { yv[i] = yr[c]; if (BLOCK) xv[BLOCK ? i : 0] = xr[c]; }
+    }
     float ss = 0.f;
     const float rs = SC ? ys[row] : 1.f;
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        const int c = lane + i * 32;
+    for (int i = 0; i < VM; ++i) {
+        const int c = lane + i * step;
         if (c < nv) {
-            yv[i] = yr[c]; float f[8]; unpack<BF>(yv[i], f);
+            float f[8]; unpack<BF>(yv[i], f);
             if (SC) { scale8<BF>(f, rs, yc + c * 8); yv[i] = pack<BF>(f); }
             for (int e = 0; e < 8; ++e) ss += f[e] * f[e];
         }
     }
-    const float r = rsqrtf(warp_sum(ss) / (float)d + eps);
-    const V8* xr = (const V8*)(x + (size_t)row * d);
+    const float r = rsqrtf(norm_sum<BLOCK>(ss) / (float)d + eps);
     const V8* wr = (const V8*)w;
     const V8* gr = gate ? (const V8*)(gate + (size_t)(row / rowsPerSample) * d) : nullptr;
     V8* orow = (V8*)(out + (size_t)row * d);
 #pragma unroll
-    for (int i = 0; i < ROW_VMAX; ++i) {
-        const int c = lane + i * 32;
+    for (int i = 0; i < VM; ++i) {
+        const int c = lane + i * step;
         if (c < nv) {
             float f[8], wf[8], gf[8], xf[8];
-            unpack<BF>(yv[i], f); unpack<BF>(wr[c], wf); unpack<BF>(xr[c], xf);
+            unpack<BF>(yv[i], f); unpack<BF>(wr[c], wf); unpack<BF>(BLOCK ? xv[BLOCK ? i : 0] : xr[c], xf);
             if (gr) unpack<BF>(gr[c], gf);
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
@@ -335,10 +360,27 @@ extern "C" __global__ void nb_qkv_norm_rope_##T(const u16* qkv, const u16* qw, c
 FAST_FUSED(bf16, true)
 FAST_FUSED(f16, false)
 
+// The block-per-row forms of the norm kernels (norm_row<true>: grid = rows, block = CUDABackend.rowBlock).
+#define BLOCK_NORMS(T, BF) \
+extern "C" __global__ void nb_rmsnorm_mod_blk_##T(const u16* x, const u16* w, const u16* scale, u16* out, int rows, int d, \
+                                                  int rowsPerSample, float eps) { \
+    rmsnorm_mod_v<BF, false, true>(x, w, scale, out, rows, d, rowsPerSample, eps); } \
+extern "C" __global__ void nb_rmsnorm_gate_res_blk_##T(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows, \
+                                                       int d, int rowsPerSample, float eps) { \
+    rmsnorm_gate_res_v<BF, false, true>(x, y, w, gate, out, rows, d, rowsPerSample, eps); } \
+extern "C" __global__ void nb_rmsnorm_mod_e4m3_blk_##T(const u16* x, const u16* w, const u16* scale, uint2* codes, float* scales, \
+                                                       int rows, int d, int rowsPerSample, float eps) { \
+    rmsnorm_mod_v<BF, true, true>(x, w, scale, nullptr, rows, d, rowsPerSample, eps, codes, scales); }
+BLOCK_NORMS(bf16, true)
+BLOCK_NORMS(f16, false)
+
 // Readers of bf16 fp8 products before their scales (the only dtype the CUDA backend leaves unscaled).
 extern "C" __global__ void nb_rmsnorm_gate_res_sc_bf16(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows,
                                                        int d, int rowsPerSample, float eps, const float* ys, const float* yc) {
     rmsnorm_gate_res_v<true, true>(x, y, w, gate, out, rows, d, rowsPerSample, eps, ys, yc); }
+extern "C" __global__ void nb_rmsnorm_gate_res_sc_blk_bf16(const u16* x, const u16* y, const u16* w, const u16* gate, u16* out, int rows,
+                                                           int d, int rowsPerSample, float eps, const float* ys, const float* yc) {
+    rmsnorm_gate_res_v<true, true, true>(x, y, w, gate, out, rows, d, rowsPerSample, eps, ys, yc); }
 extern "C" __global__ void nb_swiglu_e4m3_sc_bf16(const u16* a, const u16* b, uint2* codes, float* scales, int nv,
                                                   const float* rs, const float* ac, const float* bc) {
     swiglu_e4m3_v<true, true>(a, b, codes, scales, nv, rs, ac, bc); }

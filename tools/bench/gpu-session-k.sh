@@ -6,13 +6,15 @@
 #      guided step, kernel profile);
 #   3. torch-dit.txt: PyTorch eager at the same three shapes, torch.compile at 512x512 and 1024x1536
 #      (tools/bench/torch_dit.py, diffusers from .whl/; call j compiled 1024x1024 beside our step);
-#   4. dit-warp.txt: the norm kernels' other row layout (NEWBIE_NORM_ROWS=warp, a warp per row) at
-#      1024x1024, bf16 and fp8: the A/B for the block-per-row default;
-#   5. pipeline.txt: a whole 1024x1024 image (28 steps, CFG, VAE decode) with the DiT in fp8.
+#   4. dit-tuned.txt: GEMM autotuning (NEWBIE_GEMM_AUTOTUNE=1: the heuristic's 8 candidates timed on
+#      each shape's first call) at 1024x1024, bf16 and fp8;
+#   5. dit-warp.txt: the norm kernels' other row layout (NEWBIE_NORM_ROWS=warp, a warp per row) at
+#      1024x1024, bf16: the A/B for the block-per-row default;
+#   6. pipeline.txt: a whole 1024x1024 image (28 steps, CFG, VAE decode) with the DiT in fp8.
 #   tools/bench/gpu-session-k.sh AFTER_DIR OUT
 set -uo pipefail
 t0=$(date +%s)
-BUDGET=${BUDGET_SECONDS:-540}
+BUDGET=${BUDGET_SECONDS:-560}
 source "$(dirname "$0")/budget.sh"
 after=$1 out=$2
 mkdir -p "$out"
@@ -36,16 +38,25 @@ run 200 python3 tools/bench/torch_dit.py --dtype bf16 --runs 5 --shapes 1024x102
     --compile --compile-shapes 512x512,1024x1536 > /tmp/torch.txt 2>&1
 echo "exit $? ($(( $(date +%s) - t0 )) s)"
 grep -E "^torch|Error|error" /tmp/torch.txt | tail -12 | tee "$out/torch-dit.txt"
-echo "== 4. the warp-per-row norm kernels at 1024x1024 ($(( $(date +%s) - t0 )) s)"
+echo "== 4. GEMM autotuning at 1024x1024 ($(( $(date +%s) - t0 )) s)"
+: > "$out/dit-tuned.txt"
+export NEWBIE_GEMM_AUTOTUNE=1
+for q in none fp8; do
+    run 75 "$b" bench --device cuda --dit --dtype bf16 --quantize $q > /tmp/dit.txt 2>&1
+    echo "-- --quantize $q, NEWBIE_GEMM_AUTOTUNE=1: exit $?" | tee -a "$out/dit-tuned.txt"; cat /tmp/dit.txt >> "$out/dit-tuned.txt"
+    grep -E "forward:|guided step|identical|rror" /tmp/dit.txt | head -5
+done
+unset NEWBIE_GEMM_AUTOTUNE
+echo "== 5. the warp-per-row norm kernels at 1024x1024 ($(( $(date +%s) - t0 )) s)"
 : > "$out/dit-warp.txt"
 export NEWBIE_NORM_ROWS=warp
-for q in none fp8; do
+for q in none; do
     run 75 "$b" bench --device cuda --dit --dtype bf16 --quantize $q > /tmp/dit.txt 2>&1
     echo "-- --quantize $q, NEWBIE_NORM_ROWS=warp: exit $?" | tee -a "$out/dit-warp.txt"; cat /tmp/dit.txt >> "$out/dit-warp.txt"
     grep -E "forward:|guided step|rror" /tmp/dit.txt | head -4
 done
 unset NEWBIE_NORM_ROWS
-echo "== 5. whole image, 28 steps, DiT fp8 ($(( $(date +%s) - t0 )) s)"
+echo "== 6. whole image, 28 steps, DiT fp8 ($(( $(date +%s) - t0 )) s)"
 : > "$out/pipeline.txt"
 run 40 "$b" bench-pipeline --weights $w --weights-only > /tmp/weights.txt 2>&1
 run 60 "$b" bench-pipeline --weights $w --device cuda --precision bf16 --quantize dit=fp8 \

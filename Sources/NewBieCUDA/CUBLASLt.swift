@@ -38,45 +38,11 @@ final class CUBLASLt: @unchecked Sendable {
     private var plans: [String: Plan] = [:]
     private let lock = NSLock()
 
-    /// A cached descriptor set and algorithm for one problem shape; with a tuner, the heuristic's
-    /// other candidates until the first call has timed them.
+    /// A cached descriptor set and algorithm for one problem shape.
     final class Plan {
         var desc: OpaquePointer?, a: OpaquePointer?, b: OpaquePointer?, c: OpaquePointer?
         var algo = [UInt8](repeating: 0, count: 64)
-        var candidates: [[UInt8]] = []
-        var tuned = false
-
-        /// Keeps the heuristic's answers (`found` results of `heuristicResultBytes` each) whose
-        /// state is success; the first becomes the algorithm.
-        func take(heuristicResults r: [UInt8], found: Int32) {
-            candidates = (0..<Int(found)).compactMap { i in
-                let base = i * CUBLASLt.heuristicResultBytes
-                let state = r[(base + 72)..<(base + 76)].withUnsafeBytes { $0.loadUnaligned(as: Int32.self) }
-                return state == 0 ? Array(r[base..<(base + 64)]) : nil
-            }
-            if let first = candidates.first { algo = first }
-        }
-
-        /// On the first call only: the fastest candidate by `tuner` (which times `run(candidate)`),
-        /// when there is a tuner and a choice. `run` queues the product with the given algorithm and
-        /// says whether cuBLASLt accepted it. Products that accumulate into C are never tuned (each
-        /// timing run would add again).
-        func tuneOnce(_ tuner: CUBLASLt.Tuner?, accumulates: Bool, run: ([UInt8]) -> Bool) {
-            guard !tuned else { return }
-            tuned = true
-            guard let tune = tuner, candidates.count > 1, !accumulates else { return }
-            if let best = tune(candidates.count, { run(candidates[$0]) }) { algo = candidates[best] }
-        }
     }
-
-    /// Times `count` candidates (`run(i)` queues candidate i and says whether it was accepted) and
-    /// returns the fastest's index, or nil to keep the heuristic's first (while recording a graph).
-    typealias Tuner = (_ count: Int, _ run: (Int) -> Bool) -> Int?
-    /// Set by the backend when GEMM autotuning is on (`NEWBIE_GEMM_AUTOTUNE=1`): plans then ask the
-    /// heuristic for `tuneCandidates` algorithms and keep the fastest on their first call. Off by
-    /// default: the timing picks can differ between runs, and so can the last bits of the products.
-    var tuner: Tuner?
-    static let tuneCandidates = 8
 
     init(driver: CUDADriver) throws {
         lib = try DynamicLibrary(["libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so"])
@@ -127,14 +93,11 @@ final class CUBLASLt: @unchecked Sendable {
         }
         var alpha: Float = 1, beta: Float = accumulate ? 1 : 0
         // Column-major view: D^T (n x m) = op(B)^T (n x k) * A^T (k x m); "A" operand is B.
-        func run(_ algo: [UInt8]) -> Int32 {
-            algo.withUnsafeBytes { algo in
-                matmul(handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c, plan.c,
-                       algo.baseAddress, workspace, workspaceBytes, stream)
-            }
+        let rc = plan.algo.withUnsafeBytes { algo in
+            matmul(handle, plan.desc, &alpha, b, plan.a, a, plan.b, &beta, c, plan.c, c, plan.c,
+                   algo.baseAddress, workspace, workspaceBytes, stream)
         }
-        plan.tuneOnce(tuner, accumulates: accumulate) { run($0) == 0 }
-        try ok(run(plan.algo), "cublasLtMatmul m=\(m) n=\(n) k=\(k) batch=\(batch)")
+        try ok(rc, "cublasLtMatmul m=\(m) n=\(n) k=\(k) batch=\(batch)")
     }
 
     private func ok(_ rc: Int32, _ what: String) throws {
@@ -178,22 +141,15 @@ final class CUBLASLt: @unchecked Sendable {
         defer { _ = prefDestroy(pref) }
         var ws = UInt64(workspaceBytes)
         try ok(prefSet(pref, CUBLASLt.PREF_MAX_WORKSPACE, &ws, 8), "workspace preference")
-        let (result, found, rc) = heuristicResults(p, pref: pref)
-        p.take(heuristicResults: result, found: found)
-        guard rc == 0, !p.candidates.isEmpty else {
-            throw CUDAError("cuBLASLt found no algorithm for m=\(m) n=\(n) k=\(k) batch=\(batch) type=\(type) (status \(rc))")
-        }
-        return p
-    }
-
-    /// The heuristic's answers for a plan's descriptors: one, or `tuneCandidates` when tuning.
-    func heuristicResults(_ p: Plan, pref: OpaquePointer?) -> (results: [UInt8], found: Int32, status: Int32) {
-        let want = tuner == nil ? 1 : CUBLASLt.tuneCandidates
-        var result = [UInt8](repeating: 0, count: CUBLASLt.heuristicResultBytes * want)
+        var result = [UInt8](repeating: 0, count: CUBLASLt.heuristicResultBytes)
         var found: Int32 = 0
         let rc = result.withUnsafeMutableBytes { r in
-            heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, Int32(want), r.baseAddress!, &found)
+            heuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, r.baseAddress!, &found)
         }
-        return (result, rc == 0 ? found : 0, rc)
+        guard rc == 0, found > 0 else {
+            throw CUDAError("cuBLASLt found no algorithm for m=\(m) n=\(n) k=\(k) batch=\(batch) type=\(type) (status \(rc))")
+        }
+        p.algo = Array(result[0..<64])
+        return p
     }
 }

@@ -83,9 +83,6 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         device = .cuda(index)
         pool = MemoryPool(driver: driver)
         blas = try CUBLASLt(driver: driver)
-        if ProcessInfo.processInfo.environment["NEWBIE_GEMM_AUTOTUNE"] == "1" {
-            blas.tuner = { [unowned self] count, run in self.fastestCandidate(count, run) }
-        }
         try loadKernels()
     }
 
@@ -189,19 +186,6 @@ public final class CUDABackend: Backend, @unchecked Sendable {
         }
         times.sort()
         return times[times.count / 2]
-    }
-
-    /// The GEMM tuner (`NEWBIE_GEMM_AUTOTUNE=1`): each candidate algorithm timed by `time` (a
-    /// warm-up and three runs, median), the fastest that cuBLASLt accepted; none while recording.
-    func fastestCandidate(_ count: Int, _ run: (Int) -> Bool) -> Int? {
-        guard capturing == nil, !driver.failed else { return nil }
-        var best: (index: Int, ms: Double)? = nil
-        for i in 0..<count {
-            var accepted = true
-            let ms = time(runs: 3) { accepted = run(i) && accepted }
-            if accepted, ms < (best?.ms ?? .infinity) { best = (i, ms) }
-        }
-        return best?.index
     }
 
     // MARK: state of recorded work and profiling (used by CUDAGraphs.swift and CUDALaunch.swift)

@@ -370,14 +370,11 @@ final class FP8Plans: @unchecked Sendable {
         }
         if var bp = bias { try ok(blas.descSet(plan.desc, CUBLASLt.DESC_BIAS_POINTER, &bp, 8), "bias pointer") }
         var alpha: Float = 1, beta: Float = 0
-        func run(_ algo: [UInt8]) -> Int32 {
-            algo.withUnsafeBytes { algo in
-                blas.matmul(blas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, out, plan.c, out, plan.c,
-                            algo.baseAddress, blas.workspace, blas.workspaceBytes, stream)
-            }
+        let rc = plan.algo.withUnsafeBytes { algo in
+            blas.matmul(blas.handle, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, out, plan.c, out, plan.c,
+                        algo.baseAddress, blas.workspace, blas.workspaceBytes, stream)
         }
-        plan.tuneOnce(blas.tuner, accumulates: false) { run($0) == 0 }
-        try ok(run(plan.algo), "cublasLtMatmul")
+        try ok(rc, "cublasLtMatmul")
     }
 
     private func makePlan(blas: CUBLASLt, m: Int, n: Int, k: Int, outType: Int32, mode: Mode) throws -> CUBLASLt.Plan {
@@ -405,9 +402,13 @@ final class FP8Plans: @unchecked Sendable {
         defer { _ = blas.prefDestroy(pref) }
         var wsBytes = UInt64(blas.workspaceBytes)
         try ok(blas.prefSet(pref, CUBLASLt.PREF_MAX_WORKSPACE, &wsBytes, 8), "workspace preference")
-        let (result, found, rc) = blas.heuristicResults(p, pref: pref)
-        p.take(heuristicResults: result, found: found)
-        guard rc == 0, !p.candidates.isEmpty else { throw CUDAError("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k) \(mode) (status \(rc))") }
+        var result = [UInt8](repeating: 0, count: CUBLASLt.heuristicResultBytes)
+        var found: Int32 = 0
+        let rc = result.withUnsafeMutableBytes { r in
+            blas.heuristic(blas.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, r.baseAddress!, &found)
+        }
+        guard rc == 0, found > 0 else { throw CUDAError("cuBLASLt found no FP8 algorithm for m=\(m) n=\(n) k=\(k) \(mode) (status \(rc))") }
+        p.algo = Array(result[0..<64])
         return p
     }
 }

@@ -147,15 +147,14 @@ extension GPUCheck {
             let xd = xin.to(device: d)
             return xd.rmsNormGatedResidual(layer(wo, d).product(xd.quantizedRowsE4M3()), weight: nw.to(device: d), eps: 1e-6, gate: gt.to(device: d))
         }
-        // the GPU's product is rounded to bf16 before its scales and after (the CPU's once), so a
-        // SwiGLU value may land on the other side of an e4m3 rounding boundary: one step, no more
-        let swiglu = { (d: Device) -> E4M3Rows in
+        // the SwiGLU of two real products, the value whose codes w2 reads (its quantization is checked
+        // bit for bit above). Not the codes themselves against the CPU: the FP8 tensor cores
+        // accumulate with fewer bits than the CPU's fp32 and the GPU rounds the product twice, so
+        // where w1 x cancels to near zero a value lands several e4m3 steps away (25 of 85,248 codes)
+        check("fp8 w1, w3 products -> swiglu", dt) { d in
             let h = xin.to(device: d).quantizedRowsE4M3()
-            return layer(w1, d).product(h).swigluE4M3(layer(w3, d).product(h))
+            return layer(w1, d).product(h).scaled().swiglu(layer(w3, d).product(h).scaled())
         }
-        let (onGPU, onCPU) = (swiglu(gpu), swiglu(.cpu))
-        report("fp8 w1, w3 products -> swiglu -> e4m3: codes more than one step from the CPU's", dt, Self.codesApart(onGPU, onCPU), 0)
-        report("fp8 w1, w3 products -> swiglu -> e4m3: row scales, max relative error", dt, Self.scalesApart(onGPU, onCPU), 1e-2)
     }
 
     /// Codes of `a` and `b` more than `steps` apart (as e4m3 values order them: same sign, byte

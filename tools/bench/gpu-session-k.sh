@@ -7,7 +7,9 @@
 #   3. torch-dit.txt: PyTorch eager at the same three shapes, torch.compile at 512x512 and 1024x1536
 #      (tools/bench/torch_dit.py, diffusers from .whl/; call j compiled 1024x1024 beside our step);
 #   4. dit-tuned.txt: GEMM autotuning (NEWBIE_GEMM_AUTOTUNE=1: the heuristic's 8 candidates timed on
-#      each shape's first call) at 1024x1024, bf16 and fp8;
+#      each shape's first call) at 1024x1024, bf16 and fp8. It gained nothing (121.8 against 121.2 ms,
+#      96.3 against 95.9) and was removed after this call (commit 13c0b09 has it); the step now times
+#      the default twice;
 #   5. dit-warp.txt: the norm kernels' other row layout (NEWBIE_NORM_ROWS=warp, a warp per row) at
 #      1024x1024, bf16: the A/B for the block-per-row default;
 #   6. pipeline.txt: a whole 1024x1024 image (28 steps, CFG, VAE decode) with the DiT in fp8.

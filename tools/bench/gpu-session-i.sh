@@ -10,15 +10,8 @@
 #      and Q4_K blocks made at load: peak device memory per stage.
 #   tools/bench/gpu-session-i.sh AFTER_DIR OUT
 set -uo pipefail
-t0=$(date +%s)
 BUDGET=${BUDGET_SECONDS:-480}
-source "$(dirname "$0")/budget.sh"
-after=$1 out=$2
-mkdir -p "$out"
-[ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
-b=$after/newbie w=/tmp/newbie-random
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
-ls .whl/*.whl > /dev/null 2>&1 && (python3 -m pip install -q --no-deps .whl/*.whl > /tmp/pip.txt 2>&1 &)
+source "$(dirname "$0")/session.sh"
 timeout 150 "$b" bench-pipeline --weights $w --weights-only > /tmp/weights.txt 2>&1 &
 weights=$!
 echo "== 1. ours: three shapes, then 28-step samplings"

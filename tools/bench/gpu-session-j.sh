@@ -11,15 +11,8 @@
 #   5. dit-shapes.txt: ours at 512x512 and 1024x1536, bf16 and fp8, if the budget allows.
 #   tools/bench/gpu-session-j.sh AFTER_DIR OUT
 set -uo pipefail
-t0=$(date +%s)
 BUDGET=${BUDGET_SECONDS:-540}
-source "$(dirname "$0")/budget.sh"
-after=$1 out=$2
-mkdir -p "$out"
-[ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
-b=$after/newbie w=/tmp/newbie-random
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
-ls .whl/*.whl > /dev/null 2>&1 && (python3 -m pip install -q --no-deps .whl/*.whl > /tmp/pip.txt 2>&1 &)
+source "$(dirname "$0")/session.sh"
 echo "== 1. gpu-check"
 run 170 stdbuf -oL -eL scripts/gpu-check "$b" > "$out/gpu-check.txt" 2>&1
 echo "exit $? ($(( $(date +%s) - t0 )) s)"

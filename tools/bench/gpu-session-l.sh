@@ -6,15 +6,8 @@
 #   3. dit.txt + torch-dit.txt: ours (bf16) and PyTorch torch.compile at 1024x1024 in the same call.
 #   tools/bench/gpu-session-l.sh AFTER_DIR OUT
 set -uo pipefail
-t0=$(date +%s)
 BUDGET=${BUDGET_SECONDS:-330}
-source "$(dirname "$0")/budget.sh"
-after=$1 out=$2
-mkdir -p "$out"
-[ -f "$after/newbie.xz" ] && xz -d -f "$after/newbie.xz"; chmod +x "$after/newbie"
-b=$after/newbie w=/tmp/newbie-random
-nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.used --format=csv,noheader
-ls .whl/*.whl > /dev/null 2>&1 && (python3 -m pip install -q --no-deps .whl/*.whl > /tmp/pip.txt 2>&1 &)
+source "$(dirname "$0")/session.sh"
 (timeout 100 "$b" bench-pipeline --weights $w --weights-only > /tmp/weights.txt 2>&1) &
 weights=$!
 echo "== 1. gpu-check"

@@ -43,13 +43,14 @@ public enum TinyModel {
         return nil
     }
 
-    /// A tiny model written once per process under a temporary folder named after `name` (with the
-    /// committed small tokenizers): what the tests run.
-    public static func writeTemporary(_ name: String, seed: UInt64) throws -> String {
+    /// A tiny model written once per process into `parent` (the system's temporary directory by
+    /// default; the tests pass their scratch folder), in a folder named after `name`, with the
+    /// committed small tokenizers: what the tests run.
+    public static func writeTemporary(_ name: String, seed: UInt64, in parent: String = NSTemporaryDirectory()) throws -> String {
         guard let toks = defaultTokenizers() else {
             throw PipelineError("cannot find Tests/Fixtures (the committed small tokenizers); run from the repository root")
         }
-        let d = NSTemporaryDirectory() + "newbie-\(name)-\(getpid())"
+        let d = (parent as NSString).appendingPathComponent("newbie-\(name)-\(getpid())")
         try? FileManager.default.removeItem(atPath: d)
         try write(to: d, seed: seed, gemmaTokenizer: toks.gemma, jinaTokenizer: toks.jina)
         return d

@@ -40,7 +40,7 @@ enum CLI {
         var environment = ProcessInfo.processInfo.environment
         for (k, v) in env { environment[k] = v }
         p.environment = environment
-        let dir = NSTemporaryDirectory() + "newbie-cli-io-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let dir = TestScratch.path("newbie-cli-io-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let outPath = dir + "/out", errPath = dir + "/err", inPath = dir + "/in"
@@ -68,7 +68,7 @@ enum CLI {
 
     /// A tiny random model written once per test run with the binary itself.
     static let tinyModel: String = {
-        let d = NSTemporaryDirectory() + "newbie-cli-tiny-\(getpid())"
+        let d = TestScratch.path("newbie-cli-tiny-\(getpid())")
         try? FileManager.default.removeItem(atPath: d)
         let r = run(["make-tiny-model", d, "--fixtures", Fixtures.root.path])
         precondition(r.status == 0, "make-tiny-model failed: \(r.all)")
@@ -79,7 +79,7 @@ enum CLI {
     static let quick = ["--width", "32", "--height", "32", "--steps", "2", "--quiet"]
 
     static func tempDir(_ name: String) -> String {
-        let d = NSTemporaryDirectory() + "newbie-cli-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let d = TestScratch.path("newbie-cli-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         return d
     }

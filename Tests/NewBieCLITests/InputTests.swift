@@ -29,14 +29,14 @@ final class InputTests: XCTestCase {
     /// A size beyond the model's position tables used to run for minutes and be killed by the kernel.
     func testSizeBeyondTheModelIsRefusedAtOnce() throws {
         let start = Date()
-        let r = CLI.run(["generate", "--model", model, "1girl", "--width", "100000", "--height", "100000", "-o", NSTemporaryDirectory() + "never.png"], timeout: 60)
+        let r = CLI.run(["generate", "--model", model, "1girl", "--width", "100000", "--height", "100000", "-o", TestScratch.path("never.png")], timeout: 60)
         XCTAssertLessThan(Date().timeIntervalSince(start), 30)
         XCTAssertEqual(r.status, 1, r.all)
         XCTAssertTrue(r.stderr.contains("--width 100000") && r.stderr.contains("8192"), r.stderr)
         let c = CLI.run(["generate", "--model", model, "1girl", "--count", "1000000"] + CLI.quick, timeout: 60)
         XCTAssertEqual(c.status, 1, c.all)
         XCTAssertTrue(c.stderr.contains("--count"), c.stderr)
-        let s = CLI.run(["generate", "--model", model, "1girl", "--steps", "100000", "-o", NSTemporaryDirectory() + "never.png"], timeout: 60)
+        let s = CLI.run(["generate", "--model", model, "1girl", "--steps", "100000", "-o", TestScratch.path("never.png")], timeout: 60)
         XCTAssertEqual(s.status, 1, s.all)
         XCTAssertTrue(s.stderr.contains("--steps"), s.stderr)
     }

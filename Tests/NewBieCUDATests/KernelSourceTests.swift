@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTestSupport
 import XCTest
 @testable import NewBieCUDA
 
@@ -57,7 +58,7 @@ final class KernelSourceTests: XCTestCase {
             .deletingLastPathComponent().appendingPathComponent("Sources/NewBieCUDA/Kernels")
         let sources = try FileManager.default.contentsOfDirectory(atPath: kernels.path).filter { $0.hasSuffix(".cu") }.sorted()
         XCTAssertEqual(sources, ["attention.cu", "conv.cu", "elementwise.cu", "flash.cu", "flash_hopper.cu", "fused.cu", "gguf.cu", "norms.cu", "quant.cu"])
-        let prelude = NSTemporaryDirectory() + "newbie-nvrtc-prelude-\(getpid()).h"
+        let prelude = TestScratch.path("newbie-nvrtc-prelude-\(getpid()).h")
         try Self.prelude.write(toFile: prelude, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: prelude) }
         for name in sources {
@@ -90,7 +91,7 @@ final class KernelModuleTests: XCTestCase {
     func testEveryModuleCompilesWithTheSharedHeader() throws {
         let nvrtc: NVRTC
         do { nvrtc = try NVRTC() } catch { throw XCTSkip("NVRTC is not loadable here: \(error)") }
-        let cache = NSTemporaryDirectory() + "newbie-kernel-cache-\(getpid())"
+        let cache = TestScratch.path("newbie-kernel-cache-\(getpid())")
         setenv("NEWBIE_KERNEL_CACHE", cache, 1)
         defer { unsetenv("NEWBIE_KERNEL_CACHE"); try? FileManager.default.removeItem(atPath: cache) }
         let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }
@@ -112,7 +113,7 @@ final class KernelModuleTests: XCTestCase {
     func testHopperModuleNeedsTheArchSpecificTarget() throws {
         let nvrtc: NVRTC
         do { nvrtc = try NVRTC() } catch { throw XCTSkip("NVRTC is not loadable here: \(error)") }
-        let cache = NSTemporaryDirectory() + "newbie-kernel-cache-\(getpid())"
+        let cache = TestScratch.path("newbie-kernel-cache-\(getpid())")
         setenv("NEWBIE_KERNEL_CACHE", cache, 1)
         defer { unsetenv("NEWBIE_KERNEL_CACHE"); try? FileManager.default.removeItem(atPath: cache) }
         let headers = try CUDABackend.headers.map { (name: $0, source: try CUDABackend.kernelSource($0)) }

@@ -186,7 +186,7 @@ final class AdapterTests: XCTestCase {
     }
 
     func testUnmatchedKeysAreOneErrorOrAWarning() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("newbie-lora-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: TestScratch.path("newbie-lora-\(UUID().uuidString)"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let url = dir.appendingPathComponent("odd.safetensors")
@@ -209,7 +209,7 @@ final class AdapterTests: XCTestCase {
     }
 
     func testBadFilesNameFileAndTensor() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("newbie-lora-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: TestScratch.path("newbie-lora-\(UUID().uuidString)"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         // not a safetensors file

@@ -13,7 +13,7 @@ final class QuantizeAtLoadBlocksTests: XCTestCase {
     /// dim 256, ffn 256, one layer and one refiner of each kind; cap and CLIP inputs of 32 as
     /// `tinyDiTForward` feeds. Weights are deterministic, about 1/sqrt(fan_in).
     func blockDiT() throws -> String {
-        let dir = NSTemporaryDirectory() + "newbie-qal-\(UUID().uuidString)"
+        let dir = TestScratch.path("newbie-qal-\(UUID().uuidString)")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let json = """
         {"model_type": "nextdit_clip", "patch_size": 2, "dim": 256, "n_layers": 1, "n_refiner_layers": 1, "n_heads": 2,

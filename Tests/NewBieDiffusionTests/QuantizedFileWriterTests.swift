@@ -13,7 +13,7 @@ final class QuantizedFileWriterTests: XCTestCase {
 
     /// A temporary folder holding the tiny DiT's config.json, for files written by the tests.
     func folder() throws -> String {
-        let dir = NSTemporaryDirectory() + "newbie-qfw-\(UUID().uuidString)"
+        let dir = TestScratch.path("newbie-qfw-\(UUID().uuidString)")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: fixture("config.json"), toPath: dir + "/config.json")
         return dir

@@ -9,7 +9,7 @@ final class PNGTests: XCTestCase {
     var dir: URL!
 
     override func setUpWithError() throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("newbie-png-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        dir = URL(fileURLWithPath: TestScratch.path("newbie-png-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"))
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
     }
 

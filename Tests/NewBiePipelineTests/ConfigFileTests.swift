@@ -26,7 +26,7 @@ final class ConfigFileTests: XCTestCase {
         var c = VAEConfig()
         c.blockOutChannels = [32, 64]; c.layersPerBlock = 1; c.normNumGroups = 8; c.latentChannels = 4
         c.midBlockAddAttention = false; c.scalingFactor = 0.18215; c.shiftFactor = 0
-        let url = URL(fileURLWithPath: NSTemporaryDirectory() + "newbie-vae-config-\(getpid()).json")
+        let url = URL(fileURLWithPath: TestScratch.path("newbie-vae-config-\(getpid()).json"))
         defer { try? FileManager.default.removeItem(at: url) }
         try json(c.diffusersConfigJSON()).write(to: url)
         XCTAssertEqual(try VAEConfig(configJSON: url), c)

@@ -19,7 +19,7 @@ final class HardeningTests: XCTestCase {
     }
 
     func outDir() -> String {
-        let d = NSTemporaryDirectory() + "newbie-harden-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let d = TestScratch.path("newbie-harden-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         return d
     }

@@ -70,7 +70,7 @@ final class PipelineAdapterTests: XCTestCase {
     }
 
     func testGenerateRecordsAdaptersAndChecksThemFirst() throws {
-        let out = NSTemporaryDirectory() + "newbie-lora-png-\(getpid())"
+        let out = TestScratch.path("newbie-lora-png-\(getpid())")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: out) }
         var options = StageOptions()
@@ -98,7 +98,7 @@ final class PipelineAdapterTests: XCTestCase {
     /// `--pixel-rounding`: truncation by default, rounding on request; at most one level apart,
     /// and recorded in the PNG.
     func testPixelRounding() throws {
-        let out = NSTemporaryDirectory() + "newbie-rounding-\(getpid())"
+        let out = TestScratch.path("newbie-rounding-\(getpid())")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: out) }
         var images: [PixelRounding: RGBImage] = [:]

@@ -10,7 +10,7 @@ import NewBieText
 import NewBieWeights
 
 private func tempPath(_ name: String) -> String {
-    NSTemporaryDirectory() + "newbie-bench-test-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    TestScratch.path("newbie-bench-test-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
 }
 
 /// `newbie bench-pipeline`'s library code: the random model writer and the timed generation.

@@ -16,7 +16,7 @@ final class PipelineComfyPresetTests: XCTestCase {
     func testComfyPresetMatchesComfyUIsSampling() throws {
         let ref = try SafeTensorsFile(path: Fixtures.path("pipeline/comfy_reference.safetensors"))
         let md = ref.metadata
-        let dir = NSTemporaryDirectory() + "newbie-tiny-comfy-\(getpid())"
+        let dir = TestScratch.path("newbie-tiny-comfy-\(getpid())")
         try? FileManager.default.removeItem(atPath: dir)
         try TinyModel.write(to: dir, seed: UInt64(md["tiny_model_seed"]!)!, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))

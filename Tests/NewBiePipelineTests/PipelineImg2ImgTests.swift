@@ -41,7 +41,7 @@ final class PipelineImg2ImgTests: XCTestCase {
     }
 
     func testInitImageThroughThePipeline() throws {
-        let out = NSTemporaryDirectory() + "newbie-i2i-\(getpid())"
+        let out = TestScratch.path("newbie-i2i-\(getpid())")
         let paths = try ModelPaths.resolve(root: Self.dir)
         _ = try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings(1), output: out + "/a.png")],
                                   paths: paths, options: StageOptions())

@@ -23,7 +23,7 @@ final class PipelineTraceTests: XCTestCase {
     func testTraceSeesEveryStageAndStep() throws {
         var lines: [String] = []
         let tracer = PipelineTracer(trace: true, detectOverflow: true, computeDType: .f32, sink: { lines.append($0) })
-        let out = NSTemporaryDirectory() + "newbie-trace-\(getpid()).png"
+        let out = TestScratch.path("newbie-trace-\(getpid()).png")
         _ = try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings, output: out)],
                                   paths: try ModelPaths.resolve(root: Self.dir), options: StageOptions(), tracer: tracer)
         let modules = ["dit.cap_embedder", "dit.x_embedder", "dit.context_refiner.0", "dit.noise_refiner.0", "dit.layers.0",

@@ -98,11 +98,11 @@ final class PrecisionPolicyTests: XCTestCase {
         }
         // and the pipeline refuses it before loading anything
         let options = StageOptions(placement: try PlacementPolicy.parse(precision: "fp16,dit.layers.*.atention=fp32"))
-        XCTAssertThrowsError(try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings, output: NSTemporaryDirectory() + "never-\(getpid()).png")],
+        XCTAssertThrowsError(try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings, output: TestScratch.path("never-\(getpid()).png"))],
                                                    paths: try ModelPaths.resolve(root: Self.dir), options: options)) { e in
             XCTAssertTrue("\(e)".contains("names no module of the dit model"), "\(e)")
         }
-        XCTAssertFalse(FileManager.default.fileExists(atPath: NSTemporaryDirectory() + "never-\(getpid()).png"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: TestScratch.path("never-\(getpid()).png")))
     }
 
     // MARK: the module tree is the weight schema
@@ -178,7 +178,7 @@ final class PrecisionPolicyTests: XCTestCase {
     /// (w1 and w3 scaled up by 300, w2 down by 300^2): the block's output is the same size as before,
     /// but silu(w1 x) * (w3 x) passes 65504.
     static let overflowing: String = {
-        let d = NSTemporaryDirectory() + "newbie-tiny-overflow-\(getpid())"
+        let d = TestScratch.path("newbie-tiny-overflow-\(getpid())")
         try? FileManager.default.removeItem(atPath: d)
         try! FileManager.default.copyItem(atPath: dir, toPath: d)
         let file = d + "/transformer/diffusion_pytorch_model.safetensors"

@@ -25,7 +25,7 @@ final class PrecisionReportTests: XCTestCase {
     }
 
     func run(_ name: String) throws -> (PrecisionReport, String, [String]) {
-        let out = NSTemporaryDirectory() + "newbie-precision-\(name)-\(getpid())"
+        let out = TestScratch.path("newbie-precision-\(name)-\(getpid())")
         try? FileManager.default.removeItem(atPath: out)
         var lines: [String] = []
         let r = try PrecisionReportRunner.run(try config(out), log: { lines.append($0) })
@@ -43,7 +43,7 @@ final class PrecisionReportTests: XCTestCase {
 
     /// NewBie-mini, whose pictures mean something: bf16 against fp32 on an XML prompt at its size.
     func testReportOnNewBieMini() throws {
-        let out = NSTemporaryDirectory() + "newbie-precision-mini-\(getpid())"
+        let out = TestScratch.path("newbie-precision-mini-\(getpid())")
         try? FileManager.default.removeItem(atPath: out)
         let settings = SamplingSettings(width: 128, height: 128, steps: 6, sampler: .midpoint, shift: 6,
                                         cfg: CFGOptions(scale: 5, truncation: 100, renorm: 0), seed: 0, rng: .torch)
@@ -164,12 +164,12 @@ final class PrecisionReportTests: XCTestCase {
     /// finite in fp32. fp16 fails in its row with the block and step named; fp16 with that block
     /// in fp32 runs.
     func testConstructedFP16OverflowIsLocated() throws {
-        let dir = NSTemporaryDirectory() + "newbie-tiny-overflow-\(getpid())"
+        let dir = TestScratch.path("newbie-tiny-overflow-\(getpid())")
         try? FileManager.default.removeItem(atPath: dir)
         try TinyModel.write(to: dir, seed: 1, gemmaTokenizer: Fixtures.path("gemma/small_tokenizer.json"),
                             jinaTokenizer: Fixtures.path("jina/tokenizer.json"))
         try Self.scaleTensor(in: dir + "/transformer/diffusion_pytorch_model.safetensors", name: "layers.1.ffn_norm1.weight", by: 1000)
-        var c = try config(NSTemporaryDirectory() + "newbie-precision-overflow-\(getpid())")
+        var c = try config(TestScratch.path("newbie-precision-overflow-\(getpid())"))
         try? FileManager.default.removeItem(atPath: c.output)
         c.paths = try ModelPaths.resolve(root: dir)
         c.configs = ["fp32", "fp16", "fp16,dit.layers.1=fp32"]
@@ -211,7 +211,7 @@ final class PrecisionReportTests: XCTestCase {
     }
 
     func testOutputFolderIsNotOverwrittenWithoutConsent() throws {
-        let dir = NSTemporaryDirectory() + "newbie-precision-busy-\(getpid())"
+        let dir = TestScratch.path("newbie-precision-busy-\(getpid())")
         try? FileManager.default.removeItem(atPath: dir)
         XCTAssertNoThrow(try PrecisionReportRunner.checkOutput(dir, force: false), "a new folder is fine")
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -250,7 +250,7 @@ final class PrecisionReportTests: XCTestCase {
         XCTAssertThrowsError(try PrecisionReportConfig.stepCache("teacache:x"))
         XCTAssertThrowsError(try PrecisionReportConfig.stepCache("warpcache"))
 
-        let out = NSTemporaryDirectory() + "newbie-precision-quant-\(getpid())"
+        let out = TestScratch.path("newbie-precision-quant-\(getpid())")
         try? FileManager.default.removeItem(atPath: out)
         var c = try config(out)
         c.configs = ["fp32", "int8", "fp32+dit.layers.0=int8", "fp32+dit.nowhere=int8", "fp32@teacache:1000", "fp32@fbcache:0"]

@@ -69,7 +69,7 @@ final class QuantizePolicyTests: XCTestCase {
         XCTAssertNoThrow(try ok.checkRules(model: "dit"))
         // the pipeline refuses a bad path before loading anything
         let options = StageOptions(placement: try PlacementPolicy.parse(precision: "fp32", quantize: "dit.layer.*=int8"))
-        let out = NSTemporaryDirectory() + "never-q-\(getpid()).png"
+        let out = TestScratch.path("never-q-\(getpid()).png")
         XCTAssertThrowsError(try Pipeline.generate([GenerationRequest(prompt: "1girl", settings: settings, output: out)],
                                                    paths: try ModelPaths.resolve(root: Self.dir), options: options)) { e in
             XCTAssertTrue("\(e)".contains("names no linear layer of the dit model"), "\(e)")

@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTestSupport
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
@@ -24,7 +25,7 @@ final class WorkerProcessTests: XCTestCase {
     override class func setUp() {
         do {
             cluster = try PostgresCluster()
-            model = try TinyModel.writeTemporary("pg-worker-tiny", seed: 0)
+            model = try TinyModel.writeTemporary("pg-worker-tiny", seed: 0, in: TestScratch.root)
         } catch { skip = error }
     }
 
@@ -59,7 +60,7 @@ final class WorkerProcessTests: XCTestCase {
         if let e = Self.skip { throw e }
         guard let bin = Self.binary else { throw XCTSkip("the newbie binary is not built (swift build --product newbie)") }
         let url = try Self.cluster!.makeDatabase()
-        let out = NSTemporaryDirectory() + "newbie-pg-workers-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let out = TestScratch.path("newbie-pg-workers-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         _ = bin
         return (url, try PostgresJobStore(url: try PostgresURL(parsing: url)), out)
@@ -151,7 +152,7 @@ final class APIOnlyServerTests: XCTestCase {
         if let e = WorkerProcessTests.skip { throw e }
         guard let bin = WorkerProcessTests.binary else { throw XCTSkip("the newbie binary is not built (swift build --product newbie)") }
         let url = try WorkerProcessTests.cluster!.makeDatabase()
-        let out = NSTemporaryDirectory() + "newbie-pg-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let out = TestScratch.path("newbie-pg-api-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
 
         let server = Process()

@@ -7,7 +7,7 @@ import NewBiePipeline
 import NewBieTestSupport
 
 func tempDir(_ name: String) -> String {
-    let d = NSTemporaryDirectory() + "newbie-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    let d = TestScratch.path("newbie-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
     try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
     return d
 }

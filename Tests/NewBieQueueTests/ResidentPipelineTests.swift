@@ -8,7 +8,7 @@ import NewBieTensor
 import NewBieTestSupport
 
 enum TinyQueueFixture {
-    static let dir: String = try! TinyModel.writeTemporary("queue-tiny", seed: 0)
+    static let dir: String = try! TinyModel.writeTemporary("queue-tiny", seed: 0, in: TestScratch.root)
     static let pipeline: ResidentPipeline = try! ResidentPipeline(paths: try! ModelPaths.resolve(root: dir), options: StageOptions())
 }
 

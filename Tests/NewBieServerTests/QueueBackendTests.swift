@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTestSupport
 import XCTest
 import NewBiePipeline
 import NewBiePostgresQueue
@@ -21,7 +22,7 @@ final class QueueBackendTests: XCTestCase {
     /// No worker needs a queue that someone else works: refused with SQLite, before the folder is
     /// created or locked.
     func testNoWorkerNeedsPostgres() {
-        let out = NSTemporaryDirectory() + "newbie-noworker-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let out = TestScratch.path("newbie-noworker-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         XCTAssertThrowsError(try ServeSetup(outputs: out, queue: .sqlite(path: nil), models: nil)) {
             XCTAssertTrue("\($0)".contains("--no-worker needs --queue postgres://"), "\($0)")
         }

@@ -12,13 +12,13 @@ import NewBieQueue
 import NewBieTestSupport
 
 func tempDir(_ name: String) -> String {
-    let d = NSTemporaryDirectory() + "newbie-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    let d = TestScratch.path("newbie-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
     try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
     return d
 }
 
 enum TinyServerFixture {
-    static let model: String = try! TinyModel.writeTemporary("server-tiny", seed: 0)
+    static let model: String = try! TinyModel.writeTemporary("server-tiny", seed: 0, in: TestScratch.root)
 }
 
 /// One server in this process on a free port, on the tiny model on the CPU.

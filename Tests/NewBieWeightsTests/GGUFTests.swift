@@ -80,7 +80,7 @@ final class GGUFTests: XCTestCase {
     // MARK: malformed files
 
     func tempFile(_ bytes: [UInt8]) throws -> String {
-        let p = FileManager.default.temporaryDirectory.appendingPathComponent("gguf-\(UUID().uuidString).gguf").path
+        let p = URL(fileURLWithPath: TestScratch.path("gguf-\(UUID().uuidString).gguf")).path
         try Data(bytes).write(to: URL(fileURLWithPath: p))
         addTeardownBlock { try? FileManager.default.removeItem(atPath: p) }
         return p

@@ -56,7 +56,7 @@ final class KQuantFileTests: XCTestCase {
             }
         }
         for (target, type) in [(QuantizedFileTarget.q6_K, GGMLType.q6_K), (.q5_K, .q5_K), (.q4_K, .q4_K)] {
-            let out = NSTemporaryDirectory() + "newbie-kq-\(UUID().uuidString).gguf"
+            let out = TestScratch.path("newbie-kq-\(UUID().uuidString).gguf")
             defer { try? FileManager.default.removeItem(atPath: out) }
             let report = try QuantizedFileWriter(target: target, architecture: "lumina2").write(source, to: out)
             XCTAssertEqual(report.quantized, ["blk.proj.weight"])

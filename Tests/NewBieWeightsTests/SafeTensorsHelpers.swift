@@ -1,4 +1,5 @@
 import Foundation
+import NewBieTestSupport
 import XCTest
 import NewBieTensor
 @testable import NewBieWeights
@@ -7,8 +8,7 @@ import NewBieTensor
 final class TempDir {
     let url: URL
     init() throws {
-        url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("newbie-st-\(UUID().uuidString)", isDirectory: true)
+        url = URL(fileURLWithPath: TestScratch.path("newbie-st-\(UUID().uuidString)"), isDirectory: true)
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
     func path(_ name: String) -> String { url.appendingPathComponent(name).path }

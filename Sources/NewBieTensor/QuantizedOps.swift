@@ -118,6 +118,7 @@ public struct ScaledProduct: @unchecked Sendable {
                       && rowScales.count * n == raw.count, "ScaledProduct: raw \(raw.shape), row scales \(rowScales.shape), column scales \(columnScales.shape)")
         self.raw = raw; self.rowScales = rowScales; self.columnScales = columnScales
     }
+    /// Whether `raw` is already the final value (no scales pending).
     public var isScaled: Bool { rowScales == nil }
     public var shape: [Int] { raw.shape }
     public var dtype: DType { raw.dtype }
@@ -130,12 +131,6 @@ public struct ScaledProduct: @unchecked Sendable {
         let n = shape.last ?? 0, rows = raw.count / Swift.max(n, 1)
         let s = r.to(.f32, device: device).reshape([rows, 1]) * c.to(.f32, device: device).reshape([1, n])
         return (raw.to(.f32).reshape([rows, n]) * s).to(dtype).reshape(shape)
-    }
-    public func reshape(_ s: [Int]) -> ScaledProduct {
-        guard let r = rowScales, let c = columnScales, s.last == shape.last else {
-            return isScaled ? ScaledProduct(raw.reshape(s)) : ScaledProduct(scaled().reshape(s))
-        }
-        return ScaledProduct(raw: raw.reshape(s), rowScales: r, columnScales: c)
     }
 }
 
